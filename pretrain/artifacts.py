@@ -1,0 +1,355 @@
+"""Content-addressed, versioned artifacts: the contract between stages.
+
+An artifact is a folder `<store>/<id>/` with its files and a `manifest.json`. Its id is a hash of the
+stage name, the stage's resolved config, the ids of its input artifacts, the content hashes of any raw
+source files it read, and the stage's code version (a hash of the stage module and every `pretrain`
+module it imports). Same inputs, settings and code -> same id -> the stage is skipped.
+
+Publishing is atomic: files are built in a staging folder, the manifest is written last, and the
+folder is renamed into place (local store) or uploaded with the manifest last (remote fsspec store).
+An artifact without a manifest does not exist: a crashed build is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+# One letter per stage so an id says what it is: c-3f2a... is a corpus.
+PREFIXES = {
+    "base": "b",
+    "ingest": "c",
+    "vocab": "v",
+    "tokens": "t",
+    "pretrain": "m",
+    "evaluate": "e",
+    "report": "r",
+}
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_RECORDED_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "pyarrow", "numpy", "scikit-learn", "prefect")
+
+
+# --- ids ---------------------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def artifact_id(
+    stage: str,
+    config: dict[str, Any],
+    inputs: dict[str, str] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+) -> str:
+    """The id of what `stage` builds from `config`, input artifact ids and raw source file hashes."""
+    payload = {
+        "stage": stage,
+        "config": config,
+        "inputs": inputs or {},
+        # Only content counts: moving or renaming a raw file does not change the id.
+        "sources": [s["sha256"] for s in sources or []],
+        "code": code_version(f"pretrain.{stage}"),
+    }
+    digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    return f"{PREFIXES[stage]}-{digest[:20]}"
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(module: str) -> str:
+    """Hash of a module's source and, transitively, of every `pretrain.*` module it imports."""
+    digest = hashlib.sha256()
+    for name in sorted(_local_imports(module)):
+        digest.update(name.encode() + b"\0" + _module_path(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _module_path(module: str) -> Path:
+    parts = module.split(".")[1:]
+    path = _PACKAGE_DIR.joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    seen = set() if seen is None else seen
+    if module in seen or not _module_path(module).is_file():
+        return seen
+    seen.add(module)
+    tree = ast.parse(_module_path(module).read_text(encoding="utf-8"))
+    for node in _walk_without_main_guard(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name == "pretrain" or name.startswith("pretrain."):
+                _local_imports(name, seen)
+    return seen
+
+
+def _walk_without_main_guard(tree: ast.AST) -> Iterator[ast.AST]:
+    """ast.walk, skipping `if __name__ == "__main__":` blocks (the CLI glue is not the stage's code)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> dict[str, Any]:
+    """Size and sha256 of a local file, read in chunks (memory does not grow with file size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def describe_sources(paths: list[Path]) -> list[dict[str, Any]]:
+    """Raw input files as recorded in a manifest: path as given, size and sha256."""
+    return [{"path": str(p), **file_digest(p)} for p in paths]
+
+
+# --- the store ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Build:
+    """A staging folder for one artifact; fill `dir`, `metrics` and `extra`, then leave the `with` block."""
+
+    dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ArtifactStore:
+    """Artifacts under a root folder or fsspec URL (`artifacts`, `/data/store`, `s3://bucket/prefix`)."""
+
+    def __init__(self, url: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+        self.url = str(url)
+        self.fs, root = fsspec.core.url_to_fs(self.url)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root = root.rstrip("/")
+        if self.is_local:
+            self.root = str(Path(self.root).resolve())
+            self.fs.makedirs(self.root, exist_ok=True)
+        # Remote artifacts are downloaded here before a stage reads them; local ones are read in place.
+        default_cache = Path(os.environ.get("DAPT_CACHE", Path.home() / ".cache" / "dapt"))
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def exists(self, aid: str) -> bool:
+        return self.fs.exists(self._path(aid, MANIFEST))
+
+    def manifest(self, aid: str) -> dict[str, Any]:
+        try:
+            with self.fs.open(self._path(aid, MANIFEST), "r", encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise InputError(
+                f"artifact {aid} is not in the store {self.url} (`dapt artifacts list --store {self.url}` shows what is)"
+            ) from None
+
+    def ids(self) -> list[str]:
+        """Every complete artifact (one with a manifest), oldest first."""
+        if not self.fs.exists(self.root):
+            return []
+        found = []
+        for entry in self.fs.ls(self.root, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith(".") and self.fs.exists(self._path(name, MANIFEST)):
+                found.append(self.manifest(name))
+        return [m["id"] for m in sorted(found, key=lambda m: (m["created"], m["id"]))]
+
+    def local_dir(self, aid: str) -> Path:
+        """A local folder holding the artifact's files (downloaded and verified once for a remote store)."""
+        manifest = self.manifest(aid)
+        if self.is_local:
+            return Path(self._path(aid))
+        target = self.cache_dir / "artifacts" / aid
+        if (target / MANIFEST).is_file():
+            return target
+        staging = target.with_name(f".{aid}.{uuid.uuid4().hex}")
+        staging.mkdir(parents=True)
+        for name, meta in manifest["files"].items():
+            local = staging / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get(self._path(aid, name), str(local))
+            if file_digest(local)["sha256"] != meta["sha256"]:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise InputError(f"artifact {aid}: {name} does not match the sha256 in its manifest (store corrupted?)")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _rename_into_place(staging, target)
+        return target
+
+    def work_dir(self, aid: str) -> Path:
+        """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
+        base = Path(self.root) if self.is_local else self.cache_dir
+        path = base / ".work" / aid
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def build(
+        self,
+        stage: str,
+        aid: str,
+        config: dict[str, Any],
+        inputs: dict[str, str] | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> Iterator[Build]:
+        """Stage an artifact; on a clean exit write the manifest and publish atomically, else discard."""
+        staging_root = Path(self._path(".tmp")) if self.is_local else Path(tempfile.mkdtemp(prefix="dapt-"))
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = staging_root / f"{aid}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        build = Build(dir=staging)
+        started = time.time()
+        try:
+            yield build
+            files = {
+                p.relative_to(staging).as_posix(): file_digest(p)
+                for p in sorted(staging.rglob("*"))
+                if p.is_file() and p.name != MANIFEST
+            }
+            manifest = {
+                "schema": SCHEMA_VERSION,
+                "id": aid,
+                "stage": stage,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "config": config,
+                "inputs": inputs or {},
+                "sources": sources or [],
+                "code_version": code_version(f"pretrain.{stage}"),
+                "files": files,
+                "metrics": build.metrics,
+                **build.extra,
+                "duration_s": round(time.time() - started, 3),
+                "environment": environment(),
+            }
+            # The manifest goes in last: its presence is what makes the artifact exist.
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+            self._publish(staging, aid)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not self.is_local:
+                shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _publish(self, staging: Path, aid: str) -> None:
+        if self.is_local:
+            final = Path(self._path(aid))
+            if final.exists() and not (final / MANIFEST).exists():
+                shutil.rmtree(final)  # debris of a foreign, manifest-less folder: not an artifact
+            _rename_into_place(staging, final)
+            return
+        for path in sorted(staging.rglob("*")):
+            if path.is_file() and path.name != MANIFEST:
+                self.fs.put_file(str(path), self._path(aid, path.relative_to(staging).as_posix()))
+        self.fs.put_file(str(staging / MANIFEST), self._path(aid, MANIFEST))
+
+    def lineage(self, aid: str) -> dict[str, Any]:
+        """The artifact with its inputs, recursively, down to the base model and the raw source files."""
+        m = self.manifest(aid)
+        return {
+            "id": m["id"],
+            "stage": m["stage"],
+            "created": m["created"],
+            "sources": m.get("sources", []),
+            "inputs": {role: self.lineage(child) for role, child in m.get("inputs", {}).items()},
+        }
+
+
+def _rename_into_place(staging: Path, final: Path) -> None:
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if (final / MANIFEST).exists():
+            # Another process published the same id first: same inputs, same content. Keep theirs.
+            log.info("artifact %s was published concurrently; keeping the existing copy", final.name)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            raise
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    """What produced an artifact: package versions, Python, host, and the project's git commit."""
+    packages = {}
+    for name in _RECORDED_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "packages": packages,
+        "git": _git_state(),
+    }
+
+
+def _git_state() -> dict[str, Any] | None:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(_PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(_PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def format_lineage(tree: dict[str, Any], indent: str = "") -> str:
+    """A lineage tree as indented text, one artifact or source file per line."""
+    lines = [f"{indent}{tree['id']}  {tree['stage']}  {tree['created']}"]
+    for source in tree["sources"]:
+        lines.append(f"{indent}  <- file {source['path']}  sha256:{source['sha256'][:12]}  {source['size']:,} B")
+    for role, child in tree["inputs"].items():
+        lines.append(f"{indent}  <- {role}:")
+        lines.append(format_lineage(child, indent + "     "))
+    return "\n".join(lines)

@@ -1,0 +1,355 @@
+"""The pipeline config: one YAML file, one typed section per stage, validated before anything runs.
+
+`load_config(path)` reads the YAML, validates every section and checks that every input path exists,
+and raises one `ConfigError` listing every problem with its key path (`pretrain.max_steps: ...`).
+Relative paths are relative to the current working directory, as in the Hugging Face example scripts.
+Derived values (accumulation steps, step budget from a token budget) are computed by the stages and
+never written back here: the config in a manifest is what the user asked for, with defaults filled in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pretrain.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class BaseModelConfig(Section):
+    """The model to adapt. Its weights are copied into the artifact store, so lineage starts from pinned files."""
+
+    source: str = "bert-base-uncased"
+    """A local folder with config.json + safetensors weights + tokenizer files, `pkg:<module>/<subdir>` for a
+    model shipped inside an installed Python package (the demo's `pkg:cognition/model`), or a Hugging Face Hub id."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `source` is a Hub id; ignored for local folders."""
+
+
+class IngestConfig(Section):
+    """Read, clean, deduplicate and split the domain corpus."""
+
+    inputs: list[str] = Field(min_length=1)
+    """Files, directories or glob patterns: .txt, .jsonl, .jsonl.gz, .csv, .parquet (directories are read recursively)."""
+    text_field: str = "text"
+    """The field (JSONL) or column (CSV, Parquet) holding the document text."""
+    txt_mode: Literal["file", "line", "paragraph"] = "file"
+    """How a .txt file splits into documents: the whole file, one per line, or one per blank-line-separated paragraph."""
+    unicode_normalization: Literal["NFC", "NFKC", "none"] = "NFC"
+    strip_patterns: list[str] = []
+    """Regular expressions removed from every document before cleaning, e.g. a newswire trailer `(?i)\\s*reuter\\s*\\x03\\s*$`."""
+    min_words: int = Field(default=5, ge=0)
+    """Documents with fewer whitespace-separated words after cleaning are dropped (and counted)."""
+    validation_fraction: float = Field(default=0.02, gt=0, lt=0.5)
+    """Share of documents for validation, chosen by a hash of the text (deterministic, order-independent)."""
+
+    @field_validator("strip_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        problems = []
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(f"[{i}] {pattern!r} is not a valid regular expression: {e}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return patterns
+
+
+class VocabConfig(Section):
+    """Train a domain WordPiece vocabulary and measure how well each tokenizer fits the domain."""
+
+    mode: Literal["keep"] = "keep"
+    """`keep`: the model keeps the base tokenizer; the domain vocabulary is an artifact and a figure."""
+    vocab_size: int = Field(default=16000, ge=100, le=1_000_000)
+    min_frequency: int = Field(default=2, ge=1)
+    lowercase: bool = True
+
+
+class PretrainConfig(Section):
+    """Continued masked-language-model pretraining (Accelerate; CPU, 1 GPU or many)."""
+
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    """Tokens per training block ([CLS] + text + [SEP]); documents are concatenated and cut into blocks."""
+    max_steps: int | None = Field(default=None, gt=0)
+    """Optimizer steps to run. Give exactly one of max_steps and max_tokens."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Token budget; steps = ceil(max_tokens / (global_batch_size * max_seq_length))."""
+    global_batch_size: int = Field(default=32, gt=0)
+    """Sequences per optimizer step, summed over devices and accumulation steps."""
+    micro_batch_size: int = Field(default=32, gt=0)
+    """Sequences per forward pass on one device; accumulation steps are derived from the two and the world size."""
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.98, ge=0, lt=1)
+    adam_epsilon: float = Field(default=1e-6, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup from 0, then linear decay to 0 at the last step."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    mask_replace_prob: float = Field(default=0.8, ge=0, le=1)
+    """Of the selected tokens, the share replaced by [MASK]."""
+    random_replace_prob: float = Field(default=0.1, ge=0, le=1)
+    """Of the selected tokens, the share replaced by a random token (the rest stay unchanged)."""
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    log_every_steps: int = Field(default=50, gt=0)
+    eval_every_steps: int | None = Field(default=None, gt=0)
+    """Validation perplexity every N steps (always measured before and after training)."""
+    max_eval_blocks: int = Field(default=512, gt=0)
+    """Validation blocks used for perplexity (the same blocks and masks before, during and after)."""
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)
+    """Save the full training state every N steps; a re-run of the same config resumes from the last one."""
+    keep_checkpoints: int = Field(default=2, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    """DataLoader worker processes (0: load in the training process; blocks are memory-mapped)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainConfig:
+        problems = []
+        if (self.max_steps is None) == (self.max_tokens is None):
+            problems.append("give exactly one of max_steps and max_tokens")
+        if self.global_batch_size % self.micro_batch_size:
+            problems.append(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            problems.append(
+                f"mask_replace_prob + random_replace_prob must be at most 1 (got {self.mask_replace_prob} + {self.random_replace_prob})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class TaskConfig(Section):
+    """A labelled downstream task: JSONL/CSV/Parquet files with a text and a label column."""
+
+    name: str = "task"
+    train_files: list[str] = Field(min_length=1)
+    test_files: list[str] = Field(min_length=1)
+    text_field: str = "text"
+    label_field: str = "label"
+
+
+class EvaluateConfig(Section):
+    """Fine-tune base and adapted model the same way on the task; compare on its test split."""
+
+    task: TaskConfig
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    """Share of the task's train split held out (stratified) for model selection."""
+    seeds: list[int] = Field(default=[0], min_length=1)
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    num_epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0, le=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct (got {seeds})")
+        return seeds
+
+
+class PipelineConfig(Section):
+    """One pipeline run: where artifacts live and one section per stage."""
+
+    name: str = "pipeline"
+    store: str = "artifacts"
+    """Artifact store: a local folder or an fsspec URL."""
+    base_model: BaseModelConfig = BaseModelConfig()
+    ingest: IngestConfig
+    vocab: VocabConfig = VocabConfig()
+    pretrain: PretrainConfig
+    evaluate: EvaluateConfig
+
+
+# --- loading and reporting -------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config, apply `key.path=value` overrides, validate everything; raise one ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{path}: not valid YAML at {where}: {e.problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides or []:
+        _apply_override(raw, override, path)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a config mapping: types and ranges, then that every input path exists."""
+    problems: list[str] = []
+    config = None
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += [_describe(error) for error in e.errors()]
+    problems += check_paths(raw)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{source}: {len(problems)} {noun}:\n{lines}")
+    assert config is not None
+    return config
+
+
+def check_paths(raw: dict[str, Any]) -> list[str]:
+    """Every input path exists, on the raw mapping so they are reported alongside type errors."""
+    problems = []
+    ingest = raw.get("ingest") if isinstance(raw.get("ingest"), dict) else {}
+    for i, pattern in enumerate(_str_list(ingest.get("inputs"))):
+        if not expand_inputs([pattern]):
+            problems.append(f"ingest.inputs[{i}]: {pattern!r} matches no file")
+    task = (raw.get("evaluate") or {}).get("task") if isinstance(raw.get("evaluate"), dict) else None
+    if isinstance(task, dict):
+        for key in ("train_files", "test_files"):
+            for i, pattern in enumerate(_str_list(task.get(key))):
+                if not expand_inputs([pattern]):
+                    problems.append(f"evaluate.task.{key}[{i}]: {pattern!r} matches no file")
+    base = raw.get("base_model") if isinstance(raw.get("base_model"), dict) else {}
+    if isinstance(base.get("source"), str):
+        problem = _base_source_problem(base["source"])
+        if problem:
+            problems.append(f"base_model.source: {problem}")
+    return problems
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files named by paths, directories (recursively) and globs, sorted within each pattern, deduplicated."""
+    seen: dict[Path, None] = {}
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        for match in matches:
+            seen.setdefault(match, None)
+    return list(seen)
+
+
+def package_dir(source: str) -> Path | None:
+    """`pkg:module/sub/dir` -> the folder inside the installed package, without importing it."""
+    module, _, sub = source[len("pkg:") :].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def _base_source_problem(source: str) -> str | None:
+    if source.startswith("pkg:"):
+        folder = package_dir(source)
+        if folder is None:
+            module = source[4:].partition("/")[0]
+            return f"{source!r}: Python package {module!r} is not installed (the Makefile installs the demo's)"
+        if not (folder / "config.json").is_file():
+            return f"{source!r}: {folder} has no config.json"
+        return None
+    path = Path(source)
+    if path.exists():
+        return None if (path / "config.json").is_file() else f"{source!r}: local folder has no config.json"
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+    if looks_like_path:
+        return f"{source!r}: no such folder"
+    return None  # a Hub id; resolved (with network) when the base model is imported
+
+
+def _str_list(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = _key_path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(error["loc"][:-1])
+        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else (f"; known keys: {', '.join(known)}" if known else "")
+        return f"{loc}: unknown key{suggestion}"
+    if error["type"] == "missing":
+        return f"{loc}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    return f"{loc or 'top level'}: {message}{shown}"
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _apply_override(raw: dict, override: str, path: Path) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected KEY.PATH=VALUE, e.g. pretrain.max_steps=20")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} in {path} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in this section", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)

@@ -1,0 +1,102 @@
+"""Masked-language-model pieces: dynamic masking and a prediction head run only where tokens are masked.
+
+The usual recipe (BertForMaskedLM with labels) projects every position onto the whole vocabulary and
+then ignores ~85% of them in the loss. `MaskedLM` runs the encoder, gathers the masked positions
+(known on the host when the batch is built, so no device sync) and runs the head on those alone. The
+loss is the same cross-entropy over the same positions; the decoder stays the tied input embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Masking:
+    """BERT's dynamic masking: select `mlm_probability` of the tokens, then 80/10/10 [MASK]/random/keep."""
+
+    mlm_probability: float
+    mask_replace_prob: float
+    random_replace_prob: float
+    mask_id: int
+    special_ids: tuple[int, ...]
+    vocab_size: int
+
+    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Mask a (batch, seq) block of ids; returns inputs, flat masked positions and their labels."""
+        input_ids = input_ids.clone()
+        special = torch.isin(input_ids, torch.tensor(self.special_ids, dtype=input_ids.dtype))
+        probability = torch.full(input_ids.shape, self.mlm_probability).masked_fill_(special, 0.0)
+        selected = torch.bernoulli(probability, generator=generator).bool()
+        positions = selected.view(-1).nonzero().squeeze(1)
+        labels = input_ids.view(-1)[positions]
+        action = torch.rand(positions.shape, generator=generator)
+        to_mask = action < self.mask_replace_prob
+        to_random = (action >= self.mask_replace_prob) & (action < self.mask_replace_prob + self.random_replace_prob)
+        flat = input_ids.view(-1)
+        flat[positions[to_mask]] = self.mask_id
+        flat[positions[to_random]] = self._random_tokens(int(to_random.sum()), generator)
+        return {"input_ids": input_ids, "masked_positions": positions, "masked_labels": labels}
+
+    def _random_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        # Random replacements come from the ordinary vocabulary, never [CLS]/[SEP]/[PAD]/[MASK].
+        candidates = torch.ones(self.vocab_size, dtype=torch.bool)
+        candidates[list(self.special_ids)] = False
+        ids = candidates.nonzero().squeeze(1)
+        return ids[torch.randint(len(ids), (n,), generator=generator)]
+
+
+class MaskedLM(nn.Module):
+    """A Hugging Face *ForMaskedLM model whose head runs only on the masked positions."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        # A plain tuple, not submodules: the state dict stays exactly the wrapped model's.
+        self._parts = mlm_parts(model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        masked_positions: torch.Tensor,
+        masked_labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        encoder, head = self._parts
+        if head is None:
+            labels = torch.full_like(input_ids, -100).view(-1).index_copy(0, masked_positions, masked_labels)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels, reduction=reduction)
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, masked_positions)
+        logits = head(selected)
+        return F.cross_entropy(logits.float(), masked_labels, reduction=reduction)
+
+
+def _distilbert_head(model: nn.Module):
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
+
+    return head
+
+
+def mlm_parts(model: nn.Module) -> tuple[nn.Module, Callable | None]:
+    """(encoder, head) of a BERT-family masked-LM model; head None means: use the full model forward."""
+    model_type = getattr(model.config, "model_type", "")
+    if hasattr(model, "cls") and hasattr(model, "bert"):
+        return model.bert, model.cls
+    if hasattr(model, "lm_head") and hasattr(model, "roberta"):
+        return model.roberta, model.lm_head
+    if model_type == "distilbert":
+        return model.distilbert, _distilbert_head(model)
+    log.warning("masked-only MLM head not implemented for model type %r; using the full-vocabulary head", model_type)
+    return model, None

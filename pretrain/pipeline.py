@@ -1,0 +1,99 @@
+"""The chain of stages without an orchestrator: artifact ids up front, and one stage at a time.
+
+`plan(cfg)` computes the id every stage will produce (hashing the raw inputs and the base model files,
+nothing else), so a stage can run alone: `python -m pretrain.<stage> --config X` finds its inputs in the
+store by id and never builds them silently. `flows/` chains the same `run_stage` calls under Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pretrain import base, evaluate, ingest, pretrain, report, tokens, vocab
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import PipelineConfig, load_config
+from pretrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate", "report")
+# Each stage's input artifacts: role -> producing stage.
+INPUTS = {
+    "base": {},
+    "ingest": {},
+    "vocab": {"corpus": "ingest", "base": "base"},
+    "tokens": {"corpus": "ingest", "vocab": "vocab"},
+    "pretrain": {"base": "base", "vocab": "vocab", "tokens": "tokens"},
+    "evaluate": {"base": "base", "model": "pretrain"},
+    "report": {role: role for role in report.ROLES},
+}
+
+
+MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "pretrain": pretrain, "evaluate": evaluate, "report": report}
+# The config section each stage reads (tokens and report have no settings).
+SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "pretrain": "pretrain", "evaluate": "evaluate"}
+
+
+def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, str]]:
+    section = getattr(cfg, SECTIONS[stage]) if stage in SECTIONS else None
+    return section, {role: ids[producer] for role, producer in INPUTS[stage].items()}
+
+
+def stage_id(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> str:
+    """The id `stage` will produce, given the ids of the stages before it."""
+    section, inputs = _arguments(stage, cfg, ids)
+    return MODULES[stage].stage_id(section, **inputs)
+
+
+def run_stage(stage: str, cfg: PipelineConfig, store: ArtifactStore, ids: dict[str, str]) -> str:
+    """Build (or find) one stage's artifact from the ids of its inputs; returns its id."""
+    section, inputs = _arguments(stage, cfg, ids)
+    return MODULES[stage].run(section, store, **inputs)
+
+
+def plan(cfg: PipelineConfig, until: str = STAGES[-1]) -> dict[str, str]:
+    """Artifact ids of every stage up to and including `until`."""
+    ids: dict[str, str] = {}
+    for stage in STAGES[: STAGES.index(until) + 1]:
+        ids[stage] = stage_id(stage, cfg, ids)
+    return ids
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # per-file "Loading weights" bars add nothing to a stage's log
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def stage_main(stage: str, argv: list[str] | None = None) -> None:
+    """`python -m pretrain.<stage> --config X`: run one stage whose inputs are already in the store."""
+    parser = argparse.ArgumentParser(prog=f"python -m pretrain.{stage}", description=f"Run the {stage} stage alone.")
+    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. pretrain.max_steps=20 (repeatable)")  # fmt: skip
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        store = ArtifactStore(cfg.store)
+        ids = plan(cfg, until=stage)
+        missing = [(s, ids[s]) for s in INPUTS[stage].values() if not store.exists(ids[s])]
+        if missing:
+            first = STAGES[min(STAGES.index(s) for s, _ in missing)]
+            names = ", ".join(f"{s} ({aid})" for s, aid in missing)
+            raise UserError(
+                f"{stage} needs {names}, not in the store {cfg.store}. Build it first: "
+                f"`python -m pretrain.{first} --config {args.config}`, or the whole chain: `dapt run {args.config}`"
+            )
+        print(run_stage(stage, cfg, store, ids))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

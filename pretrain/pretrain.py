@@ -1,0 +1,377 @@
+"""Pretrain: continued masked-LM pretraining of the base model on the domain corpus, with Accelerate.
+
+    python -m pretrain.pretrain --config configs/demo.yaml
+    python -m pretrain.pretrain --config configs/demo.yaml --set pretrain.max_steps=20     # a tiny CPU run
+    accelerate launch --num_processes 8 -m pretrain.pretrain --config configs/demo.yaml   # 8 GPUs
+
+Output (model artifact `m-...`): `model/` (Hugging Face folder: config, safetensors weights, tokenizer),
+`curve.json` (training loss, learning rate, tokens/s and validation perplexity over steps), and the
+validation perplexity before and after in the manifest.
+
+The token streams from the tokens stage are memory-mapped and cut into blocks of `max_seq_length`
+([CLS] + text + [SEP]). Micro-batch g of the run is fully determined by (seed, g): which blocks (a
+per-epoch permutation) and which tokens are masked. So data never depends on how many processes
+run it or where a run resumed: the same global batch on 1 or N devices, and resuming seeks to the
+step instead of replaying data. Checkpoints (`accelerator.save_state`) go to the store's work folder
+for this artifact id; re-running the same command resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.config import PretrainConfig
+from pretrain.errors import InputError, UserError
+from pretrain.mlm import Masking, MaskedLM
+from pretrain.tokens import load_meta, open_split
+
+log = get_logger(__name__)
+
+STAGE = "pretrain"
+_CHECKPOINT_PREFIX = "step-"
+_STATE_FILE = "trainer_state.json"
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+class Blocks:
+    """Fixed-length blocks [CLS] + tokens + [SEP] cut from a memory-mapped token stream."""
+
+    def __init__(self, path: Path, dtype: str, seq_length: int, cls_id: int, sep_id: int):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.body = seq_length - 2
+        self.cls_id, self.sep_id = cls_id, sep_id
+        self.count = (path.stat().st_size // self.dtype.itemsize) // self.body
+        self._stream: np.memmap | None = None  # opened lazily, once per (worker) process
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        if self._stream is None:
+            self._stream = np.memmap(self.path, dtype=self.dtype, mode="r")
+        rows = np.stack([self._stream[i * self.body : (i + 1) * self.body] for i in indices]).astype(np.int64)
+        out = np.empty((len(indices), self.body + 2), dtype=np.int64)
+        out[:, 0], out[:, 1:-1], out[:, -1] = self.cls_id, rows, self.sep_id
+        return torch.from_numpy(out)
+
+
+def _mix(*numbers: int) -> int:
+    """A well-spread 63-bit seed from several integers (np.random.SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class MicroBatches(Dataset):
+    """This process's micro-batches from optimizer step `start_step` on, each a pure function of (seed, g)."""
+
+    def __init__(self, blocks: Blocks, masking: Masking, micro_batch_size: int, seed: int,
+                 accumulation_steps: int, world_size: int, rank: int, start_step: int, total_steps: int):  # fmt: skip
+        self.blocks, self.masking, self.micro = blocks, masking, micro_batch_size
+        self.seed, self.accum, self.world, self.rank = seed, accumulation_steps, world_size, rank
+        self.start_step, self.total_steps = start_step, total_steps
+        self.per_epoch = len(blocks) // micro_batch_size
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accum
+
+    def global_index(self, k: int) -> int:
+        step, a = divmod(k, self.accum)
+        return ((self.start_step + step) * self.accum + a) * self.world + self.rank
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        g = self.global_index(k)
+        epoch, j = divmod(g, self.per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, np.random.default_rng(_mix(self.seed, epoch)).permutation(len(self.blocks)))
+        indices = self._epoch[1][j * self.micro : (j + 1) * self.micro]
+        generator = torch.Generator().manual_seed(_mix(self.seed, 1, g))
+        return self.masking(self.blocks.get(indices), generator)
+
+
+def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: int, seed: int) -> list[dict]:
+    """The same validation blocks and masks every time perplexity is measured."""
+    n = min(max_blocks, len(blocks))
+    batches = []
+    for start in range(0, n, batch_size):
+        indices = np.arange(start, min(start + batch_size, n))
+        batches.append(masking(blocks.get(indices), torch.Generator().manual_seed(_mix(seed, 2, start))))
+    return batches
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def stage_id(cfg: PretrainConfig, *, base: str, vocab: str, tokens: str) -> str:
+    return artifact_id(STAGE, cfg.model_dump(), inputs={"base": base, "vocab": vocab, "tokens": tokens})
+
+
+def total_steps(cfg: PretrainConfig) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return math.ceil(cfg.max_tokens / (cfg.global_batch_size * cfg.max_seq_length))
+
+
+def accumulation_steps(cfg: PretrainConfig, world_size: int) -> int:
+    per_step = cfg.micro_batch_size * world_size
+    if cfg.global_batch_size % per_step:
+        raise UserError(
+            f"pretrain.global_batch_size ({cfg.global_batch_size}) is not a multiple of micro_batch_size "
+            f"({cfg.micro_batch_size}) x processes ({world_size}); change one of them"
+        )
+    return cfg.global_batch_size // per_step
+
+
+def lr_lambda(warmup_steps: int, steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (steps - step) / max(1, steps - warmup_steps))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Fused kernels on GPU, multi-tensor (foreach) on CPU: both far faster than the per-parameter loop.
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, **impl)
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, batches: list[dict], accelerator: Accelerator) -> float:
+    """exp(mean cross-entropy over every masked validation token), split across processes."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i, batch in enumerate(batches):
+        if i % accelerator.num_processes != accelerator.process_index:
+            continue
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        total[0] += model(**batch, reduction="sum").double()
+        total[1] += batch["masked_labels"].numel()
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return math.exp(total[0].item() / max(total[1].item(), 1))
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    complete = [p for p in checkpoints.glob(f"{_CHECKPOINT_PREFIX}*") if (p / _STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX) :]), default=None)
+
+
+def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, state: dict, keep: int) -> None:
+    final = checkpoints / f"{_CHECKPOINT_PREFIX}{step:08d}"
+    staging = checkpoints / f".tmp-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # The state file is written last and the folder renamed: a checkpoint is complete or absent.
+        (staging / _STATE_FILE).write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        for old in sorted(checkpoints.glob(f"{_CHECKPOINT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
+    """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
+    from transformers import AutoModelForMaskedLM
+
+    state = PartialState()
+    accum = accumulation_steps(cfg, state.num_processes)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum)
+    log.info("pretrain: config %s", cfg.model_dump_json(), main_process_only=True)
+    set_seed(cfg.seed)
+
+    meta = load_meta(tokens_dir)
+    special = meta["special_ids"]
+    model = AutoModelForMaskedLM.from_pretrained(base_dir, attn_implementation="sdpa")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_seq_length > limit:
+        raise UserError(f"pretrain.max_seq_length ({cfg.max_seq_length}) exceeds the base model's max_position_embeddings ({limit})")
+    if model.get_input_embeddings().num_embeddings < meta["vocab_size"]:
+        raise InputError(
+            f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the model's embedding matrix "
+            f"({model.get_input_embeddings().num_embeddings} rows)"
+        )
+    masking = Masking(
+        mlm_probability=cfg.mlm_probability,
+        mask_replace_prob=cfg.mask_replace_prob,
+        random_replace_prob=cfg.random_replace_prob,
+        mask_id=special["mask"],
+        special_ids=tuple(sorted({special["cls"], special["sep"], special["pad"], special["mask"]})),
+        vocab_size=meta["vocab_size"],
+    )
+
+    def blocks(split: str) -> Blocks:
+        return Blocks(tokens_dir / f"{split}.bin", meta["dtype"], cfg.max_seq_length, special["cls"], special["sep"])
+
+    train_blocks, validation_blocks = blocks("train"), blocks("validation")
+    if len(train_blocks) < cfg.micro_batch_size:
+        raise InputError(
+            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
+            f"pretrain.micro_batch_size ({cfg.micro_batch_size}); add text or lower max_seq_length / micro_batch_size"
+        )
+    if len(validation_blocks) == 0:
+        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+
+    steps = total_steps(cfg)
+    task = MaskedLM(model)
+    optimizer = make_optimizer(task, cfg, accelerator.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, steps))
+    task, optimizer = accelerator.prepare(task, optimizer)
+    # Stepped by hand once per optimizer step; registered so save_state/load_state carry it.
+    accelerator.register_for_checkpointing(scheduler)
+
+    checkpoints = work_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        progress = json.loads((latest / _STATE_FILE).read_text())
+        log.info("pretrain: resuming from %s (step %d of %d)", latest, progress["step"], steps, main_process_only=True)
+    else:
+        progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
+        progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
+        progress["curve"].append({"step": 0, "validation_perplexity": progress["perplexity_before"]})
+        log.info("pretrain: validation perplexity before: %.2f", progress["perplexity_before"], main_process_only=True)
+
+    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
+                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                        pin_memory=accelerator.device.type == "cuda", persistent_workers=False)  # fmt: skip
+    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
+    bar = tqdm(total=steps, initial=progress["step"], desc="pretrain", unit="step", disable=not accelerator.is_main_process)
+    running = torch.zeros((), device=accelerator.device)
+    window_start, window_steps = time.perf_counter(), 0
+    batches = iter(loader)
+    task.train()
+    for step in range(progress["step"], steps):
+        for _ in range(accum):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+            with accelerator.accumulate(task):
+                loss = task(**batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach() / accum
+        scheduler.step()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        at_log = done % cfg.log_every_steps == 0 or done == steps
+        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
+        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
+        if not (at_log or at_eval or at_checkpoint):
+            continue
+        # The only host syncs: at log/eval/checkpoint steps, never every step.
+        mean_loss = accelerator.reduce(running, reduction="mean").item() / window_steps
+        if not math.isfinite(mean_loss):
+            raise TrainingError(
+                f"pretrain: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
+                f"the last good checkpoint is kept in {checkpoints}. Lower pretrain.learning_rate or use fp32/bf16."
+            )
+        seconds = time.perf_counter() - window_start
+        progress["train_seconds"] += seconds
+        progress["tokens"] += window_steps * tokens_per_step
+        point = {
+            "step": done,
+            "loss": round(mean_loss, 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
+        }
+        if at_eval:
+            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
+        progress["step"] = done
+        progress["curve"].append(point)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
+        log.info("pretrain: step %d/%d %s", done, steps, json.dumps(point), main_process_only=True)
+        if at_checkpoint:
+            _save_checkpoint(accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
+        running.zero_()
+        window_start, window_steps = time.perf_counter(), 0
+    bar.close()
+
+    after = perplexity(task, evaluation, accelerator)
+    progress["curve"].append({"step": steps, "validation_perplexity": after})
+    output = work_dir / "output"
+    if accelerator.is_main_process:
+        shutil.rmtree(output, ignore_errors=True)
+        accelerator.unwrap_model(task).model.save_pretrained(output / "model")
+        for f in tokenizer_dir.iterdir():
+            shutil.copy2(f, output / "model" / f.name)
+        (output / "curve.json").write_text(json.dumps(progress["curve"], indent=1))
+    accelerator.wait_for_everyone()
+    return {
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "global_batch_size": cfg.global_batch_size,
+        "accumulation_steps": accum,
+        "processes": accelerator.num_processes,
+        "device": accelerator.device.type,
+        "validation_perplexity_before": round(progress["perplexity_before"], 3),
+        "validation_perplexity_after": round(after, 3),
+        "train_seconds": round(progress["train_seconds"], 2),
+        "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
+        "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
+        "train_blocks": len(train_blocks),
+    }
+
+
+def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tokens: str) -> str:
+    """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
+    state = PartialState()
+    aid = stage_id(cfg, base=base, vocab=vocab, tokens=tokens)
+    if store.exists(aid):
+        log.info("pretrain %s: already built (cache hit)", aid, main_process_only=True)
+        return aid
+    work_dir = store.work_dir(aid)
+    metrics = train(cfg, store.local_dir(base), store.local_dir(vocab) / "tokenizer", store.local_dir(tokens), work_dir)
+    if state.is_main_process:
+        inputs = {"base": base, "vocab": vocab, "tokens": tokens}
+        with store.build(STAGE, aid, config=cfg.model_dump(), inputs=inputs) as build:
+            shutil.copytree(work_dir / "output", build.dir, dirs_exist_ok=True)
+            build.metrics.update(metrics)
+        # Published: the checkpoints have served their purpose.
+        shutil.rmtree(work_dir, ignore_errors=True)
+        log.info(
+            "pretrain %s: validation perplexity %.1f -> %.1f (%d steps, %.0f tokens/s)", aid,
+            metrics["validation_perplexity_before"], metrics["validation_perplexity_after"], metrics["steps"],
+            metrics["tokens_per_second"], main_process_only=True,
+        )  # fmt: skip
+    state.wait_for_everyone()
+    return aid
+
+
+if __name__ == "__main__":
+    from pretrain.pipeline import stage_main
+
+    stage_main(STAGE)
