@@ -33,7 +33,13 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     started = time.perf_counter()
-    result = pipeline(config=config)
+    state = pipeline(config=config, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            raise error  # a bug, not a user mistake: keep the traceback
+        raise UserError(state.message)
+    result = state.result()
     print()
     print(format_table(result["rows"]))
     print()

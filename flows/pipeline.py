@@ -17,15 +17,28 @@ import sys
 import flows  # noqa: F401  (Prefect defaults for a first run; must precede the prefect import)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
 
 from pretrain import report
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig
+from pretrain.errors import UserError
 from pretrain.pipeline import STAGES, run_stage, stage_id
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
     return parameters["artifact_id"]
+
+
+def _user_error(state: State) -> State | None:
+    """A Failed state carrying just the message when `state` failed on a user mistake, else None.
+
+    User mistakes (UserError) end the run with their message and no traceback; any other exception
+    is a bug and propagates with its traceback.
+    """
+    if state.is_failed() and state.result(raise_on_failure=False) is None:
+        return Failed(message=state.message)
+    return None
 
 
 @task(
@@ -35,8 +48,11 @@ def _artifact_id_key(context, parameters: dict) -> str:
     persist_result=True,
     result_serializer="json",
 )
-def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], artifact_id: str) -> str:
-    built = run_stage(stage, config, ArtifactStore(config.store), ids)
+def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], artifact_id: str) -> str | State:
+    try:
+        built = run_stage(stage, config, ArtifactStore(config.store), ids)
+    except UserError as e:
+        return Failed(message=f"{stage}: {e}")
     if built != artifact_id:  # the plan and the stage must agree, or caching would lie
         raise RuntimeError(f"{stage}: planned artifact {artifact_id} but built {built}")
     return built
@@ -44,12 +60,18 @@ def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], arti
 
 def _stage_flow(stage: str):
     @flow(name=stage, flow_run_name=f"{stage}", validate_parameters=True)
-    def stage_flow(config: PipelineConfig, ids: dict[str, str]) -> dict:
+    def stage_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
         """Build (or find in the store) this stage's artifact from the ids of the stages before it."""
         store = ArtifactStore(config.store)
-        aid = stage_id(stage, config, ids)
+        try:
+            aid = stage_id(stage, config, ids)
+        except UserError as e:
+            return Failed(message=f"{stage}: {e}")
         cached = store.exists(aid)
-        build_artifact.with_options(refresh_cache=not cached)(stage, config, ids, aid)
+        state = build_artifact.with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
+        if failed := _user_error(state):
+            return failed
+        state.result()  # re-raises a bug's exception
         get_run_logger().info("%s %s: %s", stage, aid, "cache hit" if cached else "built")
         return {"id": aid, "cached": cached}
 
@@ -76,13 +98,16 @@ STAGE_FLOWS = {
 
 
 @flow(name="dapt-pipeline")
-def pipeline(config: PipelineConfig) -> dict:
+def pipeline(config: PipelineConfig) -> dict | State:
     """Ingest -> vocab -> tokens -> pretrain -> evaluate -> report; returns ids, cache hits and the table."""
     logger = get_run_logger()
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
     for stage in STAGES:
-        result = STAGE_FLOWS[stage](config=config, ids=ids)
+        state = STAGE_FLOWS[stage](config=config, ids=ids, return_state=True)
+        if failed := _user_error(state):
+            return failed
+        result = state.result()
         ids[stage], cached[stage] = result["id"], result["cached"]
 
     store = ArtifactStore(config.store)

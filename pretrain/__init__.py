@@ -1,0 +1,1 @@
+"""Domain-adaptive pretraining of BERT-family encoders: the library (no Prefect here; see `flows/`)."""

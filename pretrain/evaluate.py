@@ -43,8 +43,8 @@ def load_task_split(cfg: TaskConfig, patterns: list[str], key: str) -> tuple[lis
     texts, labels, empty = [], [], 0
     for path in expand_inputs(patterns):
         for location, record in read_records(path):
-            text = field_text(record, cfg.text_field, location, what="evaluate.task.text_field")
-            label = field_text(record, cfg.label_field, location, what="label")
+            text = field_text(record, cfg.text_field, location, key="evaluate.task.text_field")
+            label = field_text(record, cfg.label_field, location, key="evaluate.task.label_field", numbers_ok=True)
             if label is None or label == "":
                 raise InputError(f"{location}: empty label in {cfg.label_field!r}")
             if not text or not text.strip():

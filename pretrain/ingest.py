@@ -87,9 +87,9 @@ def run(cfg: IngestConfig, store: ArtifactStore) -> str:
         try:
             for path in files:
                 stats = FileStats(str(path))
-                for location, record in read_records(path, stats, txt_mode=cfg.txt_mode):
+                for location, record in read_records(path, stats, txt_mode=cfg.txt_mode, text_field=cfg.text_field):
                     counts["documents_read"] += 1
-                    raw = field_text(record, cfg.text_field, location, what="ingest.text_field")
+                    raw = field_text(record, cfg.text_field, location, key="ingest.text_field")
                     text = clean_text(raw or "", cfg, patterns)
                     if not text:
                         counts["empty_removed"] += 1

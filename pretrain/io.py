@@ -89,33 +89,36 @@ def _lines(path: Path, stats: FileStats) -> Iterator[str]:
         raise InputError(f"{path}: compressed stream is truncated or corrupt ({e}); re-create or remove the file") from None
 
 
-def read_records(path: Path, stats: FileStats | None = None, txt_mode: str = "file") -> Iterator[tuple[str, dict]]:
-    """Yield (location, record) from one file. Text files give records {"text": ...}."""
+def read_records(
+    path: Path, stats: FileStats | None = None, txt_mode: str = "file", text_field: str = "text"
+) -> Iterator[tuple[str, dict]]:
+    """Yield (location, record) from one file. Text files give records {text_field: ...}."""
     stats = stats or FileStats(str(path))
     fmt = file_format(path)
     if fmt != "parquet":
         check_not_binary(path)
     readers = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet}
-    for location, record in readers[fmt](path, stats, txt_mode=txt_mode, delimiter="\t" if fmt == "tsv" else ","):
+    delimiter = "\t" if fmt == "tsv" else ","
+    for location, record in readers[fmt](path, stats, txt_mode=txt_mode, delimiter=delimiter, text_field=text_field):
         stats.records += 1
         yield location, record
 
 
-def _read_txt(path: Path, stats: FileStats, txt_mode: str, **_: Any) -> Iterator[tuple[str, dict]]:
+def _read_txt(path: Path, stats: FileStats, txt_mode: str, text_field: str, **_: Any) -> Iterator[tuple[str, dict]]:
     if txt_mode == "file":
-        yield f"{path}", {"text": "".join(_lines(path, stats))}
+        yield f"{path}", {text_field: "".join(_lines(path, stats))}
         return
     buffer: list[str] = []
     start = 1
     for number, line in enumerate(_lines(path, stats), start=1):
         if txt_mode == "line":
-            yield f"{path}:{number}", {"text": line}
+            yield f"{path}:{number}", {text_field: line}
         elif line.strip():
             if not buffer:
                 start = number
             buffer.append(line)
         elif buffer:
-            yield f"{path}:{start}", {"text": "".join(buffer)}
+            yield f"{path}:{start}", {text_field: "".join(buffer)}
             buffer = []
     if buffer:
         yield f"{path}:{start}", {"text": "".join(buffer)}
@@ -158,14 +161,14 @@ def _read_parquet(path: Path, stats: FileStats, **_: Any) -> Iterator[tuple[str,
             yield f"{path}:row {row}", record
 
 
-def field_text(record: dict, field: str, location: str, what: str = "text") -> str | None:
-    """The string in `record[field]`, None for null; a clear error when the field is missing or not text."""
+def field_text(record: dict, field: str, location: str, key: str, numbers_ok: bool = False) -> str | None:
+    """The string in `record[field]`, None for null; a clear error naming the config `key` otherwise."""
     if field not in record:
         fields = ", ".join(map(repr, list(record)[:12])) or "none"
-        raise InputError(f"{location}: no field {field!r} (fields here: {fields}); set the {what} field in the config")
+        raise InputError(f"{location}: no field {field!r} (fields here: {fields}); set {key} to the field that holds it")
     value = record[field]
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and what == "label":
+    if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise InputError(f"{location}: field {field!r} holds {type(value).__name__}, expected a string")
+    raise InputError(f"{location}: field {field!r} holds {type(value).__name__}, expected a string ({key})")

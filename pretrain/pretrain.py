@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -263,10 +264,14 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
 
     data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
                         accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
+    # A private generator: creating the iterator must not draw from the global RNG that dropout uses,
+    # or a resumed run (which creates it after restoring that RNG) would drift from an uninterrupted one.
     loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
-                        pin_memory=accelerator.device.type == "cuda", persistent_workers=False)  # fmt: skip
+                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
-    bar = tqdm(total=steps, initial=progress["step"], desc="pretrain", unit="step", disable=not accelerator.is_main_process)
+    # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
+    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=progress["step"], desc="pretrain", unit="step", disable=quiet)
     running = torch.zeros((), device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
     batches = iter(loader)

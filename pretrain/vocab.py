@@ -66,6 +66,14 @@ def train_wordpiece(texts, cfg: VocabConfig, length: int | None = None) -> Token
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
+    # The trainer numbers its alphabet, and merges of equal count, in hash-map order, which changes from
+    # run to run. WordPiece splits by the set of pieces, not their ids, so a sorted numbering makes the
+    # artifact reproducible without changing any tokenisation.
+    pieces = tokenizer.get_vocab()
+    ordered = SPECIAL_TOKENS + sorted(p for p in pieces if p not in SPECIAL_TOKENS)
+    tokenizer.model = models.WordPiece(
+        vocab={piece: i for i, piece in enumerate(ordered)}, unk_token="[UNK]", continuing_subword_prefix="##"
+    )
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny slice of the real Reuters demo data and a tiny BERT built in-process."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REUTERS = ROOT / "data" / "reuters"
+
+
+def read_jsonl_gz(path: Path, limit: int | None = None) -> list[dict]:
+    records = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            records.append(json.loads(line))
+            if limit is not None and len(records) >= limit:
+                break
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    """400 real Reuters stories (raw bodies, trailer included), 2 of them duplicated."""
+    records = read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=400)
+    records += records[:2]
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "corpus.jsonl.gz", records)
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3-label slice of R8: earn / acq / crude, ~150 train and ~60 test documents."""
+    keep = {"earn", "acq", "crude"}
+
+    def pick(name: str, per_label: int) -> list[dict]:
+        out, counts = [], {label: 0 for label in keep}
+        for record in read_jsonl_gz(REUTERS / name):
+            if record["label"] in keep and counts[record["label"]] < per_label:
+                counts[record["label"]] += 1
+                out.append(record)
+        return out
+
+    folder = tmp_path_factory.mktemp("task")
+    return write_jsonl(folder / "train.jsonl", pick("r8_train.jsonl.gz", 50)), write_jsonl(folder / "test.jsonl", pick("r8_test.jsonl.gz", 20))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, corpus_file) -> Path:
+    """A 2-layer, hidden-32 BERT with an MLM head and a 600-piece WordPiece tokenizer trained in-process."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pretrain.config import VocabConfig
+    from pretrain.vocab import save_as_transformers, train_wordpiece
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    texts = [r["text"] for r in read_jsonl_gz(corpus_file)]
+    tokenizer = train_wordpiece(texts, VocabConfig(vocab_size=600, min_frequency=1))
+    save_as_transformers(tokenizer, folder, lowercase=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_config(tmp_path, corpus_file, task_files, tiny_base) -> dict:
+    """A whole-pipeline config that runs in seconds on a CPU (as a dict, to tweak before validating)."""
+    train, test = task_files
+    return {
+        "name": "tiny",
+        "store": str(tmp_path / "store"),
+        "base_model": {"source": str(tiny_base)},
+        "ingest": {"inputs": [str(corpus_file)], "strip_patterns": [r"(?i)\s*reuter\s*\x03\s*$"], "validation_fraction": 0.1},
+        "vocab": {"vocab_size": 300, "min_frequency": 1},
+        "pretrain": {
+            "max_seq_length": 32,
+            "max_steps": 12,
+            "global_batch_size": 8,
+            "micro_batch_size": 8,
+            "learning_rate": 2e-3,
+            "log_every_steps": 4,
+            "max_eval_blocks": 32,
+        },
+        "evaluate": {
+            "task": {"name": "R8-3", "train_files": [str(train)], "test_files": [str(test)]},
+            "seeds": [0],
+            "max_seq_length": 32,
+            "num_epochs": 6,
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+        },
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

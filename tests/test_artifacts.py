@@ -1,0 +1,138 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pretrain.artifacts import MANIFEST, ArtifactStore, artifact_id, code_version, format_lineage
+from pretrain.errors import InputError
+
+
+def test_ids_are_stable_and_sensitive_to_every_input():
+    reference = artifact_id("vocab", {"vocab_size": 100}, inputs={"corpus": "c-1"}, sources=[{"sha256": "aa"}])
+    assert reference == artifact_id("vocab", {"vocab_size": 100}, inputs={"corpus": "c-1"}, sources=[{"sha256": "aa", "path": "moved"}])
+    assert reference.startswith("v-")
+    variants = [
+        artifact_id("vocab", {"vocab_size": 101}, inputs={"corpus": "c-1"}, sources=[{"sha256": "aa"}]),
+        artifact_id("vocab", {"vocab_size": 100}, inputs={"corpus": "c-2"}, sources=[{"sha256": "aa"}]),
+        artifact_id("vocab", {"vocab_size": 100}, inputs={"corpus": "c-1"}, sources=[{"sha256": "ab"}]),
+        artifact_id("tokens", {"vocab_size": 100}, inputs={"corpus": "c-1"}, sources=[{"sha256": "aa"}]),
+    ]
+    assert len({reference, *variants}) == 5
+
+
+def test_ids_are_stable_across_processes():
+    code = "from pretrain.artifacts import artifact_id; print(artifact_id('ingest', {'a': [1, 2]}, sources=[{'sha256': 'x'}]))"
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert outputs == {artifact_id("ingest", {"a": [1, 2]}, sources=[{"sha256": "x"}]) + "\n"}
+
+
+def test_code_version_follows_local_imports_but_not_main_guard():
+    # tokens imports ingest and vocab, so their code is part of its version; the stage CLI glue is not.
+    from pretrain.artifacts import _local_imports
+
+    assert {"pretrain.tokens", "pretrain.ingest", "pretrain.vocab", "pretrain.artifacts"} <= _local_imports("pretrain.tokens")
+    assert "pretrain.pipeline" not in _local_imports("pretrain.tokens")
+    assert code_version("pretrain.tokens") != code_version("pretrain.ingest")
+
+
+def _publish(store, aid, content="x", inputs=None, fail=False):
+    with store.build("ingest", aid, config={"k": 1}, inputs=inputs or {}, sources=[{"path": "raw.txt", "size": 1, "sha256": "ff"}]) as b:
+        (b.dir / "data.txt").write_text(content)
+        (b.dir / "sub").mkdir()
+        (b.dir / "sub" / "more.txt").write_text(content * 2)
+        b.metrics["documents"] = 1
+        if fail:
+            raise RuntimeError("disk full")
+
+
+def test_publish_writes_manifest_with_hashes(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store, "c-1")
+    manifest = store.manifest("c-1")
+    assert manifest["id"] == "c-1" and manifest["stage"] == "ingest"
+    assert set(manifest["files"]) == {"data.txt", "sub/more.txt"}
+    assert manifest["files"]["data.txt"]["size"] == 1
+    assert manifest["files"]["data.txt"]["sha256"] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    assert manifest["metrics"] == {"documents": 1}
+    assert {"python", "packages", "host", "git"} <= set(manifest["environment"])
+    assert store.ids() == ["c-1"]
+
+
+def test_a_failed_build_leaves_no_artifact(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(RuntimeError):
+        _publish(store, "c-1", fail=True)
+    assert not store.exists("c-1")
+    assert store.ids() == []
+    assert not (tmp_path / "store" / "c-1").exists()
+
+
+def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
+    # A process killed mid-build (kill -9: no cleanup code runs) leaves only a staging folder.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pretrain.artifacts import ArtifactStore
+        store = ArtifactStore({str(tmp_path / "store")!r})
+        with store.build("ingest", "c-1", config={{}}) as b:
+            (b.dir / "half.bin").write_bytes(b"0" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script])
+    assert result.returncode == -9
+    store = ArtifactStore(tmp_path / "store")
+    assert not store.exists("c-1") and store.ids() == []
+    assert list((tmp_path / "store" / ".tmp").iterdir())  # the debris is in staging, not at the id
+    _publish(store, "c-1")  # and a re-run publishes normally
+    assert store.exists("c-1")
+
+
+def test_manifestless_folder_is_not_an_artifact(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    (tmp_path / "store" / "c-1").mkdir()
+    (tmp_path / "store" / "c-1" / "data.txt").write_text("partial")
+    assert not store.exists("c-1")
+    with pytest.raises(InputError, match="artifact c-1 is not in the store"):
+        store.manifest("c-1")
+    _publish(store, "c-1", content="y")
+    assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "y"
+
+
+def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store, "c-1", content="first")
+    _publish(store, "c-1", content="second")  # same id = same content in real use; the first stays
+    assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "first"
+
+
+def test_remote_store_uploads_manifest_last_and_downloads_verified(tmp_path):
+    store = ArtifactStore("memory://dapt-test-store", cache_dir=tmp_path / "cache")
+    _publish(store, "c-1")
+    assert store.exists("c-1") and not store.is_local
+    local = store.local_dir("c-1")
+    assert (local / "sub" / "more.txt").read_text() == "xx"
+    assert json.loads((local / MANIFEST).read_text())["id"] == "c-1"
+    # A corrupted remote file is caught on download.
+    with store.fs.open(store._path("c-1", "data.txt"), "wb") as f:
+        f.write(b"tampered")
+    fresh = ArtifactStore("memory://dapt-test-store", cache_dir=tmp_path / "cache2")
+    with pytest.raises(InputError, match="data.txt does not match the sha256"):
+        fresh.local_dir("c-1")
+
+
+def test_lineage_reaches_raw_files(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store, "c-1")
+    with store.build("vocab", "v-1", config={}, inputs={"corpus": "c-1"}) as b:
+        (b.dir / "x").write_text("1")
+    tree = store.lineage("v-1")
+    assert tree["inputs"]["corpus"]["id"] == "c-1"
+    text = format_lineage(tree)
+    assert "v-1  vocab" in text and "c-1  ingest" in text and "file raw.txt" in text
+    os.remove(tmp_path / "store" / "c-1" / MANIFEST)
+    with pytest.raises(InputError):
+        store.lineage("v-1")

@@ -1,0 +1,82 @@
+import copy
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, write_config
+from flows.cli import main
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import validate_config
+from pretrain.pipeline import run_stage
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_bad_config_is_one_message_without_traceback(tmp_path, tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    raw["pretrain"]["max_steps"] = 0
+    raw["pretrain"]["warmup"] = 10
+    path = write_config(tmp_path / "bad.yaml", raw)
+    result = _run("-m", "flows.cli", "run", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}: 2 problems:" in result.stderr
+    assert "pretrain.max_steps: Input should be greater than 0 (got 0)" in result.stderr
+    assert "pretrain.warmup: unknown key; did you mean 'warmup_steps'?" in result.stderr
+
+
+def test_stage_alone_needs_its_inputs_and_says_which_command_builds_them(tmp_path, tiny_config):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    result = _run("-m", "pretrain.vocab", "--config", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "vocab needs ingest (c-" in result.stderr and "base (b-" in result.stderr
+    assert f"python -m pretrain.base --config {path}" in result.stderr
+    result = _run("-m", "pretrain.ingest", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("c-")
+
+
+def test_bad_data_inside_a_stage_is_a_clear_message(tmp_path, tiny_config):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "fine document with quite enough words"}\n{"text": broken\n')
+    raw = copy.deepcopy(tiny_config)
+    raw["ingest"]["inputs"] = [str(corpus)]
+    path = write_config(tmp_path / "c.yaml", raw)
+    result = _run("-m", "pretrain.ingest", "--config", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {corpus}:2: not valid JSON" in result.stderr
+
+
+def test_artifacts_list_show_lineage(tiny_config, capsys):
+    config = validate_config(tiny_config)
+    store = ArtifactStore(config.store)
+    ids = {}
+    for stage in ("base", "ingest", "vocab"):
+        ids[stage] = run_stage(stage, config, store, ids)
+
+    assert main(["artifacts", "list", "--store", config.store]) == 0
+    listing = capsys.readouterr().out
+    assert all(aid in listing for aid in ids.values())
+    assert main(["artifacts", "list", "--store", config.store, "--stage", "vocab"]) == 0
+    assert capsys.readouterr().out.split()[0] == ids["vocab"]
+
+    assert main(["artifacts", "show", ids["vocab"], "--store", config.store]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["inputs"] == {"corpus": ids["ingest"], "base": ids["base"]}
+
+    assert main(["artifacts", "lineage", ids["vocab"], "--store", config.store]) == 0
+    lineage = capsys.readouterr().out
+    assert ids["ingest"] in lineage and ids["base"] in lineage and "corpus.jsonl.gz" in lineage
+
+    assert main(["artifacts", "show", "v-doesnotexist", "--store", config.store]) == 2
+    assert "artifact v-doesnotexist is not in the store" in capsys.readouterr().err
+
+
+def test_plan_lists_every_stage(tmp_path, tiny_config, capsys):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    assert main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["base", "ingest", "vocab", "tokens", "pretrain", "evaluate", "report"]
+    assert all(line.endswith("to build") for line in lines)

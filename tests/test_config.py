@@ -1,0 +1,85 @@
+import copy
+
+import pytest
+
+from conftest import ROOT, write_config
+from pretrain.config import load_config, validate_config
+from pretrain.errors import ConfigError
+
+
+def test_demo_config_is_valid():
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    assert config.pretrain.max_steps > 0
+    assert config.base_model.source == "pkg:cognition/model"
+
+
+def test_every_problem_is_listed_with_its_key_path(tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    raw["pretrain"]["max_steps"] = -5
+    raw["pretrain"]["mlm_probability"] = 1.5
+    raw["pretrain"]["learning_rte"] = 0.1
+    raw["ingest"]["inputs"] = ["/nonexistent/corpus/*.jsonl"]
+    raw["evaluate"]["task"]["test_files"] = ["/nonexistent/test.jsonl"]
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw, source="my.yaml")
+    message = str(e.value)
+    assert message.startswith("my.yaml: 5 problems:")
+    assert "pretrain.max_steps: Input should be greater than 0 (got -5)" in message
+    assert "pretrain.mlm_probability: Input should be less than 1 (got 1.5)" in message
+    assert "pretrain.learning_rte: unknown key; did you mean 'learning_rate'?" in message
+    assert "ingest.inputs[0]: '/nonexistent/corpus/*.jsonl' matches no file" in message
+    assert "evaluate.task.test_files[0]: '/nonexistent/test.jsonl' matches no file" in message
+
+
+def test_cross_field_rules(tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    raw["pretrain"].update(max_tokens=1000, global_batch_size=10, micro_batch_size=4, mask_replace_prob=0.9, random_replace_prob=0.2)
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw)
+    message = str(e.value)
+    assert "give exactly one of max_steps and max_tokens" in message
+    assert "global_batch_size (10) must be a multiple of micro_batch_size (4)" in message
+    assert "mask_replace_prob + random_replace_prob must be at most 1" in message
+
+
+def test_unknown_section_and_missing_section(tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    raw["pretrian"] = raw.pop("pretrain")
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw)
+    assert "pretrian: unknown key; did you mean 'pretrain'?" in str(e.value)
+    assert "pretrain: required key is missing" in str(e.value)
+
+
+def test_bad_regex_and_missing_base_model(tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    raw["ingest"]["strip_patterns"] = ["(unclosed"]
+    raw["base_model"]["source"] = "./models/does-not-exist"
+    raw["vocab"]["mode"] = "grow"
+    with pytest.raises(ConfigError) as e:
+        validate_config(raw)
+    message = str(e.value)
+    assert "ingest.strip_patterns: [0] '(unclosed' is not a valid regular expression" in message
+    assert "base_model.source: './models/does-not-exist': no such folder" in message
+    assert "vocab.mode: Input should be 'keep' (got 'grow')" in message
+
+
+def test_yaml_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ingest:\n  inputs: [a\npretrain: {}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d+"):
+        load_config(path)
+    path.write_text("pretrain:\n  max_steps: 1\n  max_steps: 2\n")
+    with pytest.raises(ConfigError, match="key 'max_steps' appears twice"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides(tmp_path, tiny_config):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    config = load_config(path, ["pretrain.max_steps=3", "evaluate.seeds=[1, 2]"])
+    assert config.pretrain.max_steps == 3
+    assert config.evaluate.seeds == [1, 2]
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(path, ["pretrain.max_steps"])

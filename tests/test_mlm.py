@@ -1,0 +1,113 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.mlm import Masking, MaskedLM
+
+SPECIAL = (0, 2, 3, 4)  # pad, cls, sep, mask in these tests
+
+
+def _masking(**overrides):
+    values = dict(mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, mask_id=4, special_ids=SPECIAL, vocab_size=1000)
+    values.update(overrides)
+    return Masking(**values)
+
+
+def _blocks(batch=64, length=128, vocab=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    ids[::4, 64:] = 0  # some padding
+    return ids
+
+
+def test_masking_proportions_on_a_large_batch():
+    ids = _blocks(batch=512)
+    out = _masking()(ids, torch.Generator().manual_seed(1))
+    eligible = ~torch.isin(ids, torch.tensor(SPECIAL))
+    n = int(eligible.sum())
+    selected = out["masked_positions"]
+    share = len(selected) / n
+    # Binomial(n, 0.15): 5 standard deviations is a test that fails only when the rate is wrong.
+    assert abs(share - 0.15) < 5 * (0.15 * 0.85 / n) ** 0.5
+    assert torch.equal(ids.view(-1)[selected], out["masked_labels"])
+    after = out["input_ids"].view(-1)[selected]
+    as_mask = (after == 4).float().mean().item()
+    unchanged = (after == out["masked_labels"]).float().mean().item()
+    assert abs(as_mask - 0.8) < 0.02
+    # unchanged = the 10% kept plus random draws that hit the same id (1/995)
+    assert abs(unchanged - 0.1) < 0.02
+    assert abs((1 - as_mask - unchanged) - 0.1) < 0.02
+
+
+def test_special_tokens_and_padding_are_never_masked_or_drawn():
+    ids = _blocks()
+    out = _masking(mlm_probability=0.9, mask_replace_prob=0.0, random_replace_prob=1.0)(ids, torch.Generator().manual_seed(2))
+    flat = ids.view(-1)
+    assert not torch.isin(flat[out["masked_positions"]], torch.tensor(SPECIAL)).any()
+    changed = out["input_ids"].view(-1)[out["masked_positions"]]
+    assert not torch.isin(changed, torch.tensor(SPECIAL)).any()
+    untouched = torch.ones_like(flat, dtype=torch.bool)
+    untouched[out["masked_positions"]] = False
+    assert torch.equal(out["input_ids"].view(-1)[untouched], flat[untouched])
+
+
+def test_masking_is_a_function_of_the_generator():
+    ids = _blocks()
+    a = _masking()(ids, torch.Generator().manual_seed(5))
+    b = _masking()(ids, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tiny(kind: str):
+    import transformers as t
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=300, max_position_embeddings=64)
+    if kind == "bert":
+        config = t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common)
+        return t.BertForMaskedLM(config)
+    if kind == "roberta":
+        config = t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=1, **common)
+        return t.RobertaForMaskedLM(config)
+    config = t.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
+    return t.DistilBertForMaskedLM(config)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_masked_only_head_loss_equals_full_head_loss(kind):
+    model = _tiny(kind).eval()
+    ids = torch.randint(5, 300, (4, 32), generator=torch.Generator().manual_seed(3))
+    batch = _masking(vocab_size=300)(ids, torch.Generator().manual_seed(4))
+    labels = torch.full_like(ids, -100).view(-1)
+    labels[batch["masked_positions"]] = batch["masked_labels"]
+    full = model(input_ids=batch["input_ids"], labels=labels.view(ids.shape)).loss
+    fast = MaskedLM(model)(**batch)
+    assert MaskedLM(model)._parts[1] is not None  # the fast path, not the fallback
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    # and the gradients agree too
+    model.zero_grad()
+    full.backward()
+    full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    MaskedLM(model)(**batch).backward()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_stays_tied_and_state_dict_is_the_models():
+    model = _tiny("bert")
+    wrapped = MaskedLM(model)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert set(wrapped.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+
+
+def test_full_head_fallback_matches(caplog):
+    model = _tiny("bert").eval()
+    wrapped = MaskedLM(model)
+    wrapped._parts = (model, None)  # what an unknown architecture gets
+    ids = torch.randint(5, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = _masking(vocab_size=300)(ids, torch.Generator().manual_seed(0))
+    logits = model(input_ids=batch["input_ids"]).logits.view(-1, 300)
+    expected = F.cross_entropy(logits[batch["masked_positions"]], batch["masked_labels"])
+    torch.testing.assert_close(wrapped(**batch), expected)

@@ -1,0 +1,141 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM
+
+from pretrain import pretrain
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import validate_config
+from pretrain.pipeline import plan, run_stage
+
+
+@pytest.fixture
+def upstream(tiny_config):
+    """Config, store and ids with every stage before pretrain built."""
+    config = validate_config(tiny_config)
+    store = ArtifactStore(config.store)
+    ids = {}
+    for stage in ("base", "ingest", "vocab", "tokens"):
+        ids[stage] = run_stage(stage, config, store, ids)
+    return config, store, ids
+
+
+def _with(config, **pretrain_overrides):
+    return config.model_copy(update={"pretrain": config.pretrain.model_copy(update=pretrain_overrides)})
+
+
+def test_pretrain_lowers_validation_perplexity_and_saves_a_loadable_model(upstream):
+    config, store, ids = upstream
+    config = _with(config, max_steps=60, eval_every_steps=20, learning_rate=5e-3)
+    aid = run_stage("pretrain", config, store, ids)
+    assert aid == plan(config)["pretrain"]
+    m = store.manifest(aid)
+    metrics = m["metrics"]
+    assert metrics["validation_perplexity_after"] < 0.7 * metrics["validation_perplexity_before"]
+    assert metrics["steps"] == 60 and metrics["tokens"] == 60 * 8 * 32
+    assert m["inputs"] == {"base": ids["base"], "vocab": ids["vocab"], "tokens": ids["tokens"]}
+    folder = store.local_dir(aid)
+    curve = json.loads((folder / "curve.json").read_text())
+    assert [p["step"] for p in curve if "validation_perplexity" in p] == [0, 20, 40, 60]
+    assert all(torch.isfinite(torch.tensor(p["loss"])) for p in curve if "loss" in p)
+    # The saved folder is a plain Hugging Face model whose weights are what was trained.
+    model = AutoModelForMaskedLM.from_pretrained(folder / "model")
+    saved = load_file(folder / "model" / "model.safetensors")
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    base = AutoModelForMaskedLM.from_pretrained(store.local_dir(ids["base"]))
+    assert not torch.equal(base.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert (folder / "model" / "tokenizer.json").is_file()
+    assert not store.work_dir(aid).joinpath("checkpoints").exists()  # cleaned after publishing
+
+
+def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch):
+    config, store, ids = upstream
+    reference = _with(config, max_steps=8, checkpoint_every_steps=4, seed=3)
+    first = store.local_dir(run_stage("pretrain", reference, store, ids)) / "model" / "model.safetensors"
+    expected = load_file(first)
+
+    # The same run in a second store, interrupted after its step-4 checkpoint, then re-run.
+    other = ArtifactStore(store.url + "-2")
+    for stage in ("base", "ingest", "vocab", "tokens"):
+        run_stage(stage, reference, other, ids)
+    calls = {"n": 0}
+    original = pretrain.MaskedLM.forward
+
+    def crash_after_six_steps(self, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise KeyboardInterrupt("simulated crash")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain.MaskedLM, "forward", crash_after_six_steps)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("pretrain", reference, other, ids)
+    aid = plan(reference)["pretrain"]
+    assert not other.exists(aid)
+    assert (other.work_dir(aid) / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
+    monkeypatch.setattr(pretrain.MaskedLM, "forward", original)
+    resumed = load_file(other.local_dir(run_stage("pretrain", reference, other, ids)) / "model" / "model.safetensors")
+    assert other.manifest(aid)["metrics"]["steps"] == 8
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_nan_loss_stops_with_a_clear_error(upstream, monkeypatch):
+    config, store, ids = upstream
+    config = _with(config, max_steps=8, log_every_steps=2)
+    original = pretrain.MaskedLM.forward
+
+    def nan_from_step_three(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        nan_from_step_three.calls += self.training
+        return loss * float("nan") if nan_from_step_three.calls > 2 else loss
+
+    nan_from_step_three.calls = 0
+    monkeypatch.setattr(pretrain.MaskedLM, "forward", nan_from_step_three)
+    with pytest.raises(pretrain.TrainingError, match="loss became nan between steps 3 and 4"):
+        run_stage("pretrain", config, store, ids)
+    assert not store.exists(plan(config)["pretrain"])
+
+
+def test_derived_values():
+    from pretrain.config import PretrainConfig
+    from pretrain.errors import UserError
+
+    cfg = PretrainConfig(max_tokens=10_000, global_batch_size=16, micro_batch_size=4, max_seq_length=64)
+    assert pretrain.total_steps(cfg) == 10  # ceil(10000 / (16 * 64))
+    assert pretrain.accumulation_steps(cfg, world_size=1) == 4
+    assert pretrain.accumulation_steps(cfg, world_size=2) == 2
+    with pytest.raises(UserError, match="not a multiple of micro_batch_size"):
+        pretrain.accumulation_steps(cfg, world_size=3)
+    factor = pretrain.lr_lambda(warmup_steps=2, steps=10)
+    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.125]
+
+
+def test_micro_batches_are_the_same_for_any_world_size(upstream):
+    config, store, ids = upstream
+    folder = store.local_dir(ids["tokens"])
+    meta = pretrain.load_meta(folder)
+    s = meta["special_ids"]
+    blocks = pretrain.Blocks(folder / "train.bin", meta["dtype"], 32, s["cls"], s["sep"])
+    masking = pretrain.Masking(0.15, 0.8, 0.1, s["mask"], (s["cls"], s["sep"], s["pad"], s["mask"]), meta["vocab_size"])
+
+    def global_batches(world, accum, start=0):
+        per_rank = [pretrain.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
+        out = {}
+        for r, data in enumerate(per_rank):
+            for k in range(len(data)):
+                out[data.global_index(k)] = data[k]["input_ids"]
+        return out
+
+    one = global_batches(world=1, accum=4)
+    two = global_batches(world=2, accum=2)
+    assert sorted(one) == sorted(two) == list(range(12))
+    assert all(torch.equal(one[g], two[g]) for g in one)
+    resumed = global_batches(world=1, accum=4, start=1)  # seek: starts at micro-batch 4, nothing replayed
+    assert sorted(resumed) == list(range(4, 12)) and all(torch.equal(resumed[g], one[g]) for g in resumed)
