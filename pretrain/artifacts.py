@@ -292,6 +292,7 @@ class ArtifactStore:
             "stage": m["stage"],
             "created": m["created"],
             "sources": m.get("sources", []),
+            "origin": m.get("origin"),
             "inputs": {role: self.lineage(child) for role, child in m.get("inputs", {}).items()},
         }
 
@@ -344,12 +345,18 @@ def _git_state() -> dict[str, Any] | None:
         return None
 
 
-def format_lineage(tree: dict[str, Any], indent: str = "") -> str:
-    """A lineage tree as indented text, one artifact or source file per line."""
+def format_lineage(tree: dict[str, Any], indent: str = "", seen: set[str] | None = None) -> str:
+    """A lineage tree as indented text, one artifact or source file per line; shared ancestors once."""
+    seen = set() if seen is None else seen
+    if tree["id"] in seen:
+        return f"{indent}{tree['id']}  {tree['stage']}  (shown above)"
+    seen.add(tree["id"])
     lines = [f"{indent}{tree['id']}  {tree['stage']}  {tree['created']}"]
+    if tree.get("origin"):
+        lines.append(f"{indent}  <- from {tree['origin'].get('resolved') or tree['origin'].get('source')}")
     for source in tree["sources"]:
         lines.append(f"{indent}  <- file {source['path']}  sha256:{source['sha256'][:12]}  {source['size']:,} B")
     for role, child in tree["inputs"].items():
         lines.append(f"{indent}  <- {role}:")
-        lines.append(format_lineage(child, indent + "     "))
+        lines.append(format_lineage(child, indent + "     ", seen))
     return "\n".join(lines)

@@ -63,7 +63,8 @@ def plan(cfg: PipelineConfig, until: str = STAGES[-1]) -> dict[str, str]:
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "matplotlib"):
+    # accelerate logs every file of every checkpoint at INFO; the stage logs one line per checkpoint.
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "matplotlib", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:  # per-file "Loading weights" bars add nothing to a stage's log
         import transformers

@@ -19,6 +19,7 @@ for this artifact id; re-running the same command resumes from the last complete
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -40,6 +41,8 @@ from pretrain.mlm import Masking, MaskedLM
 from pretrain.tokens import load_meta, open_split
 
 log = get_logger(__name__)
+# Tied decoder/embedding weights are stored once in a checkpoint and re-tied on load: expected, not news.
+logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
 
 STAGE = "pretrain"
 _CHECKPOINT_PREFIX = "step-"
@@ -195,6 +198,7 @@ def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, sta
         staging.rename(final)
         for old in sorted(checkpoints.glob(f"{_CHECKPOINT_PREFIX}*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        log.info("pretrain: checkpoint %s", final)
     accelerator.wait_for_everyone()
 
 
