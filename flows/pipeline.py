@@ -23,6 +23,7 @@ from pretrain import report
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig
 from pretrain.errors import UserError
+from pretrain.launch import launch_pretrain, needs_launcher
 from pretrain.pipeline import STAGES, run_stage, stage_id
 
 
@@ -49,8 +50,14 @@ def _user_error(state: State) -> State | None:
     result_serializer="json",
 )
 def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], artifact_id: str) -> str | State:
+    store = ArtifactStore(config.store)
     try:
-        built = run_stage(stage, config, ArtifactStore(config.store), ids)
+        if stage == "pretrain" and needs_launcher(config.pretrain.launcher):
+            # Several processes/GPUs/nodes: an `accelerate launch` job whose output goes into this run's log.
+            launch_pretrain(config, on_line=get_run_logger().info)
+            built = artifact_id if store.exists(artifact_id) else "(nothing published)"
+        else:
+            built = run_stage(stage, config, store, ids)
     except UserError as e:
         return Failed(message=f"{stage}: {e}")
     if built != artifact_id:  # the plan and the stage must agree, or caching would lie

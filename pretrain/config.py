@@ -78,6 +78,17 @@ class VocabConfig(Section):
     lowercase: bool = True
 
 
+class LauncherConfig(Section):
+    """How the pipeline starts the pretrain stage: in-process, or as an `accelerate launch` job."""
+
+    num_processes: int = Field(default=1, gt=0)
+    """Processes (one per GPU; on a machine without GPUs, CPU processes with the gloo backend)."""
+    config_file: str | None = None
+    """An accelerate config file (see infra/accelerate/): multi-GPU, multi-node, FSDP, DeepSpeed."""
+    extra_args: list[str] = []
+    """More `accelerate launch` arguments, e.g. ["--main_process_port", "29501"]."""
+
+
 class PretrainConfig(Section):
     """Continued masked-language-model pretraining (Accelerate; CPU, 1 GPU or many)."""
 
@@ -104,6 +115,8 @@ class PretrainConfig(Section):
     """Of the selected tokens, the share replaced by [MASK]."""
     random_replace_prob: float = Field(default=0.1, ge=0, le=1)
     """Of the selected tokens, the share replaced by a random token (the rest stay unchanged)."""
+    whole_word_mask: bool = False
+    """Select whole words (all their tokens together) instead of single tokens."""
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     log_every_steps: int = Field(default=50, gt=0)
@@ -114,8 +127,17 @@ class PretrainConfig(Section):
     checkpoint_every_steps: int | None = Field(default=None, gt=0)
     """Save the full training state every N steps; a re-run of the same config resumes from the last one."""
     keep_checkpoints: int = Field(default=2, gt=0)
-    num_workers: int = Field(default=0, ge=0)
-    """DataLoader worker processes (0: load in the training process; blocks are memory-mapped)."""
+    num_workers: int | None = Field(default=None, ge=0)
+    """DataLoader worker processes preparing (masking) batches. Default: 2 per GPU process, 0 on a CPU,
+    where the training step needs every core and batches take about a millisecond to prepare."""
+    log_with: list[str] = []
+    """Accelerate trackers, e.g. ["tensorboard"] (offline; its files go into the model artifact's `logs/`)."""
+    launcher: LauncherConfig = LauncherConfig()
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:

@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Masking:
-    """BERT's dynamic masking: select `mlm_probability` of the tokens, then 80/10/10 [MASK]/random/keep."""
+    """BERT's dynamic masking: select `mlm_probability` of the tokens, then 80/10/10 [MASK]/random/keep.
+
+    With `whole_word`, words are selected (each with probability `mlm_probability`) and all their
+    tokens are predicted together; the 80/10/10 choice is still made per token, as in BERT's release.
+    Special tokens ([CLS], [SEP], [PAD], [MASK]) are never selected nor drawn as random replacements.
+    """
 
     mlm_probability: float
     mask_replace_prob: float
@@ -29,13 +34,33 @@ class Masking:
     mask_id: int
     special_ids: tuple[int, ...]
     vocab_size: int
+    whole_word: bool = False
 
-    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Mask a (batch, seq) block of ids; returns inputs, flat masked positions and their labels."""
+    def __post_init__(self) -> None:
+        ordinary = torch.ones(self.vocab_size, dtype=torch.bool)
+        ordinary[list(self.special_ids)] = False
+        object.__setattr__(self, "_ordinary_ids", ordinary.nonzero().squeeze(1))
+        object.__setattr__(self, "_special", torch.tensor(self.special_ids))
+
+    def __call__(
+        self, input_ids: torch.Tensor, generator: torch.Generator, word_starts: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Mask a (batch, seq) block of ids; returns inputs, flat masked positions and their labels.
+
+        `word_starts` (bool, same shape) marks the first token of each word; needed for whole-word masking.
+        """
         input_ids = input_ids.clone()
-        special = torch.isin(input_ids, torch.tensor(self.special_ids, dtype=input_ids.dtype))
-        probability = torch.full(input_ids.shape, self.mlm_probability).masked_fill_(special, 0.0)
-        selected = torch.bernoulli(probability, generator=generator).bool()
+        special = torch.isin(input_ids, self._special.to(input_ids.dtype))
+        if self.whole_word:
+            if word_starts is None:
+                raise ValueError("whole-word masking needs the word-start flags of the batch")
+            # Number the words of each row; draw one uniform per word; a token follows its word.
+            word_index = torch.cumsum(word_starts.long(), dim=1)
+            draws = torch.rand((input_ids.size(0), input_ids.size(1) + 1), generator=generator)
+            selected = (draws.gather(1, word_index) < self.mlm_probability) & ~special
+        else:
+            probability = torch.full(input_ids.shape, self.mlm_probability).masked_fill_(special, 0.0)
+            selected = torch.bernoulli(probability, generator=generator).bool()
         positions = selected.view(-1).nonzero().squeeze(1)
         labels = input_ids.view(-1)[positions]
         action = torch.rand(positions.shape, generator=generator)
@@ -47,10 +72,7 @@ class Masking:
         return {"input_ids": input_ids, "masked_positions": positions, "masked_labels": labels}
 
     def _random_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        # Random replacements come from the ordinary vocabulary, never [CLS]/[SEP]/[PAD]/[MASK].
-        candidates = torch.ones(self.vocab_size, dtype=torch.bool)
-        candidates[list(self.special_ids)] = False
-        ids = candidates.nonzero().squeeze(1)
+        ids = self._ordinary_ids
         return ids[torch.randint(len(ids), (n,), generator=generator)]
 
 

@@ -18,6 +18,7 @@ for this artifact id; re-running the same command resumes from the last complete
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -38,7 +39,7 @@ from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import PretrainConfig
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking, MaskedLM
-from pretrain.tokens import load_meta, open_split
+from pretrain.tokens import load_meta, word_starts
 
 log = get_logger(__name__)
 # Tied decoder/embedding weights are stored once in a checkpoint and re-tied on load: expected, not news.
@@ -57,25 +58,42 @@ class TrainingError(UserError):
 
 
 class Blocks:
-    """Fixed-length blocks [CLS] + tokens + [SEP] cut from a memory-mapped token stream."""
+    """Fixed-length blocks [CLS] + tokens + [SEP] cut from a memory-mapped token stream of the tokens stage."""
 
-    def __init__(self, path: Path, dtype: str, seq_length: int, cls_id: int, sep_id: int):
-        self.path, self.dtype = path, np.dtype(dtype)
+    def __init__(self, tokens_dir: Path, split: str, seq_length: int):
+        meta = load_meta(tokens_dir)
+        self.path, self.words_path = tokens_dir / f"{split}.bin", tokens_dir / f"{split}.words.bin"
+        self.dtype = np.dtype(meta["dtype"])
         self.body = seq_length - 2
-        self.cls_id, self.sep_id = cls_id, sep_id
-        self.count = (path.stat().st_size // self.dtype.itemsize) // self.body
+        self.cls_id, self.sep_id = meta["special_ids"]["cls"], meta["special_ids"]["sep"]
+        self.count = (self.path.stat().st_size // self.dtype.itemsize) // self.body
         self._stream: np.memmap | None = None  # opened lazily, once per (worker) process
+        self._words: np.memmap | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def get(self, indices: np.ndarray) -> torch.Tensor:
+        """Token ids of the blocks, shape (len(indices), seq_length)."""
         if self._stream is None:
             self._stream = np.memmap(self.path, dtype=self.dtype, mode="r")
         rows = np.stack([self._stream[i * self.body : (i + 1) * self.body] for i in indices]).astype(np.int64)
         out = np.empty((len(indices), self.body + 2), dtype=np.int64)
         out[:, 0], out[:, 1:-1], out[:, -1] = self.cls_id, rows, self.sep_id
         return torch.from_numpy(out)
+
+    def word_starts(self, indices: np.ndarray) -> torch.Tensor:
+        """Whether each token of the blocks starts a word ([CLS] and the closing [SEP] do)."""
+        if self._words is None:
+            self._words = np.memmap(self.words_path, dtype=np.uint8, mode="r")
+        out = np.ones((len(indices), self.body + 2), dtype=bool)
+        for row, i in enumerate(indices):
+            out[row, 1:-1] = word_starts(self._words, i * self.body, (i + 1) * self.body)
+        return torch.from_numpy(out)
+
+    def masked(self, indices: np.ndarray, masking: Masking, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        starts = self.word_starts(indices) if masking.whole_word else None
+        return masking(self.get(indices), generator, word_starts=starts)
 
 
 def _mix(*numbers: int) -> int:
@@ -107,8 +125,7 @@ class MicroBatches(Dataset):
         if self._epoch is None or self._epoch[0] != epoch:
             self._epoch = (epoch, np.random.default_rng(_mix(self.seed, epoch)).permutation(len(self.blocks)))
         indices = self._epoch[1][j * self.micro : (j + 1) * self.micro]
-        generator = torch.Generator().manual_seed(_mix(self.seed, 1, g))
-        return self.masking(self.blocks.get(indices), generator)
+        return self.blocks.masked(indices, self.masking, torch.Generator().manual_seed(_mix(self.seed, 1, g)))
 
 
 def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: int, seed: int) -> list[dict]:
@@ -117,15 +134,19 @@ def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: 
     batches = []
     for start in range(0, n, batch_size):
         indices = np.arange(start, min(start + batch_size, n))
-        batches.append(masking(blocks.get(indices), torch.Generator().manual_seed(_mix(seed, 2, start))))
+        batches.append(blocks.masked(indices, masking, torch.Generator().manual_seed(_mix(seed, 2, start))))
     return batches
 
 
 # --- training ----------------------------------------------------------------------------------------
 
 
+# Where and how the job runs, not what it computes: left out of the artifact id.
+EXECUTION_ONLY = {"launcher", "num_workers"}
+
+
 def stage_id(cfg: PretrainConfig, *, base: str, vocab: str, tokens: str) -> str:
-    return artifact_id(STAGE, cfg.model_dump(), inputs={"base": base, "vocab": vocab, "tokens": tokens})
+    return artifact_id(STAGE, cfg.model_dump(exclude=EXECUTION_ONLY), inputs={"base": base, "vocab": vocab, "tokens": tokens})
 
 
 def total_steps(cfg: PretrainConfig) -> int:
@@ -157,9 +178,13 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.de
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # Fused kernels on GPU, multi-tensor (foreach) on CPU: both far faster than the per-parameter loop.
-    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, **impl)
+    options = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
+    # The fused kernel (CUDA, and CPU since torch 2.4) is far faster than the per-parameter loop;
+    # multi-tensor (foreach) is the fallback where fused is not available.
+    try:
+        return torch.optim.AdamW(groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=True, **options)
 
 
 @torch.no_grad()
@@ -202,18 +227,57 @@ def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, sta
     accelerator.wait_for_everyone()
 
 
+def _process_state() -> PartialState:
+    # AcceleratorState reads ACCELERATE_USE_CPU but a bare PartialState does not: without this, the
+    # processes of a multi-process CPU launch would each start alone as rank 0.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _masking(cfg: PretrainConfig, meta: dict) -> Masking:
+    special = meta["special_ids"]
+    return Masking(
+        mlm_probability=cfg.mlm_probability,
+        mask_replace_prob=cfg.mask_replace_prob,
+        random_replace_prob=cfg.random_replace_prob,
+        mask_id=special["mask"],
+        special_ids=tuple(sorted({special["cls"], special["sep"], special["pad"], special["mask"]})),
+        vocab_size=meta["vocab_size"],
+        whole_word=cfg.whole_word_mask,
+    )
+
+
+def _check_trackers(log_with: list[str]) -> None:
+    needs = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim"}
+    for tracker in log_with:
+        module = needs.get(tracker)
+        if module and importlib.util.find_spec(module) is None:
+            raise UserError(f"pretrain.log_with: {tracker!r} needs the {module!r} package; `pip install {module}` or drop it")
+
+
+def _ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """Whether every data-parallel process holds the same weights (DDP must keep them identical)."""
+    fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in model.parameters()])
+    everyone = accelerator.gather(fingerprint.to(accelerator.device).unsqueeze(0))
+    return bool((everyone == everyone[0]).all())
+
+
 def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
     from transformers import AutoModelForMaskedLM
 
-    state = PartialState()
+    _check_trackers(cfg.log_with)
+    state = _process_state()
     accum = accumulation_steps(cfg, state.num_processes)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=accum,
+        log_with=cfg.log_with or None,
+        project_dir=str(work_dir / "logs"),
+    )
     log.info("pretrain: config %s", cfg.model_dump_json(), main_process_only=True)
     set_seed(cfg.seed)
 
     meta = load_meta(tokens_dir)
-    special = meta["special_ids"]
     model = AutoModelForMaskedLM.from_pretrained(base_dir, attn_implementation="sdpa")
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_length > limit:
@@ -223,19 +287,9 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
             f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the model's embedding matrix "
             f"({model.get_input_embeddings().num_embeddings} rows)"
         )
-    masking = Masking(
-        mlm_probability=cfg.mlm_probability,
-        mask_replace_prob=cfg.mask_replace_prob,
-        random_replace_prob=cfg.random_replace_prob,
-        mask_id=special["mask"],
-        special_ids=tuple(sorted({special["cls"], special["sep"], special["pad"], special["mask"]})),
-        vocab_size=meta["vocab_size"],
-    )
-
-    def blocks(split: str) -> Blocks:
-        return Blocks(tokens_dir / f"{split}.bin", meta["dtype"], cfg.max_seq_length, special["cls"], special["sep"])
-
-    train_blocks, validation_blocks = blocks("train"), blocks("validation")
+    masking = _masking(cfg, meta)
+    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
+    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
     if len(train_blocks) < cfg.micro_batch_size:
         raise InputError(
             f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
@@ -252,6 +306,9 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
     task, optimizer = accelerator.prepare(task, optimizer)
     # Stepped by hand once per optimizer step; registered so save_state/load_state carry it.
     accelerator.register_for_checkpointing(scheduler)
+    if cfg.log_with:
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
+        accelerator.init_trackers("pretrain", config=hyperparameters)
 
     checkpoints = work_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -270,7 +327,8 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
                         accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
     # A private generator: creating the iterator must not draw from the global RNG that dropout uses,
     # or a resumed run (which creates it after restoring that RNG) would drift from an uninterrupted one.
-    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
     # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
@@ -321,6 +379,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
             point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
         progress["step"] = done
         progress["curve"].append(point)
+        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
         log.info("pretrain: step %d/%d %s", done, steps, json.dumps(point), main_process_only=True)
         if at_checkpoint:
@@ -331,13 +390,24 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
 
     after = perplexity(task, evaluation, accelerator)
     progress["curve"].append({"step": steps, "validation_perplexity": after})
+    accelerator.log({"validation_perplexity": after}, step=steps)
+    in_sync = _ranks_in_sync(task, accelerator) if accelerator.num_processes > 1 else True
+    if not in_sync:
+        raise TrainingError("pretrain: the processes ended with different weights; data-parallel training went wrong")
+    # Collective under FSDP/DeepSpeed (gathers the shards), so every process calls it.
+    state_dict = accelerator.get_state_dict(task)
+    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
+        tracker.finish()
     output = work_dir / "output"
     if accelerator.is_main_process:
         shutil.rmtree(output, ignore_errors=True)
-        accelerator.unwrap_model(task).model.save_pretrained(output / "model")
+        weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        accelerator.unwrap_model(task).model.save_pretrained(output / "model", state_dict=weights)
         for f in tokenizer_dir.iterdir():
             shutil.copy2(f, output / "model" / f.name)
         (output / "curve.json").write_text(json.dumps(progress["curve"], indent=1))
+        if cfg.log_with and (work_dir / "logs").is_dir():
+            shutil.copytree(work_dir / "logs", output / "logs")
     accelerator.wait_for_everyone()
     return {
         "steps": steps,
@@ -345,7 +415,9 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
         "global_batch_size": cfg.global_batch_size,
         "accumulation_steps": accum,
         "processes": accelerator.num_processes,
+        "ranks_in_sync": in_sync,
         "device": accelerator.device.type,
+        "mixed_precision": cfg.mixed_precision,
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),
         "train_seconds": round(progress["train_seconds"], 2),
@@ -357,7 +429,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
 
 def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tokens: str) -> str:
     """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
-    state = PartialState()
+    state = _process_state()
     aid = stage_id(cfg, base=base, vocab=vocab, tokens=tokens)
     if store.exists(aid):
         log.info("pretrain %s: already built (cache hit)", aid, main_process_only=True)
@@ -377,6 +449,8 @@ def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tok
             metrics["tokens_per_second"], main_process_only=True,
         )  # fmt: skip
     state.wait_for_everyone()
+    if state.use_distributed:
+        state.destroy_process_group()
     return aid
 
 

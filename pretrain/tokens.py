@@ -3,9 +3,12 @@
     python -m pretrain.tokens --config configs/demo.yaml
 
 Output (tokens artifact `t-...`): `train.bin` and `validation.bin`, each the documents' token ids
-back to back with a [SEP] after every document (uint16 when the vocabulary fits, else uint32), and
-`meta.json` (dtype, special token ids, token and document counts). The pretrain stage memory-maps
-these and cuts them into blocks; nothing is tokenised inside the training job.
+back to back with a [SEP] after every document (uint16 when the vocabulary fits, else uint32);
+`train.words.bin` and `validation.words.bin`, one bit per token (packed), set where a token starts
+a word as the tokenizer's pre-tokenizer splits words (from the fast tokenizer's word ids, so whole-word
+masking works for any fast tokenizer, not only BERT's `##` convention); and `meta.json` (dtype,
+special token ids, token and document counts). The pretrain stage memory-maps these and cuts them
+into blocks; nothing is tokenised inside the training job.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run(cfg: None, store: ArtifactStore, *, corpus: str, vocab: str) -> str:
     with store.build(STAGE, aid, config={}, inputs={"corpus": corpus, "vocab": vocab}) as build:
         meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "special_ids": special, "splits": {}}
         for split in SPLITS:
-            meta["splits"][split] = _write_split(read_split(corpus_dir, split), backend, special["sep"], dtype, build.dir / f"{split}.bin")
+            meta["splits"][split] = _write_split(read_split(corpus_dir, split), backend, special["sep"], dtype, build.dir, split)
         (build.dir / "meta.json").write_text(json.dumps(meta, indent=2))
         total = sum(s["tokens"] for s in meta["splits"].values())
         build.metrics.update(
@@ -59,21 +62,37 @@ def run(cfg: None, store: ArtifactStore, *, corpus: str, vocab: str) -> str:
             vocab_size=vocab_size,
             train_tokens=meta["splits"]["train"]["tokens"],
             validation_tokens=meta["splits"]["validation"]["tokens"],
-            bytes_per_token=round(sum((build.dir / f"{s}.bin").stat().st_size for s in SPLITS) / max(total, 1), 3),
+            bytes_per_token=round(sum(f.stat().st_size for f in build.dir.glob("*.bin")) / max(total, 1), 3),
         )
         log.info("tokens %s: %d train / %d validation tokens (%s)", aid, build.metrics["train_tokens"], build.metrics["validation_tokens"], meta["dtype"])
     return aid
 
 
-def _write_split(batches, backend, sep_id: int, dtype, path: Path) -> dict:
+def _word_starts(encoding) -> list[bool]:
+    previous = object()
+    starts = []
+    for word in encoding.word_ids:
+        starts.append(word is None or word != previous)
+        previous = word
+    return starts
+
+
+def _write_split(batches, backend, sep_id: int, dtype, folder: Path, split: str) -> dict:
     tokens = documents = 0
-    with open(path, "wb") as f:
+    pending = np.zeros(0, dtype=bool)  # word-start bits not yet a whole byte
+    with open(folder / f"{split}.bin", "wb") as ids_file, open(folder / f"{split}.words.bin", "wb") as words_file:
         for texts in batches:
             # encode_batch runs on all cores in Rust; one write per batch.
-            ids = [i for e in backend.encode_batch(texts, add_special_tokens=False) for i in (*e.ids, sep_id)]
-            f.write(np.asarray(ids, dtype=dtype).tobytes())
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            ids = [i for e in encodings for i in (*e.ids, sep_id)]
+            ids_file.write(np.asarray(ids, dtype=dtype).tobytes())
+            bits = np.concatenate([pending, [b for e in encodings for b in (*_word_starts(e), True)]])
+            whole = len(bits) - len(bits) % 8
+            words_file.write(np.packbits(bits[:whole]).tobytes())
+            pending = bits[whole:]
             tokens += len(ids)
             documents += len(texts)
+        words_file.write(np.packbits(pending).tobytes())
     return {"tokens": tokens, "documents": documents}
 
 
@@ -85,6 +104,13 @@ def open_split(tokens_dir: Path, split: str) -> np.memmap:
     """The token stream of a split, memory-mapped (read-only)."""
     meta = load_meta(tokens_dir)
     return np.memmap(tokens_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def word_starts(packed: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Word-start flags of tokens [start, stop) from a packed `*.words.bin` array."""
+    first, last = start // 8, (stop + 7) // 8
+    bits = np.unpackbits(np.asarray(packed[first:last]))
+    return bits[start - first * 8 : stop - first * 8].astype(bool)
 
 
 if __name__ == "__main__":

@@ -86,10 +86,14 @@ def tiny_base(tmp_path_factory, corpus_file) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path, corpus_file, task_files, tiny_base) -> dict:
     """A whole-pipeline config that runs in seconds on a CPU (as a dict, to tweak before validating)."""
+    return make_tiny_config(tmp_path / "store", corpus_file, task_files, tiny_base)
+
+
+def make_tiny_config(store: Path, corpus_file: Path, task_files: tuple[Path, Path], tiny_base: Path) -> dict:
     train, test = task_files
     return {
         "name": "tiny",
-        "store": str(tmp_path / "store"),
+        "store": str(store),
         "base_model": {"source": str(tiny_base)},
         "ingest": {"inputs": [str(corpus_file)], "strip_patterns": [r"(?i)\s*reuter\s*\x03\s*$"], "validation_fraction": 0.1},
         "vocab": {"vocab_size": 300, "min_frequency": 1},

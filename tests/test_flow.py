@@ -52,3 +52,42 @@ def test_pipeline_flow_twice_second_run_all_cache_hits(prefect_harness, tiny_con
     third = pipeline(config=config)
     assert third["cached"]["report"] is False and third["cached"]["evaluate"] is True
     assert store.exists(first["ids"]["report"])
+
+
+def test_pretrain_flow_launches_accelerate_and_streams_its_log(prefect_harness, tiny_config):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.pipeline import pretrain_flow
+    from pretrain.pipeline import run_stage
+
+    tiny_config["pretrain"].update(max_steps=4, global_batch_size=8, micro_batch_size=4, launcher={"num_processes": 2})
+    config = validate_config(tiny_config)
+    store = ArtifactStore(config.store)
+    ids = {}
+    for stage in ("base", "ingest", "vocab", "tokens"):
+        ids[stage] = run_stage(stage, config, store, ids)
+
+    state = pretrain_flow(config=config, ids=ids, return_state=True)
+    assert state.is_completed(), state.message
+    assert store.manifest(plan(config)["pretrain"])["metrics"]["processes"] == 2
+
+    APILogHandler().flush()  # logs reach the API in the background; wait for them
+
+    async def messages(flow_run_id):
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return [log.message for log in logs]
+
+    lines = asyncio.run(messages(state.state_details.flow_run_id))
+    assert any(line.startswith("launching: ") and "accelerate.commands.launch" in line for line in lines)
+    assert any("pretrain: step 4/4" in line for line in lines)  # the job's own log, streamed into the run
+
+    # A mistake the job finds (here: 8 sequences cannot split over 2 processes of 8) fails the run with it.
+    bad = validate_config({**tiny_config, "pretrain": {**tiny_config["pretrain"], "micro_batch_size": 8, "max_steps": 5}})
+    state = pretrain_flow(config=bad, ids=ids, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("pretrain: pretrain.global_batch_size (8) is not a multiple of micro_batch_size (8) x processes (2)")

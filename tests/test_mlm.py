@@ -111,3 +111,40 @@ def test_full_head_fallback_matches(caplog):
     logits = model(input_ids=batch["input_ids"]).logits.view(-1, 300)
     expected = F.cross_entropy(logits[batch["masked_positions"]], batch["masked_labels"])
     torch.testing.assert_close(wrapped(**batch), expected)
+
+
+def _word_starts(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.rand(shape, generator=g) < 0.6  # words of 1-4+ pieces
+    starts[:, 0] = True
+    return starts
+
+
+def test_whole_word_masking_masks_words_together_at_the_right_rate():
+    ids = _blocks(batch=512)
+    starts = _word_starts(ids.shape)
+    out = _masking(whole_word=True)(ids, torch.Generator().manual_seed(7), word_starts=starts)
+    selected = torch.zeros(ids.numel(), dtype=torch.bool)
+    selected[out["masked_positions"]] = True
+    selected = selected.view(ids.shape)
+    special = torch.isin(ids, torch.tensor(SPECIAL))
+    word = torch.cumsum(starts.long(), dim=1)
+    # every word is all in or all out (special tokens never in)
+    for row in range(0, 512, 37):
+        for w in word[row].unique():
+            members = (word[row] == w) & ~special[row]
+            if members.any():
+                assert selected[row][members].all() or not selected[row][members].any()
+    assert not (selected & special).any()
+    eligible = int((~special).sum())
+    share = int(selected.sum()) / eligible
+    # words are selected independently with p = 0.15, so the token share is 0.15 in expectation;
+    # its spread is larger than for single tokens (words have ~1.7 pieces): 6 token-level sigmas.
+    assert abs(share - 0.15) < 6 * (0.15 * 0.85 / eligible) ** 0.5 * 1.7
+    after = out["input_ids"].view(-1)[out["masked_positions"]]
+    assert abs((after == 4).float().mean().item() - 0.8) < 0.02
+
+
+def test_whole_word_masking_needs_word_starts():
+    with pytest.raises(ValueError, match="needs the word-start flags"):
+        _masking(whole_word=True)(_blocks(), torch.Generator().manual_seed(0))

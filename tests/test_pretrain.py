@@ -120,10 +120,8 @@ def test_derived_values():
 def test_micro_batches_are_the_same_for_any_world_size(upstream):
     config, store, ids = upstream
     folder = store.local_dir(ids["tokens"])
-    meta = pretrain.load_meta(folder)
-    s = meta["special_ids"]
-    blocks = pretrain.Blocks(folder / "train.bin", meta["dtype"], 32, s["cls"], s["sep"])
-    masking = pretrain.Masking(0.15, 0.8, 0.1, s["mask"], (s["cls"], s["sep"], s["pad"], s["mask"]), meta["vocab_size"])
+    blocks = pretrain.Blocks(folder, "train", 32)
+    masking = pretrain._masking(config.pretrain, pretrain.load_meta(folder))
 
     def global_batches(world, accum, start=0):
         per_rank = [pretrain.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
@@ -139,3 +137,45 @@ def test_micro_batches_are_the_same_for_any_world_size(upstream):
     assert all(torch.equal(one[g], two[g]) for g in one)
     resumed = global_batches(world=1, accum=4, start=1)  # seek: starts at micro-batch 4, nothing replayed
     assert sorted(resumed) == list(range(4, 12)) and all(torch.equal(resumed[g], one[g]) for g in resumed)
+
+
+def test_tensorboard_tracking_goes_into_the_artifact(upstream):
+    config, store, ids = upstream
+    config = _with(config, max_steps=4, log_every_steps=2, log_with=["tensorboard"])
+    folder = store.local_dir(run_stage("pretrain", config, store, ids))
+    events = list((folder / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("loss")] == [2, 4]
+
+
+def test_missing_tracker_package_is_a_clear_error(upstream, monkeypatch):
+    import importlib.util
+
+    from pretrain.errors import UserError
+
+    config, store, ids = upstream
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(UserError, match="pretrain.log_with: 'wandb' needs the 'wandb' package"):
+        run_stage("pretrain", _with(config, log_with=["wandb"]), store, ids)
+
+
+def test_dataloader_workers_change_nothing(upstream):
+    config, store, ids = upstream
+    config = _with(config, max_steps=4, num_workers=0)
+    other = ArtifactStore(store.url + "-workers")
+    for stage in ("base", "ingest", "vocab", "tokens"):
+        run_stage(stage, config, other, ids)
+    a = load_file(store.local_dir(run_stage("pretrain", config, store, ids)) / "model" / "model.safetensors")
+    b = load_file(other.local_dir(run_stage("pretrain", _with(config, num_workers=2), other, ids)) / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_whole_word_masking_run(upstream):
+    config, store, ids = upstream
+    aid = run_stage("pretrain", _with(config, max_steps=4, whole_word_mask=True), store, ids)
+    assert aid != plan(config)["pretrain"] and store.manifest(aid)["config"]["whole_word_mask"] is True
