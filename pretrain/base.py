@@ -37,6 +37,8 @@ SAFE_FILES = (
     "merges.txt",
 )
 SAFE_PATTERNS = ("model-*-of-*.safetensors",)
+# Any of these makes a tokenizer transformers can load as a fast one.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
 def resolve_source(cfg: BaseModelConfig) -> tuple[Path, str]:
@@ -90,6 +92,11 @@ def model_files(folder: Path) -> list[Path]:
             else ""
         )
         raise InputError(f"base model {folder}: no safetensors weights.{hint}")
+    if not names & set(TOKENIZER_FILES):
+        raise InputError(
+            f"base model {folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer "
+            "into the folder, e.g. AutoTokenizer.from_pretrained(...).save_pretrained(DIR)"
+        )
     return files
 
 

@@ -69,13 +69,36 @@ class IngestConfig(Section):
 
 
 class VocabConfig(Section):
-    """Train a domain WordPiece vocabulary and measure how well each tokenizer fits the domain."""
+    """Train a domain WordPiece vocabulary, decide what the model tokenizes with, measure the fit."""
 
-    mode: Literal["keep"] = "keep"
-    """`keep`: the model keeps the base tokenizer; the domain vocabulary is an artifact and a figure."""
+    mode: Literal["keep", "extend", "replace"] = "keep"
+    """`keep`: the base tokenizer as is. `extend`: add up to `max_new_tokens` domain pieces to it, new
+    embeddings initialised from their base sub-tokens. `replace`: the domain vocabulary with freshly
+    initialised embeddings (pretraining from scratch from the base model's architecture, no base weights)."""
     vocab_size: int = Field(default=16000, ge=100, le=1_000_000)
+    """Size of the domain WordPiece vocabulary trained on the corpus."""
     min_frequency: int = Field(default=2, ge=1)
     lowercase: bool = True
+    """Lowercase before training the domain vocabulary; must match an uncased base model in `extend` mode."""
+    max_new_tokens: int = Field(default=5000, ge=1)
+    """`extend`: the most domain pieces to add, chosen by frequency x (base pieces - 1)."""
+    min_token_count: int = Field(default=10, ge=1)
+    """`extend`: a domain piece is a candidate only if it occurs this often in the train split (rarer
+    pieces would start from their pieces' mean and barely be trained)."""
+    allow_digits_punctuation: bool = False
+    """`extend`: also consider pieces made only of digits and punctuation (skipped by default)."""
+    init: Literal["subword_mean", "resize_default"] = "subword_mean"
+    """`extend`: a new token's embedding (and MLM output bias) is the mean of its base pieces', or
+    transformers' `resize_token_embeddings` default (a sample around the mean of all embeddings)."""
+
+    @model_validator(mode="after")
+    def _new_tokens_fit(self) -> VocabConfig:
+        if self.mode == "extend" and self.max_new_tokens > self.vocab_size:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) is larger than the domain vocabulary it is chosen from "
+                f"(vocab_size {self.vocab_size}); lower max_new_tokens or raise vocab_size"
+            )
+        return self
 
 
 class LauncherConfig(Section):

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import PretrainConfig
 from pretrain.errors import InputError, UserError
+from pretrain.extend import extend_embeddings, load_model_init
 from pretrain.mlm import Masking, MaskedLM
 from pretrain.tokens import load_meta, word_starts
 
@@ -128,13 +129,76 @@ class MicroBatches(Dataset):
         return self.blocks.masked(indices, self.masking, torch.Generator().manual_seed(_mix(self.seed, 1, g)))
 
 
-def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: int, seed: int) -> list[dict]:
-    """The same validation blocks and masks every time perplexity is measured."""
+def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: int, seed: int) -> list[tuple[dict, int]]:
+    """The same validation blocks and masks every time token perplexity is measured; (batch, tokens)."""
     n = min(max_blocks, len(blocks))
     batches = []
     for start in range(0, n, batch_size):
         indices = np.arange(start, min(start + batch_size, n))
-        batches.append(blocks.masked(indices, masking, torch.Generator().manual_seed(_mix(seed, 2, start))))
+        batch = blocks.masked(indices, masking, torch.Generator().manual_seed(_mix(seed, 2, start)))
+        batches.append((batch, len(batch["masked_labels"])))
+    return batches
+
+
+def word_eval_batches(tokens_dir: Path, seq_length: int, max_words: int, batch_size: int, seed: int,
+                      probability: float = 0.15) -> list[tuple[dict, int]]:  # fmt: skip
+    """Validation windows cut at word boundaries with whole words masked; (batch, masked words).
+
+    Per-token perplexities of models with different vocabularies are not comparable (the same text is
+    a different number of tokens). Per-word perplexity is: words are the tokenizer's pre-tokenizer
+    words, so the k-th word of the validation split is the same text under the base and an extended
+    tokenizer, and whether it is masked depends only on k and the seed. All pieces of a masked word
+    are [MASK]ed; its loss is the sum over its pieces; the result is exp(total loss / masked words).
+    """
+    meta = load_meta(tokens_dir)
+    special = meta["special_ids"]
+    stream = np.asarray(np.memmap(tokens_dir / "validation.bin", dtype=np.dtype(meta["dtype"]), mode="r")).astype(np.int64)
+    packed = np.fromfile(tokens_dir / "validation.words.bin", dtype=np.uint8)
+    all_starts = np.flatnonzero(word_starts(packed, 0, len(stream)))
+    count = min(len(all_starts), max_words)
+    starts, ends = all_starts[:count], np.append(all_starts[1:], len(stream))[:count]
+    chosen = np.random.default_rng(_mix(seed, 3)).random(count) < probability
+    chosen &= ~np.isin(stream[starts], [special["sep"], special["cls"], special["pad"], special["mask"]])
+
+    # Pack whole words into windows of at most seq_length - 2 tokens; keep windows with a chosen word.
+    body = seq_length - 2
+    windows: list[tuple[int, int, list[int]]] = []  # (first token, end token, chosen words)
+    begin, picked = None, []
+    for k in range(count):
+        if ends[k] - starts[k] > body or (begin is not None and ends[k] - begin > body):
+            if picked:
+                windows.append((begin, int(starts[k]), picked))
+            begin, picked = None, []
+            if ends[k] - starts[k] > body:
+                continue  # a word longer than a window cannot be scored whole
+        if begin is None:
+            begin = int(starts[k])
+        if chosen[k]:
+            picked.append(k)
+    if picked:
+        windows.append((begin, int(ends[count - 1]), picked))
+
+    batches = []
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        ids = torch.full((len(group), seq_length), special["pad"], dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        positions, labels, words = [], [], 0
+        for row, (begin, end, picked) in enumerate(group):
+            length = end - begin
+            ids[row, 0], ids[row, length + 1] = special["cls"], special["sep"]
+            ids[row, 1 : length + 1] = torch.from_numpy(stream[begin:end])
+            attention[row, : length + 2] = 1
+            for k in picked:
+                for position in range(int(starts[k]), int(ends[k])):
+                    flat = row * seq_length + 1 + position - begin
+                    positions.append(flat)
+                    labels.append(int(stream[position]))
+            words += len(picked)
+        positions_t = torch.tensor(positions, dtype=torch.long)
+        ids.view(-1)[positions_t] = special["mask"]
+        batch = {"input_ids": ids, "attention_mask": attention, "masked_positions": positions_t, "masked_labels": torch.tensor(labels, dtype=torch.long)}
+        batches.append((batch, words))
     return batches
 
 
@@ -188,16 +252,16 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.de
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, batches: list[dict], accelerator: Accelerator) -> float:
-    """exp(mean cross-entropy over every masked validation token), split across processes."""
+def perplexity(model: torch.nn.Module, batches: list[tuple[dict, int]], accelerator: Accelerator) -> float:
+    """exp(summed cross-entropy of the masked tokens / units: tokens or words), split across processes."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for i, batch in enumerate(batches):
+    for i, (batch, units) in enumerate(batches):
         if i % accelerator.num_processes != accelerator.process_index:
             continue
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         total[0] += model(**batch, reduction="sum").double()
-        total[1] += batch["masked_labels"].numel()
+        total[1] += units
     total = accelerator.reduce(total, reduction="sum")
     model.train()
     return math.exp(total[0].item() / max(total[1].item(), 1))
@@ -261,9 +325,22 @@ def _ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bool((everyone == everyone[0]).all())
 
 
-def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
+def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
+    """The model training starts from: the base, the base with extended embeddings, or a fresh one."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    init = load_model_init(vocab_dir)
+    if init["mode"] == "replace":
+        # From scratch (as PubMedBERT): the base's architecture, the domain vocabulary, no base weights.
+        config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"])
+        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+    model = AutoModelForMaskedLM.from_pretrained(base_dir, attn_implementation="sdpa")
+    extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"))
+    return model
+
+
+def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
-    from transformers import AutoModelForMaskedLM
 
     _check_trackers(cfg.log_with)
     state = _process_state()
@@ -278,7 +355,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
     set_seed(cfg.seed)
 
     meta = load_meta(tokens_dir)
-    model = AutoModelForMaskedLM.from_pretrained(base_dir, attn_implementation="sdpa")
+    model = starting_model(base_dir, vocab_dir, meta)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_length > limit:
         raise UserError(f"pretrain.max_seq_length ({cfg.max_seq_length}) exceeds the base model's max_position_embeddings ({limit})")
@@ -298,6 +375,8 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
     if len(validation_blocks) == 0:
         raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
     evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+    max_words = cfg.max_eval_blocks * (cfg.max_seq_length - 2)
+    word_evaluation = word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
 
     steps = total_steps(cfg)
     task = MaskedLM(model)
@@ -320,6 +399,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
     else:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
         progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
+        progress["word_perplexity_before"] = perplexity(task, word_evaluation, accelerator)
         progress["curve"].append({"step": 0, "validation_perplexity": progress["perplexity_before"]})
         log.info("pretrain: validation perplexity before: %.2f", progress["perplexity_before"], main_process_only=True)
 
@@ -389,6 +469,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
     bar.close()
 
     after = perplexity(task, evaluation, accelerator)
+    word_after = perplexity(task, word_evaluation, accelerator)
     progress["curve"].append({"step": steps, "validation_perplexity": after})
     accelerator.log({"validation_perplexity": after}, step=steps)
     in_sync = _ranks_in_sync(task, accelerator) if accelerator.num_processes > 1 else True
@@ -403,7 +484,7 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
         shutil.rmtree(output, ignore_errors=True)
         weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
         accelerator.unwrap_model(task).model.save_pretrained(output / "model", state_dict=weights)
-        for f in tokenizer_dir.iterdir():
+        for f in (vocab_dir / "tokenizer").iterdir():
             shutil.copy2(f, output / "model" / f.name)
         (output / "curve.json").write_text(json.dumps(progress["curve"], indent=1))
         if cfg.log_with and (work_dir / "logs").is_dir():
@@ -420,6 +501,10 @@ def train(cfg: PretrainConfig, base_dir: Path, tokenizer_dir: Path, tokens_dir: 
         "mixed_precision": cfg.mixed_precision,
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),
+        # per word (whole words masked): comparable across vocabularies, unlike per-token perplexity
+        "validation_word_perplexity_before": round(progress["word_perplexity_before"], 3),
+        "validation_word_perplexity_after": round(word_after, 3),
+        "validation_words_scored": sum(units for _, units in word_evaluation),
         "train_seconds": round(progress["train_seconds"], 2),
         "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
@@ -435,7 +520,7 @@ def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tok
         log.info("pretrain %s: already built (cache hit)", aid, main_process_only=True)
         return aid
     work_dir = store.work_dir(aid)
-    metrics = train(cfg, store.local_dir(base), store.local_dir(vocab) / "tokenizer", store.local_dir(tokens), work_dir)
+    metrics = train(cfg, store.local_dir(base), store.local_dir(vocab), store.local_dir(tokens), work_dir)
     if state.is_main_process:
         inputs = {"base": base, "vocab": vocab, "tokens": tokens}
         with store.build(STAGE, aid, config=cfg.model_dump(), inputs=inputs) as build:

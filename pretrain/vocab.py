@@ -4,15 +4,20 @@
     python -m pretrain.vocab --config configs/demo.yaml --set vocab.vocab_size=8000
 
 Output (vocab artifact `v-...`):
-- `tokenizer/`: the tokenizer the model trains with. With `mode: keep` it is the base model's own.
 - `domain_tokenizer/`: a WordPiece vocabulary trained on the corpus train split (BERT normalisation
   and pre-tokenisation, `##` continuation pieces), loadable with `AutoTokenizer.from_pretrained`.
-- metrics: fertility (tokens per whitespace-separated word) of both on the validation split.
+- `tokenizer/`: the tokenizer the model trains with: the base's own (`keep`), the base's extended with
+  the domain pieces that save the most tokens (`extend`), or the domain one (`replace`).
+- `model_init.json`: how the pretrain stage builds its starting model (new rows and their base pieces).
+- metrics on the validation split, for base, domain and model tokenizer: tokens per whitespace word,
+  the share of words split into 3 or more pieces, the sequence-length saving, the most used added tokens.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -20,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import VocabConfig
 from pretrain.errors import InputError
+from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
 from pretrain.ingest import read_split
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,8 @@ def load_fast_tokenizer(folder: Path):
     """A Hugging Face fast tokenizer from a folder; a clear error when the model has none."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json")):
+        raise InputError(f"{folder}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
@@ -98,15 +106,45 @@ def save_as_transformers(tokenizer: Tokenizer, folder: Path, lowercase: bool) ->
     wrapped.save_pretrained(folder)
 
 
-def fertility(backend: Tokenizer, texts: list[str]) -> float:
-    """Tokens per whitespace-separated word, special tokens excluded."""
-    words = sum(len(t.split()) for t in texts)
-    tokens = sum(len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False))
-    return tokens / max(words, 1)
-
-
 def stage_id(cfg: VocabConfig, *, corpus: str, base: str) -> str:
     return artifact_id(STAGE, cfg.model_dump(), inputs={"corpus": corpus, "base": base})
+
+
+def _check_base(base_tokenizer, base_dir: Path, cfg: VocabConfig) -> None:
+    rows = json.loads((base_dir / "config.json").read_text()).get("vocab_size")
+    size = len(base_tokenizer)
+    if rows is not None and (size > rows or (cfg.mode == "extend" and size != rows)):
+        raise InputError(
+            f"base model {base_dir}: its tokenizer has {size:,} tokens but the model has {rows:,} embedding rows; "
+            "they must match to " + ("extend the vocabulary" if cfg.mode == "extend" else "train with this tokenizer")
+        )
+    if cfg.mode == "extend":
+        normalizer = json.loads(base_tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
+        if normalizer.get("lowercase") is not None and normalizer["lowercase"] != cfg.lowercase:
+            cased = "uncased" if normalizer["lowercase"] else "cased"
+            raise InputError(f"vocab.lowercase is {cfg.lowercase} but the base tokenizer is {cased}; set vocab.lowercase: {not cfg.lowercase}")
+
+
+def _wrap(backend: Tokenizer, like):
+    """A transformers fast tokenizer around `backend`, with `like`'s special tokens and length limit."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=like.model_max_length,
+        **{name: getattr(like, name) for name in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")},
+    )
+
+
+def measure_fit(name: str, backend: Tokenizer, texts: list[str]) -> dict:
+    """How a tokenizer fits texts: tokens per whitespace word (fertility), share of words in 3+ pieces."""
+    pieces = pieces_per_word(backend, texts)
+    tokens = int(pieces.sum())
+    return {
+        f"fertility_{name}": round(tokens / max(sum(len(t.split()) for t in texts), 1), 4),
+        f"split3_share_{name}": round(float((pieces >= 3).mean()) if len(pieces) else 0.0, 4),
+        f"validation_tokens_{name}": tokens,
+    }
 
 
 def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> str:
@@ -118,6 +156,8 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
     log.info("vocab %s: config %s", aid, cfg.model_dump_json())
     corpus_dir, base_dir = store.local_dir(corpus), store.local_dir(base)
     base_tokenizer = load_fast_tokenizer(base_dir)
+    _check_base(base_tokenizer, base_dir, cfg)
+    base_backend = plain_backend(base_tokenizer)
     n_train = store.manifest(corpus)["metrics"]["train_documents"]
 
     with store.build(STAGE, aid, config=cfg.model_dump(), inputs={"corpus": corpus, "base": base}) as build:
@@ -125,25 +165,54 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
         if domain.get_vocab_size() <= len(SPECIAL_TOKENS):
             raise InputError(f"vocab: the corpus {corpus} gave an empty domain vocabulary; lower vocab.min_frequency")
         save_as_transformers(domain, build.dir / "domain_tokenizer", cfg.lowercase)
-        # mode keep: the model trains with its own tokenizer; the domain vocabulary is a measurement.
-        base_tokenizer.save_pretrained(build.dir / "tokenizer")
+
+        new_tokens: list[NewToken] = []
+        if cfg.mode == "keep":
+            model_backend, model_tokenizer = base_backend, base_tokenizer
+        elif cfg.mode == "extend":
+            new_tokens = choose_new_tokens(
+                domain, base_backend, read_split(corpus_dir, "train"), cfg.max_new_tokens, cfg.allow_digits_punctuation, cfg.min_token_count
+            )
+            if not new_tokens:
+                raise InputError(
+                    f"vocab: no domain piece of the {domain.get_vocab_size():,}-piece domain vocabulary would shorten the corpus "
+                    "under the base tokenizer; nothing to add (use vocab.mode: keep)"
+                )
+            model_backend = extend_backend(base_backend, new_tokens)
+            model_tokenizer = _wrap(model_backend, base_tokenizer)
+        else:  # replace
+            model_backend = plain_backend(load_fast_tokenizer(build.dir / "domain_tokenizer"))
+            model_tokenizer = load_fast_tokenizer(build.dir / "domain_tokenizer")
+        model_tokenizer.save_pretrained(build.dir / "tokenizer")
+        save_model_init(build.dir, cfg.mode, cfg.init, len(base_tokenizer), new_tokens)
 
         validation = [t for batch in read_split(corpus_dir, "validation") for t in batch]
-        base_backend = plain_backend(base_tokenizer)
-        build.metrics.update(
-            mode=cfg.mode,
-            base_vocab_size=base_backend.get_vocab_size(),
-            domain_vocab_size=domain.get_vocab_size(),
-            model_vocab_size=base_backend.get_vocab_size(),
-            validation_documents=len(validation),
-            validation_words=sum(len(t.split()) for t in validation),
-            fertility_base=round(fertility(base_backend, validation), 4),
-            fertility_domain=round(fertility(domain, validation), 4),
+        metrics = {
+            "mode": cfg.mode,
+            "base_vocab_size": len(base_tokenizer),
+            "domain_vocab_size": domain.get_vocab_size(),
+            "model_vocab_size": model_backend.get_vocab_size(),
+            "added_tokens": len(new_tokens),
+            "validation_documents": len(validation),
+            "validation_words": sum(len(t.split()) for t in validation),
+            **measure_fit("base", base_backend, validation),
+            **measure_fit("domain", domain, validation),
+            **measure_fit("model", model_backend, validation),
+        }
+        metrics["sequence_saving_percent"] = round(
+            100 * (1 - metrics["validation_tokens_model"] / max(metrics["validation_tokens_base"], 1)), 2
         )
+        if new_tokens:
+            used = Counter(i for e in model_backend.encode_batch(validation, add_special_tokens=False) for i in e.ids)
+            by_id = {t.id: t.token for t in new_tokens}
+            top = sorted(((used[i], token) for i, token in by_id.items() if used[i]), key=lambda c: (-c[0], c[1]))[:30]
+            metrics["top_added_tokens"] = [{"token": token, "count": count} for count, token in top]
+        build.metrics.update(metrics)
         log.info(
-            "vocab %s: base %d -> domain WordPiece %d; fertility base %.3f -> domain %.3f tokens/word",
-            aid, build.metrics["base_vocab_size"], build.metrics["domain_vocab_size"],
-            build.metrics["fertility_base"], build.metrics["fertility_domain"],
+            "vocab %s (%s): base %d -> domain WordPiece %d, model %d; tokens/word base %.3f, domain %.3f, model %.3f; "
+            "sequences %.1f%% shorter",
+            aid, cfg.mode, metrics["base_vocab_size"], metrics["domain_vocab_size"], metrics["model_vocab_size"],
+            metrics["fertility_base"], metrics["fertility_domain"], metrics["fertility_model"], metrics["sequence_saving_percent"],
         )  # fmt: skip
     return aid
 

@@ -11,6 +11,12 @@ def test_demo_config_is_valid():
     config = load_config(ROOT / "configs" / "demo.yaml")
     assert config.pretrain.max_steps > 0
     assert config.base_model.source == "pkg:cognition/model"
+    assert config.vocab.mode == "extend"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_is_valid(path):
+    load_config(path)
 
 
 def test_every_problem_is_listed_with_its_key_path(tiny_config):

@@ -179,3 +179,22 @@ def test_whole_word_masking_run(upstream):
     config, store, ids = upstream
     aid = run_stage("pretrain", _with(config, max_steps=4, whole_word_mask=True), store, ids)
     assert aid != plan(config)["pretrain"] and store.manifest(aid)["config"]["whole_word_mask"] is True
+
+
+def test_word_eval_masks_whole_words_chosen_by_position(upstream):
+    config, store, ids = upstream
+    folder = store.local_dir(ids["tokens"])
+    meta = pretrain.load_meta(folder)
+    batches = pretrain.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    total_words = 0
+    for batch, words in batches:
+        ids_ = batch["input_ids"]
+        assert ids_.shape[1] == 32 and (ids_[:, 0] == meta["special_ids"]["cls"]).all()
+        flat = ids_.view(-1)
+        assert (flat[batch["masked_positions"]] == meta["special_ids"]["mask"]).all()
+        assert not torch.isin(batch["masked_labels"], torch.tensor(list(meta["special_ids"].values()))).any()
+        total_words += words
+        assert words <= len(batch["masked_labels"])
+    assert total_words > 0
+    again = pretrain.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    assert all(torch.equal(a["masked_positions"], b["masked_positions"]) for (a, _), (b, _) in zip(batches, again))

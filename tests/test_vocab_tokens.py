@@ -45,7 +45,8 @@ def test_fertility_ignores_padding_and_truncation(tiny_base):
     tokenizer.backend_tokenizer.enable_padding(length=64)
     tokenizer.backend_tokenizer.enable_truncation(max_length=3)
     backend = vocab.plain_backend(tokenizer)
-    assert vocab.fertility(backend, ["oil", "oil prices rose sharply today in the session"]) >= 1.0
+    fit = vocab.measure_fit("x", backend, ["oil", "oil prices rose sharply today in the session"])
+    assert 1.0 <= fit["fertility_x"] < 3 and fit["validation_tokens_x"] < 64
     assert len(backend.encode("oil prices rose sharply today", add_special_tokens=False).ids) >= 5
 
 
