@@ -67,7 +67,7 @@ def test_bad_regex_and_missing_base_model(tiny_config):
     message = str(e.value)
     assert "ingest.strip_patterns: [0] '(unclosed' is not a valid regular expression" in message
     assert "base_model.source: './models/does-not-exist': no such folder" in message
-    assert "vocab.mode: Input should be 'keep' (got 'grow')" in message
+    assert "vocab.mode: Input should be 'keep', 'extend' or 'replace' (got 'grow')" in message
 
 
 def test_yaml_errors_name_the_line(tmp_path):
