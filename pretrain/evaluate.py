@@ -164,9 +164,9 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str) -> 
                 build.metrics[f"{name}_{m}_std"] = round(r["summary"][m]["std"], 4)
         headline = next((c for c in comparisons if c["model"] == "adapted" and c["metric"] == metric), None)
         if headline is not None:
-            build.metrics["adapted_minus_base"] = round(headline["difference"], 4)
-            build.metrics["adapted_minus_base_low"] = round(headline["bootstrap"]["low"], 4)
-            build.metrics["adapted_minus_base_high"] = round(headline["bootstrap"]["high"], 4)
+            build.metrics["adapted_minus_base"] = round(headline["difference"], 6)
+            build.metrics["adapted_minus_base_low"] = round(headline["bootstrap"]["low"], 6)
+            build.metrics["adapted_minus_base_high"] = round(headline["bootstrap"]["high"], 6)
     return aid
 
 

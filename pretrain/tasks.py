@@ -80,7 +80,7 @@ def read_task(cfg: TaskConfig, validation_fraction: float) -> TaskData:
     given = read_split(cfg, cfg.validation_files, "validation_files", notes) if cfg.validation_files else None
     labels = label_set(cfg, {"train_files": train, "validation_files": given, "test_files": test}, notes)
     if given is not None:
-        validation, validation_from = given, f"validation_files ({len(given):,} examples)"
+        validation, validation_from = given, "validation_files"
     else:
         train, validation, validation_from = hold_out(cfg, train, validation_fraction, notes)
     for note in notes:
@@ -295,4 +295,4 @@ def hold_out(cfg: TaskConfig, train: Split, fraction: float, notes: list[str]) -
             stratify, how = train.labels, "stratified"
     kept, held = train_test_split(indices, test_size=fraction, random_state=0, stratify=stratify)
     kept, held = np.sort(kept), np.sort(held)
-    return train.subset(kept), train.subset(held), f"{how} {fraction:.0%} of train_files ({len(held):,} examples)"
+    return train.subset(kept), train.subset(held), f"{how} {fraction:.0%} of train_files"

@@ -118,6 +118,18 @@ def test_csv_and_tsv_with_configured_columns(tmp_path):
         assert data.labels == ["x", "y"] and data.test.texts[0] == "Some text, number 0"
 
 
+def test_parquet_rows_and_token_lists(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "ner.parquet"
+    pq.write_table(pa.table({"words": [["Oil", "rose"], ["Saudi", "Arabia", "said"]], "ner": [["O", "O"], ["B-LOC", "I-LOC", "O"]]}), path)
+    task = TaskConfig(type="token", train_files=[str(path)], test_files=[str(path)], text_field="words", label_field="ner")
+    data = read_task(task, 0.5)
+    assert data.test.texts[1] == ["Saudi", "Arabia", "said"] and data.test.locations[1].endswith("ner.parquet:row 2")
+    assert data.gold("test") == [["O", "O"], ["B-LOC", "I-LOC", "O"]]
+
+
 # --- sentence pairs ----------------------------------------------------------------------------------
 
 
