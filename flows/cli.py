@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(format_table(result["rows"]))
     print()
+    print(result["comparison"])
+    print()
     hits = sum(result["cached"].values())
     print(f"{hits}/{len(result['cached'])} stages were cache hits; {time.perf_counter() - started:.0f} s in the pipeline")
     print(f"report: {result['report']}")

@@ -12,11 +12,14 @@ the stage's error message.
 
 from __future__ import annotations
 
+import base64
+import re
 import sys
+from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults for a first run; must precede the prefect import)
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from pretrain import report
@@ -121,10 +124,24 @@ def pipeline(config: PipelineConfig) -> dict | State:
     rows = report.summary_rows(store, {s: ids[s] for s in report.ROLES}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
-    create_markdown_artifact((report_dir / "report.md").read_text(), key="dapt-report", description=f"{config.name} report")
+    create_markdown_artifact(_inline_images(report_dir), key="dapt-report", description=f"{config.name} report")
+    for png in sorted(report_dir.glob("*.png")):
+        create_image_artifact(_data_url(png), key=f"dapt-{png.stem.replace('_', '-')}", description=f"{config.name}: {png.name}")
     hits = sum(cached.values())
     logger.info("%d of %d stages were cache hits; report: %s", hits, len(STAGES), report_dir / "report.md")
-    return {"ids": ids, "cached": cached, "rows": rows, "report": str(report_dir / "report.md")}
+    comparison = (report_dir / "comparison.txt").read_text()
+    return {"ids": ids, "cached": cached, "rows": rows, "comparison": comparison, "report": str(report_dir / "report.md")}
+
+
+def _data_url(png: Path) -> str:
+    # The store may be a local folder the Prefect UI cannot reach: the image travels inside the artifact.
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def _inline_images(report_dir: Path) -> str:
+    """report.md with its PNGs embedded, so the Prefect artifact is complete on its own."""
+    markdown = (report_dir / "report.md").read_text()
+    return re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({_data_url(report_dir / m.group(1))})", markdown)
 
 
 if __name__ == "__main__":

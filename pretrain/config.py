@@ -23,6 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pretrain.errors import ConfigError
 
 
+# A model artifact id in the store (`b-...` imported base model, `m-...` pretrained model).
+ARTIFACT_ID = re.compile(r"[bm]-[0-9a-f]{20}")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -181,28 +185,111 @@ class PretrainConfig(Section):
 
 
 class TaskConfig(Section):
-    """A labelled downstream task: JSONL/CSV/Parquet files with a text and a label column."""
+    """A labelled downstream task: classification rows (JSONL/CSV/TSV/Parquet) or tagged words (CoNLL, JSONL)."""
 
     name: str = "task"
+    type: Literal["single_label", "multi_label", "token"] = "single_label"
+    """`single_label`: one class per text (softmax); `multi_label`: any number of classes per text (sigmoid,
+    thresholds tuned on validation); `token`: one tag per word (NER, POS; the first sub-token of a word is labelled)."""
     train_files: list[str] = Field(min_length=1)
+    validation_files: list[str] = []
+    """Files of a validation split for model selection; empty: `evaluate.validation_fraction` of train is held out."""
     test_files: list[str] = Field(min_length=1)
     text_field: str = "text"
+    """Column with the text; for token tasks in JSONL/Parquet, the column with the list of words."""
+    text_pair_field: str | None = None
+    """Column with the second text of sentence-pair tasks (entailment, paraphrase); null: single-text input."""
     label_field: str = "label"
+    """Column with the label; multi-label: a list, or a string split on `label_separator`; token tasks in
+    JSONL/Parquet: the list of tags, one per word."""
+    label_separator: str = Field(default=",", min_length=1)
+    """Multi-label tasks: separator of the labels when the label column holds a string ("acq,earn")."""
+    labels: list[str] | None = None
+    """The label (or tag) set, in the order reports show it. A label in the data that is not listed is an
+    error. Null: every label that occurs in train."""
+    tag_scheme: Literal["BIO", "none"] = "BIO"
+    """Token tasks: `BIO` tags (B-X, I-X, O) are scored per entity with seqeval; `none` (e.g. POS) per word."""
+    conll_tag_column: int = -1
+    """CoNLL files: the column holding the tag (the word is column 0; -1: the last column)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None:
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated:
+                raise ValueError(f"labels must be distinct; repeated: {repeated}")
+            if len(labels) < 2:
+                raise ValueError("give at least two labels")
+        return labels
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        if self.type == "token" and self.text_pair_field is not None:
+            raise ValueError("token tasks take one sequence of words; remove text_pair_field")
+        if self.type == "token" and self.tag_scheme == "BIO" and self.labels is not None:
+            bad = [t for t in self.labels if not is_bio_tag(t)]
+            if bad:
+                raise ValueError(f"labels {bad} are not BIO tags (O, B-TYPE, I-TYPE); set tag_scheme: none for plain tags")
+        return self
+
+
+def is_bio_tag(tag: str) -> bool:
+    return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
+
+
+class ModelSource(Section):
+    """Another model to fine-tune and compare, besides the base and the adapted model."""
+
+    name: str
+    """Its name in tables and plots."""
+    source: str
+    """An artifact id from the store (`m-...` pretrain or `b-...` base), a local folder, `pkg:<module>/<subdir>`,
+    or a Hugging Face Hub id. Folders and Hub models are imported into the store like the base model."""
+    revision: str | None = None
+    """Hub revision when `source` is a Hub id."""
+
+
+class TaptConfig(Section):
+    """Task-adaptive pretraining (Gururangan et al. 2020): continued masked-LM on the task's own train text."""
+
+    start_from: Literal["adapted", "base"] = "adapted"
+    """`adapted`: DAPT + TAPT (compared as `adapted+tapt`); `base`: TAPT alone (compared as `base+tapt`)."""
+    validation_fraction: float = Field(default=0.05, gt=0, lt=0.5)
+    """Share of the task's train text held out for measuring perplexity (chosen by a hash of the text)."""
+    pretrain: PretrainConfig
+    """The masked-LM settings, as in the `pretrain` section (give max_steps or max_tokens)."""
 
 
 class EvaluateConfig(Section):
-    """Fine-tune base and adapted model the same way on the task; compare on its test split."""
+    """Fine-tune every compared model the same way on the task, over several seeds; compare on its test split."""
 
     task: TaskConfig
+    models: list[ModelSource] = []
+    """Models compared besides `base` and `adapted` (which are always compared)."""
+    tapt: TaptConfig | None = None
+    """Task-adaptive pretraining before fine-tuning, compared as one more model; null: off."""
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    """One fine-tuning run per model and seed (head initialisation, data order, dropout)."""
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    """Share of the task's train split held out (stratified) for model selection."""
-    seeds: list[int] = Field(default=[0], min_length=1)
+    """Share of the task's train split held out (stratified) for model selection, when no validation_files are given."""
     max_seq_length: int = Field(default=128, ge=8, le=8192)
-    num_epochs: int = Field(default=3, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-    learning_rate: float = Field(default=5e-5, gt=0, le=1)
+    num_epochs: int = Field(default=10, gt=0)
+    """The most epochs a run trains; the learning rate decays to 0 over them."""
+    patience_epochs: int | None = Field(default=3, gt=0)
+    """Early stopping: stop after this many epochs without a better validation score (null: train every epoch)."""
+    selection_metric: Literal["macro_f1", "micro_f1", "accuracy"] | None = None
+    """Validation metric that picks the epoch and is compared in the headline; null: macro-F1 for classification,
+    micro-F1 (the usual entity F1) for token tasks."""
+    batch_size: int = Field(default=16, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0, le=1)
+    """AdamW peak; 1e-5..5e-5 suits bert-base-sized models."""
     weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    """Share of the steps of num_epochs spent warming up linearly; then linear decay to 0."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    """Resamples of the test set for the confidence interval of the difference to the base model."""
 
     @field_validator("seeds")
     @classmethod
@@ -210,6 +297,16 @@ class EvaluateConfig(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
+
+    @model_validator(mode="after")
+    def _model_names(self) -> EvaluateConfig:
+        names = [m.name for m in self.models]
+        taken = {"base", "adapted", "adapted+tapt", "base+tapt"}
+        problems = [f"models: {name!r} is a reserved name" for name in names if name in taken]
+        problems += [f"models: {name!r} appears twice" for name in sorted(set(names)) if names.count(name) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class PipelineConfig(Section):
@@ -274,7 +371,7 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
             problems.append(f"ingest.inputs[{i}]: {pattern!r} matches no file")
     task = (raw.get("evaluate") or {}).get("task") if isinstance(raw.get("evaluate"), dict) else None
     if isinstance(task, dict):
-        for key in ("train_files", "test_files"):
+        for key in ("train_files", "validation_files", "test_files"):
             for i, pattern in enumerate(_str_list(task.get(key))):
                 if not expand_inputs([pattern]):
                     problems.append(f"evaluate.task.{key}[{i}]: {pattern!r} matches no file")
@@ -283,6 +380,13 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
         problem = _base_source_problem(base["source"])
         if problem:
             problems.append(f"base_model.source: {problem}")
+    models = raw["evaluate"].get("models") if isinstance(raw.get("evaluate"), dict) else None
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        source = model.get("source") if isinstance(model, dict) else None
+        if isinstance(source, str) and not ARTIFACT_ID.fullmatch(source):
+            problem = _base_source_problem(source)
+            if problem:
+                problems.append(f"evaluate.models[{i}].source: {problem}")
     return problems
 
 

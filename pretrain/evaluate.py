@@ -1,242 +1,232 @@
-"""Evaluate: fine-tune the base and the adapted model the same way on the task, compare on its test split.
+"""Evaluate: fine-tune base, adapted (and any other listed) model the same way on the task, over several seeds.
 
     python -m pretrain.evaluate --config configs/demo.yaml
-    python -m pretrain.evaluate --config configs/demo.yaml --set evaluate.num_epochs=1
+    python -m pretrain.evaluate --config configs/demo.yaml --set evaluate.num_epochs=1 --set evaluate.seeds=[0]
 
-For each model and each seed: the same classification head, hyperparameters and data order;
-cross-entropy, AdamW with linear warmup/decay, attention masks, dynamic padding with length-grouped
-batches; the epoch with the best validation macro-F1 (validation held out of train, stratified) is
-evaluated once on test. Output (evaluation artifact `e-...`): `results.json` with accuracy and
-macro-F1 per model and seed, their means, and the label set.
+Every compared model gets the same splits, hyperparameters and seeds (`pretrain/finetune.py` has the
+recipe); the epoch is chosen on validation with early stopping, and test is scored once per seed.
+Compared models: `base`, `adapted` (the pretrain stage's model), `adapted+tapt` or `base+tapt` when
+`evaluate.tapt` is set (task-adaptive pretraining, `pretrain/tapt.py`), and `evaluate.models`.
+Each model is then compared with the base: the difference per seed (paired: same seed, same head
+initialisation and data order), a paired t-test over seeds, and a paired bootstrap interval over test
+examples (`pretrain/scoring.py`).
+
+Output (evaluation artifact `e-...`): `results.json` (per model and seed: best epoch, validation and
+test scores with per-class precision/recall/F1 and the confusion matrix; mean and std over seeds; the
+comparisons; data notes) and `predictions.json` (test gold and every run's test predictions).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import train_test_split
 
+from pretrain import base as base_stage
+from pretrain import scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
-from pretrain.config import EvaluateConfig, TaskConfig, expand_inputs
+from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource, expand_inputs
 from pretrain.errors import InputError
-from pretrain.io import field_text, read_records
+from pretrain.finetune import encode, finetune, selection_metric
+from pretrain.tasks import read_task
 from pretrain.vocab import load_fast_tokenizer
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-MODELS = ("base", "adapted")
-
-
-def load_task_split(cfg: TaskConfig, patterns: list[str], key: str) -> tuple[list[str], list[str]]:
-    """Texts and labels of one split; empty-text rows are dropped and counted, missing fields are errors."""
-    texts, labels, empty = [], [], 0
-    for path in expand_inputs(patterns):
-        for location, record in read_records(path):
-            text = field_text(record, cfg.text_field, location, key="evaluate.task.text_field")
-            label = field_text(record, cfg.label_field, location, key="evaluate.task.label_field", numbers_ok=True)
-            if label is None or label == "":
-                raise InputError(f"{location}: empty label in {cfg.label_field!r}")
-            if not text or not text.strip():
-                empty += 1
-                continue
-            texts.append(text)
-            labels.append(label)
-    if empty:
-        log.warning("evaluate: %s: dropped %d rows with empty text", key, empty)
-    if not texts:
-        raise InputError(f"evaluate.task.{key}: no labelled rows in {patterns}")
-    return texts, labels
-
-
-def _batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-    """Length-grouped batches: shuffle, sort within chunks of 50 batches by length, shuffle the batches."""
-    order = rng.permutation(len(lengths)) if rng is not None else np.arange(len(lengths))
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort([-lengths[i] for i in part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def _collate(encoded: list[list[int]], indices: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    # Dynamic padding: to the longest sequence of this batch only.
-    width = max(len(encoded[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-        mask[row, : len(encoded[i])] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
-@torch.no_grad()
-def _predict(model, encoded: list[list[int]], batch_size: int, pad_id: int, device: torch.device) -> np.ndarray:
-    model.eval()
-    predictions = np.empty(len(encoded), dtype=np.int64)
-    for batch in _batches([len(e) for e in encoded], batch_size * 2, rng=None):
-        logits = model(**_collate(encoded, batch, pad_id, device)).logits
-        predictions[batch] = logits.argmax(-1).cpu().numpy()
-    return predictions
-
-
-def _scores(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, float]:
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_labels)), zero_division=0)),
-    }
-
-
-def finetune(model_dir: Path, cfg: EvaluateConfig, seed: int, data: dict, labels: list[str], device: torch.device) -> dict:
-    """Fine-tune one model with one seed; select the epoch on validation; score test once."""
-    import transformers
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the "newly initialised classifier" notice is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            attn_implementation="sdpa",
-        ).to(device)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    pad_id = data["pad_id"]
-    train_x, train_y = data["train"]
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    total = steps_per_epoch * cfg.num_epochs
-    warmup = int(cfg.warmup_ratio * total)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
-        foreach=device.type != "cuda",
-        fused=device.type == "cuda" or None,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
-    rng = np.random.default_rng(seed)
-    targets = torch.tensor(train_y)
-    best = {"validation_macro_f1": -1.0}
-    best_state = None
-    started = time.perf_counter()
-    for epoch in range(1, cfg.num_epochs + 1):
-        model.train()
-        for batch in _batches([len(x) for x in train_x], cfg.batch_size, rng):
-            logits = model(**_collate(train_x, batch, pad_id, device)).logits
-            loss = F.cross_entropy(logits.float(), targets[batch].to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        val_x, val_y = data["validation"]
-        scores = _scores(np.asarray(val_y), _predict(model, val_x, cfg.batch_size, pad_id, device), len(labels))
-        log.info("evaluate: seed %d epoch %d: validation accuracy %.4f macro-F1 %.4f", seed, epoch, scores["accuracy"], scores["macro_f1"])
-        if scores["macro_f1"] > best["validation_macro_f1"]:
-            best = {"epoch": epoch, "validation_accuracy": scores["accuracy"], "validation_macro_f1": scores["macro_f1"]}
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    model.load_state_dict(best_state)
-    test_x, test_y = data["test"]
-    test = _scores(np.asarray(test_y), _predict(model, test_x, cfg.batch_size, pad_id, device), len(labels))
-    return {"seed": seed, **best, **{f"test_{k}": v for k, v in test.items()}, "seconds": round(time.perf_counter() - started, 1)}
-
-
-def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
 def _task_sources(cfg: EvaluateConfig) -> list[dict]:
-    return describe_sources(expand_inputs(cfg.task.train_files) + expand_inputs(cfg.task.test_files))
+    task = cfg.task
+    return describe_sources(expand_inputs(task.train_files) + expand_inputs(task.validation_files) + expand_inputs(task.test_files))
+
+
+def _source_id(model: ModelSource) -> str:
+    """The artifact id of a listed model: given, or that of importing it as a base model (a content hash)."""
+    if ARTIFACT_ID.fullmatch(model.source):
+        return model.source
+    return base_stage.stage_id(BaseModelConfig(source=model.source, revision=model.revision))
+
+
+def _identity(cfg: EvaluateConfig, base: str, model: str) -> tuple[str, dict[str, str], list[dict]]:
+    sources = _task_sources(cfg)
+    inputs = {"base": base, "adapted": model, **{m.name: _source_id(m) for m in cfg.models}}
+    # The TAPT model is not an input here: it is built inside this stage from the inputs above and
+    # cfg.tapt, so it is determined by them (its id goes into the manifest's inputs for lineage).
+    return artifact_id(STAGE, cfg.model_dump(), inputs=inputs, sources=sources), inputs, sources
 
 
 def stage_id(cfg: EvaluateConfig, *, base: str, model: str) -> str:
-    return artifact_id(STAGE, cfg.model_dump(), inputs={"base": base, "adapted": model}, sources=_task_sources(cfg))
+    return _identity(cfg, base, model)[0]
+
+
+def model_dir(store: ArtifactStore, aid: str) -> Path:
+    """The Hugging Face folder of a model artifact (a base-model import, or a pretrained model)."""
+    stage = store.manifest(aid)["stage"]
+    if stage == "base":
+        return store.local_dir(aid)
+    if stage == "pretrain":
+        return store.local_dir(aid) / "model"
+    raise InputError(f"artifact {aid} is a {stage} artifact, not a model; list a b-... or m-... id in evaluate.models")
+
+
+def _compared_models(cfg: EvaluateConfig, store: ArtifactStore, inputs: dict[str, str]) -> dict[str, str]:
+    """Name -> model artifact id for every compared model, importing or building what is missing."""
+    models = {"base": inputs["base"], "adapted": inputs["adapted"]}
+    for m in cfg.models:
+        if ARTIFACT_ID.fullmatch(m.source):
+            if not store.exists(m.source):
+                raise InputError(f"evaluate.models ({m.name}): artifact {m.source} is not in the store {store.url}")
+            models[m.name] = m.source
+        else:
+            models[m.name] = base_stage.run(BaseModelConfig(source=m.source, revision=m.revision), store)
+    if cfg.tapt is not None:
+        models[tapt.model_name(cfg.tapt)] = tapt.build(cfg.tapt, cfg.task, store, base=inputs["base"], adapted=inputs["adapted"])
+    return models
+
+
+def _model_config(cfg: EvaluateConfig, name: str, folder: Path) -> dict:
+    config = json.loads((folder / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    if limit is not None and cfg.max_seq_length > limit:
+        raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {name} model's max_position_embeddings ({limit})")
+    return config
 
 
 def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str) -> str:
     """Build (or find) the evaluation artifact; returns its id."""
-    sources = _task_sources(cfg)
-    inputs = {"base": base, "adapted": model}
-    aid = artifact_id(STAGE, cfg.model_dump(), inputs=inputs, sources=sources)
+    aid, inputs, sources = _identity(cfg, base, model)
     if store.exists(aid):
         log.info("evaluate %s: already built (cache hit)", aid)
         return aid
     log.info("evaluate %s: config %s", aid, cfg.model_dump_json())
-
-    train_texts, train_labels = load_task_split(cfg.task, cfg.task.train_files, "train_files")
-    test_texts, test_labels = load_task_split(cfg.task, cfg.task.test_files, "test_files")
-    labels = sorted(set(train_labels))
-    unseen = sorted(set(test_labels) - set(labels))
-    if unseen:
-        raise InputError(f"evaluate: test labels {unseen} never occur in the train files {cfg.task.train_files}; a model cannot learn them")
-    if len(labels) < 2:
-        raise InputError(f"evaluate: the train files have a single label ({labels[0]!r}); classification needs at least two")
-    label_ids = {label: i for i, label in enumerate(labels)}
-    y = [label_ids[label] for label in train_labels]
-    counts = np.bincount(y, minlength=len(labels))
-    stratify = y if counts.min() >= 2 else None
-    if stratify is None:
-        rare = [labels[i] for i in np.flatnonzero(counts < 2)]
-        log.warning("evaluate: labels %s have a single train example; the validation split is not stratified", rare)
-    # The validation split is the same for every model and seed.
-    train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=cfg.validation_fraction, random_state=0, stratify=stratify)
+    data = read_task(cfg.task, cfg.validation_fraction)  # bad data fails here, before any model is loaded
+    log.info(
+        "evaluate: %s (%s): %d labels; %d train, %d validation (%s), %d test examples",
+        cfg.task.name, data.kind, len(data.labels), len(data.train), len(data.validation), data.validation_from, len(data.test),
+    )  # fmt: skip
+    models = _compared_models(cfg, store, inputs)
+    folders = {name: model_dir(store, artifact) for name, artifact in models.items()}
+    configs = {name: _model_config(cfg, name, folder) for name, folder in folders.items()}
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metric = selection_metric(cfg)
     results: dict[str, dict] = {}
-    with store.build(STAGE, aid, config=cfg.model_dump(), inputs=inputs, sources=sources) as build:
-        for name, artifact in (("base", base), ("adapted", model)):
-            model_dir = store.local_dir(artifact) / ("model" if name == "adapted" else "")
-            tokenizer = load_fast_tokenizer(model_dir)
-            encoded = _encode(tokenizer, train_texts, cfg.max_seq_length)
-            data = {
-                "pad_id": tokenizer.pad_token_id or 0,
-                "train": ([encoded[i] for i in train_idx], [y[i] for i in train_idx]),
-                "validation": ([encoded[i] for i in val_idx], [y[i] for i in val_idx]),
-                "test": (_encode(tokenizer, test_texts, cfg.max_seq_length), [label_ids[label] for label in test_labels]),
-            }
+    predictions: dict[str, dict[str, object]] = {}
+    notes = list(data.notes)
+    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models}, sources=sources) as build:
+        for name, folder in folders.items():
+            tokenizer = load_fast_tokenizer(folder)
+            segments = configs[name].get("type_vocab_size", 1) > 1  # BERT: yes; RoBERTa, DistilBERT: no
+            encoded = {split: encode(tokenizer, data, split, cfg.max_seq_length, segments) for split in ("train", "validation", "test")}
+            if data.kind == "token":
+                notes += _lost_words(cfg, name, encoded)
             runs = []
+            predictions[name] = {}
             for seed in cfg.seeds:
-                runs.append(finetune(model_dir, cfg, seed, data, labels, device))
-                log.info("evaluate: %s seed %d: test accuracy %.4f macro-F1 %.4f", name, seed, runs[-1]["test_accuracy"], runs[-1]["test_macro_f1"])
-            results[name] = {"artifact": artifact, "runs": runs, **_summary(runs)}
-        (build.dir / "results.json").write_text(
-            json.dumps({"task": cfg.task.name, "labels": labels, "test_size": len(test_texts), "models": results}, indent=2)
+                record, predicted = finetune(folder, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device)
+                runs.append(record)
+                predictions[name][str(seed)] = predicted
+                log.info(
+                    "evaluate: %s seed %d: best epoch %d of %d; test accuracy %.4f macro-F1 %.4f micro-F1 %.4f (%.0f s)",
+                    name, seed, record["best_epoch"], record["epochs_trained"], record["test"]["accuracy"],
+                    record["test"]["macro_f1"], record["test"]["micro_f1"], record["seconds"],
+                )  # fmt: skip
+            results[name] = {"artifact": models[name], "runs": runs, "summary": summarise(runs), "per_class": per_class_summary(runs)}
+
+        comparisons = compare(cfg, data, predictions, results)
+        output = {
+            "task": cfg.task.name,
+            "type": data.kind,
+            "tag_scheme": cfg.task.tag_scheme if data.kind == "token" else None,
+            "labels": data.labels,
+            "primary_metric": metric,
+            "seeds": cfg.seeds,
+            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            "validation_from": data.validation_from,
+            "notes": notes,
+            "models": results,
+            "comparisons": comparisons,
+        }
+        (build.dir / "results.json").write_text(json.dumps(output, indent=1))
+        gold = data.gold("test")
+        (build.dir / "predictions.json").write_text(
+            json.dumps({"labels": data.labels, "gold": _plain(gold), "models": {n: {s: _plain(p) for s, p in runs.items()} for n, runs in predictions.items()}})
         )
-        for name in MODELS:
-            for metric in ("accuracy", "macro_f1"):
-                build.metrics[f"{name}_{metric}"] = round(results[name][f"test_{metric}_mean"], 4)
-        build.metrics.update(task=cfg.task.name, seeds=len(cfg.seeds), train_size=len(train_idx), validation_size=len(val_idx), test_size=len(test_texts))
+        build.metrics.update(task=cfg.task.name, type=data.kind, primary_metric=metric, seeds=len(cfg.seeds), **output["sizes"])
+        for name, r in results.items():
+            for m in ("accuracy", metric):
+                build.metrics[f"{name}_{m}_mean"] = round(r["summary"][m]["mean"], 4)
+                build.metrics[f"{name}_{m}_std"] = round(r["summary"][m]["std"], 4)
+        headline = next((c for c in comparisons if c["model"] == "adapted" and c["metric"] == metric), None)
+        if headline is not None:
+            build.metrics["adapted_minus_base"] = round(headline["difference"], 6)
+            build.metrics["adapted_minus_base_low"] = round(headline["bootstrap"]["low"], 6)
+            build.metrics["adapted_minus_base_high"] = round(headline["bootstrap"]["high"], 6)
     return aid
 
 
-def _summary(runs: list[dict]) -> dict[str, float]:
+def _lost_words(cfg: EvaluateConfig, name: str, encoded: dict) -> list[str]:
+    """Words beyond max_seq_length (or that tokenise to nothing): counted, and scored as a miss, never dropped."""
+    notes = []
+    fallback = "O" if cfg.task.tag_scheme == "BIO" else "the most frequent train tag"
+    for split, e in encoded.items():
+        if e.unplaced_words:
+            fate = "are not trained on" if split == "train" else f"are predicted {fallback} and scored"
+            notes.append(f"{name}: {e.unplaced_words:,} {split} words have no sub-token within max_seq_length={cfg.max_seq_length}; they {fate}")
+            log.warning("evaluate: %s", notes[-1])
+    return notes
+
+
+def summarise(runs: list[dict]) -> dict[str, dict]:
+    """Mean, standard deviation (n-1) and per-seed values of every test metric."""
     out = {}
-    for metric in ("test_accuracy", "test_macro_f1"):
-        values = [r[metric] for r in runs]
-        out[f"{metric}_mean"] = statistics.fmean(values)
-        out[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    for metric in scoring.METRICS:
+        values = [r["test"][metric] for r in runs]
+        out[metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
     return out
+
+
+def per_class_summary(runs: list[dict]) -> dict[str, dict]:
+    classes = runs[0]["test"].get("per_class", {})
+    out = {}
+    for name in classes:
+        values = [r["test"]["per_class"].get(name, {"f1": 0.0})["f1"] for r in runs]
+        out[name] = {"f1_mean": statistics.fmean(values), "f1_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                     "support": classes[name]["support"]}  # fmt: skip
+    return out
+
+
+def compare(cfg: EvaluateConfig, data, predictions: dict[str, dict], results: dict[str, dict]) -> list[dict]:
+    """Every model against the base, paired by seed and by test example, on each metric."""
+    gold = data.gold("test")
+    counts = {
+        name: [scoring.example_counts(data.kind, gold, runs[str(s)], data.labels, cfg.task.tag_scheme) for s in cfg.seeds]
+        for name, runs in predictions.items()
+    }
+    comparisons = []
+    for name in results:
+        if name == "base":
+            continue
+        for metric in scoring.METRICS:
+            comparison = scoring.paired_comparison(
+                counts[name], counts["base"], results[name]["summary"][metric]["values"], results["base"]["summary"][metric]["values"],
+                metric, cfg.bootstrap_samples,
+            )  # fmt: skip
+            comparisons.append({"model": name, "baseline": "base", **comparison})
+    return comparisons
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:  # multi-label: the label ids of each example
+            return [np.flatnonzero(row).tolist() for row in value]
+        return value.tolist()
+    return value
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Report: one Markdown page (and a loss-curve PNG) summarising a pipeline run from its artifacts.
+"""Report: one Markdown page with plots that says whether domain adaptation helped, from the run's artifacts.
 
     python -m pretrain.report --config configs/demo.yaml
 
-Output (report artifact `r-...`): `report.md`, `pretrain_curve.png`, `summary.json` (the stage table).
-Everything in it is read from the manifests and files of the input artifacts, so the report of an
-old run can be rebuilt from the store alone.
+Output (report artifact `r-...`): `report.md`; `comparison.png` (test score of every model and seed),
+`per_class_f1.png`, `confusion_matrix.png` (the best adapted run, chosen on validation),
+`pretrain_curve.png` (and `tapt_curve.png` with TAPT), `fertility.png`; `summary.json` (the stage table)
+and `comparison.txt` (the comparison table as `dapt run` prints it). Everything in it is read from
+the manifests and files of the input artifacts, so the report of an old run can be rebuilt from the
+store alone.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pretrain.artifacts import ArtifactStore, artifact_id
 
 log = logging.getLogger(__name__)
 
 STAGE = "report"
 ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate")
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
+# Token tasks with BIO tags are scored per entity; accuracy is per word.
+ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "micro_f1": "entity F1"}
+FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "fertility.png")
 
 
 def key_figures(manifest: dict) -> str:
@@ -34,23 +43,41 @@ def key_figures(manifest: dict) -> str:
             f"{m['empty_removed'] + m['short_removed']:,} filtered, {share:.0f}/{100 - share:.0f} train/validation"
         )
     if stage == "vocab":
-        return (
+        line = (
             f"{m['base_vocab_size']:,} -> domain WordPiece {m['domain_vocab_size']:,}; fertility base "
             f"{m['fertility_base']:.2f} -> domain {m['fertility_domain']:.2f} tokens/word (mode {m['mode']})"
         )
+        if m["mode"] != "keep" and "fertility_model" in m:
+            added = f"{m['added_tokens']:,} pieces added, " if "added_tokens" in m else ""
+            line += f"; model {m['model_vocab_size']:,}: {added}{m['fertility_model']:.2f} tokens/word, {m['sequence_saving_percent']:.1f}% shorter"
+        return line
     if stage == "tokens":
         return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
     if stage == "pretrain":
         return (
             f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
             f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
+        ) + (
+            f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"
+            if "validation_word_perplexity_after" in m
+            else ""
         )
     if stage == "evaluate":
-        return (
-            f"{m['task']} test  base: acc {m['base_accuracy']:.3f} macro-F1 {m['base_macro_f1']:.3f}   "
-            f"adapted: acc {m['adapted_accuracy']:.3f} macro-F1 {m['adapted_macro_f1']:.3f}"
+        metric = m["primary_metric"]
+        label = metric_label(metric, m.get("type"))
+        line = (
+            f"{m['task']} test {label} over {m['seeds']} seeds: base {m[f'base_{metric}_mean']:.3f} ± {m[f'base_{metric}_std']:.3f}, "
+            f"adapted {m[f'adapted_{metric}_mean']:.3f} ± {m[f'adapted_{metric}_std']:.3f}"
         )
+        if "adapted_minus_base" in m:
+            line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
+        return line
     return ""
+
+
+def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
+    labels = ENTITY_LABELS if kind == "token" and tag_scheme == "BIO" else METRIC_LABELS
+    return labels[metric]
 
 
 def summary_rows(store: ArtifactStore, ids: dict[str, str], cached: dict[str, bool] | None = None) -> list[dict]:
@@ -72,19 +99,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def plot_curve(curve: list[dict], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _colors(names: list[str]) -> dict[str, str]:
+    fixed = {"base": "#7f7f7f", "adapted": "#1f77b4", "adapted+tapt": "#2ca02c", "base+tapt": "#9467bd"}
+    others = iter(["#ff7f0e", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22"] * 4)
+    return {name: fixed.get(name) or next(others) for name in names}
+
+
+def plot_curve(curve: list[dict], path: Path, title: str = "") -> None:
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     train = [p for p in curve if "loss" in p]
     left.plot([p["step"] for p in train], [p["loss"] for p in train], marker=".")
-    left.set(xlabel="optimizer step", ylabel="training MLM loss", title="Training loss")
+    left.set(xlabel="optimizer step", ylabel="training MLM loss", title=f"{title}training loss")
     validation = [p for p in curve if "validation_perplexity" in p]
     right.plot([p["step"] for p in validation], [p["validation_perplexity"] for p in validation], marker="o", color="C1")
-    right.set(xlabel="optimizer step", ylabel="perplexity (log scale)", title="Validation perplexity", yscale="log")
+    right.set(xlabel="optimizer step", ylabel="perplexity (log scale)", title=f"{title}validation perplexity", yscale="log")
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -92,36 +130,279 @@ def plot_curve(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def render(store: ArtifactStore, ids: dict[str, str]) -> str:
-    manifests = {role: store.manifest(aid) for role, aid in ids.items()}
-    corpus, vocab, model, evaluation = (manifests[r]["metrics"] for r in ("ingest", "vocab", "pretrain", "evaluate"))
-    results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
+def shown_metrics(results: dict) -> list[str]:
+    """The primary metric first; micro-F1 is left out for single-label tasks, where it equals accuracy."""
+    primary = results["primary_metric"]
+    rest = [m for m in ("accuracy", "macro_f1", "micro_f1") if m != primary]
+    if results["type"] == "single_label":
+        rest = [m for m in rest if m != "micro_f1"]
+    return [primary, *rest]
+
+
+def headline(results: dict) -> dict | None:
+    """The adapted - base comparison on the primary metric."""
+    return next((c for c in results["comparisons"] if c["model"] == "adapted" and c["metric"] == results["primary_metric"]), None)
+
+
+def verdict(comparison: dict) -> str:
+    """Helped (or hurt) only when the test-set interval excludes 0 and every seed agrees."""
+    low, high = comparison["bootstrap"]["low"], comparison["bootstrap"]["high"]
+    seeds = len(comparison["per_seed"])
+    if low > 0 and comparison["better_in_seeds"] == seeds:
+        return "helped"
+    if high < 0 and all(d < 0 for d in comparison["per_seed"]):
+        return "hurt"
+    return "made no clear difference"
+
+
+def plot_comparison(results: dict, path: Path) -> None:
+    """Per model: every seed's test score (dots), the mean (bar) and ± one standard deviation."""
+    plt = _pyplot()
+    metrics = shown_metrics(results)
+    names = list(results["models"])
+    colors = _colors(names)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        lows = []
+        for x, name in enumerate(names):
+            summary = results["models"][name]["summary"][metric]
+            values = summary["values"]
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter([x + o for o in offsets], values, color=colors[name], s=28, zorder=3, edgecolor="white", linewidth=0.5)
+            ax.errorbar(x, summary["mean"], yerr=summary["std"], fmt="_", markersize=26, color="black", capsize=6, zorder=4, linewidth=1.5)
+            lows.append(min(values) - summary["std"])
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        label = metric_label(metric, results["type"], results.get("tag_scheme"))
+        ax.set_ylabel(f"test {label}")
+        title = label
+        if metric == results["primary_metric"] and (c := headline(results)):
+            title = f"{label}: adapted − base {c['difference']:+.3f}\n95% CI [{c['bootstrap']['low']:+.3f}, {c['bootstrap']['high']:+.3f}]"
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{results['task']}: test scores, {len(results['seeds'])} seeds each (dots), mean ± std (black)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
+    """Test F1 per class (mean over seeds, ± std), most frequent classes on top."""
+    plt = _pyplot()
+    names = list(results["models"])
+    colors = _colors(names)
+    per_class = {name: results["models"][name]["per_class"] for name in names}
+    classes = sorted(per_class["base"], key=lambda c: -per_class["base"][c]["support"])[:limit]
+    height = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.22 * len(classes) * len(names) + 0.3 * len(classes)))
+    for j, name in enumerate(names):
+        ys = [i + (j - (len(names) - 1) / 2) * height for i in range(len(classes))]
+        means = [per_class[name][c]["f1_mean"] for c in classes]
+        stds = [per_class[name][c]["f1_std"] for c in classes]
+        ax.barh(ys, means, height=height, xerr=stds, color=colors[name], label=name, error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.set_yticks(range(len(classes)), [f"{c} (n={per_class['base'][c]['support']:,})" for c in classes])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
+    ax.set(xlabel=f"test F1 (mean over seeds, ± std)", title=f"F1 per {unit}" + (f" ({limit} most frequent)" if len(per_class["base"]) > limit else ""))
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def best_run(results: dict, name: str) -> dict:
+    """The run of `name` with the best validation score (chosen without looking at test)."""
+    metric = results["primary_metric"]
+    return max(results["models"][name]["runs"], key=lambda r: r["validation"][metric])
+
+
+def plot_confusion(results: dict, path: Path, name: str = "adapted", limit: int = 30) -> None:
+    plt = _pyplot()
+    run = best_run(results, name)
+    confusion = run["test"]["confusion"]
+    labels = confusion["labels"]
+    if "per_label" in confusion:  # multi-label: one row of true positives, misses and false alarms per label
+        matrix = np.array([[m[1][1], m[1][0], m[0][1]] for m in confusion["per_label"]])
+        columns, xlabel = ["predicted (TP)", "missed (FN)", "false alarm (FP)"], ""
+        shares = matrix / np.maximum(matrix[:, :2].sum(1, keepdims=True), 1)
+        colorbar = "share of the label's test examples"
+    else:
+        matrix = np.array(confusion["matrix"])
+        columns, xlabel = labels, "predicted"
+        shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        colorbar = "share of the true class (row)"
+    if len(labels) > limit:  # the most frequent classes only, or the plot is unreadable
+        keep = np.argsort(-matrix.sum(1), kind="stable")[:limit]
+        labels = [labels[i] for i in keep]
+        matrix, shares = matrix[keep], shares[keep]
+        if "per_label" not in confusion:
+            matrix, shares, columns = matrix[:, keep], shares[:, keep], labels
+    size = max(4.5, 0.5 * len(columns) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, max(3.5, 0.45 * len(labels) + 1.8)))
+    image = ax.imshow(np.clip(shares, 0, 1), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if matrix[i, j]:
+                ax.text(j, i, f"{matrix[i, j]:,}", ha="center", va="center", fontsize=8, color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel=xlabel, ylabel="true")
+    unit = " (words)" if results["type"] == "token" else ""
+    ax.set_title(f"{name}, seed {run['seed']} (best on validation): test confusion{unit}", fontsize=10)
+    fig.colorbar(image, ax=ax, label=colorbar, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_fertility(vocab: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    names = [f"base tokenizer\n({vocab['base_vocab_size']:,} pieces)", f"domain WordPiece\n({vocab['domain_vocab_size']:,} pieces)"]
+    values = [vocab["fertility_base"], vocab["fertility_domain"]]
+    bars = ax.bar(names, values, color=["#7f7f7f", "#1f77b4"], width=0.55)
+    for bar, value in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.3f}", ha="center", va="bottom")
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set(ylabel="tokens per word (lower: fewer splits)", title="Fertility on the corpus' validation split", ylim=(0, max(values) * 1.2))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean_std(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def format_comparison(results: dict) -> str:
+    """The comparison as plain text: mean ± std per model, each seed, and every model minus base."""
+    metrics = shown_metrics(results)
+    primary = results["primary_metric"]
+    label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
+    rows = [["model", *[label(m) for m in metrics], f"{label(primary)} per seed", "best epochs"]]
+    for name, r in results["models"].items():
+        rows.append([
+            name,
+            *[_mean_std(r["summary"][m]) for m in metrics],
+            " ".join(f"{v:.3f}" for v in r["summary"][primary]["values"]),
+            " ".join(str(run["best_epoch"]) for run in r["runs"]),
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
-        "# Domain-adaptive pretraining report",
-        "",
+        f"{results['task']}: {results['sizes']['test']:,} test examples, {len(results['labels'])} labels, seeds {results['seeds']}; "
+        f"epoch chosen on validation {label(primary)}",
+        *["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows],
+    ]
+    for c in sorted(results["comparisons"], key=lambda c: metrics.index(c["metric"]) if c["metric"] in metrics else 99):
+        if c["metric"] not in metrics[:2]:
+            continue
+        b = c["bootstrap"]
+        lines.append(
+            f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds "
+            f"(better in {c['better_in_seeds']}/{len(c['per_seed'])}, paired t-test p={_p(c['t_test_p'])}); "
+            f"{b['confidence']:.0%} bootstrap CI on test [{b['low']:+.3f}, {b['high']:+.3f}]"
+        )
+    return "\n".join(lines)
+
+
+def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str:
+    manifests = {role: store.manifest(aid) for role, aid in ids.items()}
+    corpus, vocab, model = (manifests[r]["metrics"] for r in ("ingest", "vocab", "pretrain"))
+    hp = manifests["evaluate"]["config"]
+    results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
+    metrics = shown_metrics(results)
+    primary = results["primary_metric"]
+    label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
+    c = headline(results)
+    lines = ["# Domain-adaptive pretraining report", ""]
+    if c is not None:
+        b = c["bootstrap"]
+        lines += [
+            f"**Domain adaptation {verdict(c)} on {results['task']}**: test {label(primary)} adapted − base "
+            f"**{c['difference']:+.3f}** (mean over {len(c['per_seed'])} seeds; adapted better in {c['better_in_seeds']} of "
+            f"{len(c['per_seed'])}), {b['confidence']:.0%} paired-bootstrap interval on the test set "
+            f"[{b['low']:+.3f}, {b['high']:+.3f}].",
+            "",
+        ]
+    lines += [
         "## Stages",
         "",
         "| stage | artifact | key figures |",
         "| --- | --- | --- |",
         *[f"| {r['stage']} | `{r['artifact']}` | {r['key figures']} |" for r in summary_rows(store, ids)],
         "",
-        f"## Downstream: {results['task']} ({results['test_size']:,} test documents, {len(results['labels'])} labels)",
+        f"## Downstream: {results['task']}",
         "",
-        "Same head, hyperparameters, seeds and data order for both models; epoch chosen on validation macro-F1.",
+        f"{results['type'].replace('_', '-')} task, {len(results['labels'])} labels; {results['sizes']['train']:,} train, "
+        f"{results['sizes']['validation']:,} validation ({results['validation_from']}), {results['sizes']['test']:,} test examples. "
+        f"Every model: the same splits, seeds {results['seeds']} and settings (learning rate {hp['learning_rate']:g}, batch "
+        f"{hp['batch_size']}, at most {hp['num_epochs']} epochs, early stopping patience {hp['patience_epochs']}, "
+        f"max {hp['max_seq_length']} tokens); the epoch is chosen on validation {label(primary)}, test is scored once per seed.",
         "",
-        "| model | test accuracy | test macro-F1 | seeds |",
-        "| --- | --- | --- | --- |",
+        "![test scores per model and seed](comparison.png)",
+        "",
+        "| model | " + " | ".join(f"test {label(m)}" for m in metrics) + f" | {label(primary)} per seed | best epoch per seed |",
+        "| --- " * (len(metrics) + 3) + "|",
     ]
     for name, r in results["models"].items():
         lines.append(
-            f"| {name} (`{r['artifact']}`) | {r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} "
-            f"| {r['test_macro_f1_mean']:.4f} ± {r['test_macro_f1_std']:.4f} | {len(r['runs'])} |"
+            f"| {name} (`{r['artifact']}`) | " + " | ".join(_mean_std(r["summary"][m]) for m in metrics)
+            + f" | {', '.join(f'{v:.3f}' for v in r['summary'][primary]['values'])} | {', '.join(str(x['best_epoch']) for x in r['runs'])} |"
         )
-    delta = evaluation["adapted_macro_f1"] - evaluation["base_macro_f1"]
     lines += [
         "",
-        f"Adapted − base macro-F1: **{delta:+.4f}**.",
+        "Mean ± standard deviation over seeds. Differences to the base model, paired by seed (same head initialisation "
+        "and data order) and by test example (the bootstrap resamples the test set, the same resample for both models):",
         "",
+        "| comparison | metric | difference (mean ± std over seeds) | per seed | better in | paired t-test p | 95% bootstrap CI |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for comparison in sorted(results["comparisons"], key=lambda c: (c["model"] != "adapted", c["model"], metrics.index(c["metric"]) if c["metric"] in metrics else 99)):
+        if comparison["metric"] in metrics:
+            b = comparison["bootstrap"]
+            lines.append(
+                f"| {comparison['model']} − {comparison['baseline']} | {label(comparison['metric'])} | {comparison['difference']:+.4f} ± "
+                f"{comparison['difference_std']:.4f} | {', '.join(f'{d:+.3f}' for d in comparison['per_seed'])} | "
+                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | {_p(comparison['t_test_p'])} | "
+                f"[{b['low']:+.4f}, {b['high']:+.4f}] |"
+            )
+    names = list(results["models"])
+    unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
+    lines += [
+        "",
+        f"### F1 per {unit} (test, mean over seeds)",
+        "",
+        "![F1 per class](per_class_f1.png)",
+        "",
+        f"| {unit} | support | " + " | ".join(names) + " | adapted − base |",
+        "| --- " * (len(names) + 3) + "|",
+    ]
+    per_class = {n: results["models"][n]["per_class"] for n in names}
+    for cls in sorted(per_class["base"], key=lambda k: -per_class["base"][k]["support"]):
+        delta = per_class["adapted"][cls]["f1_mean"] - per_class["base"][cls]["f1_mean"]
+        lines.append(
+            f"| {cls} | {per_class['base'][cls]['support']:,} | "
+            + " | ".join(f"{per_class[n][cls]['f1_mean']:.3f} ± {per_class[n][cls]['f1_std']:.3f}" for n in names)
+            + f" | {delta:+.3f} |"
+        )
+    best = best_run(results, "adapted")
+    lines += [
+        "",
+        f"### Confusion matrix of the best adapted run (seed {best['seed']}, best validation {label(primary)})",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    if results["notes"]:
+        lines += ["### Data notes", "", *[f"- {note}" for note in results["notes"]], ""]
+    lines += [
         "## Continued pretraining",
         "",
         f"Validation perplexity (same blocks and masks): **{model['validation_perplexity_before']:,.1f} → "
@@ -131,6 +412,10 @@ def render(store: ArtifactStore, ids: dict[str, str]) -> str:
         "",
         "![pretraining curve](pretrain_curve.png)",
         "",
+    ]
+    if "tapt_curve.png" in figures:
+        lines += ["Task-adaptive pretraining on the task's train text:", "", "![TAPT curve](tapt_curve.png)", ""]
+    lines += [
         "## Corpus and vocabulary",
         "",
         f"- {corpus['documents']:,} documents ({corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), "
@@ -138,6 +423,8 @@ def render(store: ArtifactStore, ids: dict[str, str]) -> str:
         f"{corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
         f"- Fertility on validation (tokens per word): base tokenizer {vocab['fertility_base']:.3f}, domain WordPiece "
         f"({vocab['domain_vocab_size']:,}) {vocab['fertility_domain']:.3f}. The model trains with: `{vocab['mode']}`.",
+        "",
+        "![fertility](fertility.png)",
         "",
         "## Lineage",
         "",
@@ -159,10 +446,21 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
     if store.exists(aid):
         log.info("report %s: already built (cache hit)", aid)
         return aid
+    results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
     with store.build(STAGE, aid, config={}, inputs=ids) as build:
+        plot_comparison(results, build.dir / "comparison.png")
+        plot_per_class(results, build.dir / "per_class_f1.png")
+        plot_confusion(results, build.dir / "confusion_matrix.png")
         curve = json.loads((store.local_dir(ids["pretrain"]) / "curve.json").read_text())
-        plot_curve(curve, build.dir / "pretrain_curve.png")
-        (build.dir / "report.md").write_text(render(store, ids))
+        plot_curve(curve, build.dir / "pretrain_curve.png", title="DAPT: ")
+        tapt = [n for n in results["models"] if n.endswith("+tapt")]
+        if tapt:
+            curve = json.loads((store.local_dir(results["models"][tapt[0]]["artifact"]) / "curve.json").read_text())
+            plot_curve(curve, build.dir / "tapt_curve.png", title="TAPT: ")
+        plot_fertility(store.manifest(ids["vocab"])["metrics"], build.dir / "fertility.png")
+        figures = sorted(p.name for p in build.dir.glob("*.png"))
+        (build.dir / "report.md").write_text(render(store, ids, figures))
+        (build.dir / "comparison.txt").write_text(format_comparison(results) + "\n")
         (build.dir / "summary.json").write_text(json.dumps(summary_rows(store, ids), indent=2))
     return aid
 

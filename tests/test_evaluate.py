@@ -1,13 +1,20 @@
+"""The evaluate stage end to end on a tiny BERT: every task type, several seeds, TAPT, extra models."""
+
 import json
+import re
 
 import pytest
+import torch
 
-from conftest import write_jsonl
-from pretrain import evaluate
+from conftest import read_jsonl_gz, write_jsonl
+from pretrain import evaluate, report
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.errors import InputError
+from pretrain.finetune import encode, finetune
 from pretrain.pipeline import run_stage
+from pretrain.tasks import read_task
+from pretrain.vocab import load_fast_tokenizer
 
 
 @pytest.fixture
@@ -20,57 +27,207 @@ def upstream(tiny_config):
     return config, store, ids
 
 
-def test_base_and_adapted_are_finetuned_and_compared(upstream):
+def _with(cfg, **changes):
+    task = changes.pop("task", {})
+    return cfg.model_copy(update={"task": cfg.task.model_copy(update=task), **changes})
+
+
+def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     config, store, ids = upstream
-    aid = run_stage("evaluate", config, store, ids)
+    cfg = _with(config.evaluate, seeds=[0, 1], patience_epochs=2)
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
     m = store.manifest(aid)
     assert m["inputs"] == {"base": ids["base"], "adapted": ids["pretrain"]}
     assert len(m["sources"]) == 2  # the task's train and test files, hashed
     results = json.loads((store.local_dir(aid) / "results.json").read_text())
-    assert results["labels"] == ["acq", "crude", "earn"]
+    assert results["labels"] == ["acq", "crude", "earn"] and results["primary_metric"] == "macro_f1"
+    assert results["sizes"] == {"train": 135, "validation": 15, "test": 60}
     for name in ("base", "adapted"):
-        run = results["models"][name]["runs"][0]
-        assert 0.0 <= run["test_macro_f1"] <= 1.0 and 0.0 <= run["test_accuracy"] <= 1.0
-        assert 1 <= run["epoch"] <= 6
-        assert m["metrics"][f"{name}_accuracy"] == round(run["test_accuracy"], 4)
+        runs = results["models"][name]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for run in runs:
+            # early stopping: the best epoch is the best validation score, and training stopped within patience
+            scores = [h["validation_macro_f1"] for h in run["history"]]
+            assert run["best_epoch"] == 1 + scores.index(max(scores))
+            assert run["epochs_trained"] == 6 or run["epochs_trained"] - run["best_epoch"] == 2
+            test = run["test"]
+            assert set(test["per_class"]) == {"acq", "crude", "earn"}
+            assert sum(map(sum, test["confusion"]["matrix"])) == 60
+            assert test["accuracy"] == pytest.approx(sum(test["confusion"]["matrix"][i][i] for i in range(3)) / 60)
+        summary = results["models"][name]["summary"]["macro_f1"]
+        assert summary["values"] == [r["test"]["macro_f1"] for r in runs]
+        assert m["metrics"][f"{name}_macro_f1_mean"] == round(summary["mean"], 4)
     # a model that learned something beats the majority class (20 of 60 test documents per label)
-    assert max(results["models"][n]["runs"][0]["test_accuracy"] for n in ("base", "adapted")) > 0.4
+    assert max(r["test"]["accuracy"] for n in ("base", "adapted") for r in results["models"][n]["runs"]) > 0.4
+    headline = next(c for c in results["comparisons"] if c["model"] == "adapted" and c["metric"] == "macro_f1")
+    base_values = results["models"]["base"]["summary"]["macro_f1"]["values"]
+    adapted_values = results["models"]["adapted"]["summary"]["macro_f1"]["values"]
+    assert headline["per_seed"] == pytest.approx([a - b for a, b in zip(adapted_values, base_values)])
+    assert headline["bootstrap"]["low"] <= headline["difference"] <= headline["bootstrap"]["high"]
+    predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
+    assert len(predictions["gold"]) == 60 and set(predictions["models"]["adapted"]) == {"0", "1"}
+
+    text = report.format_comparison(results)
+    assert re.search(r"^adapted +0\.\d{3} ± 0\.\d{3}", text, re.M)
+    assert "adapted − base macro-F1:" in text and "bootstrap CI on test [" in text
+
+    # a second run is a cache hit
+    assert evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"]) == aid
 
 
 def test_same_seed_same_result(upstream):
     config, store, ids = upstream
-    data = {}
-    cfg = config.evaluate.model_copy(update={"num_epochs": 1})
-    train_x, train_y = evaluate.load_task_split(cfg.task, cfg.task.train_files, "train_files")
-    labels = sorted(set(train_y))
-    from transformers import AutoTokenizer
-
+    cfg = _with(config.evaluate, num_epochs=2)
+    data = read_task(cfg.task, cfg.validation_fraction)
     folder = store.local_dir(ids["base"])
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoded = tokenizer(train_x, truncation=True, max_length=32)["input_ids"]
-    y = [labels.index(v) for v in train_y]
-    data = {"pad_id": 0, "train": (encoded[:100], y[:100]), "validation": (encoded[100:], y[100:]), "test": (encoded[100:], y[100:])}
-    import torch
+    tokenizer = load_fast_tokenizer(folder)
+    encoded = {s: encode(tokenizer, data, s, 32) for s in ("train", "validation", "test")}
+    a, pa = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
+    b, pb = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
+    c, _ = finetune(folder, data, encoded, cfg, 8, 0, torch.device("cpu"))
+    for record in (a, b, c):
+        record.pop("seconds")
+    assert a == b and (pa == pb).all()
+    assert a["history"] != c["history"]  # another seed: another head initialisation and data order
 
-    a = evaluate.finetune(folder, cfg, 7, data, labels, torch.device("cpu"))
-    b = evaluate.finetune(folder, cfg, 7, data, labels, torch.device("cpu"))
-    a.pop("seconds"), b.pop("seconds")
-    assert a == b
+
+def test_multi_label_task_with_tuned_thresholds(upstream, tmp_path):
+    config, store, ids = upstream
+    # R8 stories with a second, overlapping label: does the story quote dollar amounts?
+    def relabel(path, name):
+        rows = [{"text": r["text"], "labels": [r["label"]] + (["dollars"] if "dlrs" in r["text"] else [])} for r in read_jsonl_gz_or_plain(path)]
+        return str(write_jsonl(tmp_path / name, rows))
+
+    task = {"type": "multi_label", "label_field": "labels",
+            "train_files": [relabel(config.evaluate.task.train_files[0], "train.jsonl")],
+            "test_files": [relabel(config.evaluate.task.test_files[0], "test.jsonl")]}  # fmt: skip
+    cfg = _with(config.evaluate, task=task, seeds=[0], num_epochs=4)
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert results["labels"] == ["acq", "crude", "dollars", "earn"] and results["type"] == "multi_label"
+    run = results["models"]["adapted"]["runs"][0]
+    assert set(run["thresholds"]) == set(results["labels"]) and all(0.05 <= t <= 0.95 for t in run["thresholds"].values())
+    per_label = run["test"]["confusion"]["per_label"]  # [[tn, fp], [fn, tp]] per label
+    assert [m[1][0] + m[1][1] for m in per_label] == [run["test"]["per_class"][label]["support"] for label in results["labels"]]
+    # predictions are label sets decided with the tuned thresholds
+    predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
+    assert all(isinstance(p, list) for p in predictions["models"]["adapted"]["0"])
+    assert 0 <= run["test"]["micro_f1"] <= 1 and run["test"]["accuracy"] <= run["test"]["micro_f1"] + 1e-9
 
 
-def test_unseen_test_label_is_an_error(upstream, tmp_path):
+def read_jsonl_gz_or_plain(path):
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix == ".gz":
+        return read_jsonl_gz(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _conll_from_reuters(path, rows) -> str:
+    """A token task from real Reuters sentences: numbers (B/I-NUM) and units such as mln, dlrs, pct (B-UNIT)."""
+    units = {"mln", "billion", "dlrs", "pct", "cts", "shares", "tonnes"}
+    lines = []
+    for row in rows:
+        words = row["text"].split()[:40]
+        previous = "O"
+        for word in words:
+            if any(ch.isdigit() for ch in word):
+                tag = "I-NUM" if previous.endswith("NUM") else "B-NUM"
+            elif word.lower().strip(".,") in units:
+                tag = "B-UNIT"
+            else:
+                tag = "O"
+            lines.append(f"{word} {tag}")
+            previous = tag
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_token_task_scored_per_entity(upstream, tmp_path):
+    config, store, ids = upstream
+    rows = read_jsonl_gz_or_plain(config.evaluate.task.train_files[0])
+    test_rows = read_jsonl_gz_or_plain(config.evaluate.task.test_files[0])
+    task = {"type": "token", "train_files": [_conll_from_reuters(tmp_path / "train.conll", rows)],
+            "test_files": [_conll_from_reuters(tmp_path / "test.conll", test_rows)]}  # fmt: skip
+    cfg = _with(config.evaluate, task=task, seeds=[0], num_epochs=4, max_seq_length=48)
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert results["labels"] == ["O", "B-NUM", "I-NUM", "B-UNIT"] and results["primary_metric"] == "micro_f1"
+    # 40 words do not fit in 48 sub-tokens: the rest are counted, predicted O and scored, not dropped
+    assert any("test words have no sub-token within max_seq_length=48; they are predicted O and scored" in n for n in results["notes"])
+    predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
+    assert [len(p) for p in predictions["models"]["base"]["0"]] == [len(g) for g in predictions["gold"]]
+    run = results["models"]["adapted"]["runs"][0]
+    assert set(run["test"]["per_class"]) == {"NUM", "UNIT"}
+    assert run["test"]["micro_f1"] > 0.3  # numbers and units are easy to spot; an untrained head finds none
+
+
+def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
+    config, store, ids = upstream
+    tapt = {"validation_fraction": 0.1,
+            "pretrain": {"max_steps": 4, "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 8}}  # fmt: skip
+    raw = config.model_dump()
+    raw["evaluate"].update(tapt=tapt, models=[{"name": "tiny-copy", "source": str(tiny_base)}], num_epochs=2)
+    cfg = validate_config(raw).evaluate
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert list(results["models"]) == ["base", "adapted", "tiny-copy", "adapted+tapt"]
+    assert results["models"]["tiny-copy"]["artifact"] == ids["base"]  # the same files: the same content-addressed model
+    tapt_model = results["models"]["adapted+tapt"]["artifact"]
+    assert store.manifest(aid)["inputs"]["adapted+tapt"] == tapt_model
+    # lineage: TAPT model <- (adapted model imported as a starting point, the task's train text as a corpus)
+    m = store.manifest(tapt_model)
+    assert m["stage"] == "pretrain" and m["config"]["max_steps"] == 4
+    start = store.manifest(m["inputs"]["base"])
+    assert ids["pretrain"] in start["origin"]["source"]
+    corpus = store.manifest(store.manifest(m["inputs"]["tokens"])["inputs"]["corpus"])
+    assert [s["path"] for s in corpus["sources"]] == config.evaluate.task.train_files
+    assert {c["model"] for c in results["comparisons"]} == {"adapted", "tiny-copy", "adapted+tapt"}
+
+    # Another evaluation with the same TAPT settings rebuilds nothing of TAPT
+    before = set(store.ids())
+    other = evaluate.run(cfg.model_copy(update={"seeds": [1]}), store, base=ids["base"], model=ids["pretrain"])
+    assert set(store.ids()) - before == {other}
+
+
+def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
     config, store, ids = upstream
     test = write_jsonl(tmp_path / "test.jsonl", [{"text": "Gold output rose in March.", "label": "gold"}])
-    task = config.evaluate.task.model_copy(update={"test_files": [str(test)]})
-    cfg = config.evaluate.model_copy(update={"task": task})
-    with pytest.raises(InputError, match=r"test labels \['gold'\] never occur in the train files"):
+    cfg = _with(config.evaluate, task={"test_files": [str(test)]})
+    with pytest.raises(InputError, match=r"test_files: labels \['gold'\] never occur in the train files"):
         evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
-
-
-def test_missing_label_column_names_the_file_and_line(upstream, tmp_path):
-    config, store, ids = upstream
     train = write_jsonl(tmp_path / "train.jsonl", [{"text": "Oil rose.", "topic": "crude"}])
-    task = config.evaluate.task.model_copy(update={"train_files": [str(train)]})
-    cfg = config.evaluate.model_copy(update={"task": task})
+    cfg = _with(config.evaluate, task={"train_files": [str(train)]})
     with pytest.raises(InputError, match=r"train.jsonl:1: no field 'label' \(fields here: 'text', 'topic'\)"):
         evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    assert not [a for a in store.ids() if a.startswith("e-")]
+
+
+def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstream):
+    """TAPT keeps the adapted model's tokenizer and embeddings: it must not extend (or re-initialise) them again."""
+    from safetensors.torch import load_file
+
+    from pretrain import tapt
+    from pretrain.config import TaptConfig
+
+    config, store, ids = upstream
+    raw = config.model_dump()
+    raw["vocab"].update(mode="extend", max_new_tokens=20, min_token_count=2)
+    extended = validate_config(raw)
+    dapt = dict(ids)
+    for stage in ("vocab", "tokens", "pretrain"):
+        dapt[stage] = run_stage(stage, extended, store, dapt)
+    added = store.manifest(dapt["vocab"])["metrics"]["added_tokens"]
+    assert added > 0
+    # one step at a negligible learning rate: the TAPT weights are the starting weights, to within noise
+    settings = TaptConfig(validation_fraction=0.1, pretrain={"max_steps": 1, "learning_rate": 1e-9, "warmup_steps": 0, "max_seq_length": 32,
+                                                             "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 4})  # fmt: skip
+    model = tapt.build(settings, extended.evaluate.task, store, base=ids["base"], adapted=dapt["pretrain"])
+    assert store.manifest(store.manifest(model)["inputs"]["vocab"])["config"]["mode"] == "keep"
+    key = "bert.embeddings.word_embeddings.weight"
+    before = load_file(store.local_dir(dapt["pretrain"]) / "model" / "model.safetensors")[key]
+    after = load_file(store.local_dir(model) / "model" / "model.safetensors")[key]
+    assert after.shape == before.shape
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)

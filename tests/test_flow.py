@@ -32,6 +32,7 @@ def test_pipeline_flow_twice_second_run_all_cache_hits(prefect_harness, tiny_con
     assert "validation perplexity" in first["rows"][4]["key figures"]
     report = (store.local_dir(first["ids"]["report"]) / "report.md").read_text()
     assert "| base (`" in report and "Validation perplexity" in report
+    assert "adapted − base macro-F1" in first["comparison"]
 
     second = pipeline(config=config)
     assert second["ids"] == first["ids"]
@@ -43,7 +44,8 @@ def test_pipeline_flow_twice_second_run_all_cache_hits(prefect_harness, tiny_con
 
     import asyncio
 
-    assert {"dapt-summary", "dapt-report"} <= asyncio.run(artifact_keys())
+    keys = asyncio.run(artifact_keys())
+    assert {"dapt-summary", "dapt-report", "dapt-comparison", "dapt-per-class-f1", "dapt-confusion-matrix", "dapt-fertility"} <= keys
 
     # An artifact deleted from the store is rebuilt even though Prefect remembers the task.
     import shutil

@@ -1,0 +1,236 @@
+"""Scores of one run on one split, multi-label thresholds, and the paired comparison of two models.
+
+Predictions and gold take one form per task type:
+- `single_label`: class ids, shape (n,);
+- `multi_label`: boolean indicator matrices, shape (n, labels);
+- `token`: one list of tag strings per sentence (word level).
+
+Metrics come from scikit-learn and seqeval. The paired bootstrap needs thousands of re-scorings, so it
+works on per-example counts (true/false positives and negatives per class, correct and total units)
+that add up to exactly the same micro/macro-F1 and accuracy; `tests/test_scoring.py` checks that they
+agree with scikit-learn and seqeval on the full test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
+
+METRICS = ("accuracy", "macro_f1", "micro_f1")
+# Multi-label decision thresholds tried on validation for each label.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def entity_types(tags: list[str]) -> list[str]:
+    """The entity types of a BIO tag set: B-PER, I-PER, O -> [PER]."""
+    return sorted({t[2:] for t in tags if t != "O"})
+
+
+def scores(kind: str, gold, pred, labels: list[str], tag_scheme: str = "BIO", detail: bool = False) -> dict:
+    """accuracy, macro_f1, micro_f1 (and, with detail, per-class P/R/F1/support and a confusion matrix).
+
+    Macro-F1 averages over the classes that occur in gold or predictions (as scikit-learn and seqeval do
+    without an explicit label list), so a class absent from a split neither helps nor hurts.
+    Token tasks with BIO tags are scored per entity (seqeval, conlleval rules); accuracy is per word.
+    """
+    if kind == "token" and tag_scheme == "BIO":
+        return _entity_scores(gold, pred, labels, detail)
+    if kind == "token":  # plain tags (POS): every word is one single-label decision
+        ids = {tag: i for i, tag in enumerate(labels)}
+        gold = np.array([ids[t] for sentence in gold for t in sentence], dtype=np.int64)
+        pred = np.array([ids[t] for sentence in pred for t in sentence], dtype=np.int64)
+        kind = "single_label"
+    if kind == "single_label":
+        present = sorted(set(gold.tolist()) | set(pred.tolist()))
+        out = {
+            "accuracy": float(accuracy_score(gold, pred)),
+            "macro_f1": float(f1_score(gold, pred, labels=present, average="macro", zero_division=0)),
+            "micro_f1": float(f1_score(gold, pred, labels=present, average="micro", zero_division=0)),
+        }
+        if detail:
+            everything = list(range(len(labels)))
+            p, r, f, s = precision_recall_fscore_support(gold, pred, labels=everything, zero_division=0)
+            out["per_class"] = _per_class(labels, p, r, f, s)
+            out["confusion"] = {"labels": labels, "matrix": confusion_matrix(gold, pred, labels=everything).tolist()}
+        return out
+    # multi_label
+    present = [k for k in range(len(labels)) if gold[:, k].any() or pred[:, k].any()]
+    out = {
+        "accuracy": float(accuracy_score(gold, pred)),  # exact match of the whole label set
+        "macro_f1": float(f1_score(gold, pred, labels=present, average="macro", zero_division=0)) if present else 0.0,
+        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
+    }
+    if detail:
+        p, r, f, s = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), zero_division=0)
+        out["per_class"] = _per_class(labels, p, r, f, s)
+        # One 2x2 matrix per label: [[tn, fp], [fn, tp]]
+        out["confusion"] = {"labels": labels, "per_label": multilabel_confusion_matrix(gold, pred).tolist()}
+    return out
+
+
+def _entity_scores(gold: list[list[str]], pred: list[list[str]], labels: list[str], detail: bool) -> dict:
+    from seqeval.metrics import accuracy_score as word_accuracy
+    from seqeval.metrics import classification_report
+    from seqeval.metrics import f1_score as entity_f1
+
+    out = {
+        "accuracy": float(word_accuracy(gold, pred)),
+        "macro_f1": float(entity_f1(gold, pred, average="macro", zero_division=0)),
+        "micro_f1": float(entity_f1(gold, pred, average="micro", zero_division=0)),
+    }
+    if detail:
+        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+        # Every entity type of the tag set, also those absent from this run (seqeval lists only present ones).
+        absent = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+        out["per_class"] = {
+            name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
+            for name, v in ((t, report.get(t, absent)) for t in entity_types(labels))
+        }
+        micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0})
+        out["precision"], out["recall"] = float(micro["precision"]), float(micro["recall"])
+        tags = sorted({t for sentence in gold + pred for t in sentence}, key=_tag_order)
+        flat_gold = [t for sentence in gold for t in sentence]
+        flat_pred = [t for sentence in pred for t in sentence]
+        out["confusion"] = {"labels": tags, "matrix": confusion_matrix(flat_gold, flat_pred, labels=tags).tolist()}
+    return out
+
+
+def _tag_order(tag: str) -> tuple:
+    return (tag != "O", tag[2:], tag[:2])
+
+
+def _per_class(labels: list[str], p, r, f, s) -> dict:
+    return {
+        label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, label in enumerate(labels)
+    }
+
+
+def tune_thresholds(probabilities: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per-label decision thresholds that maximise each label's F1 on validation.
+
+    A label with no positive validation example keeps 0.5 (nothing to tune on); ties go to the
+    threshold closest to 0.5, so a flat optimum does not drift to an extreme.
+    """
+    decided = probabilities[:, None, :] >= THRESHOLD_GRID[None, :, None]  # (n, grid, labels)
+    truth = gold[:, None, :].astype(bool)
+    tp = (decided & truth).sum(0)
+    fp = (decided & ~truth).sum(0)
+    fn = (~decided & truth).sum(0)
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    # Among the best thresholds of each label, the one nearest 0.5.
+    closeness = -np.abs(THRESHOLD_GRID - 0.5)[:, None]
+    best = np.lexsort((np.broadcast_to(closeness, f1.shape), f1), axis=0)[-1]
+    thresholds = THRESHOLD_GRID[best]
+    thresholds[~truth.any(0)[0]] = 0.5
+    return thresholds
+
+
+# --- the paired comparison ---------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    """Per-example sufficient statistics: summed over any (re)sample they give that sample's metrics."""
+
+    tp: np.ndarray  # (n, classes)
+    fp: np.ndarray
+    fn: np.ndarray
+    correct: np.ndarray  # (n,) correct units (examples, or words for token tasks)
+    total: np.ndarray  # (n,) units
+
+
+def example_counts(kind: str, gold, pred, labels: list[str], tag_scheme: str = "BIO") -> Counts:
+    if kind == "single_label":
+        k = len(labels)
+        g, p = np.eye(k, dtype=np.int64)[gold].astype(bool), np.eye(k, dtype=np.int64)[pred].astype(bool)
+        return Counts(g & p, ~g & p, g & ~p, (gold == pred).astype(np.int64), np.ones(len(gold), dtype=np.int64))
+    if kind == "multi_label":
+        g, p = gold.astype(bool), pred.astype(bool)
+        return Counts(g & p, ~g & p, g & ~p, (g == p).all(1).astype(np.int64), np.ones(len(g), dtype=np.int64))
+    correct = np.array([sum(a == b for a, b in zip(gs, ps)) for gs, ps in zip(gold, pred)], dtype=np.int64)
+    total = np.array([len(gs) for gs in gold], dtype=np.int64)
+    if tag_scheme != "BIO":
+        ids = {tag: i for i, tag in enumerate(labels)}
+        shape = (len(gold), len(labels))
+        tp, fp, fn = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+        for i, (gs, ps) in enumerate(zip(gold, pred)):
+            for a, b in zip(gs, ps):
+                if a == b:
+                    tp[i, ids[a]] += 1
+                else:
+                    fn[i, ids[a]] += 1
+                    fp[i, ids[b]] += 1
+        return Counts(tp, fp, fn, correct, total)
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    types = entity_types(labels)
+    index = {t: i for i, t in enumerate(types)}
+    shape = (len(gold), len(types))
+    tp, fp, fn = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    for i, (gs, ps) in enumerate(zip(gold, pred)):
+        true, found = set(get_entities(gs)), set(get_entities(ps))
+        for entity_type, *_ in true & found:
+            tp[i, index[entity_type]] += 1
+        for entity_type, *_ in found - true:
+            fp[i, index[entity_type]] += 1
+        for entity_type, *_ in true - found:
+            fn[i, index[entity_type]] += 1
+    return Counts(tp, fp, fn, correct, total)
+
+
+def metrics_from_counts(counts: Counts, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric for every row of `weights` (resamples x examples: how often each example is drawn)."""
+    tp, fp, fn = (weights @ m.astype(np.float64) for m in (counts.tp, counts.fp, counts.fn))
+    present = (tp + fp + fn) > 0
+    per_class = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0)
+    macro = per_class.sum(1) / np.maximum(present.sum(1), 1)
+    micro_tp, micro_rest = tp.sum(1), (fp + fn).sum(1)
+    micro = np.where(micro_tp > 0, 2 * micro_tp / np.maximum(2 * micro_tp + micro_rest, 1e-12), 0.0)
+    accuracy = (weights @ counts.correct) / np.maximum(weights @ counts.total, 1)
+    return {"accuracy": accuracy, "macro_f1": macro, "micro_f1": micro}
+
+
+def paired_comparison(
+    model: list[Counts], baseline: list[Counts], model_scores: list[float], baseline_scores: list[float],
+    metric: str, samples: int, confidence: float = 0.95, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Model minus baseline on one metric: per seed, a paired t-test over seeds, and a paired bootstrap.
+
+    Runs are paired by seed (same seed: same head initialisation and data order for both models).
+    The bootstrap resamples test examples (the same resample for both models and every seed) and
+    compares the seed-averaged metric, so its interval says how much the difference could move with
+    another test set of the same size; the spread over seeds says how much it moves with the seed.
+    """
+    from scipy import stats
+
+    differences = [a - b for a, b in zip(model_scores, baseline_scores)]
+    n = len(model[0].total)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(np.float64)
+
+    def averaged(runs: list[Counts]) -> np.ndarray:
+        return np.mean([metrics_from_counts(c, weights)[metric] for c in runs], axis=0)
+
+    boot = averaged(model) - averaged(baseline)
+    tail = (1 - confidence) / 2
+    p_value = None
+    if len(differences) > 1 and np.ptp(differences) > 0:
+        p_value = float(stats.ttest_rel(model_scores, baseline_scores).pvalue)
+    return {
+        "metric": metric,
+        "difference": float(np.mean(differences)),
+        "difference_std": float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0,
+        "per_seed": [float(d) for d in differences],
+        "better_in_seeds": int(sum(d > 0 for d in differences)),
+        "t_test_p": p_value,
+        "bootstrap": {
+            "samples": samples,
+            "confidence": confidence,
+            "low": float(np.quantile(boot, tail)),
+            "high": float(np.quantile(boot, 1 - tail)),
+            "share_not_better": float(np.mean(boot <= 0)),
+        },
+    }

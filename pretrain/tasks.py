@@ -1,0 +1,298 @@
+"""Downstream task data: read the labelled splits, check them, hold out validation, encode for a model.
+
+Classification rows come from JSONL/CSV/TSV/Parquet (a text column, optionally a second text column for
+sentence pairs, and a label column). Token tasks come from CoNLL files (one word per line, the tag in a
+column, a blank line between sentences, `-DOCSTART-` lines skipped) or JSONL/Parquet rows holding a
+list of words and a list of tags.
+
+Every problem in the data is an InputError naming the file and line, or a warned, counted fix that
+ends up in `results.json` (`notes`): empty texts are dropped, a stratified validation split that is
+impossible falls back to a random one. What could make a metric silently wrong is an error: a label
+outside `task.labels`, a test label never seen in train, a word without a tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pretrain.config import TaskConfig, is_bio_tag, expand_inputs
+from pretrain.errors import InputError
+from pretrain.io import FileStats, _lines, check_not_binary, field_text, file_format, read_records
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMATS = ("jsonl", "parquet")  # token tasks: other files are read as CoNLL columns
+
+
+@dataclass
+class Split:
+    """One split as read: texts (words for token tasks), optional second texts, labels, and where each came from."""
+
+    texts: list = field(default_factory=list)
+    pairs: list[str] | None = None
+    labels: list = field(default_factory=list)  # str | list[str] (multi-label) | list[str] (tags per word)
+    locations: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices) -> Split:
+        pick = lambda values: [values[i] for i in indices]  # noqa: E731
+        return Split(pick(self.texts), pick(self.pairs) if self.pairs is not None else None, pick(self.labels), pick(self.locations))
+
+
+@dataclass
+class TaskData:
+    """The three splits of a task, its label set (in report order) and what was fixed along the way."""
+
+    kind: str
+    labels: list[str]
+    train: Split
+    validation: Split
+    test: Split
+    validation_from: str
+    notes: list[str] = field(default_factory=list)
+
+    def gold(self, split: str):
+        """The split's labels in the form `pretrain.scoring` takes."""
+        rows = getattr(self, split)
+        ids = {label: i for i, label in enumerate(self.labels)}
+        if self.kind == "single_label":
+            return np.array([ids[label] for label in rows.labels], dtype=np.int64)
+        if self.kind == "multi_label":
+            matrix = np.zeros((len(rows), len(self.labels)), dtype=bool)
+            for i, labels in enumerate(rows.labels):
+                matrix[i, [ids[label] for label in labels]] = True
+            return matrix
+        return [list(tags) for tags in rows.labels]
+
+
+def read_task(cfg: TaskConfig, validation_fraction: float) -> TaskData:
+    """Read and check every split; hold out validation from train when no validation files are given."""
+    notes: list[str] = []
+    train = read_split(cfg, cfg.train_files, "train_files", notes)
+    test = read_split(cfg, cfg.test_files, "test_files", notes)
+    given = read_split(cfg, cfg.validation_files, "validation_files", notes) if cfg.validation_files else None
+    labels = label_set(cfg, {"train_files": train, "validation_files": given, "test_files": test}, notes)
+    if given is not None:
+        validation, validation_from = given, "validation_files"
+    else:
+        train, validation, validation_from = hold_out(cfg, train, validation_fraction, notes)
+    for note in notes:
+        log.warning("evaluate: %s", note)
+    return TaskData(cfg.type, labels, train, validation, test, validation_from, notes)
+
+
+def read_split(cfg: TaskConfig, patterns: list[str], key: str, notes: list[str]) -> Split:
+    files = expand_inputs(patterns)
+    if not files:
+        raise InputError(f"evaluate.task.{key}: {patterns} match no file")
+    split = Split(pairs=[] if cfg.text_pair_field else None)
+    dropped = 0
+    for path in files:
+        if cfg.type == "token" and file_format_or_none(path) not in RECORD_FORMATS:
+            rows = _read_conll(path, cfg)
+        else:
+            rows = _read_rows(path, cfg)
+        for location, text, pair, label in rows:
+            empty = not text if cfg.type == "token" else not text.strip() or (pair is not None and not pair.strip())
+            if empty:
+                dropped += 1
+                continue
+            split.texts.append(text)
+            if split.pairs is not None:
+                split.pairs.append(pair)
+            split.labels.append(label)
+            split.locations.append(location)
+    if dropped:
+        notes.append(f"{key}: dropped {dropped:,} rows with empty text (of {dropped + len(split):,})")
+    if not split.texts:
+        raise InputError(f"evaluate.task.{key}: no labelled examples in {patterns}")
+    return split
+
+
+def file_format_or_none(path) -> str | None:
+    try:
+        return file_format(path)
+    except InputError:
+        return None
+
+
+def _read_rows(path, cfg: TaskConfig):
+    for location, record in read_records(path):
+        text_key = "evaluate.task.text_field"
+        if cfg.type == "token":
+            words = _string_list(record, cfg.text_field, location, text_key)
+            tags = _string_list(record, cfg.label_field, location, "evaluate.task.label_field")
+            words, tags = _checked_sentence(words, tags, location, cfg)
+            yield location, words, None, tags
+            continue
+        text = field_text(record, cfg.text_field, location, key=text_key) or ""
+        pair = None
+        if cfg.text_pair_field:
+            pair = field_text(record, cfg.text_pair_field, location, key="evaluate.task.text_pair_field") or ""
+        yield location, text, pair, _label(record, cfg, location)
+
+
+def _label(record: dict, cfg: TaskConfig, location: str):
+    key = "evaluate.task.label_field"
+    if cfg.type == "multi_label":
+        if cfg.label_field not in record:
+            field_text(record, cfg.label_field, location, key=key)  # raises the usual "no field" message
+        value = record[cfg.label_field]
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return sorted({part.strip() for part in value.split(cfg.label_separator) if part.strip()})
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return sorted({str(v) for v in value})
+        raise InputError(f"{location}: {cfg.label_field!r} holds {type(value).__name__}; multi-label tasks need a list of labels or a string ({key})")
+    label = field_text(record, cfg.label_field, location, key=key, numbers_ok=True)
+    if label is None or not label.strip():
+        raise InputError(f"{location}: empty label in {cfg.label_field!r}; every row of a single-label task needs one")
+    return label.strip()
+
+
+def _string_list(record: dict, name: str, location: str, key: str) -> list[str]:
+    if name not in record:
+        field_text(record, name, location, key=key)  # raises the usual "no field" message
+    value = record[name]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{location}: {name!r} must be a list of strings for a token task ({key})")
+    return list(value)
+
+
+def _checked_sentence(words: list[str], tags: list[str], location: str, cfg: TaskConfig) -> tuple[list[str], list[str]]:
+    if len(words) != len(tags):
+        raise InputError(f"{location}: {len(words)} words but {len(tags)} tags; every word needs exactly one tag")
+    if cfg.tag_scheme == "BIO":
+        for word, tag in zip(words, tags):
+            if not is_bio_tag(tag):
+                raise InputError(
+                    f"{location}: tag {tag!r} (word {word!r}) is not a BIO tag (O, B-TYPE, I-TYPE); "
+                    "fix the file, or set evaluate.task.tag_scheme: none for plain tags such as POS"
+                )
+    return words, tags
+
+
+def _read_conll(path, cfg: TaskConfig):
+    """Sentences of a CoNLL file: (location of the first word, words, None, tags)."""
+    check_not_binary(path)
+    stats = FileStats(str(path))
+    words: list[str] = []
+    tags: list[str] = []
+    start, columns = 0, None
+    for number, line in enumerate(_lines(path, stats), start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if words:
+                yield f"{path}:{start}", words, None, tags  # checked word by word below
+            words, tags = [], []
+            continue
+        if len(parts) < 2:
+            raise InputError(
+                f"{path}:{number}: one column ({line.strip()!r}); a CoNLL line needs a word and its tag, "
+                "separated by whitespace (a blank line ends a sentence)"
+            )
+        if columns is not None and len(parts) != columns:
+            raise InputError(f"{path}:{number}: {len(parts)} columns, but earlier lines have {columns}; every word line needs the same columns")
+        columns = len(parts)
+        try:
+            tag = parts[cfg.conll_tag_column]
+        except IndexError:
+            raise InputError(f"{path}:{number}: no column {cfg.conll_tag_column} (evaluate.task.conll_tag_column) in {line.strip()!r}") from None
+        if not words:
+            start = number
+        _checked_sentence([parts[0]], [tag], f"{path}:{number}", cfg)
+        words.append(parts[0])
+        tags.append(tag)
+    if words:
+        yield f"{path}:{start}", words, None, tags
+
+
+def label_set(cfg: TaskConfig, splits: dict[str, Split | None], notes: list[str]) -> list[str]:
+    """The task's labels: `task.labels` if given (anything else in the data is an error), else those of train.
+
+    A label of the validation or test split that never occurs in train is an error either way: no model
+    can learn it, and scoring it would quietly lower every model's numbers.
+    """
+    def occurring(split: Split) -> Counter:
+        if cfg.type == "single_label":
+            return Counter(split.labels)
+        return Counter(label for labels in split.labels for label in labels)
+
+    seen = {key: occurring(split) for key, split in splits.items() if split is not None}
+    if cfg.labels is not None:
+        allowed = set(cfg.labels)
+        for key, split in splits.items():
+            if split is None:
+                continue
+            extra = sorted(set(seen[key]) - allowed)
+            if extra:
+                first = next(loc for loc, labels in zip(split.locations, split.labels) if set(_as_list(labels)) - allowed)
+                raise InputError(
+                    f"evaluate.task.{key}: {len(extra)} labels not in evaluate.task.labels: {extra[:10]} "
+                    f"(first at {first}); add them to the list, or fix the data"
+                )
+        labels = list(cfg.labels)
+        never = [label for label in labels if label not in seen["train_files"]]
+        if never:
+            notes.append(f"train_files: labels {never} of evaluate.task.labels never occur in train; no model can learn them")
+    else:
+        labels = sorted(seen["train_files"], key=_tag_order if cfg.type == "token" else str)
+    for key in ("validation_files", "test_files"):
+        if key in seen:
+            unseen = sorted(set(seen[key]) - set(seen["train_files"]))
+            if unseen:
+                raise InputError(
+                    f"evaluate.task.{key}: labels {unseen[:10]} never occur in the train files {cfg.train_files}; "
+                    "a model cannot learn them. Add train examples, or remove those rows from the evaluation data"
+                )
+    in_train = [label for label in labels if label in seen["train_files"]]
+    if len(in_train) < 2:
+        raise InputError(f"evaluate.task.train_files: labels {in_train} only; a classifier needs at least two")
+    return labels
+
+
+def _as_list(labels) -> list:
+    return labels if isinstance(labels, list) else [labels]
+
+
+def _tag_order(tag: str) -> tuple:
+    return (tag != "O", tag[2:], tag[:2]) if is_bio_tag(tag) else (True, tag, "")
+
+
+def hold_out(cfg: TaskConfig, train: Split, fraction: float, notes: list[str]) -> tuple[Split, Split, str]:
+    """A validation split from train: stratified for single-label tasks, falling back (with a note) when impossible.
+
+    Fixed random_state: every model and seed sees the same split.
+    """
+    indices = np.arange(len(train))
+    if len(train) < 2:
+        raise InputError(f"evaluate.task.train_files: {len(train)} examples, too few to hold out a validation split; give validation_files")
+    stratify = None
+    how = "random"
+    if cfg.type == "single_label":
+        counts = Counter(train.labels)
+        rare = sorted(label for label, n in counts.items() if n < 2)
+        n_validation = int(np.ceil(fraction * len(train)))
+        if rare:
+            notes.append(
+                f"train_files: labels {rare[:10]} have a single example, so the validation split cannot be stratified; "
+                "it is a random split instead"
+            )
+        elif n_validation < len(counts) or len(train) - n_validation < len(counts):
+            notes.append(
+                f"train_files: {n_validation} validation examples cannot hold each of the {len(counts)} labels; "
+                "the validation split is random instead of stratified (raise evaluate.validation_fraction)"
+            )
+        else:
+            stratify, how = train.labels, "stratified"
+    kept, held = train_test_split(indices, test_size=fraction, random_state=0, stratify=stratify)
+    kept, held = np.sort(kept), np.sort(held)
+    return train.subset(kept), train.subset(held), f"{how} {fraction:.0%} of train_files"
