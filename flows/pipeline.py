@@ -33,9 +33,9 @@ from pretrain import ingest, report, tokens
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
 from pretrain.errors import UserError
-from pretrain.ingest import IN_PROCESS_BYTES
 from pretrain.launch import launch_pretrain, needs_launcher
 from pretrain.pipeline import STAGES, run_stage, stage_id
+from pretrain.shards import in_process, progress_bar, progress_to
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
@@ -152,28 +152,26 @@ def shard_runner(parallel: ParallelConfig):
 
 
 def _run_shards(stage: str, shard_task, calls: list[tuple], sizes: list[int], parallel: ParallelConfig) -> State | None:
-    """Run the shard tasks (on the task runner, or in this process when there is only one); a Failed state on a user error."""
-    from tqdm.auto import tqdm
-
+    """Run the shard tasks (on the task runner, or in this process when the input is small); a Failed state on a user error."""
     if not calls:
         return None
     started = time.perf_counter()
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=stage, disable=None, dynamic_ncols=True) as bar:
-        if parallel.dask_address is None and (len(calls) == 1 or (parallel.workers is None and sum(sizes) < IN_PROCESS_BYTES)):
+    with progress_bar(sum(sizes), stage) as bar:
+        if parallel.dask_address is None and in_process(parallel.workers, sum(sizes), len(calls)):
             # Little input: starting worker processes would cost more than it saves.
             states = []
-            for call, size in zip(calls, sizes):
-                states.append(shard_task(*call, return_state=True))
-                bar.update(size)
-                if states[-1].is_failed():
-                    break
+            with progress_to(bar.update):
+                for call in calls:
+                    states.append(shard_task(*call, return_state=True))
+                    if states[-1].is_failed():
+                        break
         else:
             running = {shard_task.submit(*call): size for call, size in zip(calls, sizes)}
             states = []
             for future in as_completed(list(running)):
                 future.wait()  # sets the final state the runner reported
                 states.append(future.state)
-                bar.update(running[future])
+                bar.update(running[future])  # per shard: progress inside a worker process stays there
     for state in states:
         if failed := _user_error(state):
             return failed

@@ -179,15 +179,18 @@ def source_digest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _change_stamp(path: str) -> list | None:
-    if "://" not in path:
-        st = os.stat(path)
-        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-    fs, inner = fsspec.core.url_to_fs(path)
-    if fs.protocol in ("memory",) or "memory" in (fs.protocol if isinstance(fs.protocol, tuple) else ()):
-        return None
-    info = fs.info(inner)
-    marks = [str(info[k]) for k in ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime", "updated") if info.get(k)]
-    return [path, info.get("size"), *marks] if marks else None
+    if "://" in path:
+        fs, inner = fsspec.core.url_to_fs(path)
+        if not isinstance(fs, LocalFileSystem):
+            if "memory" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+                return None
+            info = fs.info(inner)
+            keys = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime", "updated")
+            marks = [str(info[k]) for k in keys if info.get(k)]
+            return [path, info.get("size"), *marks] if marks else None
+        path = inner
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
 def default_cache_dir() -> Path:

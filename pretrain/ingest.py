@@ -29,13 +29,11 @@ How it scales to corpora larger than memory, on one machine or many:
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import functools
 import hashlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import re
 import shutil
 import tempfile
@@ -54,6 +52,7 @@ from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_
 from pretrain.config import DedupConfig, IngestConfig
 from pretrain.errors import InputError
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
+from pretrain.shards import report_progress, run_local
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,6 @@ _PIECE_BATCH = 1024
 _MINHASH_SEED = 1
 # Deduplication reads keys in passes of at most this many entries (8 bytes each, plus sort scratch).
 _PASS_ENTRIES = 1 << 22
-# Less input than this is processed in this process: starting worker processes (each importing the
-# libraries) would cost more than it saves.
-IN_PROCESS_BYTES = 16 << 20
 _HINT = " (ingest.on_error: skip skips such records, counts them and goes on)"
 
 # C0/C1 control characters except tab and newline, plus zero-width/BOM characters that only hide text.
@@ -180,9 +176,14 @@ def split_of(text: str, validation_fraction: float) -> str:
 def lsh_shape(dedup: DedupConfig) -> tuple[int, int]:
     """(bands, rows per band) that datasketch's MinHashLSH picks for the threshold (equal weight on
     false positives and false negatives)."""
+    return _lsh_shape(dedup.threshold, dedup.num_perm)
+
+
+@functools.lru_cache(maxsize=8)
+def _lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=dedup.threshold, num_perm=dedup.num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     return lsh.b, lsh.r
 
 
@@ -358,15 +359,6 @@ def pack_shards(pieces: list[Piece], shard_bytes: int) -> list[list[Piece]]:
 
 # --- pieces (run anywhere: a pool process, a Prefect task, a Dask worker) ---------------------------
 
-_progress = None  # a shared byte counter in pool workers (see _run_local)
-
-
-def _advance(nbytes: int) -> None:
-    if _progress is not None and nbytes:
-        with _progress.get_lock():
-            _progress.value += nbytes
-
-
 def process_shard(pieces: list[Piece], cfg: IngestConfig, store_url: str) -> list[dict[str, Any]]:
     """Read, clean, filter and sign each piece into the store's shard cache; a summary per piece."""
     store = ArtifactStore(store_url)
@@ -401,6 +393,7 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
     schema = _piece_schema(signer.bands)
     kept = 0
     advanced = 0
+    streamed = piece.compression is None and piece.fmt not in ("parquet", "arrow")
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
         texts: list[str] = []
         words: list[int] = []
@@ -411,17 +404,17 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
             columns = {
                 "text": pa.array(texts, pa.string()),
                 "words": pa.array(words, pa.uint32()),
-                "key": pa.array([], pa.binary(16)) if not texts else pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(16), len(texts), [None, pa.py_buffer(signer.exact_keys(texts))]
-                ),
+                "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(texts), [None, pa.py_buffer(signer.exact_keys(texts))]),
             }
             if signer.bands:
                 flat = pa.array(signer.band_keys(texts).reshape(-1), pa.uint64())
                 columns["bands"] = pa.FixedSizeListArray.from_arrays(flat, signer.bands)
             writer.write_table(pa.table(columns, schema=schema))
             kept += len(texts)
-            _advance(read_chars)
-            advanced += read_chars
+            if streamed:  # characters read are about bytes read; other formats report when done
+                step = min(read_chars, piece.size - advanced)
+                report_progress(step)
+                advanced += step
             texts.clear()
             words.clear()
             read_chars = 0
@@ -444,7 +437,7 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
                      "errors": stats.errors, "error_examples": stats.error_examples, "skipped": stats.skipped},  # fmt: skip
         }
         writer.add_key_value_metadata({"dapt": json.dumps(summary)})
-    _advance(max(piece.size - advanced, 0))
+    report_progress(max(piece.size - advanced, 0))
     return summary
 
 
@@ -578,63 +571,33 @@ def run(cfg: IngestConfig, store: ArtifactStore, run_shards: Callable[[list[list
         return plan.aid
     log.info("ingest %s: config %s", plan.aid, cfg.model_dump_json())
     pending = plan.pending(store)
-    reused = len(plan.pieces) - len(pending)
-    if reused:
-        log.info("ingest: %d of %d pieces unchanged since an earlier run, reused from the shard cache", reused, len(plan.pieces))
+    if len(pending) < len(plan.pieces):
+        log.info("ingest: %d of %d pieces already in the shard cache (unchanged files)", len(plan.pieces) - len(pending), len(plan.pieces))
     started = time.perf_counter()
     if pending:
         shards = pack_shards(pending, int(cfg.parallel.shard_mb * 2**20))
         (run_shards or (lambda s: _run_local(s, cfg, store)))(shards)
-    read_seconds = time.perf_counter() - started
-    return assemble(plan, cfg, store, reused=reused, read_seconds=read_seconds)
+        size = sum(p.size for p in pending)
+        seconds = time.perf_counter() - started
+        log.info("ingest: read %.1f MB in %.1f s (%.1f MB/s)", size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
+    return assemble(plan, cfg, store)
 
 
 def _run_local(shards: list[list[Piece]], cfg: IngestConfig, store: ArtifactStore) -> None:
     """The shard tasks on this machine: a process pool over the cores, or in this process."""
-    from tqdm.auto import tqdm
-
-    total = sum(p.size for shard in shards for p in shard)
-    workers = min(cfg.parallel.workers or os.cpu_count() or 1, len(shards))
+    if cfg.parallel.dask_address:
+        log.info("ingest: parallel.dask_address is for `dapt run` (Prefect runs the shards there); run alone, they run here")
     # memory:// files live in this process only.
-    in_process = workers == 1 or (cfg.parallel.workers is None and total < IN_PROCESS_BYTES) or any(p.source.startswith("memory://") for shard in shards for p in shard)
-    global _progress
-    counter = multiprocessing.get_context("spawn").Value("q", 0)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=None, dynamic_ncols=True) as bar:
-        if in_process:
-            _progress = counter
-            try:
-                for shard in shards:
-                    process_shard(shard, cfg, store.url)
-                    bar.update(counter.value - bar.n)
-            finally:
-                _progress = None
-            return
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(counter,)) as pool:
-            running = [pool.submit(process_shard, shard, cfg, store.url) for shard in shards]
-            while True:
-                done, waiting = futures.wait(running, timeout=0.5, return_when=futures.FIRST_EXCEPTION)
-                bar.update(counter.value - bar.n)
-                failed = [f for f in done if f.exception() is not None]
-                if failed:
-                    for f in waiting:
-                        f.cancel()
-                    raise failed[0].exception()
-                if not waiting:
-                    break
+    here = any(p.source.startswith("memory://") for shard in shards for p in shard)
+    run_local(process_shard, [(shard, cfg, store.url) for shard in shards], [sum(p.size for p in s) for s in shards],
+              cfg.parallel.workers, "ingest", force_in_process=here)  # fmt: skip
 
 
-def _init_worker(counter) -> None:
-    global _progress
-    _progress = counter
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore, reused: int = 0, read_seconds: float = 0.0) -> str:
+def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
     """Deduplicate over all pieces in corpus order, split, and publish the corpus artifact."""
-    started = time.perf_counter()
     cache = store.shards(STAGE)
-    missing = [name for name in plan.names() if not cache.exists(name)]
+    done = cache.names()
+    missing = [name for name in plan.names() if name not in done]
     if missing:
         raise RuntimeError(f"ingest: {len(missing)} pieces were not processed (first: {missing[0]}); run the shard tasks first")
     files = [cache.get(name) for name in plan.names()]
@@ -676,7 +639,6 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore, reused: 
                 f"split at ingest.validation_fraction={cfg.validation_fraction}; add text or change the fraction"
             )
         input_bytes = sum(s["size"] for s in plan.sources)
-        seconds = read_seconds + time.perf_counter() - started
         build.metrics.update(
             files=len(plan.sources),
             files_skipped=sum(bool(s["skipped"]) for s in file_stats),
@@ -693,16 +655,13 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore, reused: 
             lsh_bands=bands,
             lsh_rows=lsh_shape(cfg.dedup)[1] if bands else 0,
             pieces=len(plan.pieces),
-            pieces_reused=reused,
-            seconds=round(seconds, 2),
-            mb_per_second=round(input_bytes / 1e6 / max(seconds, 1e-9), 2),
         )
         build.extra["files_read"] = file_stats
         log.info(
-            "ingest %s: %d documents (%d train / %d validation), %.1f MB, from %.1f MB read in %.1f s (%.1f MB/s); removed "
+            "ingest %s: %d documents (%d train / %d validation), %.1f MB, from %.1f MB of input; removed "
             "%d exact and %d near duplicates, %d empty, %d short, %d long, %d low-alpha; %d bad records skipped",
             plan.aid, total["documents"], kept["train"]["documents"], kept["validation"]["documents"], total["bytes"] / 1e6,
-            input_bytes / 1e6, seconds, build.metrics["mb_per_second"], duplicates["duplicates_removed"],
+            input_bytes / 1e6, duplicates["duplicates_removed"],
             duplicates["near_duplicates_removed"], counts["empty_removed"], counts["short_removed"], counts["long_removed"],
             counts["low_alpha_removed"], build.metrics["records_skipped"],
         )  # fmt: skip

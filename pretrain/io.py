@@ -641,10 +641,10 @@ def read_records(
         lines = Lines(path, stats, compression)
         spec = RecordSource(str(path), fmt, compression)
         for k, line in lines():
-            if line.strip():
-                record = _json_record(spec, stats, lines, k, line)
+            record = _json_record(spec, stats, lines, k, line) if line.strip() else None
+            if record is not None:  # None: a blank line, or a bad one skipped under on_error: skip
                 stats.records += 1
-                yield f"{path}:{k}", record  # type: ignore[misc]  (stats.problem raised on a bad line)
+                yield f"{path}:{k}", record
         return
     if fmt in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)

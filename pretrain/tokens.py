@@ -19,12 +19,9 @@ the same thing), which lets the tokenizer skip computing offsets.
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
 import logging
 import math
-import multiprocessing
-import os
 import shutil
 import tempfile
 import time
@@ -38,7 +35,8 @@ import pyarrow.parquet as pq
 
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import ParallelConfig
-from pretrain.ingest import IN_PROCESS_BYTES, SPLITS
+from pretrain.ingest import SPLITS
+from pretrain.shards import report_progress, run_local
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,6 @@ _BATCH_DOCUMENTS = 1024
 # Text per token shard. A constant, not a setting: the shards are the artifact's files, so their
 # boundaries must follow from the corpus alone (same corpus and tokenizer, same bytes).
 SHARD_BYTES = 32 << 20
-_progress = None  # a shared character counter in pool workers
 
 
 def stage_id(cfg: ParallelConfig | None, *, corpus: str, vocab: str) -> str:
@@ -158,7 +155,9 @@ def run(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, vocab:
     plan = make_plan(cfg, store, corpus=corpus, vocab=vocab)
     if plan.pending:
         (run_shards or (lambda p: _run_local(p, cfg, store, corpus, vocab)))(plan)
-    return assemble(store, plan, corpus, vocab, time.perf_counter() - started)
+        size, seconds = sum(s.size for s in plan.pending), time.perf_counter() - started
+        log.info("tokens: %.1f MB of text in %.1f s (%.1f MB/s)", size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
+    return assemble(store, plan, corpus, vocab)
 
 
 class _Encoder:
@@ -247,55 +246,19 @@ def _write_shard(batches: Iterator[list[str]], encoder: _Encoder, ids_path: Path
             documents += len(texts)
             size = sum(map(len, texts))
             characters += size
-            if _progress is not None:
-                with _progress.get_lock():
-                    _progress.value += size
+            report_progress(size)
         words_file.write(np.packbits(pending).tobytes())
     return {"tokens": tokens, "documents": documents, "characters": characters}
 
 
 def _run_local(plan: TokenPlan, cfg: ParallelConfig, store: ArtifactStore, corpus: str, vocab: str) -> None:
-    from tqdm.auto import tqdm
-
-    global _progress
-    shards = plan.pending
-    total = sum(s.size for s in shards)
-    # Little text is tokenised in this process, on all cores (the tokenizer is multi-threaded).
-    workers = 1 if cfg.workers is None and total < IN_PROCESS_BYTES else min(cfg.workers or os.cpu_count() or 1, len(shards))
-    context = multiprocessing.get_context("spawn")
-    counter = context.Value("q", 0)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="tokens", disable=None, dynamic_ncols=True) as bar:
-        if workers == 1:
-            _progress = counter
-            try:
-                for shard in shards:
-                    process_shard(shard, store.url, corpus, vocab, plan.aid, plan.encoding)
-                    bar.update(min(counter.value, total) - bar.n)
-            finally:
-                _progress = None
-            return
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(counter,)) as pool:
-            running = [pool.submit(process_shard, shard, store.url, corpus, vocab, plan.aid, plan.encoding) for shard in shards]
-            while True:
-                done, waiting = futures.wait(running, timeout=0.5, return_when=futures.FIRST_EXCEPTION)
-                bar.update(min(counter.value, total) - bar.n)
-                failed = [f for f in done if f.exception() is not None]
-                if failed:
-                    for f in waiting:
-                        f.cancel()
-                    raise failed[0].exception()
-                if not waiting:
-                    break
-
-
-def _init_worker(counter) -> None:
-    global _progress
-    _progress = counter
+    calls = [(shard, store.url, corpus, vocab, plan.aid, plan.encoding) for shard in plan.pending]
     # One process per core already: the tokenizer's own thread pool would only contend with them.
-    os.environ["RAYON_NUM_THREADS"] = "1"
+    # (In this process, for a small corpus, the tokenizer uses every core itself.)
+    run_local(process_shard, calls, [s.size for s in plan.pending], cfg.workers, "tokens", env={"RAYON_NUM_THREADS": "1"})
 
 
-def assemble(store: ArtifactStore, plan: TokenPlan, corpus: str, vocab: str, seconds: float) -> str:
+def assemble(store: ArtifactStore, plan: TokenPlan, corpus: str, vocab: str) -> str:
     """Move the finished shards into the tokens artifact and write its index."""
     cache = store.shards(STAGE)
     aid, shards, encoding = plan.aid, plan.shards, plan.encoding
@@ -325,13 +288,10 @@ def assemble(store: ArtifactStore, plan: TokenPlan, corpus: str, vocab: str, sec
             validation_tokens=meta["splits"]["validation"]["tokens"],
             shards=len(shards),
             bytes_per_token=round(on_disk / max(total, 1), 3),
-            seconds=round(seconds, 2),
-            tokens_per_second=round(total / max(seconds, 1e-9), 1),
             characters=characters,
         )
-        log.info("tokens %s: %d train / %d validation tokens (%s, %.3f bytes/token on disk) in %.1f s (%.0f tokens/s)", aid,
-                 build.metrics["train_tokens"], build.metrics["validation_tokens"], meta["dtype"], build.metrics["bytes_per_token"],
-                 seconds, build.metrics["tokens_per_second"])  # fmt: skip
+        log.info("tokens %s: %d train / %d validation tokens in %d shards (%s, %.3f bytes/token on disk)", aid, build.metrics["train_tokens"],
+                 build.metrics["validation_tokens"], len(shards), meta["dtype"], build.metrics["bytes_per_token"])  # fmt: skip
     for shard in shards:
         cache.remove(_cache_names(aid, shard)[2])
         if not store.is_local:
