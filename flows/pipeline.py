@@ -8,26 +8,37 @@ settings and code give the same id, so the task is a cache hit and nothing is re
 store stays the source of truth: when an id is missing from the store, the task runs again even if
 Prefect remembers it (refresh_cache). Training is never retried; a failed task fails the run with
 the stage's error message.
+
+Ingest and tokens fan out: their shards (ranges of the input files, ranges of the corpus) are Prefect
+tasks on the flow's task runner, a process pool over this machine's cores by default, or a Dask
+cluster (`ingest.parallel.dask_address`); then one task assembles the artifact. A shard task is
+retried only when reading or writing failed (OSError), never for its computation.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults for a first run; must precede the prefect import)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.states import Failed, State
+from prefect.task_runners import ProcessPoolTaskRunner
 
-from pretrain import report
+from pretrain import ingest, report, tokens
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import PipelineConfig
+from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
 from pretrain.pipeline import STAGES, run_stage, stage_id
+from pretrain.shards import in_process, progress_bar, progress_to
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
@@ -89,10 +100,141 @@ def _stage_flow(stage: str):
     return stage_flow
 
 
+# --- shard-parallel stages: ingest and tokens --------------------------------------------------------
+
+
+def _retry_on_io(task, task_run, state) -> bool:
+    """Retry a shard only when reading or writing failed (storage, network), never for its computation."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+_SHARD_TASK = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": _retry_on_io, "cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="ingest-shard", task_run_name="ingest shard {index}", **_SHARD_TASK)
+def ingest_shard(index: int, pieces: list, config: IngestConfig, store_url: str) -> list | State:
+    """Read, clean, filter and sign some input pieces into the store's shard cache."""
+    try:
+        summaries = ingest.process_shard(pieces, config, store_url)
+    except UserError as e:
+        return Failed(message=f"ingest: {e}")
+    size, seconds = sum(s["bytes"] for s in summaries), sum(s["seconds"] for s in summaries)
+    get_run_logger().info("ingest shard %d: %d pieces, %.1f MB in %.1f s (%.1f MB/s)", index, len(summaries), size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
+    return summaries
+
+
+@task(name="tokens-shard", task_run_name="tokens {shard.split} shard {shard.index}", **_SHARD_TASK)
+def tokens_shard(shard: tokens.TokenShard, store_url: str, corpus: str, vocab: str, artifact_id: str, encoding: tokens.Encoding) -> dict | State:
+    """Tokenise some row groups of a corpus split into the store's shard cache."""
+    try:
+        counts = tokens.process_shard(shard, store_url, corpus, vocab, artifact_id, encoding)
+    except UserError as e:
+        return Failed(message=f"tokens: {e}")
+    get_run_logger().info("tokens %s shard %d: %d tokens in %.1f s", shard.split, shard.index, counts["tokens"], counts["seconds"])
+    return counts
+
+
+def shard_runner(parallel: ParallelConfig):
+    """The task runner for shard tasks: local processes, or Dask (a temporary local cluster, or an address)."""
+    workers = parallel.workers or os.cpu_count() or 1
+    if parallel.dask_address is None:
+        return ProcessPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise UserError("ingest.parallel.dask_address needs prefect-dask: pip install 'dapt[dask]'") from None
+    if parallel.dask_address == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(address=parallel.dask_address)
+
+
+def _run_shards(stage: str, shard_task, calls: list[tuple], sizes: list[int], parallel: ParallelConfig) -> State | None:
+    """Run the shard tasks (on the task runner, or in this process when the input is small); a Failed state on a user error."""
+    if not calls:
+        return None
+    started = time.perf_counter()
+    with progress_bar(sum(sizes), stage) as bar:
+        if parallel.dask_address is None and in_process(parallel.workers, sum(sizes), len(calls)):
+            # Little input: starting worker processes would cost more than it saves.
+            states = []
+            with progress_to(bar.update):
+                for call in calls:
+                    states.append(shard_task(*call, return_state=True))
+                    if states[-1].is_failed():
+                        break
+        else:
+            running = {shard_task.submit(*call): size for call, size in zip(calls, sizes)}
+            states = []
+            for future in as_completed(list(running)):
+                future.wait()  # sets the final state the runner reported
+                states.append(future.state)
+                bar.update(running[future])  # per shard: progress inside a worker process stays there
+    for state in states:
+        if failed := _user_error(state):
+            return failed
+        state.result()  # re-raises a bug's exception
+    seconds = time.perf_counter() - started
+    get_run_logger().info("%s: %d shard tasks, %.1f MB in %.1f s (%.1f MB/s)", stage, len(calls), sum(sizes) / 1e6, seconds, sum(sizes) / 1e6 / max(seconds, 1e-9))
+    return None
+
+
+def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str, cached: bool) -> dict | State:
+    state = build_artifact.with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
+    if failed := _user_error(state):
+        return failed
+    state.result()
+    get_run_logger().info("%s %s: %s", stage, aid, "cache hit" if cached else "built")
+    return {"id": aid, "cached": cached}
+
+
+@flow(name="ingest", flow_run_name="ingest", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
+def ingest_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
+    """Plan the corpus, process the new or changed pieces as shard tasks, then deduplicate, split and publish."""
+    store = ArtifactStore(config.store)
+    cfg = config.ingest
+    try:
+        plan = ingest.make_plan(cfg)
+    except UserError as e:
+        return Failed(message=f"ingest: {e}")
+    cached = store.exists(plan.aid)
+    if not cached:
+        pending = plan.pending(store)
+        if len(pending) < len(plan.pieces):
+            get_run_logger().info("ingest: %d of %d pieces reused from earlier runs", len(plan.pieces) - len(pending), len(plan.pieces))
+        shards = ingest.pack_shards(pending, int(cfg.parallel.shard_mb * 2**20))
+        calls = [(i, shard, cfg, store.url) for i, shard in enumerate(shards)]
+        if failed := _run_shards("ingest", ingest_shard, calls, [sum(p.size for p in s) for s in shards], cfg.parallel):
+            return failed
+    return _assemble("ingest", config, ids, plan.aid, cached)
+
+
+@flow(name="tokens", flow_run_name="tokens", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
+def tokens_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
+    """Tokenise the corpus shard by shard, then publish the shards with their index."""
+    store = ArtifactStore(config.store)
+    parallel = config.ingest.parallel
+    aid = stage_id("tokens", config, ids)
+    cached = store.exists(aid)
+    if not cached:
+        try:
+            plan = tokens.make_plan(parallel, store, corpus=ids["ingest"], vocab=ids["vocab"])
+        except UserError as e:
+            return Failed(message=f"tokens: {e}")
+        calls = [(shard, store.url, ids["ingest"], ids["vocab"], aid, plan.encoding) for shard in plan.pending]
+        if failed := _run_shards("tokens", tokens_shard, calls, [s.size for s in plan.pending], parallel):
+            return failed
+    return _assemble("tokens", config, ids, aid, cached)
+
+
+SHARDED = {"ingest", "tokens"}
 base_flow = _stage_flow("base")
-ingest_flow = _stage_flow("ingest")
 vocab_flow = _stage_flow("vocab")
-tokens_flow = _stage_flow("tokens")
 pretrain_flow = _stage_flow("pretrain")
 evaluate_flow = _stage_flow("evaluate")
 report_flow = _stage_flow("report")
@@ -114,7 +256,13 @@ def pipeline(config: PipelineConfig) -> dict | State:
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
     for stage in STAGES:
-        state = STAGE_FLOWS[stage](config=config, ids=ids, return_state=True)
+        stage_flow = STAGE_FLOWS[stage]
+        if stage in SHARDED:
+            try:
+                stage_flow = stage_flow.with_options(task_runner=shard_runner(config.ingest.parallel))
+            except UserError as e:
+                return Failed(message=f"{stage}: {e}")
+        state = stage_flow(config=config, ids=ids, return_state=True)
         if failed := _user_error(state):
             return failed
         result = state.result()

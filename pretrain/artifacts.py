@@ -127,19 +127,75 @@ def _walk_without_main_guard(tree: ast.AST) -> Iterator[ast.AST]:
 
 
 def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> dict[str, Any]:
-    """Size and sha256 of a local file, read in chunks (memory does not grow with file size)."""
+    """Size and sha256 of a file (local path or fsspec URL), read in chunks (memory does not grow with file size)."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
+    with _open_source(path) as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
             size += len(chunk)
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def describe_sources(paths: list[Path]) -> list[dict[str, Any]]:
+def _open_source(path: str | os.PathLike):
+    if "://" in str(path):
+        fs, inner = fsspec.core.url_to_fs(str(path))
+        return fs.open(inner, "rb")
+    return open(path, "rb")
+
+
+def describe_sources(paths: list[Path] | list[str]) -> list[dict[str, Any]]:
     """Raw input files as recorded in a manifest: path as given, size and sha256."""
-    return [{"path": str(p), **file_digest(p)} for p in paths]
+    return [{"path": str(p), **source_digest(p)} for p in paths]
+
+
+def source_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """file_digest, remembered across runs while the file's size and change stamps stay the same.
+
+    A scheduled re-run over a large corpus then reads only new or changed files to learn their hash.
+    The stamp of a local file includes its inode change time, which every write moves (unlike the
+    modification time, which tools can set back); remote files use the ETag or modification time their
+    file system reports. Files with no such stamp (memory://) are hashed every time.
+    """
+    stamp = _change_stamp(str(path))
+    if stamp is None:
+        return file_digest(path)
+    entry = default_cache_dir() / "digests" / hashlib.sha256(canonical_json(stamp).encode()).hexdigest()[:40]
+    try:
+        cached = json.loads(entry.read_text())
+        if cached.get("stamp") == stamp:
+            return {"size": cached["size"], "sha256": cached["sha256"]}
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = file_digest(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps({"stamp": stamp, **digest}))
+        os.replace(tmp, entry)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return digest
+
+
+def _change_stamp(path: str) -> list | None:
+    if "://" in path:
+        fs, inner = fsspec.core.url_to_fs(path)
+        if not isinstance(fs, LocalFileSystem):
+            if "memory" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+                return None
+            info = fs.info(inner)
+            keys = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime", "updated")
+            marks = [str(info[k]) for k in keys if info.get(k)]
+            return [path, info.get("size"), *marks] if marks else None
+        path = inner
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def default_cache_dir() -> Path:
+    """Local cache (downloaded remote artifacts, file digests): $DAPT_CACHE, else ~/.cache/dapt."""
+    return Path(os.environ.get("DAPT_CACHE", Path.home() / ".cache" / "dapt"))
 
 
 # --- the store ---------------------------------------------------------------------------------------
@@ -166,8 +222,7 @@ class ArtifactStore:
             self.root = str(Path(self.root).resolve())
             self.fs.makedirs(self.root, exist_ok=True)
         # Remote artifacts are downloaded here before a stage reads them; local ones are read in place.
-        default_cache = Path(os.environ.get("DAPT_CACHE", Path.home() / ".cache" / "dapt"))
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -225,6 +280,10 @@ class ArtifactStore:
         path = base / ".work" / aid
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def shards(self, stage: str) -> ShardCache:
+        """Where `stage`'s shard tasks leave their results (see ShardCache)."""
+        return ShardCache(self, stage)
 
     @contextlib.contextmanager
     def build(
@@ -295,6 +354,62 @@ class ArtifactStore:
             "origin": m.get("origin"),
             "inputs": {role: self.lineage(child) for role, child in m.get("inputs", {}).items()},
         }
+
+
+class ShardCache:
+    """Results of shard tasks under `<store>/.shards/<stage>/`: one file per result, named by its content key.
+
+    A shard task may run on another machine (a Dask worker), so it leaves its result in the store
+    (which must then be shared: a network folder or an fsspec URL), and the stage's last step collects
+    them. Each file appears atomically (renamed into place locally; one PUT on an object store), so a
+    crashed task leaves nothing that looks finished, and a re-run only redoes the shards that are
+    missing. These files are not artifacts: deleting the folder is always safe, it only costs a re-run.
+    """
+
+    def __init__(self, store: ArtifactStore, stage: str):
+        self.store, self.stage = store, stage
+        self.root = store._path(".shards", stage)
+        if store.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self.store.fs.exists(self._path(name))
+
+    def names(self) -> set[str]:
+        """Every finished result (one listing, not one request per name)."""
+        if not self.store.fs.exists(self.root):
+            return set()
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.store.fs.ls(self.root, detail=False)} - {""}
+
+    def put(self, local: Path, name: str) -> None:
+        """Publish a finished local file as `name` (moved, not copied, when the store is local)."""
+        if self.store.is_local:
+            target = Path(self._path(name))
+            tmp = target.with_name(f".{name}.{uuid.uuid4().hex}")
+            shutil.move(str(local), tmp)
+            os.replace(tmp, target)
+        else:
+            self.store.fs.put_file(str(local), self._path(name))
+            local.unlink(missing_ok=True)
+
+    def get(self, name: str) -> Path:
+        """A local path to the result (downloaded once from a remote store)."""
+        if self.store.is_local:
+            return Path(self._path(name))
+        target = self.store.cache_dir / "shards" / self.stage / name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{name}.{uuid.uuid4().hex}")
+            self.store.fs.get(self._path(name), str(tmp))
+            os.replace(tmp, target)
+        return target
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.store.fs.rm(self._path(name))
 
 
 def _rename_into_place(staging: Path, final: Path) -> None:

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, UserError
+from pretrain.io import expand_sources
 
 
 # A model artifact id in the store (`b-...` imported base model, `m-...` pretrained model).
@@ -41,13 +42,41 @@ class BaseModelConfig(Section):
     """Hub revision (branch, tag or commit) when `source` is a Hub id; ignored for local folders."""
 
 
+class DedupConfig(Section):
+    """Duplicate removal over the whole corpus; the first occurrence (in input order) is kept."""
+
+    exact: bool = True
+    """Drop documents whose cleaned text is identical to an earlier one."""
+    near: bool = True
+    """Drop near-duplicates: MinHash signatures of word shingles, candidates found by LSH banding."""
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    """Jaccard similarity of word shingles above which two documents count as near-duplicates."""
+    shingle_words: int = Field(default=5, ge=1, le=32)
+    """Words per shingle (lowercased word n-grams)."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    """MinHash permutations: more separate the threshold more sharply, at more cost."""
+
+
+class ParallelConfig(Section):
+    """Where and how ingest and tokens run their shards; not part of any artifact id."""
+
+    workers: int | None = Field(default=None, gt=0)
+    """Processes working on shards at once on this machine (default: every core)."""
+    shard_mb: float = Field(default=32.0, gt=0)
+    """Ingest input per shard task: large files are split into byte or row-group ranges, small ones grouped."""
+    dask_address: str | None = None
+    """Run the shard tasks on a Dask cluster (`tcp://scheduler:8786`), or `local` for a temporary
+    local cluster of `workers` processes; needs `pip install prefect-dask`. Default: local processes."""
+
+
 class IngestConfig(Section):
-    """Read, clean, deduplicate and split the domain corpus."""
+    """Read, clean, filter, deduplicate and split the domain corpus."""
 
     inputs: list[str] = Field(min_length=1)
-    """Files, directories or glob patterns: .txt, .jsonl, .jsonl.gz, .csv, .parquet (directories are read recursively)."""
+    """Files, folders (recursive), globs or fsspec URLs: .txt, .jsonl/.json, .csv, .tsv (each optionally .gz, .zst,
+    .bz2, .xz), .parquet, .arrow, and folders written by Hugging Face `save_to_disk`."""
     text_field: str = "text"
-    """The field (JSONL) or column (CSV, Parquet) holding the document text."""
+    """The field (JSONL) or column (CSV, Parquet, Arrow) holding the document text."""
     txt_mode: Literal["file", "line", "paragraph"] = "file"
     """How a .txt file splits into documents: the whole file, one per line, or one per blank-line-separated paragraph."""
     unicode_normalization: Literal["NFC", "NFKC", "none"] = "NFC"
@@ -55,8 +84,21 @@ class IngestConfig(Section):
     """Regular expressions removed from every document before cleaning, e.g. a newswire trailer `(?i)\\s*reuter\\s*\\x03\\s*$`."""
     min_words: int = Field(default=5, ge=0)
     """Documents with fewer whitespace-separated words after cleaning are dropped (and counted)."""
+    max_words: int | None = Field(default=None, gt=0)
+    """Documents with more words are dropped (and counted); none: no upper bound."""
+    min_alpha_fraction: float = Field(default=0.0, ge=0, le=1)
+    """Drop documents whose share of letters among non-space characters is lower (tables, code, number dumps)."""
+    scrub_pii: list[Literal["email", "phone", "ip"]] = []
+    """Replace e-mail addresses, phone numbers and/or IP addresses by <EMAIL>, <PHONE>, <IP>; counts are reported."""
+    dedup: DedupConfig = DedupConfig()
     validation_fraction: float = Field(default=0.02, gt=0, lt=0.5)
     """Share of documents for validation, chosen by a hash of the text (deterministic, order-independent)."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """A bad record (invalid JSON, missing field, over-long line, truncated file): stop naming file and line, or skip
+    it, count it and go on (the first examples go into the manifest)."""
+    max_document_mb: float = Field(default=16.0, gt=0)
+    """A document or line larger than this is a bad record: bounds memory whatever the input."""
+    parallel: ParallelConfig = ParallelConfig()
 
     @field_validator("strip_patterns")
     @classmethod
@@ -70,6 +112,12 @@ class IngestConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return patterns
+
+    @model_validator(mode="after")
+    def _word_bounds(self) -> IngestConfig:
+        if self.max_words is not None and self.max_words < self.min_words:
+            raise ValueError(f"max_words ({self.max_words}) is smaller than min_words ({self.min_words})")
+        return self
 
 
 class VocabConfig(Section):
@@ -367,8 +415,11 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
     problems = []
     ingest = raw.get("ingest") if isinstance(raw.get("ingest"), dict) else {}
     for i, pattern in enumerate(_str_list(ingest.get("inputs"))):
-        if not expand_inputs([pattern]):
-            problems.append(f"ingest.inputs[{i}]: {pattern!r} matches no file")
+        try:
+            if not expand_sources([pattern]):
+                problems.append(f"ingest.inputs[{i}]: {pattern!r} matches no file")
+        except UserError as e:
+            problems.append(f"ingest.inputs[{i}]: {e}")
     task = (raw.get("evaluate") or {}).get("task") if isinstance(raw.get("evaluate"), dict) else None
     if isinstance(task, dict):
         for key in ("train_files", "validation_files", "test_files"):

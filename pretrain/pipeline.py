@@ -32,12 +32,20 @@ INPUTS = {
 
 
 MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "pretrain": pretrain, "evaluate": evaluate, "report": report}
-# The config section each stage reads (tokens and report have no settings).
-SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "pretrain": "pretrain", "evaluate": "evaluate"}
+# The config section each stage reads (report has no settings; tokens only where its shards run).
+SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "tokens": "ingest.parallel", "pretrain": "pretrain", "evaluate": "evaluate"}
+
+
+def section_of(stage: str, cfg: PipelineConfig) -> object:
+    """The config (sub)section a stage reads, or None."""
+    section: object = cfg
+    for name in SECTIONS[stage].split(".") if stage in SECTIONS else ():
+        section = getattr(section, name)
+    return section if stage in SECTIONS else None
 
 
 def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, str]]:
-    section = getattr(cfg, SECTIONS[stage]) if stage in SECTIONS else None
+    section = section_of(stage, cfg)
     return section, {role: ids[producer] for role, producer in INPUTS[stage].items()}
 
 

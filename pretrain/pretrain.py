@@ -40,7 +40,7 @@ from pretrain.config import PretrainConfig
 from pretrain.errors import InputError, UserError
 from pretrain.extend import extend_embeddings, load_model_init
 from pretrain.mlm import Masking, MaskedLM
-from pretrain.tokens import load_meta, word_starts
+from pretrain.tokens import TokenStream, load_meta
 
 log = get_logger(__name__)
 # Tied decoder/embedding weights are stored once in a checkpoint and re-tied on load: expected, not news.
@@ -59,37 +59,30 @@ class TrainingError(UserError):
 
 
 class Blocks:
-    """Fixed-length blocks [CLS] + tokens + [SEP] cut from a memory-mapped token stream of the tokens stage."""
+    """Fixed-length blocks [CLS] + tokens + [SEP] cut from the token stream of a split of the tokens stage."""
 
     def __init__(self, tokens_dir: Path, split: str, seq_length: int):
         meta = load_meta(tokens_dir)
-        self.path, self.words_path = tokens_dir / f"{split}.bin", tokens_dir / f"{split}.words.bin"
-        self.dtype = np.dtype(meta["dtype"])
+        self.stream = TokenStream(tokens_dir, split)  # memory-maps its shards lazily, once per (worker) process
         self.body = seq_length - 2
         self.cls_id, self.sep_id = meta["special_ids"]["cls"], meta["special_ids"]["sep"]
-        self.count = (self.path.stat().st_size // self.dtype.itemsize) // self.body
-        self._stream: np.memmap | None = None  # opened lazily, once per (worker) process
-        self._words: np.memmap | None = None
+        self.count = len(self.stream) // self.body
 
     def __len__(self) -> int:
         return self.count
 
     def get(self, indices: np.ndarray) -> torch.Tensor:
         """Token ids of the blocks, shape (len(indices), seq_length)."""
-        if self._stream is None:
-            self._stream = np.memmap(self.path, dtype=self.dtype, mode="r")
-        rows = np.stack([self._stream[i * self.body : (i + 1) * self.body] for i in indices]).astype(np.int64)
+        rows = np.stack([self.stream.ids(i * self.body, (i + 1) * self.body) for i in indices]).astype(np.int64)
         out = np.empty((len(indices), self.body + 2), dtype=np.int64)
         out[:, 0], out[:, 1:-1], out[:, -1] = self.cls_id, rows, self.sep_id
         return torch.from_numpy(out)
 
     def word_starts(self, indices: np.ndarray) -> torch.Tensor:
         """Whether each token of the blocks starts a word ([CLS] and the closing [SEP] do)."""
-        if self._words is None:
-            self._words = np.memmap(self.words_path, dtype=np.uint8, mode="r")
         out = np.ones((len(indices), self.body + 2), dtype=bool)
         for row, i in enumerate(indices):
-            out[row, 1:-1] = word_starts(self._words, i * self.body, (i + 1) * self.body)
+            out[row, 1:-1] = self.stream.word_starts(i * self.body, (i + 1) * self.body)
         return torch.from_numpy(out)
 
     def masked(self, indices: np.ndarray, masking: Masking, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -152,9 +145,9 @@ def word_eval_batches(tokens_dir: Path, seq_length: int, max_words: int, batch_s
     """
     meta = load_meta(tokens_dir)
     special = meta["special_ids"]
-    stream = np.asarray(np.memmap(tokens_dir / "validation.bin", dtype=np.dtype(meta["dtype"]), mode="r")).astype(np.int64)
-    packed = np.fromfile(tokens_dir / "validation.words.bin", dtype=np.uint8)
-    all_starts = np.flatnonzero(word_starts(packed, 0, len(stream)))
+    validation = TokenStream(tokens_dir, "validation")
+    stream = np.asarray(validation.ids(0, len(validation))).astype(np.int64)
+    all_starts = np.flatnonzero(validation.word_starts(0, len(stream)))
     count = min(len(all_starts), max_words)
     starts, ends = all_starts[:count], np.append(all_starts[1:], len(stream))[:count]
     chosen = np.random.default_rng(_mix(seed, 3)).random(count) < probability

@@ -21,3 +21,11 @@ def test_the_two_commands_and_ci():
     assert re.search(r"^make demo\b", README, re.M) and re.search(r"^make test\b", README, re.M)
     assert re.search(r"^demo:", MAKEFILE, re.M) and re.search(r"^test:", MAKEFILE, re.M)
     assert "make test" in CI.splitlines()[-1]
+
+
+def test_every_ingest_subsection_key_is_documented():
+    from pretrain.config import DedupConfig, ParallelConfig
+
+    for prefix, model in (("dedup", DedupConfig), ("parallel", ParallelConfig)):
+        for name in model.model_fields:
+            assert f"`{prefix}.{name}`" in README, f"{prefix}.{name}"

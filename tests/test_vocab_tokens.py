@@ -74,13 +74,13 @@ def test_tokens_are_the_documents_with_separators(built):
     encoding = tokenizer(documents[0], add_special_tokens=False, truncation=False)
     assert np.asarray(stream[:length]).tolist() == encoding["input_ids"]
     # one packed bit per token: set where a word starts (any fast tokenizer's word ids, not "##")
-    packed = np.fromfile(folder / "validation.words.bin", dtype=np.uint8)
-    starts = tokens.word_starts(packed, 0, length + 1).tolist()
+    starts = tokens.TokenStream(folder, "validation").word_starts(0, length + 1).tolist()
     words = encoding.word_ids()
     assert starts == [i == 0 or words[i] != words[i - 1] for i in range(length)] + [True]
     pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
     assert all(s != p.startswith("##") for s, p in zip(starts, pieces))  # for BERT the two views agree
-    assert len(packed) == (len(stream) + 7) // 8
+    for shard in meta["splits"]["validation"]["shards"]:
+        assert (folder / shard["words"]).stat().st_size == (shard["tokens"] + 7) // 8
     assert store.manifest(aid)["metrics"]["bytes_per_token"] <= 2.13  # uint16 ids + 1 bit
 
 
