@@ -5,6 +5,8 @@
     dapt artifacts list [--store artifacts] [--stage pretrain]
     dapt artifacts show ID
     dapt artifacts lineage ID
+    dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
+    dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
 """
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 
+from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
 from pretrain.errors import UserError
 
@@ -64,6 +67,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _artifacts(args: argparse.Namespace) -> int:
     store = ArtifactStore(args.store)
+    if args.action in REGISTRY_ACTIONS:
+        return REGISTRY_ACTIONS[args.action](store, args)
     if args.action == "list":
         for aid in store.ids():
             m = store.manifest(aid)
@@ -72,10 +77,70 @@ def _artifacts(args: argparse.Namespace) -> int:
             size = sum(f["size"] for f in m["files"].values())
             print(f"{aid}  {m['stage']:<9} {m['created']}  {size / 1e6:8.1f} MB")
     elif args.action == "show":
-        print(json.dumps(store.manifest(args.id), indent=2))
+        print(json.dumps(store.manifest(registry.resolve(store, args.id)), indent=2))
     elif args.action == "lineage":
-        print(format_lineage(store.lineage(args.id)))
+        print(format_lineage(store.lineage(registry.resolve(store, args.id))))
     return 0
+
+
+def _promote(store: ArtifactStore, args: argparse.Namespace) -> int:
+    entry = registry.promote(store, args.id, args.alias, note=args.note)
+    before = f" (was {entry['previous']})" if entry["previous"] else ""
+    print(f"{args.alias} -> {args.id}{before}")
+    return 0
+
+
+def _resolve(store: ArtifactStore, args: argparse.Namespace) -> int:
+    print(registry.resolve(store, args.alias))
+    return 0
+
+
+def _history(store: ArtifactStore, args: argparse.Namespace) -> int:
+    for e in registry.history(store, args.alias):
+        note = f"  {e['note']}" if e.get("note") else ""
+        print(f"{e['time']}  {e['id']}  (was {e['previous'] or '-'})  {e['user']}@{e['host']} pid {e['pid']}{note}")
+    return 0
+
+
+def _aliases(store: ArtifactStore, args: argparse.Namespace) -> int:
+    for alias, e in registry.aliases(store).items():
+        print(f"{alias:<20} {e['id']}  {e['stage']:<9} since {e['time']}")
+    return 0
+
+
+def _verify(store: ArtifactStore, args: argparse.Namespace) -> int:
+    aid = registry.resolve(store, args.id)
+    problems = registry.verify(store, aid)
+    if problems:
+        print(f"{aid}: {len(problems)} file(s) do not match the manifest:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    files = store.manifest(aid)["files"]
+    print(f"{aid}: {len(files)} files match the manifest ({sum(f['size'] for f in files.values()) / 1e6:,.1f} MB)")
+    return 0
+
+
+def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
+    plan = registry.gc_plan(store, keep_runs=args.keep_runs, keep_hours=args.keep_hours)
+    for aid, why in sorted(plan["roots"].items()):
+        print(f"keep    {aid}  ({why})")
+    print(f"keep    {len(plan['keep'])} artifacts reachable from aliases and the last {args.keep_runs} of {plan['runs_recorded']} recorded runs")
+    for aid in plan["young"]:
+        print(f"keep    {aid}  (younger than {args.keep_hours:g} h)")
+    for aid in plan["delete"]:
+        print(f"{'delete' if args.yes else 'would delete'}  {aid}  {plan['sizes'][aid] / 1e6:,.1f} MB")
+    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB"
+    if not args.yes:
+        print(f"dry run: would delete {total}; run again with --yes to delete")
+        return 0
+    for aid in plan["delete"]:
+        registry.delete_artifact(store, aid)
+    print(f"deleted {total}")
+    return 0
+
+
+REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _history, "aliases": _aliases, "verify": _verify, "gc": _gc}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     lineage = actions.add_parser("lineage", help="the chain from an artifact back to the base model and raw files")
     lineage.add_argument("id")
-    for p in (listing, show, lineage):
+    promote = actions.add_parser("promote", help="point an alias (e.g. production) at an artifact, after verifying it")
+    promote.add_argument("id")
+    promote.add_argument("alias")
+    promote.add_argument("--note", help="why, kept in the alias history")
+    resolve = actions.add_parser("resolve", help="the artifact id an alias points at")
+    resolve.add_argument("alias")
+    history = actions.add_parser("history", help="every promotion of an alias: what it pointed at, when, who")
+    history.add_argument("alias")
+    alias_list = actions.add_parser("aliases", help="every alias and what it points at")
+    verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
+    verify.add_argument("id", help="artifact id or alias")
+    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs (dry run unless --yes)")
+    gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
+    gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
+    gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")
+    for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     return parser
 
