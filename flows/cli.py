@@ -7,6 +7,7 @@
     dapt artifacts lineage ID
     dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
+    dapt export ID_OR_ALIAS --to DIR [--quantize int8] [--push-to-hub REPO]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
 """
@@ -143,6 +144,25 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
 REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _history, "aliases": _aliases, "verify": _verify, "gc": _gc}
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pretrain.export import export
+    from pretrain.pipeline import setup_logging
+
+    setup_logging()
+    facts = export(ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
+    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(facts["files"]))
+    if q := facts["quantization"]:
+        metric, s = q["primary_metric"], q["speed"]
+        print(
+            f"int8 vs fp32 on {q['task']} test: {metric} {q['fp32'][metric]:.4f} -> {q['int8'][metric]:.4f} ({q['delta'][metric]:+.4f}), "
+            f"accuracy {q['delta']['accuracy']:+.4f}; CPU throughput at batch 32 x{s['throughput_speedup_batch32']:.2f}, "
+            f"latency at batch 1 x{s['latency_speedup_batch1']:.2f}"
+        )
+    if facts.get("hub_url"):
+        print(f"pushed to {facts['hub_url']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapt", description="Domain-adaptive pretraining of BERT-family encoders.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,12 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")
     for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
+    export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
+    export.add_argument("model", help="model artifact id (m-…, b-…) or alias")
+    export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty)")
+    export.add_argument("--quantize", choices=["int8"], help="measure dynamic int8 on the downstream task; figures in the card")
+    export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
+    export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
+    export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts}
+    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts, "export": _export}
     try:
         return handlers[args.command](args)
     except UserError as e:
