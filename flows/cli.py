@@ -8,6 +8,7 @@
     dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
     dapt export ID_OR_ALIAS --to DIR [--quantize int8] [--push-to-hub REPO]
+    dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
 """
@@ -163,6 +164,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from pretrain.embed import embed
+    from pretrain.pipeline import setup_logging
+
+    setup_logging()
+    result = embed(
+        ArtifactStore(args.store), args.model, args.input, args.output, pooling=args.pooling, batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length, text_field=args.text_field, txt_mode=args.txt_mode,
+    )  # fmt: skip
+    print(f"{result['texts']:,} embeddings ({result['dimensions']} dims, {result['pooling']} pooling, model {result['model']}) -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapt", description="Domain-adaptive pretraining of BERT-family encoders.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,12 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
     export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
+    embed = commands.add_parser("embed", help="one embedding per text (CLS or mean pooling) into a Parquet file")
+    embed.add_argument("model", help="model artifact id, alias, or a model folder (e.g. an export)")
+    embed.add_argument("--input", required=True, help=".txt (one text per line), .jsonl, .csv/.tsv or .parquet, optionally compressed")
+    embed.add_argument("--output", required=True, help="Parquet file to write: row, location, text, embedding")
+    embed.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="[CLS] vector, or the mean over the tokens (default cls)")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the model's limit)")
+    embed.add_argument("--text-field", default="text", help="JSONL field / CSV or Parquet column with the text (default text)")
+    embed.add_argument("--txt-mode", choices=["line", "paragraph", "file"], default="line", help=".txt: one text per line (default), paragraph or file")
+    embed.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts, "export": _export}
+    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts, "export": _export, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:
