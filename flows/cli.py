@@ -151,7 +151,7 @@ def _export(args: argparse.Namespace) -> int:
 
     setup_logging()
     facts = export(ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
-    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(facts["files"]))
+    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
     if q := facts["quantization"]:
         metric, s = q["primary_metric"], q["speed"]
         print(

@@ -165,7 +165,7 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
         (
             f"A {config.get('model_type', 'transformer')} encoder ({config.get('num_hidden_layers')} layers x {config.get('hidden_size')}, "
             f"vocabulary {config.get('vocab_size'):,}) adapted to a domain corpus by continued masked-language-model pretraining "
-            f"with [dapt](https://example.invalid/dapt), starting from `{base_name}`."
+            f"with dapt, starting from `{base_name}`."
             if model_stage == "pretrain"
             else f"The base model `{base_name}` as imported by dapt ({config.get('num_hidden_layers')} layers x {config.get('hidden_size')}); not adapted."
         ),
