@@ -5,6 +5,10 @@
     dapt artifacts list [--store artifacts] [--stage pretrain]
     dapt artifacts show ID
     dapt artifacts lineage ID
+    dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
+    dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
+    dapt export ID_OR_ALIAS --to DIR [--quantize int8] [--push-to-hub REPO]
+    dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
 """
@@ -17,6 +21,7 @@ import os
 import sys
 import time
 
+from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
 from pretrain.errors import UserError
 
@@ -64,6 +69,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _artifacts(args: argparse.Namespace) -> int:
     store = ArtifactStore(args.store)
+    if args.action in REGISTRY_ACTIONS:
+        return REGISTRY_ACTIONS[args.action](store, args)
     if args.action == "list":
         for aid in store.ids():
             m = store.manifest(aid)
@@ -72,9 +79,101 @@ def _artifacts(args: argparse.Namespace) -> int:
             size = sum(f["size"] for f in m["files"].values())
             print(f"{aid}  {m['stage']:<9} {m['created']}  {size / 1e6:8.1f} MB")
     elif args.action == "show":
-        print(json.dumps(store.manifest(args.id), indent=2))
+        print(json.dumps(store.manifest(registry.resolve(store, args.id)), indent=2))
     elif args.action == "lineage":
-        print(format_lineage(store.lineage(args.id)))
+        print(format_lineage(store.lineage(registry.resolve(store, args.id))))
+    return 0
+
+
+def _promote(store: ArtifactStore, args: argparse.Namespace) -> int:
+    entry = registry.promote(store, args.id, args.alias, note=args.note)
+    before = f" (was {entry['previous']})" if entry["previous"] else ""
+    print(f"{args.alias} -> {args.id}{before}")
+    return 0
+
+
+def _resolve(store: ArtifactStore, args: argparse.Namespace) -> int:
+    print(registry.resolve(store, args.alias))
+    return 0
+
+
+def _history(store: ArtifactStore, args: argparse.Namespace) -> int:
+    for e in registry.history(store, args.alias):
+        note = f"  {e['note']}" if e.get("note") else ""
+        print(f"{e['time']}  {e['id']}  (was {e['previous'] or '-'})  {e['user']}@{e['host']} pid {e['pid']}{note}")
+    return 0
+
+
+def _aliases(store: ArtifactStore, args: argparse.Namespace) -> int:
+    for alias, e in registry.aliases(store).items():
+        print(f"{alias:<20} {e['id']}  {e['stage']:<9} since {e['time']}")
+    return 0
+
+
+def _verify(store: ArtifactStore, args: argparse.Namespace) -> int:
+    aid = registry.resolve(store, args.id)
+    problems = registry.verify(store, aid)
+    if problems:
+        print(f"{aid}: {len(problems)} file(s) do not match the manifest:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    files = store.manifest(aid)["files"]
+    print(f"{aid}: {len(files)} files match the manifest ({sum(f['size'] for f in files.values()) / 1e6:,.1f} MB)")
+    return 0
+
+
+def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
+    plan = registry.gc_plan(store, keep_runs=args.keep_runs, keep_hours=args.keep_hours)
+    for aid, why in sorted(plan["roots"].items()):
+        print(f"keep    {aid}  ({why})")
+    print(f"keep    {len(plan['keep'])} artifacts reachable from aliases and the last {args.keep_runs} of {plan['runs_recorded']} recorded runs")
+    for aid in plan["young"]:
+        print(f"keep    {aid}  (younger than {args.keep_hours:g} h)")
+    for aid in plan["delete"]:
+        print(f"{'delete' if args.yes else 'would delete'}  {aid}  {plan['sizes'][aid] / 1e6:,.1f} MB")
+    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB"
+    if not args.yes:
+        print(f"dry run: would delete {total}; run again with --yes to delete")
+        return 0
+    for aid in plan["delete"]:
+        registry.delete_artifact(store, aid)
+    print(f"deleted {total}")
+    return 0
+
+
+REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _history, "aliases": _aliases, "verify": _verify, "gc": _gc}
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pretrain.export import export
+    from pretrain.pipeline import setup_logging
+
+    setup_logging()
+    facts = export(ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
+    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
+    if q := facts["quantization"]:
+        metric, s = q["primary_metric"], q["speed"]
+        print(
+            f"int8 vs fp32 on {q['task']} test: {metric} {q['fp32'][metric]:.4f} -> {q['int8'][metric]:.4f} ({q['delta'][metric]:+.4f}), "
+            f"accuracy {q['delta']['accuracy']:+.4f}; CPU throughput at batch 32 x{s['throughput_speedup_batch32']:.2f}, "
+            f"latency at batch 1 x{s['latency_speedup_batch1']:.2f}"
+        )
+    if facts.get("hub_url"):
+        print(f"pushed to {facts['hub_url']}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from pretrain.embed import embed
+    from pretrain.pipeline import setup_logging
+
+    setup_logging()
+    result = embed(
+        ArtifactStore(args.store), args.model, args.input, args.output, pooling=args.pooling, batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length, text_field=args.text_field, txt_mode=args.txt_mode,
+    )  # fmt: skip
+    print(f"{result['texts']:,} embeddings ({result['dimensions']} dims, {result['pooling']} pooling, model {result['model']}) -> {args.output}")
     return 0
 
 
@@ -96,14 +195,46 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     lineage = actions.add_parser("lineage", help="the chain from an artifact back to the base model and raw files")
     lineage.add_argument("id")
-    for p in (listing, show, lineage):
+    promote = actions.add_parser("promote", help="point an alias (e.g. production) at an artifact, after verifying it")
+    promote.add_argument("id")
+    promote.add_argument("alias")
+    promote.add_argument("--note", help="why, kept in the alias history")
+    resolve = actions.add_parser("resolve", help="the artifact id an alias points at")
+    resolve.add_argument("alias")
+    history = actions.add_parser("history", help="every promotion of an alias: what it pointed at, when, who")
+    history.add_argument("alias")
+    alias_list = actions.add_parser("aliases", help="every alias and what it points at")
+    verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
+    verify.add_argument("id", help="artifact id or alias")
+    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs (dry run unless --yes)")
+    gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
+    gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
+    gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")
+    for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
+    export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
+    export.add_argument("model", help="model artifact id (m-…, b-…) or alias")
+    export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty)")
+    export.add_argument("--quantize", choices=["int8"], help="measure dynamic int8 on the downstream task; figures in the card")
+    export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
+    export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
+    export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
+    embed = commands.add_parser("embed", help="one embedding per text (CLS or mean pooling) into a Parquet file")
+    embed.add_argument("model", help="model artifact id, alias, or a model folder (e.g. an export)")
+    embed.add_argument("--input", required=True, help=".txt (one text per line), .jsonl, .csv/.tsv or .parquet, optionally compressed")
+    embed.add_argument("--output", required=True, help="Parquet file to write: row, location, text, embedding")
+    embed.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="[CLS] vector, or the mean over the tokens (default cls)")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the model's limit)")
+    embed.add_argument("--text-field", default="text", help="JSONL field / CSV or Parquet column with the text (default text)")
+    embed.add_argument("--txt-mode", choices=["line", "paragraph", "file"], default="line", help=".txt: one text per line (default), paragraph or file")
+    embed.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts}
+    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts, "export": _export, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -32,7 +32,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from pretrain import ingest, report, tokens
+from pretrain import ingest, registry, report, tokens
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
 from pretrain.errors import UserError
@@ -269,6 +269,7 @@ def pipeline(config: PipelineConfig) -> dict | State:
         ids[stage], cached[stage] = result["id"], result["cached"]
 
     store = ArtifactStore(config.store)
+    registry.record_run(store, config.name, ids)  # `dapt artifacts gc` keeps the last runs' artifacts
     rows = report.summary_rows(store, {s: ids[s] for s in report.ROLES}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")

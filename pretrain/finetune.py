@@ -176,10 +176,24 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
     return model.to(device)
 
 
-def finetune(
+@dataclass
+class Trained:
+    """A fine-tuned model holding its best epoch's weights, with how it got there."""
+
+    model: torch.nn.Module
+    best_epoch: int
+    epochs_trained: int
+    validation: dict
+    history: list[dict]
+    thresholds: np.ndarray | None  # multi-label: per-label decision thresholds tuned on validation
+    fallback_tag: str
+    seconds: float
+
+
+def train(
     model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device
-) -> tuple[dict, object]:
-    """Train one model with one seed; returns (the run's record, its test predictions)."""
+) -> Trained:
+    """Fine-tune one model with one seed and keep the best validation epoch's weights (test is not looked at)."""
     kind, labels, metric = data.kind, data.labels, selection_metric(cfg)
     torch.manual_seed(seed)  # the head's initialisation and dropout
     model = _load_model(model_dir, kind, labels, device)
@@ -234,18 +248,31 @@ def finetune(
             log.info("evaluate: seed %d: no better validation %s for %d epochs; stopping", seed, metric, cfg.patience_epochs)
             break
     model.load_state_dict(best_state)
-    outputs = predict(model, kind, encoded["test"], labels, fallback, cfg.batch_size, pad_id, device)
-    test_predictions = outputs >= thresholds if kind == "multi_label" else outputs
-    test = scoring.scores(kind, data.gold("test"), test_predictions, labels, cfg.task.tag_scheme, detail=True)
+    return Trained(model, best["epoch"], len(history), best["validation"], history, thresholds, fallback, round(time.perf_counter() - started, 1))
+
+
+def decide(trained: Trained, model, data: TaskData, encoded: Encoded, cfg: EvaluateConfig, pad_id: int, device: torch.device):
+    """`model`'s decisions on `encoded` (a trained model, or a transformed copy of it such as int8)."""
+    outputs = predict(model, data.kind, encoded, data.labels, trained.fallback_tag, cfg.batch_size, pad_id, device)
+    return outputs >= trained.thresholds if data.kind == "multi_label" else outputs
+
+
+def finetune(
+    model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device
+) -> tuple[dict, object]:
+    """Train one model with one seed; returns (the run's record, its test predictions)."""
+    trained = train(model_dir, data, encoded, cfg, seed, pad_id, device)
+    predicted = decide(trained, trained.model, data, encoded["test"], cfg, pad_id, device)
+    test = scoring.scores(data.kind, data.gold("test"), predicted, data.labels, cfg.task.tag_scheme, detail=True)
     record = {
         "seed": seed,
-        "best_epoch": best["epoch"],
-        "epochs_trained": len(history),
-        "validation": best["validation"],
+        "best_epoch": trained.best_epoch,
+        "epochs_trained": trained.epochs_trained,
+        "validation": trained.validation,
         "test": test,
-        "history": history,
-        "seconds": round(time.perf_counter() - started, 1),
+        "history": trained.history,
+        "seconds": trained.seconds,
     }
-    if thresholds is not None:
-        record["thresholds"] = {label: float(t) for label, t in zip(labels, thresholds)}
-    return record, test_predictions
+    if trained.thresholds is not None:
+        record["thresholds"] = {label: float(t) for label, t in zip(data.labels, trained.thresholds)}
+    return record, predicted

@@ -1,0 +1,272 @@
+"""Handing artifacts over: aliases with their history, a record of pipeline runs, verify, and gc.
+
+    dapt artifacts promote m-722717eccb734486a6b7 production
+    dapt artifacts resolve production
+    dapt artifacts history production
+    dapt artifacts verify m-722717eccb734486a6b7
+    dapt artifacts gc [--keep-runs 5] [--yes]
+
+An alias (`production`, `latest`, any name) is a folder `<store>/.aliases/<alias>/` of immutable
+entries, one per promotion: `<time in ns>-<random>.json` with the id it now points to, what it pointed
+to before, when, who and on which host. The alias points at its newest entry. Entries are only ever
+added (each written whole under a fresh name: renamed into place on a local store, one PUT on an
+object store), never rewritten, so two processes promoting at once cannot corrupt anything or lose a
+promotion: both entries are kept in the history and the later one wins. The same pattern records
+each finished pipeline run under `<store>/.runs/` (its artifact ids), which `gc` keeps.
+
+This module is not imported by any stage, on purpose: an artifact's id hashes the code of its stage
+and of every `pretrain` module the stage imports, and aliases say nothing about an artifact's content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pretrain.artifacts import MANIFEST, ArtifactStore
+from pretrain.errors import InputError, UserError
+
+ALIASES = ".aliases"
+RUNS = ".runs"
+ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+ARTIFACT_ID = re.compile(r"[a-z]-[0-9a-f]{20}")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _who() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _entry_name() -> str:
+    # Sorts by time; the random part keeps two entries written in the same nanosecond apart.
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.json"
+
+
+def _put_new(store: ArtifactStore, folder: str, record: dict[str, Any]) -> str:
+    """Write `record` as a new entry of `folder`, whole or not at all; returns its path."""
+    data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+    path = f"{store.root}/{folder}/{_entry_name()}"
+    if store.is_local:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # readers never see a half-written entry
+    else:
+        store.fs.pipe_file(path, data)  # one PUT: an object appears whole or not at all
+    return path
+
+
+def _entries(store: ArtifactStore, folder: str) -> list[dict[str, Any]]:
+    """Every entry of `folder`, oldest first."""
+    path = f"{store.root}/{folder}"
+    if not store.fs.exists(path):
+        return []
+    names = sorted(
+        name
+        for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(path, detail=False))
+        if name.endswith(".json") and not name.startswith(".")
+    )
+    out = []
+    for name in names:
+        with store.fs.open(f"{path}/{name}", "r", encoding="utf-8") as f:
+            out.append(json.load(f))
+    return out
+
+
+# --- aliases -----------------------------------------------------------------------------------------
+
+
+def check_alias(alias: str) -> str:
+    if not ALIAS_NAME.fullmatch(alias):
+        raise UserError(f"alias {alias!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit), at most 100 characters")
+    if ARTIFACT_ID.fullmatch(alias):
+        raise UserError(f"alias {alias!r} looks like an artifact id; pick a name such as 'production'")
+    return alias
+
+
+def promote(store: ArtifactStore, aid: str, alias: str, note: str | None = None) -> dict[str, Any]:
+    """Point `alias` at artifact `aid` (which must exist and pass verify); returns the history entry."""
+    check_alias(alias)
+    manifest = store.manifest(aid)  # InputError naming the id when it is not in the store
+    problems = verify(store, aid)
+    if problems:
+        raise InputError(f"artifact {aid} fails verification, not promoting it to {alias!r}:\n  " + "\n  ".join(problems))
+    current = _current(store, alias)
+    entry = {
+        "alias": alias,
+        "id": aid,
+        "stage": manifest["stage"],
+        "previous": current["id"] if current else None,
+        "time": _now(),
+        **_who(),
+    }
+    if note:
+        entry["note"] = note
+    _put_new(store, f"{ALIASES}/{alias}", entry)
+    return entry
+
+
+def _current(store: ArtifactStore, alias: str) -> dict[str, Any] | None:
+    entries = _entries(store, f"{ALIASES}/{alias}")
+    return entries[-1] if entries else None
+
+
+def aliases(store: ArtifactStore) -> dict[str, dict[str, Any]]:
+    """Alias -> its newest history entry."""
+    root = f"{store.root}/{ALIASES}"
+    if not store.fs.exists(root):
+        return {}
+    out = {}
+    for name in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(root, detail=False)):
+        if (current := _current(store, name)) is not None:
+            out[name] = current
+    return out
+
+
+def history(store: ArtifactStore, alias: str) -> list[dict[str, Any]]:
+    """Every promotion of `alias`, oldest first."""
+    check_alias(alias)
+    entries = _entries(store, f"{ALIASES}/{alias}")
+    if not entries:
+        raise InputError(_unknown_alias(store, alias))
+    return entries
+
+
+def _unknown_alias(store: ArtifactStore, alias: str) -> str:
+    known = ", ".join(aliases(store)) or "none yet"
+    return f"alias {alias!r} is not in the store {store.url} (aliases there: {known}); `dapt artifacts promote ID {alias}` creates it"
+
+
+def resolve(store: ArtifactStore, name: str) -> str:
+    """The artifact id `name` stands for: an id in the store, or the id an alias points at."""
+    if store.exists(name):
+        return name
+    current = _current(store, name) if ALIAS_NAME.fullmatch(name) else None
+    if current is None:
+        if re.match(r"[a-z]-", name):
+            store.manifest(name)  # raises: the artifact is not in the store (naming it, and how to list them)
+        raise InputError(_unknown_alias(store, name))
+    if not store.exists(current["id"]):
+        raise InputError(f"alias {name!r} points at {current['id']}, which is no longer in the store {store.url} (deleted?); promote another id")
+    return current["id"]
+
+
+# --- pipeline runs -----------------------------------------------------------------------------------
+
+
+def record_run(store: ArtifactStore, name: str, ids: dict[str, str]) -> None:
+    """Remember a finished pipeline run's artifact ids (what `gc` keeps for the last N runs)."""
+    _put_new(store, RUNS, {"name": name, "ids": ids, "finished": _now(), **_who()})
+
+
+def runs(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Recorded pipeline runs, oldest first."""
+    return _entries(store, RUNS)
+
+
+# --- verify ------------------------------------------------------------------------------------------
+
+
+def verify(store: ArtifactStore, aid: str) -> list[str]:
+    """Re-hash every file of an artifact against its manifest; one line per problem (empty: intact)."""
+    manifest = store.manifest(aid)
+    folder = f"{store.root}/{aid}"
+    problems = []
+    for name, meta in sorted(manifest["files"].items()):
+        path = f"{folder}/{name}"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with store.fs.open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        if size != meta["size"]:
+            problems.append(f"{name}: {size:,} bytes, the manifest says {meta['size']:,}")
+        elif digest.hexdigest() != meta["sha256"]:
+            problems.append(f"{name}: sha256 {digest.hexdigest()[:16]}…, the manifest says {meta['sha256'][:16]}…")
+    listed = set(manifest["files"]) | {MANIFEST}
+    present = {p[len(folder) + 1 :] for p in store.fs.find(folder)}
+    problems += [f"{name}: not in the manifest" for name in sorted(present - listed)]
+    return problems
+
+
+# --- gc ----------------------------------------------------------------------------------------------
+
+
+def _closure(store: ArtifactStore, roots: set[str], manifests: dict[str, dict]) -> set[str]:
+    """`roots` and everything they were built from, through manifest inputs."""
+    keep, stack = set(), [r for r in roots if r in manifests]
+    while stack:
+        aid = stack.pop()
+        if aid in keep:
+            continue
+        keep.add(aid)
+        stack += [child for child in manifests[aid].get("inputs", {}).values() if child in manifests]
+    return keep
+
+
+def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) -> dict[str, Any]:
+    """What `gc` keeps and why, and what it would delete.
+
+    Kept: what an alias points at now; every artifact of the last `keep_runs` recorded pipeline runs;
+    everything those were built from (lineage); the evaluation and report artifacts whose inputs are
+    all kept (the evidence a model card quotes); and anything younger than `keep_hours`, which a
+    pipeline still running may be about to use before it records its run.
+    """
+    manifests = {aid: store.manifest(aid) for aid in store.ids()}
+    reasons: dict[str, str] = {}
+    for alias, entry in aliases(store).items():
+        reasons.setdefault(entry["id"], f"alias {alias}")
+    recorded = runs(store)
+    for run in recorded[-keep_runs:] if keep_runs > 0 else []:
+        for aid in run["ids"].values():
+            reasons.setdefault(aid, f"run {run['name']} {run['finished']}")
+    keep = _closure(store, set(reasons), manifests)
+    grown = True
+    while grown:  # an evaluation of a kept model, then the report that quotes that evaluation
+        extra = {
+            aid for aid, m in manifests.items()
+            if aid not in keep and m["stage"] in ("evaluate", "report") and m.get("inputs") and set(m["inputs"].values()) <= keep
+        }  # fmt: skip
+        keep |= extra
+        grown = bool(extra)
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=keep_hours)
+    young = {aid for aid, m in manifests.items() if aid not in keep and dt.datetime.fromisoformat(m["created"]) > cutoff}
+    delete = [aid for aid in manifests if aid not in keep and aid not in young]
+    sizes = {aid: sum(f["size"] for f in manifests[aid]["files"].values()) for aid in manifests}
+    return {
+        "keep": sorted(keep),
+        "roots": reasons,
+        "young": sorted(young),
+        "delete": delete,
+        "delete_bytes": sum(sizes[aid] for aid in delete),
+        "sizes": sizes,
+        "runs_recorded": len(recorded),
+    }
+
+
+def delete_artifact(store: ArtifactStore, aid: str) -> None:
+    """Remove an artifact, manifest first: a half-deleted artifact is one that no longer exists."""
+    store.fs.rm(f"{store.root}/{aid}/{MANIFEST}")
+    store.fs.rm(f"{store.root}/{aid}", recursive=True)
+
