@@ -37,7 +37,7 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
-from pretrain.pipeline import STAGES, run_stage, stage_id
+from pretrain.pipeline import STAGES, enabled, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
 
 
@@ -236,6 +236,7 @@ SHARDED = {"ingest", "tokens"}
 base_flow = _stage_flow("base")
 vocab_flow = _stage_flow("vocab")
 pretrain_flow = _stage_flow("pretrain")
+distill_flow = _stage_flow("distill")
 evaluate_flow = _stage_flow("evaluate")
 report_flow = _stage_flow("report")
 STAGE_FLOWS = {
@@ -244,6 +245,7 @@ STAGE_FLOWS = {
     "vocab": vocab_flow,
     "tokens": tokens_flow,
     "pretrain": pretrain_flow,
+    "distill": distill_flow,
     "evaluate": evaluate_flow,
     "report": report_flow,
 }
@@ -251,11 +253,11 @@ STAGE_FLOWS = {
 
 @flow(name="dapt-pipeline")
 def pipeline(config: PipelineConfig) -> dict | State:
-    """Ingest -> vocab -> tokens -> pretrain -> evaluate -> report; returns ids, cache hits and the table."""
+    """Ingest -> vocab -> tokens -> pretrain (-> distill) -> evaluate -> report; returns ids, cache hits and the table."""
     logger = get_run_logger()
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
-    for stage in STAGES:
+    for stage in [s for s in STAGES if enabled(s, config)]:
         stage_flow = STAGE_FLOWS[stage]
         if stage in SHARDED:
             try:
@@ -270,14 +272,14 @@ def pipeline(config: PipelineConfig) -> dict | State:
 
     store = ArtifactStore(config.store)
     registry.record_run(store, config.name, ids)  # `dapt artifacts gc` keeps the last runs' artifacts
-    rows = report.summary_rows(store, {s: ids[s] for s in report.ROLES}, cached)
+    rows = report.summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
     create_markdown_artifact(_inline_images(report_dir), key="dapt-report", description=f"{config.name} report")
     for png in sorted(report_dir.glob("*.png")):
         create_image_artifact(_data_url(png), key=f"dapt-{png.stem.replace('_', '-')}", description=f"{config.name}: {png.name}")
     hits = sum(cached.values())
-    logger.info("%d of %d stages were cache hits; report: %s", hits, len(STAGES), report_dir / "report.md")
+    logger.info("%d of %d stages were cache hits; report: %s", hits, len(cached), report_dir / "report.md")
     comparison = (report_dir / "comparison.txt").read_text()
     return {"ids": ids, "cached": cached, "rows": rows, "comparison": comparison, "report": str(report_dir / "report.md")}
 

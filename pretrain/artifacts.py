@@ -49,6 +49,7 @@ PREFIXES = {
     "vocab": "v",
     "tokens": "t",
     "pretrain": "m",
+    "distill": "d",
     "evaluate": "e",
     "report": "r",
 }

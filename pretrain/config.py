@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import glob
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -24,8 +25,8 @@ from pretrain.errors import ConfigError, UserError
 from pretrain.io import expand_sources
 
 
-# A model artifact id in the store (`b-...` imported base model, `m-...` pretrained model).
-ARTIFACT_ID = re.compile(r"[bm]-[0-9a-f]{20}")
+# A model artifact id in the store (`b-...` imported base model, `m-...` pretrained, `d-...` distilled model).
+ARTIFACT_ID = re.compile(r"[bmd]-[0-9a-f]{20}")
 
 
 class Section(BaseModel):
@@ -232,6 +233,51 @@ class PretrainConfig(Section):
         return self
 
 
+class DistillConfig(PretrainConfig):
+    """Distil the adapted model (the teacher) into a smaller student, DistilBERT-style (Sanh et al. 2019).
+
+    The masked-LM training keys are those of `pretrain` (same meaning and defaults; give max_steps or
+    max_tokens); the student trains on the same tokens artifact with the teacher's soft targets.
+    """
+
+    student_layers: int = Field(gt=0)
+    """Transformer layers of the student; fewer than the teacher's. The rest of the architecture (hidden size,
+    heads, vocabulary and tokenizer) is the teacher's."""
+    teacher_layers: list[int] | None = None
+    """The teacher layers (0-based, increasing) whose weights initialise the student's layers, one per student layer.
+    Null: spread evenly with the first and last included, which for 6 of 12 is DistilBERT's 0, 2, 4, 7, 9, 11."""
+    temperature: float = Field(default=2.0, gt=0)
+    """Softmax temperature of the soft targets; the distillation term is scaled by temperature² so its gradients
+    keep their size as the temperature changes (Hinton et al. 2015)."""
+    alpha_distill: float = Field(default=5.0, ge=0)
+    """Weight of KL(teacher ‖ student) over the masked positions at `temperature` (DistilBERT: 5.0)."""
+    alpha_mlm: float = Field(default=2.0, ge=0)
+    """Weight of the ordinary masked-LM cross-entropy on the true tokens (DistilBERT: 2.0)."""
+    speed_rounds: int = Field(default=20, gt=0)
+    """CPU inference speed: batches of 32 validation blocks timed per model, teacher and student alternating."""
+
+    @model_validator(mode="after")
+    def _distill_consistent(self) -> DistillConfig:
+        problems = []
+        if self.alpha_distill == 0 and self.alpha_mlm == 0:
+            problems.append("alpha_distill and alpha_mlm are both 0: the student would learn nothing")
+        if self.teacher_layers is not None:
+            if len(self.teacher_layers) != self.student_layers:
+                problems.append(
+                    f"teacher_layers {self.teacher_layers} names {len(self.teacher_layers)} layers but student_layers is {self.student_layers}"
+                )
+            if any(i < 0 for i in self.teacher_layers) or any(a >= b for a, b in zip(self.teacher_layers, self.teacher_layers[1:])):
+                problems.append(f"teacher_layers {self.teacher_layers} must be increasing layer numbers from 0")
+        if self.launcher != LauncherConfig():
+            problems.append(
+                "launcher: the pipeline runs distill in-process; for several processes or GPUs run "
+                "`accelerate launch -m pretrain.distill --config C` yourself"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class TaskConfig(Section):
     """A labelled downstream task: classification rows (JSONL/CSV/TSV/Parquet) or tagged words (CoNLL, JSONL)."""
 
@@ -349,7 +395,7 @@ class EvaluateConfig(Section):
     @model_validator(mode="after")
     def _model_names(self) -> EvaluateConfig:
         names = [m.name for m in self.models]
-        taken = {"base", "adapted", "adapted+tapt", "base+tapt"}
+        taken = {"base", "adapted", "adapted+tapt", "base+tapt", "student"}
         problems = [f"models: {name!r} is a reserved name" for name in names if name in taken]
         problems += [f"models: {name!r} appears twice" for name in sorted(set(names)) if names.count(name) > 1]
         if problems:
@@ -367,6 +413,8 @@ class PipelineConfig(Section):
     ingest: IngestConfig
     vocab: VocabConfig = VocabConfig()
     pretrain: PretrainConfig
+    distill: DistillConfig | None = None
+    """Distil the adapted model into a smaller student, compared downstream as `student`; null: off."""
     evaluate: EvaluateConfig
 
 
@@ -402,6 +450,8 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConf
     except ValidationError as e:
         problems += [_describe(error) for error in e.errors()]
     problems += check_paths(raw)
+    if config is not None and config.distill is not None:
+        problems += distill_problems(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
@@ -438,6 +488,41 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
             problem = _base_source_problem(source)
             if problem:
                 problems.append(f"evaluate.models[{i}].source: {problem}")
+    return problems
+
+
+def teacher_layer_count(model_config: dict[str, Any]) -> int | None:
+    """Transformer layers of a model from its config.json (`n_layers` in DistilBERT's)."""
+    count = model_config.get("num_hidden_layers", model_config.get("n_layers"))
+    return count if isinstance(count, int) else None
+
+
+def distill_problems(config: PipelineConfig) -> list[str]:
+    """The student must be smaller than the teacher; checked here when the base model's config is on disk.
+
+    The teacher (the adapted model) has the base model's layers. A Hub base model is checked by the
+    distill stage itself, before any data is read.
+    """
+    source = config.base_model.source
+    folder = package_dir(source) if source.startswith("pkg:") else Path(source)
+    if folder is None or not (folder / "config.json").is_file():
+        return []
+    try:
+        layers = teacher_layer_count(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError):
+        return []
+    return student_problems(config.distill, layers) if layers is not None else []
+
+
+def student_problems(cfg: DistillConfig, teacher_layers: int) -> list[str]:
+    problems = []
+    if cfg.student_layers >= teacher_layers:
+        problems.append(
+            f"distill.student_layers: {cfg.student_layers} is not fewer than the teacher's {teacher_layers} layers "
+            f"(the adapted model has the base model's layers); choose 1..{teacher_layers - 1}"
+        )
+    if cfg.teacher_layers is not None and max(cfg.teacher_layers) >= teacher_layers:
+        problems.append(f"distill.teacher_layers: {cfg.teacher_layers} names a layer the {teacher_layers}-layer teacher does not have (0..{teacher_layers - 1})")
     return problems
 
 

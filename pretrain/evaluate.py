@@ -5,11 +5,12 @@
 
 Every compared model gets the same splits, hyperparameters and seeds (`pretrain/finetune.py` has the
 recipe); the epoch is chosen on validation with early stopping, and test is scored once per seed.
-Compared models: `base`, `adapted` (the pretrain stage's model), `adapted+tapt` or `base+tapt` when
-`evaluate.tapt` is set (task-adaptive pretraining, `pretrain/tapt.py`), and `evaluate.models`.
-Each model is then compared with the base: the difference per seed (paired: same seed, same head
-initialisation and data order), a paired t-test over seeds, and a paired bootstrap interval over test
-examples (`pretrain/scoring.py`).
+Compared models: `base`, `adapted` (the pretrain stage's model), `student` when the distill stage
+ran (the adapted model distilled into fewer layers, `pretrain/distill.py`), `adapted+tapt` or
+`base+tapt` when `evaluate.tapt` is set (task-adaptive pretraining, `pretrain/tapt.py`), and
+`evaluate.models`. Each model is then compared with the base, and the student also with its teacher
+(`adapted`): the difference per seed (paired: same seed, same head initialisation and data order), a
+paired t-test over seeds, and a paired bootstrap interval over test examples (`pretrain/scoring.py`).
 
 Output (evaluation artifact `e-...`): `results.json` (per model and seed: best epoch, validation and
 test scores with per-class precision/recall/F1 and the confusion matrix; mean and std over seeds; the
@@ -52,31 +53,33 @@ def _source_id(model: ModelSource) -> str:
     return base_stage.stage_id(BaseModelConfig(source=model.source, revision=model.revision))
 
 
-def _identity(cfg: EvaluateConfig, base: str, model: str) -> tuple[str, dict[str, str], list[dict]]:
+def _identity(cfg: EvaluateConfig, base: str, model: str, student: str | None) -> tuple[str, dict[str, str], list[dict]]:
     sources = _task_sources(cfg)
-    inputs = {"base": base, "adapted": model, **{m.name: _source_id(m) for m in cfg.models}}
+    inputs = {"base": base, "adapted": model, **({"student": student} if student else {}), **{m.name: _source_id(m) for m in cfg.models}}
     # The TAPT model is not an input here: it is built inside this stage from the inputs above and
     # cfg.tapt, so it is determined by them (its id goes into the manifest's inputs for lineage).
     return artifact_id(STAGE, cfg.model_dump(), inputs=inputs, sources=sources), inputs, sources
 
 
-def stage_id(cfg: EvaluateConfig, *, base: str, model: str) -> str:
-    return _identity(cfg, base, model)[0]
+def stage_id(cfg: EvaluateConfig, *, base: str, model: str, student: str | None = None) -> str:
+    return _identity(cfg, base, model, student)[0]
 
 
 def model_dir(store: ArtifactStore, aid: str) -> Path:
-    """The Hugging Face folder of a model artifact (a base-model import, or a pretrained model)."""
+    """The Hugging Face folder of a model artifact (a base-model import, a pretrained or a distilled model)."""
     stage = store.manifest(aid)["stage"]
     if stage == "base":
         return store.local_dir(aid)
-    if stage == "pretrain":
+    if stage in ("pretrain", "distill"):
         return store.local_dir(aid) / "model"
-    raise InputError(f"artifact {aid} is a {stage} artifact, not a model; list a b-... or m-... id in evaluate.models")
+    raise InputError(f"artifact {aid} is a {stage} artifact, not a model; list a b-..., m-... or d-... id in evaluate.models")
 
 
 def _compared_models(cfg: EvaluateConfig, store: ArtifactStore, inputs: dict[str, str]) -> dict[str, str]:
     """Name -> model artifact id for every compared model, importing or building what is missing."""
     models = {"base": inputs["base"], "adapted": inputs["adapted"]}
+    if "student" in inputs:
+        models["student"] = inputs["student"]
     for m in cfg.models:
         if ARTIFACT_ID.fullmatch(m.source):
             if not store.exists(m.source):
@@ -97,9 +100,9 @@ def _model_config(cfg: EvaluateConfig, name: str, folder: Path) -> dict:
     return config
 
 
-def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str) -> str:
-    """Build (or find) the evaluation artifact; returns its id."""
-    aid, inputs, sources = _identity(cfg, base, model)
+def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None) -> str:
+    """Build (or find) the evaluation artifact; `student` is the distill stage's model, if any; returns its id."""
+    aid, inputs, sources = _identity(cfg, base, model, student)
     if store.exists(aid):
         log.info("evaluate %s: already built (cache hit)", aid)
         return aid
@@ -167,6 +170,11 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str) -> 
             build.metrics["adapted_minus_base"] = round(headline["difference"], 6)
             build.metrics["adapted_minus_base_low"] = round(headline["bootstrap"]["low"], 6)
             build.metrics["adapted_minus_base_high"] = round(headline["bootstrap"]["high"], 6)
+        student = next((c for c in comparisons if c["model"] == "student" and c["baseline"] == "adapted" and c["metric"] == metric), None)
+        if student is not None:
+            build.metrics["student_minus_adapted"] = round(student["difference"], 6)
+            build.metrics["student_minus_adapted_low"] = round(student["bootstrap"]["low"], 6)
+            build.metrics["student_minus_adapted_high"] = round(student["bootstrap"]["high"], 6)
     return aid
 
 
@@ -202,22 +210,23 @@ def per_class_summary(runs: list[dict]) -> dict[str, dict]:
 
 
 def compare(cfg: EvaluateConfig, data, predictions: dict[str, dict], results: dict[str, dict]) -> list[dict]:
-    """Every model against the base, paired by seed and by test example, on each metric."""
+    """Every model against the base (and the student against its teacher), paired by seed and by test example, on each metric."""
     gold = data.gold("test")
     counts = {
         name: [scoring.example_counts(data.kind, gold, runs[str(s)], data.labels, cfg.task.tag_scheme) for s in cfg.seeds]
         for name, runs in predictions.items()
     }
+    pairs = [(name, "base") for name in results if name != "base"]
+    if "student" in results:
+        pairs.append(("student", "adapted"))  # what distillation cost: the student against its teacher
     comparisons = []
-    for name in results:
-        if name == "base":
-            continue
+    for name, baseline in pairs:
         for metric in scoring.METRICS:
             comparison = scoring.paired_comparison(
-                counts[name], counts["base"], results[name]["summary"][metric]["values"], results["base"]["summary"][metric]["values"],
+                counts[name], counts[baseline], results[name]["summary"][metric]["values"], results[baseline]["summary"][metric]["values"],
                 metric, cfg.bootstrap_samples,
             )  # fmt: skip
-            comparisons.append({"model": name, "baseline": "base", **comparison})
+            comparisons.append({"model": name, "baseline": baseline, **comparison})
     return comparisons
 
 

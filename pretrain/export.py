@@ -29,7 +29,7 @@ from pretrain.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
-MODEL_STAGES = ("base", "pretrain")
+MODEL_STAGES = ("base", "pretrain", "distill")
 CARD = "README.md"
 FACTS = "dapt_export.json"
 QUANTIZATION = "quantization.json"
@@ -39,9 +39,11 @@ def model_folder(store: ArtifactStore, aid: str) -> Path:
     """The Hugging Face folder inside a model artifact."""
     stage = store.manifest(aid)["stage"]
     if stage not in MODEL_STAGES:
-        raise InputError(f"artifact {aid} is a {stage} artifact, not a model; export a pretrain (m-…) or base (b-…) artifact or an alias of one")
+        raise InputError(
+            f"artifact {aid} is a {stage} artifact, not a model; export a pretrain (m-…), distill (d-…) or base (b-…) artifact or an alias of one"
+        )
     folder = store.local_dir(aid)
-    return folder / "model" if stage == "pretrain" else folder
+    return folder if stage == "base" else folder / "model"
 
 
 def _ancestors(store: ArtifactStore, aid: str) -> dict[str, dict]:
@@ -167,6 +169,10 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
             f"vocabulary {config.get('vocab_size'):,}) adapted to a domain corpus by continued masked-language-model pretraining "
             f"with dapt, starting from `{base_name}`."
             if model_stage == "pretrain"
+            else f"A {config.get('num_hidden_layers')}-layer student (hidden size {config.get('hidden_size')}, vocabulary "
+            f"{config.get('vocab_size'):,}) distilled by dapt from the domain-adapted `{manifest['inputs'].get('teacher', '?')}` "
+            f"(itself continued from `{base_name}`), DistilBERT-style: soft masked-LM targets of the teacher plus the masked-LM loss."
+            if model_stage == "distill"
             else f"The base model `{base_name}` as imported by dapt ({config.get('num_hidden_layers')} layers x {config.get('hidden_size')}); not adapted."
         ),
         "",
@@ -223,6 +229,19 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
             f"- validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f}",
             f"- software: {', '.join(f'{k} {v}' for k, v in env.get('packages', {}).items() if k in ('torch', 'transformers', 'accelerate'))}; "
             f"dapt commit {(env.get('git') or {}).get('commit', 'unknown')}",
+            "",
+        ]
+    if model_stage == "distill":
+        m = manifest["metrics"]
+        lines += [
+            "## Distillation",
+            "",
+            f"- teacher `{manifest['inputs'].get('teacher', '?')}` ({m['teacher_layers']} layers, {m['teacher_parameters']:,} encoder parameters) "
+            f"-> student {m['student_layers']} layers, {m['student_parameters']:,} parameters ({m['parameter_ratio']:.0%}), "
+            f"initialised from teacher layers {m['initialised_from_teacher_layers']}",
+            f"- {m['steps']:,} steps, {m['tokens']:,} tokens; validation perplexity teacher {m['validation_perplexity_teacher']:,.1f}, "
+            f"student {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f}",
+            f"- CPU throughput at batch {m['cpu_batch_size']}: {m['cpu_speedup']:.2f}x the teacher's",
             "",
         ]
     lines += _downstream(aid, evaluation, results)

@@ -11,14 +11,14 @@ import argparse
 import logging
 import sys
 
-from pretrain import base, evaluate, ingest, pretrain, report, tokens, vocab
+from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig, load_config
 from pretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate", "report")
+STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
 # Each stage's input artifacts: role -> producing stage.
 INPUTS = {
     "base": {},
@@ -26,14 +26,19 @@ INPUTS = {
     "vocab": {"corpus": "ingest", "base": "base"},
     "tokens": {"corpus": "ingest", "vocab": "vocab"},
     "pretrain": {"base": "base", "vocab": "vocab", "tokens": "tokens"},
-    "evaluate": {"base": "base", "model": "pretrain"},
+    "distill": {"teacher": "pretrain", "tokens": "tokens"},
+    "evaluate": {"base": "base", "model": "pretrain", "student": "distill"},
     "report": {role: role for role in report.ROLES},
 }
+# Stages that run only when their config section is given; an input from one is left out when it is off.
+OPTIONAL = {"distill"}
 
 
-MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "pretrain": pretrain, "evaluate": evaluate, "report": report}
+MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "pretrain": pretrain, "distill": distill,
+           "evaluate": evaluate, "report": report}  # fmt: skip
 # The config section each stage reads (report has no settings; tokens only where its shards run).
-SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "tokens": "ingest.parallel", "pretrain": "pretrain", "evaluate": "evaluate"}
+SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "tokens": "ingest.parallel", "pretrain": "pretrain",
+            "distill": "distill", "evaluate": "evaluate"}  # fmt: skip
 
 
 def section_of(stage: str, cfg: PipelineConfig) -> object:
@@ -44,9 +49,19 @@ def section_of(stage: str, cfg: PipelineConfig) -> object:
     return section if stage in SECTIONS else None
 
 
+def enabled(stage: str, cfg: PipelineConfig) -> bool:
+    """Whether `stage` runs under this config (an optional stage runs when its section is given)."""
+    return stage not in OPTIONAL or section_of(stage, cfg) is not None
+
+
+def inputs_of(stage: str, cfg: PipelineConfig) -> dict[str, str]:
+    """Role -> producing stage of the inputs `stage` reads under this config."""
+    return {role: producer for role, producer in INPUTS[stage].items() if enabled(producer, cfg)}
+
+
 def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, str]]:
     section = section_of(stage, cfg)
-    return section, {role: ids[producer] for role, producer in INPUTS[stage].items()}
+    return section, {role: ids[producer] for role, producer in inputs_of(stage, cfg).items()}
 
 
 def stage_id(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> str:
@@ -62,10 +77,11 @@ def run_stage(stage: str, cfg: PipelineConfig, store: ArtifactStore, ids: dict[s
 
 
 def plan(cfg: PipelineConfig, until: str = STAGES[-1]) -> dict[str, str]:
-    """Artifact ids of every stage up to and including `until`."""
+    """Artifact ids of every stage that runs, up to and including `until`."""
     ids: dict[str, str] = {}
     for stage in STAGES[: STAGES.index(until) + 1]:
-        ids[stage] = stage_id(stage, cfg, ids)
+        if enabled(stage, cfg):
+            ids[stage] = stage_id(stage, cfg, ids)
     return ids
 
 
@@ -92,9 +108,11 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)
+        if not enabled(stage, cfg):
+            raise UserError(f"{stage} is off: {args.config} has no `{SECTIONS[stage]}` section")
         store = ArtifactStore(cfg.store)
         ids = plan(cfg, until=stage)
-        missing = [(s, ids[s]) for s in INPUTS[stage].values() if not store.exists(ids[s])]
+        missing = [(s, ids[s]) for s in inputs_of(stage, cfg).values() if not store.exists(ids[s])]
         if missing:
             first = STAGES[min(STAGES.index(s) for s, _ in missing)]
             names = ", ".join(f"{s} ({aid})" for s, aid in missing)

@@ -4,7 +4,8 @@
 
 Output (report artifact `r-...`): `report.md`; `comparison.png` (test score of every model and seed),
 `per_class_f1.png`, `confusion_matrix.png` (the best adapted run, chosen on validation),
-`pretrain_curve.png` (and `tapt_curve.png` with TAPT), `fertility.png`; `summary.json` (the stage table)
+`pretrain_curve.png` (and `tapt_curve.png` with TAPT, `distill_curve.png` with distillation), `fertility.png`;
+`summary.json` (the stage table)
 and `comparison.txt` (the comparison table as `dapt run` prints it). Everything in it is read from
 the manifests and files of the input artifacts, so the report of an old run can be rebuilt from the
 store alone.
@@ -23,11 +24,12 @@ from pretrain.artifacts import ArtifactStore, artifact_id
 log = logging.getLogger(__name__)
 
 STAGE = "report"
-ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate")
+# distill is optional: a report of a run without it has no such input.
+ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate")
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
 # Token tasks with BIO tags are scored per entity; accuracy is per word.
 ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "micro_f1": "entity F1"}
-FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "fertility.png")
+FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
 
 
 def key_figures(manifest: dict) -> str:
@@ -62,6 +64,12 @@ def key_figures(manifest: dict) -> str:
             if "validation_word_perplexity_after" in m
             else ""
         )
+    if stage == "distill":
+        return (
+            f"student {m['student_layers']} of {m['teacher_layers']} layers, {m['student_parameters'] / 1e6:.2f}M vs "
+            f"{m['teacher_parameters'] / 1e6:.2f}M parameters; validation perplexity {m['validation_perplexity_after']:,.1f} "
+            f"(teacher {m['validation_perplexity_teacher']:,.1f}); {m['cpu_speedup']:.2f}x CPU throughput at batch {m['cpu_batch_size']}"
+        )
     if stage == "evaluate":
         metric = m["primary_metric"]
         label = metric_label(metric, m.get("type"))
@@ -71,6 +79,11 @@ def key_figures(manifest: dict) -> str:
         )
         if "adapted_minus_base" in m:
             line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
+        if "student_minus_adapted" in m:
+            line += (
+                f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
+                f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
+            )
         return line
     return ""
 
@@ -109,8 +122,8 @@ def _pyplot():
 
 
 def _colors(names: list[str]) -> dict[str, str]:
-    fixed = {"base": "#7f7f7f", "adapted": "#1f77b4", "adapted+tapt": "#2ca02c", "base+tapt": "#9467bd"}
-    others = iter(["#ff7f0e", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22"] * 4)
+    fixed = {"base": "#7f7f7f", "adapted": "#1f77b4", "student": "#17becf", "adapted+tapt": "#2ca02c", "base+tapt": "#9467bd"}
+    others = iter(["#ff7f0e", "#d62728", "#8c564b", "#e377c2", "#bcbd22"] * 4)
     return {name: fixed.get(name) or next(others) for name in names}
 
 
@@ -119,7 +132,7 @@ def plot_curve(curve: list[dict], path: Path, title: str = "") -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     train = [p for p in curve if "loss" in p]
     left.plot([p["step"] for p in train], [p["loss"] for p in train], marker=".")
-    left.set(xlabel="optimizer step", ylabel="training MLM loss", title=f"{title}training loss")
+    left.set(xlabel="optimizer step", ylabel="training loss", title=f"{title}training loss")
     validation = [p for p in curve if "validation_perplexity" in p]
     right.plot([p["step"] for p in validation], [p["validation_perplexity"] for p in validation], marker="o", color="C1")
     right.set(xlabel="optimizer step", ylabel="perplexity (log scale)", title=f"{title}validation perplexity", yscale="log")
@@ -415,6 +428,8 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     ]
     if "tapt_curve.png" in figures:
         lines += ["Task-adaptive pretraining on the task's train text:", "", "![TAPT curve](tapt_curve.png)", ""]
+    if "distill" in ids:
+        lines += distillation_section(manifests["distill"], results, label)
     lines += [
         "## Corpus and vocabulary",
         "",
@@ -435,13 +450,53 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
+def distillation_section(manifest: dict, results: dict, label) -> list[str]:
+    """Student vs teacher: size, validation perplexity, CPU speed, downstream score and the paired difference."""
+    m, c = manifest["metrics"], manifest["config"]
+    primary = results["primary_metric"]
+    lines = [
+        "## Distillation: student vs teacher",
+        "",
+        f"The adapted model (the teacher) distilled into a {m['student_layers']}-layer student initialised from its layers "
+        f"{', '.join(map(str, m['initialised_from_teacher_layers']))} (embeddings and MLM head copied), trained on the same corpus "
+        f"tokens for {m['steps']:,} steps ({m['tokens']:,} tokens, {m['tokens_per_second']:,.0f} tokens/s) on "
+        f"{c['alpha_distill']:g} · T² · KL(teacher ‖ student) at T = {c['temperature']:g} + {c['alpha_mlm']:g} · masked-LM loss. "
+        f"CPU inference: the encoders on batches of {m['cpu_batch_size']} × {m['cpu_seq_length']} tokens, fp32, "
+        f"{m['cpu_threads']} threads, timed alternately (median of {c['speed_rounds']} batches each).",
+        "",
+        "| | teacher (`adapted`) | student | student / teacher |",
+        "| --- | --- | --- | --- |",
+        f"| layers | {m['teacher_layers']} | {m['student_layers']} | {m['student_layers'] / m['teacher_layers']:.2f} |",
+        f"| encoder parameters | {m['teacher_parameters']:,} | {m['student_parameters']:,} | {m['parameter_ratio']:.2f} |",
+        f"| validation perplexity (same blocks and masks) | {m['validation_perplexity_teacher']:,.1f} | "
+        f"{m['validation_perplexity_after']:,.1f} (from {m['validation_perplexity_before']:,.1f} at initialisation) | |",
+        f"| CPU sequences/s at batch {m['cpu_batch_size']} | {m['cpu_sequences_per_second_teacher']:,.1f} | "
+        f"{m['cpu_sequences_per_second_student']:,.1f} | **{m['cpu_speedup']:.2f}x** |",
+    ]
+    models = results["models"]
+    if "student" in models and "adapted" in models:
+        teacher, student = models["adapted"]["summary"][primary], models["student"]["summary"][primary]
+        lines.append(f"| test {label(primary)} (mean ± std over seeds) | {_mean_std(teacher)} | {_mean_std(student)} | |")
+        comparison = next((x for x in results["comparisons"] if x["model"] == "student" and x["baseline"] == "adapted" and x["metric"] == primary), None)
+        if comparison is not None:
+            b = comparison["bootstrap"]
+            lines += [
+                "",
+                f"Student − teacher test {label(primary)}: **{comparison['difference']:+.3f}** ± {comparison['difference_std']:.3f} over seeds "
+                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}, paired t-test p={_p(comparison['t_test_p'])}); "
+                f"{b['confidence']:.0%} paired-bootstrap interval on test [{b['low']:+.3f}, {b['high']:+.3f}].",
+            ]
+    lines += ["", "![distillation curve](distill_curve.png)", ""]
+    return lines
+
+
 def stage_id(cfg: None, **ids: str) -> str:
-    return artifact_id(STAGE, {}, inputs={role: ids[role] for role in ROLES})
+    return artifact_id(STAGE, {}, inputs={role: ids[role] for role in ROLES if role in ids})
 
 
 def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
-    """Build (or find) the report artifact from the run's artifact ids, one per role in ROLES."""
-    ids = {role: ids[role] for role in ROLES}
+    """Build (or find) the report artifact from the run's artifact ids, one per role in ROLES (distill optional)."""
+    ids = {role: ids[role] for role in ROLES if role in ids}
     aid = stage_id(cfg, **ids)
     if store.exists(aid):
         log.info("report %s: already built (cache hit)", aid)
@@ -457,6 +512,9 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
         if tapt:
             curve = json.loads((store.local_dir(results["models"][tapt[0]]["artifact"]) / "curve.json").read_text())
             plot_curve(curve, build.dir / "tapt_curve.png", title="TAPT: ")
+        if "distill" in ids:
+            curve = json.loads((store.local_dir(ids["distill"]) / "curve.json").read_text())
+            plot_curve(curve, build.dir / "distill_curve.png", title="Distillation: ")
         plot_fertility(store.manifest(ids["vocab"])["metrics"], build.dir / "fertility.png")
         figures = sorted(p.name for p in build.dir.glob("*.png"))
         (build.dir / "report.md").write_text(render(store, ids, figures))

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from pretrain.config import BaseModelConfig, EvaluateConfig, IngestConfig, ModelSource, PretrainConfig, TaptConfig, TaskConfig, VocabConfig
+from pretrain.config import BaseModelConfig, DistillConfig, EvaluateConfig, IngestConfig, ModelSource, PretrainConfig, TaptConfig, TaskConfig, VocabConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 MAKEFILE = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
@@ -11,7 +11,7 @@ CI = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
 
 
 def test_every_config_key_is_documented():
-    for model in (BaseModelConfig, IngestConfig, VocabConfig, PretrainConfig, TaskConfig, EvaluateConfig, ModelSource, TaptConfig):
+    for model in (BaseModelConfig, IngestConfig, VocabConfig, PretrainConfig, DistillConfig, TaskConfig, EvaluateConfig, ModelSource, TaptConfig):
         for name in model.model_fields:
             documented = f"`{name}`" in README or f", `{name}`" in README or re.search(rf"`(task|tapt)\.{name}`", README)
             assert documented, f"{model.__name__}.{name}"

@@ -1,0 +1,436 @@
+"""Distill: train a smaller student from the adapted model (the teacher), as DistilBERT was trained from BERT.
+
+    python -m pretrain.distill --config configs/demo.yaml
+    python -m pretrain.distill --config configs/demo.yaml --set distill.max_steps=20            # a tiny CPU run
+    accelerate launch --num_processes 2 -m pretrain.distill --config configs/demo.yaml         # 2 GPUs
+
+The student is the teacher's architecture with `student_layers` transformer layers, initialised from
+the teacher (Sanh et al. 2019): embeddings, MLM head and pooler copied, student layer i from teacher
+layer `teacher_layers[i]` (by default spread evenly with the first and last included, which for 6 of
+12 is DistilBERT's 0, 2, 4, 7, 9, 11). It keeps the teacher's tokenizer. It trains on the tokens
+artifact the teacher was adapted on, with pretraining's data path (blocks, masking, micro-batches
+that are pure functions of seed and position), optimizer, schedule and checkpoints
+(`pretrain/pretrain.py`), on the loss, over the masked positions,
+
+    alpha_distill * T² * KL(softmax(teacher / T) ‖ softmax(student / T)) + alpha_mlm * cross-entropy(student, true token)
+
+Both models run their MLM head on the masked positions alone, so the soft targets are a
+(masked tokens x vocabulary) matrix per micro-batch, not (tokens x vocabulary).
+
+Output (distilled model artifact `d-...`): `model/` (Hugging Face folder, the teacher's tokenizer) and
+`curve.json`; in the manifest: layers and parameters of student and teacher, validation perplexity of
+the teacher and of the student before and after training (same blocks and masks), tokens/s, and the
+CPU inference throughput of both encoders at batch 32, timed alternately in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.config import DistillConfig, student_problems, teacher_layer_count
+from pretrain.errors import InputError, UserError
+from pretrain.mlm import MaskedLM, mlm_parts
+from pretrain.pretrain import (
+    EXECUTION_ONLY,
+    Blocks,
+    MicroBatches,
+    TrainingError,
+    _STATE_FILE,
+    _check_trackers,
+    _latest_checkpoint,
+    _masking,
+    _process_state,
+    _save_checkpoint,
+    accumulation_steps,
+    eval_batches,
+    lr_lambda,
+    make_optimizer,
+    perplexity,
+    total_steps,
+)
+from pretrain.tokens import load_meta
+
+log = get_logger(__name__)
+
+STAGE = "distill"
+SPEED_BATCH_SIZE = 32
+# `bert.encoder.layer.3.attention...`, `distilbert.transformer.layer.3...`: one transformer layer's weights.
+_LAYER_KEY = re.compile(r"^(?P<before>.*\.layers?\.)(?P<index>\d+)(?P<after>\..+)$")
+
+
+# --- the student ---------------------------------------------------------------------------------------
+
+
+def default_teacher_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layers spread evenly, first and last included: 6 of 12 -> [0, 2, 4, 7, 9, 11] (DistilBERT's)."""
+    if student_layers == 1:
+        return [0]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def student_from_teacher(teacher: nn.Module, student_layers: int, teacher_layers: list[int] | None = None) -> tuple[nn.Module, list[int]]:
+    """A `student_layers`-layer copy of a *ForMaskedLM teacher; returns it and the teacher layers it took.
+
+    Every weight outside the transformer layers (embeddings, MLM head, pooler) is the teacher's; student
+    layer i is teacher layer `teacher_layers[i]`. Raises InputError when the weights do not map.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    total = teacher_layer_count(teacher.config.to_dict())
+    chosen = list(teacher_layers) if teacher_layers is not None else default_teacher_layers(total, student_layers)
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = student_layers  # mapped to n_layers where a config names it so (DistilBERT)
+    student = AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+    student_of = {t: s for s, t in enumerate(chosen)}
+    weights = {}
+    for key, value in teacher.state_dict().items():
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            weights[key] = value
+        elif int(match["index"]) in student_of:
+            weights[f"{match['before']}{student_of[int(match['index'])]}{match['after']}"] = value
+    try:
+        student.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"distill: cannot initialise a {student_layers}-layer {config.model_type} student from the teacher's weights: {e}") from None
+    return student, chosen
+
+
+def encoder_parameters(model: nn.Module) -> int:
+    """Parameters of the encoder a downstream task fine-tunes: embeddings and layers, not the MLM head."""
+    return sum(p.numel() for p in mlm_parts(model)[0].parameters())
+
+
+# --- the loss ------------------------------------------------------------------------------------------
+
+
+def masked_logits(model: nn.Module, parts: tuple, input_ids: torch.Tensor, masked_positions: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """MLM logits at the flat masked positions only, (masked tokens, vocabulary)."""
+    encoder, head = parts
+    if head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits.reshape(-1, logits.size(-1)).index_select(0, masked_positions)
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    return head(hidden.reshape(-1, hidden.size(-1)).index_select(0, masked_positions))
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha_distill: float, alpha_mlm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(total, soft, hard) over the masked tokens, each a mean per masked token.
+
+    soft: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), DistilBERT's `KLDivLoss(batchmean)` term;
+    hard: cross-entropy of the student against the true tokens. In float32 whatever the autocast dtype.
+    """
+    student_scaled = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_scaled = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    soft = F.kl_div(student_scaled, teacher_scaled, reduction="batchmean", log_target=True) * temperature**2
+    hard = F.cross_entropy(student_logits.float(), labels)
+    return alpha_distill * soft + alpha_mlm * hard, soft, hard
+
+
+class Distillation(nn.Module):
+    """The student, with its loss against the teacher's soft targets: the module Accelerate trains.
+
+    Without teacher logits it returns the plain masked-LM cross-entropy (for validation perplexity).
+    """
+
+    def __init__(self, student: nn.Module, temperature: float, alpha_distill: float, alpha_mlm: float):
+        super().__init__()
+        self.model = student
+        self._parts = mlm_parts(student)  # a tuple, not submodules: the state dict stays the student's
+        self.temperature, self.alpha_distill, self.alpha_mlm = temperature, alpha_distill, alpha_mlm
+
+    def forward(self, input_ids: torch.Tensor, masked_positions: torch.Tensor, masked_labels: torch.Tensor,
+                teacher_logits: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:  # fmt: skip
+        logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
+        if teacher_logits is None:
+            return F.cross_entropy(logits.float(), masked_labels, reduction=reduction)
+        total, soft, hard = distillation_loss(logits, teacher_logits, masked_labels, self.temperature, self.alpha_distill, self.alpha_mlm)
+        # One tensor through DDP: the loss to backpropagate, then its two terms for the log.
+        return torch.stack([total, soft.detach(), hard.detach()])
+
+
+# --- speed -----------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def cpu_throughput(models: dict[str, nn.Module], input_ids: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Sequences per second of each model's encoder on the CPU, from the median of `rounds` timed batches.
+
+    The models take turns batch by batch (ABBA order), so load from other processes on the machine
+    falls on all of them alike and the ratio stays meaningful when the absolute figures are not.
+    """
+    encoders = {name: mlm_parts(model)[0].to("cpu").eval() for name, model in models.items()}
+    names = list(encoders)
+    for name in names:  # warm-up: first calls allocate and pick kernels
+        encoders[name](input_ids=input_ids)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            encoders[name](input_ids=input_ids)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: input_ids.size(0) / statistics.median(values) for name, values in seconds.items()}
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+
+def stage_id(cfg: DistillConfig, *, teacher: str, tokens: str) -> str:
+    return artifact_id(STAGE, cfg.model_dump(exclude=EXECUTION_ONLY), inputs={"teacher": teacher, "tokens": tokens})
+
+
+def load_teacher(teacher_dir: Path, cfg: DistillConfig) -> nn.Module:
+    """The teacher, frozen; a UserError when the student would not be smaller (before any data is read)."""
+    from transformers import AutoModelForMaskedLM
+
+    layers = teacher_layer_count(json.loads((teacher_dir / "config.json").read_text()))
+    if layers is None:
+        raise InputError(f"distill: the teacher's config.json ({teacher_dir}) does not say how many layers it has")
+    if problems := student_problems(cfg, layers):
+        raise UserError("; ".join(problems))
+    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir, attn_implementation="sdpa")
+    return teacher.eval().requires_grad_(False)
+
+
+def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
+    """Run (or resume) distillation; writes the student to `work_dir/output/model`; returns metrics."""
+    _check_trackers(cfg.log_with)
+    state = _process_state()
+    accum = accumulation_steps(cfg, state.num_processes)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=accum,
+        log_with=cfg.log_with or None,
+        project_dir=str(work_dir / "logs"),
+    )
+    log.info("distill: config %s", cfg.model_dump_json(), main_process_only=True)
+    set_seed(cfg.seed)
+
+    teacher = load_teacher(teacher_dir, cfg)
+    meta = load_meta(tokens_dir)
+    limit = getattr(teacher.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_seq_length > limit:
+        raise UserError(f"distill.max_seq_length ({cfg.max_seq_length}) exceeds the teacher's max_position_embeddings ({limit})")
+    if teacher.get_input_embeddings().num_embeddings < meta["vocab_size"]:
+        raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the teacher's embedding matrix")
+    student, chosen = student_from_teacher(teacher, cfg.student_layers, cfg.teacher_layers)
+    log.info("distill: %d-layer student from teacher layers %s of %d", cfg.student_layers, chosen,
+             teacher_layer_count(teacher.config.to_dict()), main_process_only=True)  # fmt: skip
+
+    masking = _masking(cfg, meta)
+    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
+    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
+    if len(train_blocks) < cfg.micro_batch_size:
+        raise InputError(
+            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
+            f"distill.micro_batch_size ({cfg.micro_batch_size}); lower max_seq_length / micro_batch_size"
+        )
+    if len(validation_blocks) == 0:
+        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+
+    steps = total_steps(cfg)
+    task = Distillation(student, cfg.temperature, cfg.alpha_distill, cfg.alpha_mlm)
+    optimizer = make_optimizer(task, cfg, accelerator.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, steps))
+    task, optimizer = accelerator.prepare(task, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
+    teacher.to(accelerator.device)
+    teacher_parts = mlm_parts(teacher)
+    if cfg.log_with:
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
+        accelerator.init_trackers("distill", config=hyperparameters)
+
+    checkpoints = work_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        progress = json.loads((latest / _STATE_FILE).read_text())
+        log.info("distill: resuming from %s (step %d of %d)", latest, progress["step"], steps, main_process_only=True)
+    else:
+        progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
+        progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)
+        teacher.eval()  # perplexity() leaves the model it measured in training mode
+        progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
+        progress["curve"].append({"step": 0, "validation_perplexity": progress["perplexity_before"]})
+        log.info("distill: validation perplexity: teacher %.2f, student before training %.2f", progress["perplexity_teacher"],
+                 progress["perplexity_before"], main_process_only=True)  # fmt: skip
+
+    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
+                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
+    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
+    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=progress["step"], desc="distill", unit="step", disable=quiet)
+    running = torch.zeros(3, device=accelerator.device)  # total, soft and hard loss
+    window_start, window_steps = time.perf_counter(), 0
+    batches = iter(loader)
+    task.train()
+    for step in range(progress["step"], steps):
+        for _ in range(accum):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+            with torch.no_grad(), accelerator.autocast():
+                batch["teacher_logits"] = masked_logits(teacher, teacher_parts, batch["input_ids"], batch["masked_positions"])
+            with accelerator.accumulate(task):
+                losses = task(**batch)
+                accelerator.backward(losses[0])
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += losses.detach() / accum
+        scheduler.step()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        at_log = done % cfg.log_every_steps == 0 or done == steps
+        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
+        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
+        if not (at_log or at_eval or at_checkpoint):
+            continue
+        total, soft, hard = (accelerator.reduce(running, reduction="mean") / window_steps).tolist()
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"distill: the training loss became {total} between steps {done - window_steps + 1} and {done}; "
+                f"the last good checkpoint is kept in {checkpoints}. Lower distill.learning_rate or use fp32/bf16."
+            )
+        seconds = time.perf_counter() - window_start
+        progress["train_seconds"] += seconds
+        progress["tokens"] += window_steps * tokens_per_step
+        point = {
+            "step": done,
+            "loss": round(total, 5),
+            "distill_loss": round(soft, 5),
+            "mlm_loss": round(hard, 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
+        }
+        if at_eval:
+            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
+        progress["step"] = done
+        progress["curve"].append(point)
+        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
+        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
+        log.info("distill: step %d/%d %s", done, steps, json.dumps(point), main_process_only=True)
+        if at_checkpoint:
+            _save_checkpoint(accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
+        running.zero_()
+        window_start, window_steps = time.perf_counter(), 0
+    bar.close()
+
+    after = perplexity(task, evaluation, accelerator)
+    progress["curve"].append({"step": steps, "validation_perplexity": after})
+    accelerator.log({"validation_perplexity": after}, step=steps)
+    state_dict = accelerator.get_state_dict(task)  # collective under FSDP/DeepSpeed
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    metrics = {
+        "teacher_layers": teacher_layer_count(teacher.config.to_dict()),
+        "student_layers": cfg.student_layers,
+        "initialised_from_teacher_layers": chosen,
+        "teacher_parameters": encoder_parameters(teacher),
+        "student_parameters": encoder_parameters(student),
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "global_batch_size": cfg.global_batch_size,
+        "processes": accelerator.num_processes,
+        "device": accelerator.device.type,
+        "mixed_precision": cfg.mixed_precision,
+        "validation_perplexity_teacher": round(progress["perplexity_teacher"], 3),
+        "validation_perplexity_before": round(progress["perplexity_before"], 3),
+        "validation_perplexity_after": round(after, 3),
+        "train_seconds": round(progress["train_seconds"], 2),
+        "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
+        "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
+    }
+    metrics["parameter_ratio"] = round(metrics["student_parameters"] / metrics["teacher_parameters"], 4)
+    output = work_dir / "output"
+    if accelerator.is_main_process:
+        shutil.rmtree(output, ignore_errors=True)
+        weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        accelerator.unwrap_model(task).model.save_pretrained(output / "model", state_dict=weights)
+        for f in teacher_dir.iterdir():  # the teacher's tokenizer files
+            weights_or_config = f.name.endswith((".safetensors", ".index.json")) or f.name in ("config.json", "generation_config.json")
+            if f.is_file() and not weights_or_config:
+                shutil.copy2(f, output / "model" / f.name)
+        (output / "curve.json").write_text(json.dumps(progress["curve"], indent=1))
+        if cfg.log_with and (work_dir / "logs").is_dir():
+            shutil.copytree(work_dir / "logs", output / "logs")
+        metrics.update(_speed(cfg, teacher, accelerator.unwrap_model(task).model, validation_blocks))
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _speed(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, blocks: Blocks) -> dict:
+    """CPU throughput of teacher and student at batch 32 on validation blocks (fp32, this machine's threads)."""
+    indices = np.arange(SPEED_BATCH_SIZE) % len(blocks)
+    speed = cpu_throughput({"teacher": teacher, "student": student}, blocks.get(indices), cfg.speed_rounds)
+    log.info("distill: CPU inference at batch %d: teacher %.1f, student %.1f sequences/s (%.2fx)", SPEED_BATCH_SIZE,
+             speed["teacher"], speed["student"], speed["student"] / speed["teacher"], main_process_only=True)  # fmt: skip
+    return {
+        "cpu_batch_size": SPEED_BATCH_SIZE,
+        "cpu_seq_length": cfg.max_seq_length,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_sequences_per_second_teacher": round(speed["teacher"], 2),
+        "cpu_sequences_per_second_student": round(speed["student"], 2),
+        "cpu_speedup": round(speed["student"] / speed["teacher"], 3),
+    }
+
+
+def run(cfg: DistillConfig, store: ArtifactStore, *, teacher: str, tokens: str) -> str:
+    """Build (or find) the distilled model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
+    state = _process_state()
+    aid = stage_id(cfg, teacher=teacher, tokens=tokens)
+    if store.exists(aid):
+        log.info("distill %s: already built (cache hit)", aid, main_process_only=True)
+        return aid
+    work_dir = store.work_dir(aid)
+    metrics = train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
+    if state.is_main_process:
+        with store.build(STAGE, aid, config=cfg.model_dump(), inputs={"teacher": teacher, "tokens": tokens}) as build:
+            shutil.copytree(work_dir / "output", build.dir, dirs_exist_ok=True)
+            build.metrics.update(metrics)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        log.info(
+            "distill %s: %d-layer student, %s of the teacher's parameters, validation perplexity %.1f (teacher %.1f), "
+            "%.2fx the teacher's CPU throughput", aid, metrics["student_layers"], f"{metrics['parameter_ratio']:.0%}",
+            metrics["validation_perplexity_after"], metrics["validation_perplexity_teacher"], metrics["cpu_speedup"],
+            main_process_only=True,
+        )  # fmt: skip
+    state.wait_for_everyone()
+    if state.use_distributed:
+        state.destroy_process_group()
+    return aid
+
+
+if __name__ == "__main__":
+    from pretrain.pipeline import stage_main
+
+    stage_main(STAGE)
