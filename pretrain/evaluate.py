@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pretrain import base as base_stage
-from pretrain import scoring, tapt
+from pretrain import quantize, scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource, expand_inputs
 from pretrain.errors import InputError
@@ -39,6 +39,8 @@ from pretrain.vocab import load_fast_tokenizer
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
+# With `int8: true`, the models measured quantized: the ones a team would deploy.
+INT8_MODELS = ("adapted", "student")
 
 
 def _task_sources(cfg: EvaluateConfig) -> list[dict]:
@@ -121,6 +123,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
     results: dict[str, dict] = {}
     predictions: dict[str, dict[str, object]] = {}
     notes = list(data.notes)
+    int8: dict[str, dict] = {}
     with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models}, sources=sources) as build:
         for name, folder in folders.items():
             tokenizer = load_fast_tokenizer(folder)
@@ -131,7 +134,10 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             runs = []
             predictions[name] = {}
             for seed in cfg.seeds:
-                record, predicted = finetune(folder, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device)
+                record, predicted, trained = finetune(folder, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device)
+                if cfg.int8 and name in INT8_MODELS and seed == cfg.seeds[0]:
+                    int8[name] = quantize.measure_trained(trained, data, encoded["test"], cfg, tokenizer.pad_token_id or 0, seed)
+                del trained
                 runs.append(record)
                 predictions[name][str(seed)] = predicted
                 log.info(
@@ -154,6 +160,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             "notes": notes,
             "models": results,
             "comparisons": comparisons,
+            **({"int8": int8} if int8 else {}),
         }
         (build.dir / "results.json").write_text(json.dumps(output, indent=1))
         gold = data.gold("test")
@@ -165,6 +172,9 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             for m in ("accuracy", metric):
                 build.metrics[f"{name}_{m}_mean"] = round(r["summary"][m]["mean"], 4)
                 build.metrics[f"{name}_{m}_std"] = round(r["summary"][m]["std"], 4)
+        for name, q in int8.items():
+            build.metrics[f"{name}_int8_{metric}_delta"] = q["delta"][metric]
+            build.metrics[f"{name}_int8_throughput_speedup_batch32"] = q["speed"]["throughput_speedup_batch32"]
         headline = next((c for c in comparisons if c["model"] == "adapted" and c["metric"] == metric), None)
         if headline is not None:
             build.metrics["adapted_minus_base"] = round(headline["difference"], 6)

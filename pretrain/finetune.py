@@ -259,8 +259,8 @@ def decide(trained: Trained, model, data: TaskData, encoded: Encoded, cfg: Evalu
 
 def finetune(
     model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device
-) -> tuple[dict, object]:
-    """Train one model with one seed; returns (the run's record, its test predictions)."""
+) -> tuple[dict, object, Trained]:
+    """Train one model with one seed; returns (the run's record, its test predictions, the trained model)."""
     trained = train(model_dir, data, encoded, cfg, seed, pad_id, device)
     predicted = decide(trained, trained.model, data, encoded["test"], cfg, pad_id, device)
     test = scoring.scores(data.kind, data.gold("test"), predicted, data.labels, cfg.task.tag_scheme, detail=True)
@@ -275,4 +275,4 @@ def finetune(
     }
     if trained.thresholds is not None:
         record["thresholds"] = {label: float(t) for label, t in zip(data.labels, trained.thresholds)}
-    return record, predicted
+    return record, predicted, trained

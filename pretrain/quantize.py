@@ -86,9 +86,8 @@ def measure(model_dir, eval_config: dict, seed: int | None = None, speed_example
     `eval_config` is the resolved config of an evaluation artifact (its manifest's `config`): same
     task files, splits and fine-tuning settings; `seed` defaults to its first seed.
     """
-    from pretrain import scoring
     from pretrain.config import EvaluateConfig
-    from pretrain.finetune import collate, decide, encode, length_grouped_batches, selection_metric, train
+    from pretrain.finetune import encode, train
     from pretrain.tasks import read_task
     from pretrain.vocab import load_fast_tokenizer
 
@@ -102,18 +101,27 @@ def measure(model_dir, eval_config: dict, seed: int | None = None, speed_example
     cpu = torch.device("cpu")  # int8 dynamic quantization is a CPU feature: train, score and time on CPU
     log.info("quantize: fine-tuning %s on %s (seed %d) to measure int8 against fp32", model_dir, cfg.task.name, seed)
     trained = train(model_dir, data, encoded, cfg, seed, pad, cpu)
-    int8 = quantize_int8(trained.model)
+    return measure_trained(trained, data, encoded["test"], cfg, pad, seed, speed_examples, rounds)
+
+
+def measure_trained(trained, data, test, cfg, pad: int, seed: int, speed_examples: int = 128, rounds: int = 5) -> dict[str, Any]:
+    """fp32 vs int8 of a fine-tuned classifier (`finetune.train`'s result): test scores and CPU speed."""
+    from pretrain import scoring
+    from pretrain.finetune import collate, decide, length_grouped_batches, selection_metric
+
+    cpu = torch.device("cpu")
+    fp32 = trained.model.cpu()
+    int8 = quantize_int8(fp32)
     gold = data.gold("test")
     scores = {}
-    for name, model in (("fp32", trained.model), ("int8", int8)):
-        predicted = decide(trained, model, data, encoded["test"], cfg, pad, cpu)
+    for name, model in (("fp32", fp32), ("int8", int8)):
+        predicted = decide(trained, model, data, test, cfg, pad, cpu)
         scores[name] = scoring.scores(data.kind, gold, predicted, data.labels, cfg.task.tag_scheme)
     metrics = [m for m in ("accuracy", "macro_f1", "micro_f1") if m in scores["fp32"]]
-    test = encoded["test"]
     chosen = np.arange(min(speed_examples, len(test.input_ids)))  # the first test examples, as they come
     batch1 = [collate(test, chosen[i : i + 1], pad, cpu, with_targets=False) for i in range(min(32, len(chosen)))]
     batch32 = [collate(test, b, pad, cpu, with_targets=False) for b in length_grouped_batches([len(test.input_ids[i]) for i in chosen], 32, None)]
-    timing = speed(trained.model, int8, batch1, batch32, rounds)
+    timing = speed(fp32, int8, batch1, batch32, rounds)
     result = {
         "method": RECIPE,
         "task": cfg.task.name,
@@ -124,7 +132,7 @@ def measure(model_dir, eval_config: dict, seed: int | None = None, speed_example
         "fp32": {m: round(scores["fp32"][m], 5) for m in metrics},
         "int8": {m: round(scores["int8"][m], 5) for m in metrics},
         "delta": {m: round(scores["int8"][m] - scores["fp32"][m], 5) for m in metrics},
-        "linear_parameter_share": round(linear_share(trained.model), 4),
+        "linear_parameter_share": round(linear_share(fp32), 4),
         "speed": timing,
         "max_seq_length": cfg.max_seq_length,
     }

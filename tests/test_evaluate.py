@@ -82,9 +82,9 @@ def test_same_seed_same_result(upstream):
     folder = store.local_dir(ids["base"])
     tokenizer = load_fast_tokenizer(folder)
     encoded = {s: encode(tokenizer, data, s, 32) for s in ("train", "validation", "test")}
-    a, pa = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
-    b, pb = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
-    c, _ = finetune(folder, data, encoded, cfg, 8, 0, torch.device("cpu"))
+    a, pa, _ = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
+    b, pb, _ = finetune(folder, data, encoded, cfg, 7, 0, torch.device("cpu"))
+    c, _, _ = finetune(folder, data, encoded, cfg, 8, 0, torch.device("cpu"))
     for record in (a, b, c):
         record.pop("seconds")
     assert a == b and (pa == pb).all()
@@ -231,3 +231,19 @@ def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstrea
     after = load_file(store.local_dir(model) / "model" / "model.safetensors")[key]
     assert after.shape == before.shape
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+def test_int8_measured_on_the_adapted_classifier_and_reported(upstream):
+    config, store, ids = upstream
+    cfg = _with(config.evaluate, seeds=[3], num_epochs=2, int8=True)
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert list(results["int8"]) == ["adapted"]  # the base is not a deployment candidate
+    q = results["int8"]["adapted"]
+    # the fp32 score is the seed's own test score: the same classifier, measured before quantization
+    assert q["fp32"]["macro_f1"] == pytest.approx(results["models"]["adapted"]["runs"][0]["test"]["macro_f1"], abs=1e-5)
+    assert q["delta"]["macro_f1"] == pytest.approx(q["int8"]["macro_f1"] - q["fp32"]["macro_f1"], abs=1e-5)
+    assert q["speed"]["fp32_throughput_batch32"] > 0 and q["speed"]["int8_throughput_batch32"] > 0
+    assert store.manifest(aid)["metrics"]["adapted_int8_macro_f1_delta"] == q["delta"]["macro_f1"]
+    text = "\n".join(report.int8_section(results["int8"], lambda m: m))
+    assert "## int8 on CPU" in text and re.search(r"^\| adapted \| \d+% \| 0\.\d{4} \| 0\.\d{4} \| [+-]0\.\d{4} \|", text, re.M)
