@@ -1,12 +1,13 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv if missing, then run the whole pipeline on the bundled Reuters demo (CPU)
 #   make test   set up .venv if missing, then run the test suite
+# Team mode without Docker (PostgreSQL + Prefect server on 127.0.0.1): make server / make server-stop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv data clean-artifacts
+.PHONY: demo test venv data clean-artifacts server server-stop postgres
 
 venv: $(STAMP)
 
@@ -23,8 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/dapt run configs/demo.yaml
 
-test: $(STAMP)
+# The server test needs PostgreSQL: installed from Debian when missing and possible (see the script).
+test: $(STAMP) postgres
 	$(PY) -m pytest
+
+postgres:
+	infra/ensure-postgres.sh
+
+server: $(STAMP) postgres
+	infra/server.sh start
+
+server-stop:
+	infra/server.sh stop
 
 # Regenerate data/reuters/ from ../shared/datasets/reuters-21578 (byte-identical to what is committed).
 data: $(STAMP)

@@ -2,6 +2,7 @@
 
     dapt run configs/demo.yaml [--set pretrain.max_steps=50]
     dapt plan configs/demo.yaml
+    dapt serve configs/demo.yaml --cron "0 3 * * 1"   # scheduled runs from this machine (Prefect server)
     dapt artifacts list [--store artifacts] [--stage pretrain]
     dapt artifacts show ID
     dapt artifacts lineage ID
@@ -53,6 +54,20 @@ def _run(args: argparse.Namespace) -> int:
     hits = sum(result["cached"].values())
     print(f"{hits}/{len(result['cached'])} stages were cache hits; {time.perf_counter() - started:.0f} s in the pipeline")
     print(f"report: {result['report']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.pipeline import setup_logging
+
+    config = load_config(args.config, args.overrides)
+    setup_logging()
+    from flows.serve import cron_schedule, serve_pipeline
+
+    if args.cron:
+        cron_schedule(args.cron, args.timezone)  # a bad schedule is an error before anything starts
+    serve_pipeline(config, name=args.name, cron=args.cron, timezone=args.timezone)
     return 0
 
 
@@ -187,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. pretrain.max_steps=20 (repeatable)")  # fmt: skip
 
+    serve = commands.add_parser("serve", help="serve the pipeline (and each stage) as Prefect deployments, on a schedule")
+    serve.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    serve.add_argument("--cron", help="schedule of the pipeline, e.g. '0 3 * * 1' (Mondays 03:00); none: runs only when triggered")
+    serve.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
+    serve.add_argument("--name", default="serve", help="deployment name (default serve): dapt-pipeline/<name>, <stage>/<name>")
+
     artifacts = commands.add_parser("artifacts", help="list, show and trace artifacts in a store")
     actions = artifacts.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every complete artifact, oldest first")
@@ -234,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "artifacts": _artifacts, "export": _export, "embed": _embed}
+    handlers = {"run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -7,7 +7,20 @@ Each stage flow runs one task whose Prefect cache key is the stage's artifact id
 settings and code give the same id, so the task is a cache hit and nothing is rebuilt. The artifact
 store stays the source of truth: when an id is missing from the store, the task runs again even if
 Prefect remembers it (refresh_cache). Training is never retried; a failed task fails the run with
-the stage's error message.
+a state message naming the stage and the cause (`ingest: corpus.jsonl:2: not valid JSON`).
+
+Retries, with exponential backoff, are for I/O only: a shard task (reading inputs, which may be remote,
+and writing its result) when it failed with an OSError, and the base stage (copying or downloading the
+model). Publishing to a remote store retries each upload inside `pretrain.artifacts`. Pretraining and
+fine-tuning are never retried: a failure there is a bug or a bad setting, and a retry would only burn
+GPU hours before failing the same way (a crashed pretraining resumes from its checkpoint on the next run).
+
+Every stage flow leaves three Prefect artifacts on its run: a table (`dapt-<stage>`: artifact id,
+cache hit, seconds, inputs, outputs, key metrics), the same as Markdown (`dapt-<stage>-summary`), and a
+link to the artifact's folder in the store (`dapt-<stage>-folder`).
+
+Every stage flow also runs alone (`ids` omitted: the ids of its inputs are planned from the config, and
+they must be in the store), which is what the per-stage deployments in `prefect.yaml` do.
 
 Ingest and tokens fan out: their shards (ranges of the input files, ranges of the corpus) are Prefect
 tasks on the flow's task runner, a process pool over this machine's cores by default, or a Dask
@@ -26,18 +39,20 @@ from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults for a first run; must precede the prefect import)
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
 from pretrain import ingest, registry, report, tokens
+from pretrain.report import key_figures
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
+from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
-from pretrain.pipeline import STAGES, enabled, run_stage, stage_id
+from pretrain.pipeline import STAGES, enabled, input_ids, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
 
 
@@ -79,32 +94,14 @@ def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], arti
     return built
 
 
-def _stage_flow(stage: str):
-    @flow(name=stage, flow_run_name=f"{stage}", validate_parameters=True)
-    def stage_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
-        """Build (or find in the store) this stage's artifact from the ids of the stages before it."""
-        store = ArtifactStore(config.store)
-        try:
-            aid = stage_id(stage, config, ids)
-        except UserError as e:
-            return Failed(message=f"{stage}: {e}")
-        cached = store.exists(aid)
-        state = build_artifact.with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
-        if failed := _user_error(state):
-            return failed
-        state.result()  # re-raises a bug's exception
-        get_run_logger().info("%s %s: %s", stage, aid, "cache hit" if cached else "built")
-        return {"id": aid, "cached": cached}
-
-    stage_flow.__name__ = f"{stage}_flow"
-    return stage_flow
-
-
-# --- shard-parallel stages: ingest and tokens --------------------------------------------------------
+# I/O-only retries: 3 more tries after 2, 4, 8 s (+-50% jitter, so many shards do not retry in step).
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+# Stages whose task only moves bytes (the base stage copies or downloads the model): retried on OSError.
+IO_STAGES = {"base"}
 
 
 def _retry_on_io(task, task_run, state) -> bool:
-    """Retry a shard only when reading or writing failed (storage, network), never for its computation."""
+    """Retry only when reading or writing failed (storage, network), never for a computation."""
     try:
         state.result()
     except OSError:
@@ -114,7 +111,43 @@ def _retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-_SHARD_TASK = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": _retry_on_io, "cache_policy": NO_CACHE, "persist_result": False}
+def _build_task(stage: str):
+    """build_artifact with the stage's retry policy: I/O stages retry on OSError, the others never."""
+    if stage in IO_STAGES:
+        return build_artifact.with_options(**IO_RETRIES, retry_condition_fn=_retry_on_io)
+    return build_artifact
+
+
+def _planned_ids(stage: str, config: PipelineConfig, store: ArtifactStore) -> dict[str, str]:
+    """A stage flow run alone (a per-stage deployment): its inputs' ids, planned from the config."""
+    return input_ids(stage, config, store, how_to_build="run the `{first}` deployment, or the pipeline")
+
+
+def _stage_flow(stage: str):
+    @flow(name=stage, flow_run_name=f"{stage}", validate_parameters=True)
+    def stage_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> dict | State:
+        """Build (or find in the store) this stage's artifact from the ids of the stages before it.
+
+        Without `ids` (the stage run alone) they are planned from the config and must be in the store.
+        """
+        started = time.perf_counter()
+        store = ArtifactStore(config.store)
+        try:
+            ids = _planned_ids(stage, config, store) if ids is None else ids
+            aid = stage_id(stage, config, ids)
+        except UserError as e:
+            return Failed(message=f"{stage}: {e}")
+        cached = store.exists(aid)
+        return _assemble(stage, config, ids, aid, cached, started)
+
+    stage_flow.__name__ = f"{stage}_flow"
+    return stage_flow
+
+
+# --- shard-parallel stages: ingest and tokens --------------------------------------------------------
+
+
+_SHARD_TASK = {**IO_RETRIES, "retry_condition_fn": _retry_on_io, "cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="ingest-shard", task_run_name="ingest shard {index}", **_SHARD_TASK)
@@ -184,18 +217,83 @@ def _run_shards(stage: str, shard_task, calls: list[tuple], sizes: list[int], pa
     return None
 
 
-def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str, cached: bool) -> dict | State:
-    state = build_artifact.with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
+def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str, cached: bool, started: float) -> dict | State:
+    """Build the artifact (a cache hit when it is in the store), then record what the stage did."""
+    state = _build_task(stage).with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
     if failed := _user_error(state):
         return failed
-    state.result()
-    get_run_logger().info("%s %s: %s", stage, aid, "cache hit" if cached else "built")
-    return {"id": aid, "cached": cached}
+    state.result()  # re-raises a bug's exception
+    seconds = time.perf_counter() - started
+    get_run_logger().info("%s %s: %s in %.1f s", stage, aid, "cache hit" if cached else "built", seconds)
+    record_stage(stage, ArtifactStore(config.store), aid, cached, seconds)
+    return {"id": aid, "cached": cached, "seconds": round(seconds, 3)}
+
+
+def record_stage(stage: str, store: ArtifactStore, aid: str, cached: bool, seconds: float) -> None:
+    """The stage's Prefect artifacts: a table, the same as Markdown, and a link to the artifact's folder."""
+    manifest = store.manifest(aid)
+    files = manifest["files"]
+    size = sum(f["size"] for f in files.values())
+    metrics = {k: v for k, v in _flatten(manifest.get("metrics", {})).items() if isinstance(v, (int, float, str, bool))}
+    inputs = manifest.get("inputs", {})
+    sources = manifest.get("sources", [])
+    rows = [
+        {"field": "artifact", "value": aid},
+        {"field": "cache hit", "value": "yes" if cached else "no"},
+        {"field": "seconds in this run", "value": round(seconds, 2)},
+        {"field": "seconds to build", "value": manifest.get("duration_s")},
+        {"field": "inputs", "value": ", ".join(f"{role}: {i}" for role, i in inputs.items()) or "-"},
+        {"field": "raw files read", "value": len(sources)},
+        {"field": "outputs", "value": f"{len(files)} files, {size / 1e6:.2f} MB"},
+        {"field": "key figures", "value": key_figures(manifest)},
+    ]
+    rows += [{"field": name, "value": value} for name, value in metrics.items()]
+    create_table_artifact(rows, key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
+
+    lines = [
+        f"# {stage} `{aid}` ({'cache hit' if cached else 'built'}, {seconds:.1f} s)",
+        "",
+        key_figures(manifest),
+        "",
+        f"Folder: `{store.location(aid)}`; created {manifest['created']}, {manifest.get('duration_s', 0):.1f} s to build.",
+        "",
+        "## Inputs",
+        "",
+        *([f"- {role}: `{i}`" for role, i in inputs.items()] or ["- (none)"]),
+        *[f"- file `{s['path']}` sha256:{s['sha256'][:12]} {s['size']:,} B" for s in sources[:20]],
+        *([f"- ... and {len(sources) - 20} more files"] if len(sources) > 20 else []),
+        "",
+        "## Outputs",
+        "",
+        "| file | bytes | sha256 |",
+        "| --- | ---: | --- |",
+        *[f"| `{name}` | {meta['size']:,} | {meta['sha256'][:12]} |" for name, meta in list(files.items())[:40]],
+        *([f"| ... {len(files) - 40} more | | |"] if len(files) > 40 else []),
+        "",
+        "## Metrics",
+        "",
+        *([f"- {name}: {value}" for name, value in metrics.items()] or ["(none)"]),
+    ]
+    create_markdown_artifact("\n".join(lines), key=f"dapt-{stage}-summary", description=f"{stage} {aid}")
+    create_link_artifact(store.location(aid), link_text=f"{stage} {aid}", key=f"dapt-{stage}-folder", description=f"{stage}: the artifact's folder in the store")
+
+
+def _flatten(value: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict):
+            flat.update(_flatten(item, name + "."))
+        elif not isinstance(item, list):
+            flat[name] = item
+    return flat
 
 
 @flow(name="ingest", flow_run_name="ingest", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
-def ingest_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
+def ingest_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> dict | State:
     """Plan the corpus, process the new or changed pieces as shard tasks, then deduplicate, split and publish."""
+    started = time.perf_counter()
+    ids = {} if ids is None else ids
     store = ArtifactStore(config.store)
     cfg = config.ingest
     try:
@@ -211,14 +309,19 @@ def ingest_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
         calls = [(i, shard, cfg, store.url) for i, shard in enumerate(shards)]
         if failed := _run_shards("ingest", ingest_shard, calls, [sum(p.size for p in s) for s in shards], cfg.parallel):
             return failed
-    return _assemble("ingest", config, ids, plan.aid, cached)
+    return _assemble("ingest", config, ids, plan.aid, cached, started)
 
 
 @flow(name="tokens", flow_run_name="tokens", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
-def tokens_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
+def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> dict | State:
     """Tokenise the corpus shard by shard, then publish the shards with their index."""
+    started = time.perf_counter()
     store = ArtifactStore(config.store)
     parallel = config.ingest.parallel
+    try:
+        ids = _planned_ids("tokens", config, store) if ids is None else ids
+    except UserError as e:
+        return Failed(message=f"tokens: {e}")
     aid = stage_id("tokens", config, ids)
     cached = store.exists(aid)
     if not cached:
@@ -229,7 +332,7 @@ def tokens_flow(config: PipelineConfig, ids: dict[str, str]) -> dict | State:
         calls = [(shard, store.url, ids["ingest"], ids["vocab"], aid, plan.encoding) for shard in plan.pending]
         if failed := _run_shards("tokens", tokens_shard, calls, [s.size for s in plan.pending], parallel):
             return failed
-    return _assemble("tokens", config, ids, aid, cached)
+    return _assemble("tokens", config, ids, aid, cached, started)
 
 
 SHARDED = {"ingest", "tokens"}
@@ -255,6 +358,9 @@ STAGE_FLOWS = {
 def pipeline(config: PipelineConfig) -> dict | State:
     """Ingest -> vocab -> tokens -> pretrain (-> distill) -> evaluate -> report; returns ids, cache hits and the table."""
     logger = get_run_logger()
+    # A deployment's parameters are validated by type only; the paths in them are checked here, before any work.
+    if problems := check_paths(config.model_dump(mode="json")):
+        return Failed(message="config: " + "; ".join(problems))
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
     for stage in [s for s in STAGES if enabled(s, config)]:
@@ -267,6 +373,10 @@ def pipeline(config: PipelineConfig) -> dict | State:
         state = stage_flow(config=config, ids=ids, return_state=True)
         if failed := _user_error(state):
             return failed
+        if state.is_failed():
+            # A bug, not a user mistake: name the stage and the exception, and keep it for the traceback.
+            error = state.result(raise_on_failure=False)
+            return Failed(message=f"{stage}: {type(error).__name__}: {error}", data=error)
         result = state.result()
         ids[stage], cached[stage] = result["id"], result["cached"]
 

@@ -232,7 +232,18 @@ class ArtifactStore:
         return "/".join([self.root, *parts])
 
     def exists(self, aid: str) -> bool:
+        self._forget_listings()
         return self.fs.exists(self._path(aid, MANIFEST))
+
+    def _forget_listings(self) -> None:
+        # Remote file systems cache directory listings (s3fs does) and fsspec shares one instance per
+        # process: another process may have published since, and the manifest is the source of truth.
+        if not self.is_local:
+            self.fs.invalidate_cache()
+
+    def location(self, aid: str) -> str:
+        """The artifact's folder as a URL (`file:///...`, `s3://bucket/prefix/<id>`)."""
+        return self.fs.unstrip_protocol(self._path(aid))
 
     def manifest(self, aid: str) -> dict[str, Any]:
         try:
@@ -245,6 +256,7 @@ class ArtifactStore:
 
     def ids(self) -> list[str]:
         """Every complete artifact (one with a manifest), oldest first."""
+        self._forget_listings()
         if not self.fs.exists(self.root):
             return []
         found = []
@@ -339,10 +351,16 @@ class ArtifactStore:
                 shutil.rmtree(final)  # debris of a foreign, manifest-less folder: not an artifact
             _rename_into_place(staging, final)
             return
+        # Object stores have no rename: upload every file, then the manifest. Readers look for the
+        # manifest only, so until its single PUT lands the artifact does not exist for them.
         for path in sorted(staging.rglob("*")):
             if path.is_file() and path.name != MANIFEST:
-                self.fs.put_file(str(path), self._path(aid, path.relative_to(staging).as_posix()))
-        self.fs.put_file(str(staging / MANIFEST), self._path(aid, MANIFEST))
+                self._put(path, self._path(aid, path.relative_to(staging).as_posix()))
+        self._put(staging / MANIFEST, self._path(aid, MANIFEST))
+
+    def _put(self, local: Path, remote: str) -> None:
+        """Upload one file, retrying transient failures (OSError: network, throttling) with backoff."""
+        with_io_retries(lambda: self.fs.put_file(str(local), remote), f"uploading {local.name} to {self.fs.unstrip_protocol(remote)}")
 
     def lineage(self, aid: str) -> dict[str, Any]:
         """The artifact with its inputs, recursively, down to the base model and the raw source files."""
@@ -393,7 +411,7 @@ class ShardCache:
             shutil.move(str(local), tmp)
             os.replace(tmp, target)
         else:
-            self.store.fs.put_file(str(local), self._path(name))
+            self.store._put(local, self._path(name))
             local.unlink(missing_ok=True)
 
     def get(self, name: str) -> Path:
@@ -411,6 +429,19 @@ class ShardCache:
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.store.fs.rm(self._path(name))
+
+
+def with_io_retries(action, what: str, attempts: int = 4, first_delay_s: float = 1.0):
+    """Run `action`, retrying an OSError after 1, 2, 4 s; other errors, and the last OSError, propagate."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except OSError as e:
+            if attempt == attempts - 1:
+                raise OSError(f"{what}: failed {attempts} times, last: {e}") from e
+            delay = first_delay_s * 2**attempt
+            log.warning("%s failed (%s); retrying in %.0f s", what, e, delay)
+            time.sleep(delay)
 
 
 def _rename_into_place(staging: Path, final: Path) -> None:

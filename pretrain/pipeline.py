@@ -85,6 +85,21 @@ def plan(cfg: PipelineConfig, until: str = STAGES[-1]) -> dict[str, str]:
     return ids
 
 
+def input_ids(stage: str, cfg: PipelineConfig, store: ArtifactStore, how_to_build: str = "`dapt run`") -> dict[str, str]:
+    """The ids of the stages before `stage`, checking that the artifacts it reads are in the store.
+
+    `how_to_build` is the advice in the error; `{first}` in it becomes the first missing stage.
+    """
+    ids = plan(cfg, until=stage)
+    ids.pop(stage, None)
+    missing = [(s, ids[s]) for s in inputs_of(stage, cfg).values() if not store.exists(ids[s])]
+    if missing:
+        first = STAGES[min(STAGES.index(s) for s, _ in missing)]
+        names = ", ".join(f"{s} ({aid})" for s, aid in missing)
+        raise UserError(f"{stage} needs {names}, not in the store {cfg.store}. Build it first: {how_to_build.format(first=first)}")
+    return ids
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # accelerate logs every file of every checkpoint at INFO; the stage logs one line per checkpoint.
@@ -111,15 +126,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         if not enabled(stage, cfg):
             raise UserError(f"{stage} is off: {args.config} has no `{SECTIONS[stage]}` section")
         store = ArtifactStore(cfg.store)
-        ids = plan(cfg, until=stage)
-        missing = [(s, ids[s]) for s in inputs_of(stage, cfg).values() if not store.exists(ids[s])]
-        if missing:
-            first = STAGES[min(STAGES.index(s) for s, _ in missing)]
-            names = ", ".join(f"{s} ({aid})" for s, aid in missing)
-            raise UserError(
-                f"{stage} needs {names}, not in the store {cfg.store}. Build it first: "
-                f"`python -m pretrain.{first} --config {args.config}`, or the whole chain: `dapt run {args.config}`"
-            )
+        ids = input_ids(stage, cfg, store, how_to_build=f"`python -m pretrain.{{first}} --config {args.config}`, or the whole chain: `dapt run {args.config}`")
         print(run_stage(stage, cfg, store, ids))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
