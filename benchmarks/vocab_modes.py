@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/vocab_modes.py                       # the demo config: keep vs extend
     .venv/bin/python benchmarks/vocab_modes.py --modes keep extend replace --config my.yaml
 
-For each mode it runs the pipeline's own stages (base, ingest, vocab, tokens, pretrain, evaluate) with
+For each mode it runs the pipeline's own stages (base to evaluate, distill too when configured) with
 the config's settings and only `vocab.mode` changed, so every mode trains on the same corpus, for
 the same number of steps of the same number of tokens (the same token budget; an extended
 vocabulary packs about 5% more text into it), and is fine-tuned with the same seeds. Artifacts go to
@@ -32,17 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from pretrain.artifacts import ArtifactStore  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
-from pretrain.pipeline import run_stage  # noqa: E402
-
-STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate")
-
+from pretrain.pipeline import STAGES, enabled, run_stage  # noqa: E402
 
 def run_mode(config_path: str, mode: str, overrides: list[str]) -> dict:
     cfg = load_config(config_path, [f"vocab.mode={mode}", *overrides])
     store = ArtifactStore(cfg.store)
     ids: dict[str, str] = {}
     started = time.perf_counter()
-    for stage in STAGES:
+    for stage in [s for s in STAGES if enabled(s, cfg) and s != "report"]:
         ids[stage] = run_stage(stage, cfg, store, ids)
     vocab = store.manifest(ids["vocab"])["metrics"]
     trained = store.manifest(ids["pretrain"])["metrics"]
