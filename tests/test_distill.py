@@ -177,6 +177,15 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
     assert (store.local_dir(ids["report"]) / "distill_curve.png").is_file()
     assert store.manifest(ids["report"])["inputs"]["distill"] == ids["distill"]
 
+    # The student is a handoff model like the adapted one: exported with its card and downstream results.
+    from pretrain.export import export
+
+    export(store, ids["distill"], to=tmp_path / "student")
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "student")
+    assert loaded.config.num_hidden_layers == 1
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "## Distillation" in card and f"teacher `{ids['pretrain']}`" in card and "| student (this model) |" in card
+
 
 def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkeypatch):
     tiny_config["distill"] = DISTILL
@@ -209,12 +218,3 @@ def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkey
     resumed = load_file(other.local_dir(ids["distill"]) / "model" / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
-
-    # The student is a handoff model like the adapted one: exported with its card and downstream results.
-    from pretrain.export import export
-
-    export(store, ids["distill"], to=tmp_path / "student")
-    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "student")
-    assert loaded.config.num_hidden_layers == 1
-    card = (tmp_path / "student" / "README.md").read_text()
-    assert "## Distillation" in card and f"teacher `{ids['pretrain']}`" in card and "| student (this model) |" in card
