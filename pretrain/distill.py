@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -42,8 +40,6 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import DistillConfig, student_problems, teacher_layer_count
@@ -52,8 +48,6 @@ from pretrain.mlm import MaskedLM, mlm_parts
 from pretrain.pretrain import (
     EXECUTION_ONLY,
     Blocks,
-    MicroBatches,
-    TrainingError,
     _STATE_FILE,
     _check_trackers,
     _latest_checkpoint,
@@ -66,6 +60,8 @@ from pretrain.pretrain import (
     make_optimizer,
     perplexity,
     total_steps,
+    train_loop,
+    training_blocks,
 )
 from pretrain.tokens import load_meta
 
@@ -240,15 +236,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
              teacher_layer_count(teacher.config.to_dict()), main_process_only=True)  # fmt: skip
 
     masking = _masking(cfg, meta)
-    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
-    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
-    if len(train_blocks) < cfg.micro_batch_size:
-        raise InputError(
-            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
-            f"distill.micro_batch_size ({cfg.micro_batch_size}); lower max_seq_length / micro_batch_size"
-        )
-    if len(validation_blocks) == 0:
-        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    train_blocks, validation_blocks = training_blocks("distill", cfg, tokens_dir)
     evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
 
     steps = total_steps(cfg)
@@ -280,70 +268,13 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         log.info("distill: validation perplexity: teacher %.2f, student before training %.2f", progress["perplexity_teacher"],
                  progress["perplexity_before"], main_process_only=True)  # fmt: skip
 
-    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
-                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
-    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
-    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
-    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=progress["step"], desc="distill", unit="step", disable=quiet)
-    running = torch.zeros(3, device=accelerator.device)  # total, soft and hard loss
-    window_start, window_steps = time.perf_counter(), 0
-    batches = iter(loader)
-    task.train()
-    for step in range(progress["step"], steps):
-        for _ in range(accum):
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
-            with torch.no_grad(), accelerator.autocast():
-                batch["teacher_logits"] = masked_logits(teacher, teacher_parts, batch["input_ids"], batch["masked_positions"])
-            with accelerator.accumulate(task):
-                losses = task(**batch)
-                accelerator.backward(losses[0])
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += losses.detach() / accum
-        scheduler.step()
-        window_steps += 1
-        done = step + 1
-        bar.update(1)
+    def add_teacher_logits(batch: dict) -> None:
+        with torch.no_grad(), accelerator.autocast():
+            batch["teacher_logits"] = masked_logits(teacher, teacher_parts, batch["input_ids"], batch["masked_positions"])
 
-        at_log = done % cfg.log_every_steps == 0 or done == steps
-        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
-        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
-        if not (at_log or at_eval or at_checkpoint):
-            continue
-        total, soft, hard = (accelerator.reduce(running, reduction="mean") / window_steps).tolist()
-        if not math.isfinite(total):
-            raise TrainingError(
-                f"distill: the training loss became {total} between steps {done - window_steps + 1} and {done}; "
-                f"the last good checkpoint is kept in {checkpoints}. Lower distill.learning_rate or use fp32/bf16."
-            )
-        seconds = time.perf_counter() - window_start
-        progress["train_seconds"] += seconds
-        progress["tokens"] += window_steps * tokens_per_step
-        point = {
-            "step": done,
-            "loss": round(total, 5),
-            "distill_loss": round(soft, 5),
-            "mlm_loss": round(hard, 5),
-            "learning_rate": scheduler.get_last_lr()[0],
-            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
-        }
-        if at_eval:
-            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
-        progress["step"] = done
-        progress["curve"].append(point)
-        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
-        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
-        log.info("distill: step %d/%d %s", done, steps, json.dumps(point), main_process_only=True)
-        if at_checkpoint:
-            _save_checkpoint(accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
-        running.zero_()
-        window_start, window_steps = time.perf_counter(), 0
-    bar.close()
+    train_loop("distill", cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
+               evaluation, loss_names=("loss", "distill_loss", "mlm_loss"), before_step=add_teacher_logits)  # fmt: skip
+    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
 
     after = perplexity(task, evaluation, accelerator)
     progress["curve"].append({"step": steps, "validation_perplexity": after})

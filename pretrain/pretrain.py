@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -332,6 +333,111 @@ def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
     return model
 
 
+def training_blocks(section: str, cfg: PretrainConfig, tokens_dir: Path) -> tuple[Blocks, Blocks]:
+    """Train and validation blocks of the tokens artifact; an InputError when there are too few to train on."""
+    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
+    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
+    if len(train_blocks) < cfg.micro_batch_size:
+        raise InputError(
+            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
+            f"{section}.micro_batch_size ({cfg.micro_batch_size}); add text or lower max_seq_length / micro_batch_size"
+        )
+    if len(validation_blocks) == 0:
+        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    return train_blocks, validation_blocks
+
+
+def train_loop(
+    section: str,
+    cfg: PretrainConfig,
+    accelerator: Accelerator,
+    task: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_blocks: Blocks,
+    masking: Masking,
+    accum: int,
+    steps: int,
+    progress: dict,
+    checkpoints: Path,
+    evaluation: list,
+    loss_names: tuple[str, ...] = ("loss",),
+    before_step: Callable[[dict], None] | None = None,
+) -> None:
+    """Train from `progress["step"]` to `steps`, logging, evaluating and checkpointing on the way; updates `progress`.
+
+    `task(**batch)` returns the loss, or a vector whose first entry is the loss and the rest its parts
+    (named by `loss_names`, logged); `before_step` may add to each micro-batch first (a teacher's logits).
+    """
+    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
+                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
+    # A private generator: creating the iterator must not draw from the global RNG that dropout uses,
+    # or a resumed run (which creates it after restoring that RNG) would drift from an uninterrupted one.
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
+    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
+    # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
+    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=progress["step"], desc=section, unit="step", disable=quiet)
+    running = torch.zeros(len(loss_names), device=accelerator.device)
+    window_start, window_steps = time.perf_counter(), 0
+    batches = iter(loader)
+    task.train()
+    for step in range(progress["step"], steps):
+        for _ in range(accum):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+            if before_step is not None:
+                before_step(batch)
+            with accelerator.accumulate(task):
+                losses = task(**batch).reshape(-1)
+                accelerator.backward(losses[0])
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += losses.detach() / accum
+        scheduler.step()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        at_log = done % cfg.log_every_steps == 0 or done == steps
+        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
+        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
+        if not (at_log or at_eval or at_checkpoint):
+            continue
+        # The only host syncs: at log/eval/checkpoint steps, never every step.
+        means = [value / window_steps for value in accelerator.reduce(running, reduction="mean").tolist()]
+        mean_loss = means[0]
+        if not math.isfinite(mean_loss):
+            raise TrainingError(
+                f"{section}: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
+                f"the last good checkpoint is kept in {checkpoints}. Lower {section}.learning_rate or use fp32/bf16."
+            )
+        seconds = time.perf_counter() - window_start
+        progress["train_seconds"] += seconds
+        progress["tokens"] += window_steps * tokens_per_step
+        point = {
+            "step": done,
+            **{name: round(value, 5) for name, value in zip(loss_names, means)},
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
+        }
+        if at_eval:
+            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
+        progress["step"] = done
+        progress["curve"].append(point)
+        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
+        log.info("%s: step %d/%d %s", section, done, steps, json.dumps(point), main_process_only=True)
+        if at_checkpoint:
+            _save_checkpoint(accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
+        running.zero_()
+        window_start, window_steps = time.perf_counter(), 0
+    bar.close()
+
+
 def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
 
@@ -358,15 +464,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
             f"({model.get_input_embeddings().num_embeddings} rows)"
         )
     masking = _masking(cfg, meta)
-    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
-    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
-    if len(train_blocks) < cfg.micro_batch_size:
-        raise InputError(
-            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
-            f"pretrain.micro_batch_size ({cfg.micro_batch_size}); add text or lower max_seq_length / micro_batch_size"
-        )
-    if len(validation_blocks) == 0:
-        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    train_blocks, validation_blocks = training_blocks("pretrain", cfg, tokens_dir)
     evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
     max_words = cfg.max_eval_blocks * (cfg.max_seq_length - 2)
     word_evaluation = word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
@@ -396,70 +494,8 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         progress["curve"].append({"step": 0, "validation_perplexity": progress["perplexity_before"]})
         log.info("pretrain: validation perplexity before: %.2f", progress["perplexity_before"], main_process_only=True)
 
-    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
-                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
-    # A private generator: creating the iterator must not draw from the global RNG that dropout uses,
-    # or a resumed run (which creates it after restoring that RNG) would drift from an uninterrupted one.
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
-    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
+    train_loop("pretrain", cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints, evaluation)
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
-    # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
-    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=progress["step"], desc="pretrain", unit="step", disable=quiet)
-    running = torch.zeros((), device=accelerator.device)
-    window_start, window_steps = time.perf_counter(), 0
-    batches = iter(loader)
-    task.train()
-    for step in range(progress["step"], steps):
-        for _ in range(accum):
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
-            with accelerator.accumulate(task):
-                loss = task(**batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach() / accum
-        scheduler.step()
-        window_steps += 1
-        done = step + 1
-        bar.update(1)
-
-        at_log = done % cfg.log_every_steps == 0 or done == steps
-        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
-        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
-        if not (at_log or at_eval or at_checkpoint):
-            continue
-        # The only host syncs: at log/eval/checkpoint steps, never every step.
-        mean_loss = accelerator.reduce(running, reduction="mean").item() / window_steps
-        if not math.isfinite(mean_loss):
-            raise TrainingError(
-                f"pretrain: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
-                f"the last good checkpoint is kept in {checkpoints}. Lower pretrain.learning_rate or use fp32/bf16."
-            )
-        seconds = time.perf_counter() - window_start
-        progress["train_seconds"] += seconds
-        progress["tokens"] += window_steps * tokens_per_step
-        point = {
-            "step": done,
-            "loss": round(mean_loss, 5),
-            "learning_rate": scheduler.get_last_lr()[0],
-            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
-        }
-        if at_eval:
-            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
-        progress["step"] = done
-        progress["curve"].append(point)
-        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
-        log.info("pretrain: step %d/%d %s", done, steps, json.dumps(point), main_process_only=True)
-        if at_checkpoint:
-            _save_checkpoint(accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
-        running.zero_()
-        window_start, window_steps = time.perf_counter(), 0
-    bar.close()
 
     after = perplexity(task, evaluation, accelerator)
     word_after = perplexity(task, word_evaluation, accelerator)
