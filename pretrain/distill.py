@@ -53,7 +53,6 @@ from pretrain.pretrain import (
     _latest_checkpoint,
     _masking,
     _process_state,
-    _save_checkpoint,
     accumulation_steps,
     eval_batches,
     lr_lambda,

@@ -603,7 +603,6 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
     files = [cache.get(name) for name in plan.names()]
     summaries = [_piece_summary(f) for f in files]
     counts = {k: sum(s["counts"][k] for s in summaries) for k in COUNTERS}
-    kept_per_piece = [s["kept"] for s in summaries]
     file_stats = _file_stats(summaries)
     for stats in file_stats:
         _warn(stats)

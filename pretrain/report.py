@@ -217,7 +217,7 @@ def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
-    ax.set(xlabel=f"test F1 (mean over seeds, ± std)", title=f"F1 per {unit}" + (f" ({limit} most frequent)" if len(per_class["base"]) > limit else ""))
+    ax.set(xlabel="test F1 (mean over seeds, ± std)", title=f"F1 per {unit}" + (f" ({limit} most frequent)" if len(per_class["base"]) > limit else ""))
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -117,6 +117,20 @@ def make_tiny_config(store: Path, corpus_file: Path, task_files: tuple[Path, Pat
     }
 
 
+def build_until(raw: dict, until: str):
+    """Validate a raw config and build every stage it runs up to `until`: (config, store, ids)."""
+    from pretrain.artifacts import ArtifactStore
+    from pretrain.config import validate_config
+    from pretrain.pipeline import plan, run_stage
+
+    config = validate_config(raw)
+    store = ArtifactStore(config.store)
+    ids: dict[str, str] = {}
+    for stage in plan(config, until=until):
+        ids[stage] = run_stage(stage, config, store, ids)
+    return config, store, ids
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -7,10 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from conftest import ROOT
-from pretrain.artifacts import ArtifactStore
+from conftest import ROOT, build_until
 from pretrain.errors import UserError
-from pretrain.config import validate_config
 from pretrain.launch import launch_command, launch_pretrain
 from pretrain.pipeline import plan, run_stage
 
@@ -27,12 +25,7 @@ def no_dropout_base(tmp_path_factory, tiny_base):
 
 
 def _built(raw):
-    config = validate_config(raw)
-    store = ArtifactStore(config.store)
-    ids = {}
-    for stage in ("base", "ingest", "vocab", "tokens"):
-        ids[stage] = run_stage(stage, config, store, ids)
-    return config, store, ids
+    return build_until(raw, "tokens")
 
 
 @pytest.mark.parametrize("launcher", [{"num_processes": 2}, {"config_file": str(ROOT / "infra" / "accelerate" / "cpu_2proc.yaml")}])

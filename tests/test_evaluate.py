@@ -6,9 +6,8 @@ import re
 import pytest
 import torch
 
-from conftest import read_jsonl_gz, write_jsonl
+from conftest import build_until, read_jsonl_gz, write_jsonl
 from pretrain import evaluate, report
-from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune
@@ -19,12 +18,7 @@ from pretrain.vocab import load_fast_tokenizer
 
 @pytest.fixture
 def upstream(tiny_config):
-    config = validate_config(tiny_config)
-    store = ArtifactStore(config.store)
-    ids = {}
-    for stage in ("base", "ingest", "vocab", "tokens", "pretrain"):
-        ids[stage] = run_stage(stage, config, store, ids)
-    return config, store, ids
+    return build_until(tiny_config, "pretrain")
 
 
 def _with(cfg, **changes):

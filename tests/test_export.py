@@ -8,14 +8,11 @@ import sysconfig
 import pytest
 import torch
 
-from conftest import make_tiny_config
+from conftest import build_until, make_tiny_config
 from flows.cli import main
 from pretrain import export as export_module
 from pretrain import registry
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
 from pretrain.errors import UserError
-from pretrain.pipeline import run_stage
 
 TEXTS = ["Oil prices rose on Monday as [MASK] output fell.", "The company said quarterly net profit was 4.5 mln dlrs."]
 
@@ -24,11 +21,7 @@ TEXTS = ["Oil prices rose on Monday as [MASK] output fell.", "The company said q
 def built(tmp_path_factory, corpus_file, task_files, tiny_base):
     """A tiny pipeline run up to evaluate (one seed), its model promoted to `production`."""
     raw = make_tiny_config(tmp_path_factory.mktemp("export") / "store", corpus_file, task_files, tiny_base)
-    config = validate_config(raw)
-    store = ArtifactStore(config.store)
-    ids = {}
-    for stage in ("base", "ingest", "vocab", "tokens", "pretrain", "evaluate"):
-        ids[stage] = run_stage(stage, config, store, ids)
+    _, store, ids = build_until(raw, "evaluate")
     registry.promote(store, ids["pretrain"], "production")
     return store, ids
 

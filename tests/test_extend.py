@@ -7,12 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from conftest import read_jsonl_gz
+from conftest import build_until, read_jsonl_gz
 from pretrain import base, extend, ingest, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig, validate_config
 from pretrain.errors import ConfigError, InputError
-from pretrain.pipeline import run_stage
 
 
 @pytest.fixture
@@ -129,11 +128,7 @@ def test_extend_and_replace_pretrain(tiny_config):
     for mode in ("extend", "replace"):
         raw = {**tiny_config, "store": tiny_config["store"] + mode}
         raw["vocab"] = {"mode": mode, "vocab_size": 1200, "min_frequency": 2, "max_new_tokens": 200, "min_token_count": 2}
-        config = validate_config(raw)
-        store = ArtifactStore(config.store)
-        ids = {}
-        for stage in ("base", "ingest", "vocab", "tokens", "pretrain"):
-            ids[stage] = run_stage(stage, config, store, ids)
+        _, store, ids = build_until(raw, "pretrain")
         model = AutoModelForMaskedLM.from_pretrained(store.local_dir(ids["pretrain"]) / "model")
         tokenizer = AutoTokenizer.from_pretrained(store.local_dir(ids["pretrain"]) / "model")
         assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)

@@ -5,21 +5,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
+from conftest import build_until
 from pretrain import pretrain
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
 from pretrain.pipeline import plan, run_stage
 
 
 @pytest.fixture
 def upstream(tiny_config):
     """Config, store and ids with every stage before pretrain built."""
-    config = validate_config(tiny_config)
-    store = ArtifactStore(config.store)
-    ids = {}
-    for stage in ("base", "ingest", "vocab", "tokens"):
-        ids[stage] = run_stage(stage, config, store, ids)
-    return config, store, ids
+    return build_until(tiny_config, "tokens")
 
 
 def _with(config, **pretrain_overrides):

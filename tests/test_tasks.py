@@ -184,7 +184,7 @@ def test_conll_sentences_and_first_subtoken_alignment(tmp_path, tiny_base):
     for s, words in enumerate(data.test.texts):
         pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
         assert any(len(p) > 1 for p in pieces)
-        expected, position = [IGNORE], 1  # [CLS]
+        expected = [IGNORE]  # [CLS]
         for word, p in zip(data.test.labels[s], pieces):
             expected += [data.labels.index(word)] + [IGNORE] * (len(p) - 1)  # first piece labelled, the rest ignored
         expected.append(IGNORE)  # [SEP]
