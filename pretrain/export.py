@@ -327,7 +327,7 @@ def quantization_section(q: dict) -> list[str]:
         "| fp32 | " + " | ".join(f"{q['fp32'][m]:.4f}" for m in metrics) + f" | {s['fp32_latency_ms_batch1']:.2f} | {s['fp32_throughput_batch32']:,.0f} |",
         "| int8 | " + " | ".join(f"{q['int8'][m]:.4f}" for m in metrics) + f" | {s['int8_latency_ms_batch1']:.2f} | {s['int8_throughput_batch32']:,.0f} |",
         "| int8 vs fp32 | " + " | ".join(f"{q['delta'][m]:+.4f}" for m in metrics)
-        + f" | x{s['latency_speedup_batch1']:.2f} faster | x{s['throughput_speedup_batch32']:.2f} |",
+        + f" | x{s['latency_speedup_batch1']:.2f} speed-up | x{s['throughput_speedup_batch32']:.2f} |",
         "",
         f"CPU, {s['threads']} threads, max {q['max_seq_length']} tokens; fp32 and int8 timed alternately in one process, median of "
         f"{s['rounds']} rounds (batch-32 ratio per round: {', '.join(f'{r:.2f}' for r in s['throughput_speedup_batch32_per_round'])}).",
