@@ -48,9 +48,7 @@ from pretrain.mlm import MaskedLM, mlm_parts
 from pretrain.pretrain import (
     EXECUTION_ONLY,
     Blocks,
-    _STATE_FILE,
     _check_trackers,
-    _latest_checkpoint,
     _masking,
     _process_state,
     accumulation_steps,
@@ -58,6 +56,7 @@ from pretrain.pretrain import (
     lr_lambda,
     make_optimizer,
     perplexity,
+    start_or_resume,
     total_steps,
     train_loop,
     training_blocks,
@@ -247,18 +246,8 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
     teacher_parts = mlm_parts(teacher)
-    if cfg.log_with:
-        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
-        accelerator.init_trackers("distill", config=hyperparameters)
-
-    checkpoints = work_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    latest = _latest_checkpoint(checkpoints)
-    if latest is not None:
-        accelerator.load_state(str(latest))
-        progress = json.loads((latest / _STATE_FILE).read_text())
-        log.info("distill: resuming from %s (step %d of %d)", latest, progress["step"], steps, main_process_only=True)
-    else:
+    checkpoints, progress = start_or_resume("distill", cfg, accelerator, work_dir, steps)
+    if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
         progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)
         teacher.eval()  # perplexity() leaves the model it measured in training mode

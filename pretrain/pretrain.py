@@ -347,6 +347,22 @@ def training_blocks(section: str, cfg: PretrainConfig, tokens_dir: Path) -> tupl
     return train_blocks, validation_blocks
 
 
+def start_or_resume(section: str, cfg: PretrainConfig, accelerator: Accelerator, work_dir: Path, steps: int) -> tuple[Path, dict | None]:
+    """Start the trackers; restore the latest complete checkpoint if any. Returns (checkpoints folder, saved progress or None)."""
+    if cfg.log_with:
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
+        accelerator.init_trackers(section, config=hyperparameters)
+    checkpoints = work_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = _latest_checkpoint(checkpoints)
+    if latest is None:
+        return checkpoints, None
+    accelerator.load_state(str(latest))
+    progress = json.loads((latest / _STATE_FILE).read_text())
+    log.info("%s: resuming from %s (step %d of %d)", section, latest, progress["step"], steps, main_process_only=True)
+    return checkpoints, progress
+
+
 def train_loop(
     section: str,
     cfg: PretrainConfig,
@@ -476,18 +492,8 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
     task, optimizer = accelerator.prepare(task, optimizer)
     # Stepped by hand once per optimizer step; registered so save_state/load_state carry it.
     accelerator.register_for_checkpointing(scheduler)
-    if cfg.log_with:
-        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
-        accelerator.init_trackers("pretrain", config=hyperparameters)
-
-    checkpoints = work_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    latest = _latest_checkpoint(checkpoints)
-    if latest is not None:
-        accelerator.load_state(str(latest))
-        progress = json.loads((latest / _STATE_FILE).read_text())
-        log.info("pretrain: resuming from %s (step %d of %d)", latest, progress["step"], steps, main_process_only=True)
-    else:
+    checkpoints, progress = start_or_resume("pretrain", cfg, accelerator, work_dir, steps)
+    if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
         progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
         progress["word_perplexity_before"] = perplexity(task, word_evaluation, accelerator)
