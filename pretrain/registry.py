@@ -42,7 +42,7 @@ ARTIFACT_ID = re.compile(r"[a-z]-[0-9a-f]{20}")
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _who() -> dict[str, Any]:
