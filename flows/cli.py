@@ -25,13 +25,13 @@ import time
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
 from pretrain.errors import UserError
+from pretrain.logs import setup_logging
 
 DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
 
 def _run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
-    from pretrain.pipeline import setup_logging
     from pretrain.report import format_table
 
     config = load_config(args.config, args.overrides)  # every config problem, before Prefect starts
@@ -59,7 +59,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
-    from pretrain.pipeline import setup_logging
 
     config = load_config(args.config, args.overrides)
     setup_logging()
@@ -162,7 +161,6 @@ REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _histor
 
 def _export(args: argparse.Namespace) -> int:
     from pretrain.export import export
-    from pretrain.pipeline import setup_logging
 
     setup_logging()
     facts = export(ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
@@ -181,7 +179,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from pretrain.embed import embed
-    from pretrain.pipeline import setup_logging
 
     setup_logging()
     result = embed(

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import shutil
@@ -37,8 +36,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pretrain.errors import InputError
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

@@ -11,15 +11,15 @@ Pickle-based weights (`*.bin`, `*.pt`) are never loaded. The id depends only on 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
 from pretrain.artifacts import ArtifactStore, artifact_id, file_digest
 from pretrain.config import BaseModelConfig, package_dir
 from pretrain.errors import InputError
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "base"
 # What a Hugging Face model folder needs, in formats that cannot run code when loaded.

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.logging import get_logger
+from pretrain.logs import get_logger
 from accelerate.utils import set_seed
 from torch import nn
 

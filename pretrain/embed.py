@@ -14,7 +14,6 @@ go into the file's metadata.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ import torch
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore
 from pretrain.errors import InputError, UserError
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 POOLINGS = ("cls", "mean")
 

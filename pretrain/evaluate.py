@@ -20,7 +20,6 @@ comparisons; data notes) and `predictions.json` (test gold and every run's test 
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 from pathlib import Path
 
@@ -33,10 +32,11 @@ from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource, expand_inputs
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune, selection_metric
+from pretrain.logs import get_logger
 from pretrain.tasks import read_task
 from pretrain.vocab import load_fast_tokenizer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "evaluate"
 # With `int8: true`, the models measured quantized: the ones a team would deploy.

@@ -16,7 +16,6 @@ figures go into the card and `quantization.json` (see `pretrain/quantize.py`).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -26,8 +25,9 @@ from typing import Any, Callable
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage
 from pretrain.errors import InputError, UserError
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MODEL_STAGES = ("base", "pretrain", "distill")
 CARD = "README.md"

@@ -16,7 +16,6 @@ numbers on the same hardware.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from collections import Counter
@@ -29,9 +28,10 @@ import torch.nn.functional as F
 
 from pretrain import scoring
 from pretrain.config import EvaluateConfig
+from pretrain.logs import get_logger
 from pretrain.tasks import TaskData
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 IGNORE = -100  # cross-entropy's ignore_index: sub-tokens after the first, special tokens, padding
 

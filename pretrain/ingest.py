@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import math
 import re
 import shutil
@@ -52,9 +51,10 @@ from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_
 from pretrain.config import DedupConfig, IngestConfig
 from pretrain.errors import InputError
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
+from pretrain.logs import get_logger
 from pretrain.shards import report_progress, run_local
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "ingest"
 SPLITS = ("train", "validation")

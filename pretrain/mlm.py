@@ -8,7 +8,6 @@ loss is the same cross-entropy over the same positions; the decoder stays the ti
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from pretrain.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

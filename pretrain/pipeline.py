@@ -8,15 +8,13 @@ store by id and never builds them silently. `flows/` chains the same `run_stage`
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig, load_config
 from pretrain.errors import UserError
-
-log = logging.getLogger(__name__)
+from pretrain.logs import setup_logging
 
 STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
 # Each stage's input artifacts: role -> producing stage.
@@ -98,19 +96,6 @@ def input_ids(stage: str, cfg: PipelineConfig, store: ArtifactStore, how_to_buil
         names = ", ".join(f"{s} ({aid})" for s, aid in missing)
         raise UserError(f"{stage} needs {names}, not in the store {cfg.store}. Build it first: {how_to_build.format(first=first)}")
     return ids
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # accelerate logs every file of every checkpoint at INFO; the stage logs one line per checkpoint.
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "matplotlib", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:  # per-file "Loading weights" bars add nothing to a stage's log
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def stage_main(stage: str, argv: list[str] | None = None) -> None:

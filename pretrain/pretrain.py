@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.logging import get_logger
+from pretrain.logs import get_logger
 from accelerate.utils import parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import statistics
 import time
 from typing import Any
@@ -26,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from pretrain.logs import get_logger
+
+log = get_logger(__name__)
 
 RECIPE = "torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)"
 

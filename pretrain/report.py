@@ -14,14 +14,14 @@ store alone.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "report"
 # distill is optional: a report of a run without it has no such input.

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 from typing import Any, Callable, Iterator
 
+from pretrain.logs import setup_logging
+
 # Less input than this is processed in this process: starting worker processes (each importing the
 # libraries) would cost more than it saves.
 IN_PROCESS_BYTES = 16 << 20
@@ -80,10 +82,8 @@ def run_local(fn: Callable[..., Any], calls: list[tuple], sizes: list[int], work
 
 
 def _init_worker(counter, env: dict[str, str]) -> None:
-    import logging
-
     os.environ.update(env)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(quiet_transformers=False)  # a shard worker loads no model: no transformers import
 
     def add(nbytes: int) -> None:
         with counter.get_lock():

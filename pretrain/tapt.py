@@ -10,7 +10,6 @@ fine-tunes the result like any other compared model.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
@@ -20,9 +19,10 @@ from pretrain import vocab as vocab_stage
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, TaptConfig, TaskConfig, VocabConfig, expand_inputs
 from pretrain.errors import UserError
+from pretrain.logs import get_logger
 from pretrain.tasks import RECORD_FORMATS, file_format_or_none, read_split
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def model_name(cfg: TaptConfig) -> str:

@@ -13,7 +13,6 @@ outside `task.labels`, a test label never seen in train, a word without a tag.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,8 +22,9 @@ from sklearn.model_selection import train_test_split
 from pretrain.config import TaskConfig, is_bio_tag, expand_inputs
 from pretrain.errors import InputError
 from pretrain.io import FileStats, _lines, check_not_binary, field_text, file_format, read_records
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RECORD_FORMATS = ("jsonl", "parquet")  # token tasks: other files are read as CoNLL columns
 

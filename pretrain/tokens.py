@@ -20,7 +20,6 @@ the same thing), which lets the tokenizer skip computing offsets.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -36,9 +35,10 @@ import pyarrow.parquet as pq
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import ParallelConfig
 from pretrain.ingest import SPLITS
+from pretrain.logs import get_logger
 from pretrain.shards import report_progress, run_local
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "tokens"
 _BATCH_DOCUMENTS = 1024

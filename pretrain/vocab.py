@@ -16,7 +16,6 @@ Output (vocab artifact `v-...`):
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from pretrain.config import VocabConfig
 from pretrain.errors import InputError
 from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
 from pretrain.ingest import read_split
+from pretrain.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAGE = "vocab"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
