@@ -254,6 +254,12 @@ class ArtifactStore:
                 f"artifact {aid} is not in the store {self.url} (`dapt artifacts list --store {self.url}` shows what is)"
             ) from None
 
+    def open(self, aid: str, name: str, mode: str = "rb"):
+        """One file of an artifact, opened where it is (a remote one is read by range, not downloaded)."""
+        if self.is_local:
+            return open(self._path(aid, name), mode)
+        return self.fs.open(self._path(aid, name), mode)
+
     def ids(self) -> list[str]:
         """Every complete artifact (one with a manifest), oldest first."""
         self._forget_listings()
@@ -387,7 +393,7 @@ class ShardCache:
 
     def __init__(self, store: ArtifactStore, stage: str):
         self.store, self.stage = store, stage
-        self.root = store._path(".shards", stage)
+        self.root = f"{store.root}/.shards/{stage}"
         if store.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 

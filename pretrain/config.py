@@ -10,7 +10,6 @@ never written back here: the config in a manifest is what the user asked for, wi
 from __future__ import annotations
 
 import difflib
-import glob
 import importlib.util
 import json
 import os
@@ -22,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrain.errors import ConfigError, UserError
-from pretrain.io import expand_sources
+from pretrain.io import expand_inputs, expand_sources
 
 
 # A model artifact id in the store (`b-...` imported base model, `m-...` pretrained, `d-...` distilled model).
@@ -527,22 +526,6 @@ def student_problems(cfg: DistillConfig, teacher_layers: int) -> list[str]:
     if cfg.teacher_layers is not None and max(cfg.teacher_layers) >= teacher_layers:
         problems.append(f"distill.teacher_layers: {cfg.teacher_layers} names a layer the {teacher_layers}-layer teacher does not have (0..{teacher_layers - 1})")
     return problems
-
-
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files named by paths, directories (recursively) and globs, sorted within each pattern, deduplicated."""
-    seen: dict[Path, None] = {}
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            matches = [path]
-        else:
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        for match in matches:
-            seen.setdefault(match, None)
-    return list(seen)
 
 
 def package_dir(source: str) -> Path | None:

@@ -29,9 +29,10 @@ import torch
 from pretrain import base as base_stage
 from pretrain import quantize, scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
-from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource, expand_inputs
+from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune, selection_metric
+from pretrain.io import expand_inputs
 from pretrain.logs import get_logger
 from pretrain.tasks import read_task
 from pretrain.vocab import load_fast_tokenizer

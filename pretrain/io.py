@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import glob
 import gzip
 import io
 import json
@@ -104,9 +105,24 @@ def expand_sources(patterns: list[str]) -> list[str]:
     return list(seen)
 
 
-def _expand_local(pattern: str) -> list[str]:
-    import glob
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Local files named by paths, directories (recursively) and globs, sorted within each pattern,
+    deduplicated (a task's files: no URLs, no `save_to_disk` folders)."""
+    seen: dict[Path, None] = {}
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        for match in matches:
+            seen.setdefault(match, None)
+    return list(seen)
 
+
+def _expand_local(pattern: str) -> list[str]:
     path = Path(pattern)
     if path.is_dir():
         return [str(p) for p in _walk_local(path)]
@@ -383,7 +399,7 @@ def _skip_line(f: BinaryIO) -> int:
             return skipped
 
 
-def _lines(path: str | os.PathLike, stats: FileStats) -> Iterator[str]:
+def text_lines(path: str | os.PathLike, stats: FileStats) -> Iterator[str]:
     """Decoded lines (newline kept) of a whole file; an undecodable line is decoded with U+FFFD and counted."""
     for _, line in Lines(path, stats, compression_of(path))():
         yield line
@@ -648,7 +664,7 @@ def read_records(
         return
     if fmt in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)
-        reader = csv.DictReader(_lines(path, stats), delimiter="\t" if fmt == "tsv" else ",")
+        reader = csv.DictReader(text_lines(path, stats), delimiter="\t" if fmt == "tsv" else ",")
         try:
             for record in reader:
                 stats.records += 1

@@ -17,8 +17,9 @@ from pretrain import base as base_stage
 from pretrain import ingest, pretrain, tokens
 from pretrain import vocab as vocab_stage
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, TaptConfig, TaskConfig, VocabConfig, expand_inputs
+from pretrain.config import BaseModelConfig, IngestConfig, TaptConfig, TaskConfig, VocabConfig
 from pretrain.errors import UserError
+from pretrain.io import expand_inputs
 from pretrain.logs import get_logger
 from pretrain.tasks import RECORD_FORMATS, file_format_or_none, read_split
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pretrain.config import TaskConfig, is_bio_tag, expand_inputs
+from pretrain.config import TaskConfig, is_bio_tag
 from pretrain.errors import InputError
-from pretrain.io import FileStats, _lines, check_not_binary, field_text, file_format, read_records
+from pretrain.io import FileStats, check_not_binary, expand_inputs, field_text, file_format, read_records, text_lines
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -187,7 +187,7 @@ def _read_conll(path, cfg: TaskConfig):
     words: list[str] = []
     tags: list[str] = []
     start, columns = 0, None
-    for number, line in enumerate(_lines(path, stats), start=1):
+    for number, line in enumerate(text_lines(path, stats), start=1):
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if words:

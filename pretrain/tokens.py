@@ -91,9 +91,7 @@ def plan_shards(corpus_file: Callable[[str], Any], shard_bytes: int) -> list[Tok
 
 def _corpus_opener(store: ArtifactStore, corpus: str) -> Callable[[str], Any]:
     """Open a corpus split for reading where it is (a remote store is read by range, not downloaded)."""
-    if store.is_local:
-        return lambda split: open(store.local_dir(corpus) / f"{split}.parquet", "rb")
-    return lambda split: store.fs.open(store._path(corpus, f"{split}.parquet"), "rb")
+    return lambda split: store.open(corpus, f"{split}.parquet")
 
 
 def _cache_names(aid: str, shard: TokenShard) -> tuple[str, str, str]:
