@@ -12,43 +12,38 @@ How it scales to corpora larger than memory, on one machine or many:
    is not read again). The corpus id hashes the settings, the code and those hashes. Each file becomes
    one or more *pieces*: byte ranges of about `parallel.shard_mb` for uncompressed JSONL and line-mode
    text, row-group ranges for Parquet, the whole file otherwise.
-2. Pieces. Each piece is read as a stream, cleaned, filtered and signed (a 128-bit hash of the text
-   and MinHash LSH band keys of its word shingles) on its own, into one Parquet file in the store's
-   shard cache named by a hash of the file's content, the range, the settings and this code. Pieces
-   already there are not redone: a weekly re-run where a few files are new or changed reads only
-   those. Pieces are grouped into shard tasks of about `shard_mb`, run on every core (a process pool),
-   or as Prefect tasks on any task runner, a Dask cluster included (flows/pipeline.py).
-3. Assemble. Deduplication is global and keeps the first occurrence in input order: exact duplicates
-   by sorting the 128-bit hashes; near duplicates by LSH banding, datasketch's MinHash signatures cut
-   into the (bands x rows) datasketch chooses for the threshold, documents sharing a band key joined
-   into groups (connected components) that keep their first document. Both are sorts of fixed-size
-   keys in passes of at most `_PASS_ENTRIES` entries read from disk, so memory stays flat as the corpus
-   grows (datasketch's own in-memory MinHashLSH index measured 3.6 KB per document here, 4 GB per
-   GB of newswire). Kept documents go to train or validation by a hash of their text.
+2. Pieces. Each piece is read as a stream, cleaned and filtered (pretrain/clean.py) and signed (a
+   128-bit hash of the text and MinHash LSH band keys of its word shingles: pretrain/dedup.py) on its
+   own, into one Parquet file in the store's shard cache named by a hash of the file's content, the
+   range, the settings and this code. Pieces already there are not redone: a weekly re-run where a
+   few files are new or changed reads only those. Pieces are grouped into shard tasks of about
+   `shard_mb`, run on every core (a process pool), or as Prefect tasks on any task runner, a Dask
+   cluster included (flows/pipeline.py).
+3. Assemble. Deduplication is global and keeps the first occurrence in input order, out of core
+   (pretrain/dedup.py: memory stays flat as the corpus grows). Kept documents go to train or
+   validation by a hash of their text.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import re
 import shutil
 import tempfile
 import time
-import unicodedata
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_version, source_digest
-from pretrain.config import DedupConfig, IngestConfig
+from pretrain.clean import COUNTERS, Cleaner
+from pretrain.config import IngestConfig
+from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
 from pretrain.logs import get_logger
@@ -64,187 +59,13 @@ _SCHEMA = pa.schema([("text", pa.string())])
 _WRITE_BATCH = 2048
 _WRITE_BYTES = 8 << 20  # also close a corpus row group at this much text (long documents)
 _PIECE_BATCH = 1024
-_MINHASH_SEED = 1
-# Deduplication reads keys in passes of at most this many entries (8 bytes each, plus sort scratch).
-_PASS_ENTRIES = 1 << 22
 _HINT = " (ingest.on_error: skip skips such records, counts them and goes on)"
-
-# C0/C1 control characters except tab and newline, plus zero-width/BOM characters that only hide text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
-_ASCII_CONTROL = bytes([*range(0, 9), 11, 12, *range(14, 32), 127])
-_BLANK_LINES = re.compile(r"\n{3,}")
-_ASCII_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
-_LETTER = re.compile(r"[^\W\d_]")
-# ASCII punctuation becomes a space before shingling: "oil," and "oil" are the same word.
-_PUNCTUATION = bytes.maketrans(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", b" " * 32)
-
-PII_PATTERNS = {
-    "email": (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<EMAIL>"),
-    # Separated digit groups: +44 20 7946 0958, (212) 555-0199, 212-555-0199, 212.555.0199 (not 1987 1986 1985).
-    "phone": (
-        re.compile(
-            r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]\d{2,4}){2,3}"
-            r"|(?:\(\d{2,4}\) ?|\d{2,4}[.-])\d{3,4}[.-]\d{3,4})(?![\w])"
-        ),
-        "<PHONE>",
-    ),
-    "ip": (
-        re.compile(
-            r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"
-            r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"
-            r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])"
-        ),
-        "<IP>",
-    ),
-}
-COUNTERS = ("documents_read", "empty_removed", "short_removed", "long_removed", "low_alpha_removed",
-            "pii_email", "pii_phone", "pii_ip")  # fmt: skip
-
-
-# --- cleaning and filtering ----------------------------------------------------------------------
-
-
-def clean_text(text: str, cfg: IngestConfig, patterns: list[re.Pattern]) -> str:
-    """Normalise Unicode, strip boilerplate, drop control characters, tidy whitespace (paragraphs kept)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    ascii_only = text.isascii()  # ASCII is already normalised, and its control characters go faster
-    if cfg.unicode_normalization != "none" and not ascii_only:
-        text = unicodedata.normalize(cfg.unicode_normalization, text)
-    for pattern in patterns:
-        text = pattern.sub("", text)
-    text = text.encode().translate(None, _ASCII_CONTROL).decode() if ascii_only else _CONTROL.sub("", text)
-    # Per line: runs of whitespace become one space, none at either end (str.split is \s as re knows it).
-    text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
-    if "\n\n\n" in text:
-        text = _BLANK_LINES.sub("\n\n", text)
-    return text.strip()
-
-
-def alpha_fraction(text: str) -> float:
-    """Share of letters among the characters that are not spaces or newlines."""
-    if text.isascii():
-        data = text.encode()
-        letters = len(data) - len(data.translate(None, _ASCII_LETTERS))
-    else:
-        letters = len(_LETTER.findall(text))
-    visible = len(text) - text.count(" ") - text.count("\n")
-    return letters / visible if visible else 0.0
-
-
-class Cleaner:
-    """Clean, scrub and filter documents; counts what it removes and replaces."""
-
-    def __init__(self, cfg: IngestConfig):
-        self.cfg = cfg
-        self.patterns = [re.compile(p) for p in cfg.strip_patterns]
-        self.pii = [(kind, *PII_PATTERNS[kind]) for kind in cfg.scrub_pii]
-        self.counts = dict.fromkeys(COUNTERS, 0)
-
-    def __call__(self, raw: str | None) -> tuple[str, int] | None:
-        """(clean text, words), or None when the document is dropped."""
-        counts = self.counts
-        counts["documents_read"] += 1
-        text = clean_text(raw or "", self.cfg, self.patterns)
-        for kind, pattern, placeholder in self.pii:
-            text, n = pattern.subn(placeholder, text)
-            counts[f"pii_{kind}"] += n
-        if not text:
-            counts["empty_removed"] += 1
-            return None
-        words = len(text.split())
-        if words < self.cfg.min_words:
-            counts["short_removed"] += 1
-            return None
-        if self.cfg.max_words is not None and words > self.cfg.max_words:
-            counts["long_removed"] += 1
-            return None
-        if self.cfg.min_alpha_fraction and alpha_fraction(text) < self.cfg.min_alpha_fraction:
-            counts["low_alpha_removed"] += 1
-            return None
-        return text, words
 
 
 def split_of(text: str, validation_fraction: float) -> str:
     """train or validation, from a hash of the text: deterministic and independent of corpus order."""
     h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, person=b"dapt-split").digest(), "big")
     return "validation" if h < validation_fraction * 2**64 else "train"
-
-
-# --- signatures -------------------------------------------------------------------------------------
-
-
-def lsh_shape(dedup: DedupConfig) -> tuple[int, int]:
-    """(bands, rows per band) that datasketch's MinHashLSH picks for the threshold (equal weight on
-    false positives and false negatives)."""
-    return _lsh_shape(dedup.threshold, dedup.num_perm)
-
-
-@functools.lru_cache(maxsize=8)
-def _lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    return lsh.b, lsh.r
-
-
-def _identity(value):
-    return value
-
-
-class Signer:
-    """A document's exact key (blake2b-128 of its text) and its LSH band keys.
-
-    Band keys: datasketch MinHash (affine32 scheme) over hashed word shingles (lowercase, ASCII
-    punctuation as space, `shingle_words` words each); the signature cut into `bands` runs of `rows`
-    values, each run hashed to 64 bits. Two documents share a band key with probability about
-    1 - (1 - J^rows)^bands for Jaccard similarity J of their shingle sets.
-    """
-
-    def __init__(self, dedup: DedupConfig):
-        from datasketch import MinHash
-
-        self.dedup = dedup
-        self.bands, self.rows = lsh_shape(dedup) if dedup.near else (0, 0)
-        self._minhash = MinHash
-        self._permutations = MinHash(num_perm=dedup.num_perm, seed=_MINHASH_SEED).permutations
-
-    def exact_keys(self, texts: list[str]) -> bytes:
-        return b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts)
-
-    def shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes of the document's word shingles."""
-        words = text.lower().encode("utf-8").translate(_PUNCTUATION).split()
-        hashes = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=len(words))
-        k = self.dedup.shingle_words
-        n = max(1, len(hashes) - k + 1)
-        if len(hashes) < k + n - 1:
-            hashes = np.pad(hashes, (0, k + n - 1 - len(hashes)))
-        acc = np.zeros(n, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for i in range(k):  # an order-dependent combination of the k word hashes
-                acc = (acc ^ hashes[i : i + n]) * np.uint64(0x9E3779B97F4A7C15)
-        return (acc >> np.uint64(32)).astype(np.uint32)
-
-    def signature(self, text: str) -> np.ndarray:
-        minhash = self._minhash(num_perm=self.dedup.num_perm, seed=_MINHASH_SEED, hashfunc=_identity,
-                                permutations=self._permutations, scheme="affine32")  # fmt: skip
-        # The shingles are hashed already (hashfunc is the identity). Passed as one array, update_batch
-        # permutes them in one vectorised step instead of one Python call each (a third of the stage's
-        # time); tests check the result equals updating with the hashes one by one.
-        minhash.update_batch([self.shingles(text)])
-        return minhash.hashvalues
-
-    def band_keys(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), bands) uint64."""
-        out = np.empty((len(texts), self.bands), dtype=np.uint64)
-        r = self.rows
-        for i, text in enumerate(texts):
-            values = self.signature(text)
-            out[i] = [
-                int.from_bytes(hashlib.blake2b(values[j * r : (j + 1) * r].tobytes(), digest_size=8).digest(), "little")
-                for j in range(self.bands)
-            ]
-        return out
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -443,117 +264,6 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
 
 def _piece_summary(path: Path) -> dict[str, Any]:
     return json.loads(pq.ParquetFile(path).metadata.metadata[b"dapt"])
-
-
-# --- deduplication ------------------------------------------------------------------------------------
-
-
-def _column_passes(path: Path, total: int, extra: Path | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(keys, positions, extra keys) of a uint64 column file, in passes by key range of at most _PASS_ENTRIES."""
-    passes = max(1, math.ceil(total / _PASS_ENTRIES))
-    step = 2**64 // passes
-    chunk = 1 << 20
-    for p in range(passes):
-        lo, hi = p * step, (2**64 if p == passes - 1 else (p + 1) * step)
-        keys, positions, extras = [], [], []
-        for offset in range(0, total, chunk):
-            count = min(chunk, total - offset)
-            block = np.fromfile(path, dtype=np.uint64, count=count, offset=offset * 8)
-            mask = None if passes == 1 else (block >= np.uint64(lo)) & (block <= np.uint64(hi - 1))
-            select = (lambda a: a) if mask is None else (lambda a: a[mask])  # noqa: E731
-            keys.append(select(block))
-            positions.append(select(np.arange(offset, offset + count, dtype=np.int64)))
-            if extra is not None:
-                extras.append(select(np.fromfile(extra, dtype=np.uint64, count=count, offset=offset * 8)))
-        yield (np.concatenate(keys) if keys else np.zeros(0, np.uint64),
-               np.concatenate(positions) if positions else np.zeros(0, np.int64),
-               np.concatenate(extras) if extras else None)  # fmt: skip
-
-
-def _exact_duplicates(k0: Path, k1: Path, total: int) -> np.ndarray:
-    removed = []
-    for a, positions, b in _column_passes(k0, total, k1):
-        order = np.lexsort((positions, b, a))
-        a, b, positions = a[order], b[order], positions[order]
-        same = (a[1:] == a[:-1]) & (b[1:] == b[:-1])
-        removed.append(positions[1:][same])
-    return np.sort(np.concatenate(removed)) if removed else np.zeros(0, np.int64)
-
-
-def _band_edges(column: Path, total: int, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(document, first document of its bucket) for every document sharing this band key with an earlier one."""
-    sources, targets = [], []
-    for keys, positions, _ in _column_passes(column, total):
-        if len(skip):
-            keep = ~_contains(skip, positions)
-            keys, positions = keys[keep], positions[keep]
-        order = np.lexsort((positions, keys))
-        keys, positions = keys[order], positions[order]
-        starts = np.ones(len(keys), dtype=bool)
-        starts[1:] = keys[1:] != keys[:-1]
-        first = positions[np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))]
-        sources.append(positions[~starts])
-        targets.append(first[~starts])
-    return np.concatenate(sources), np.concatenate(targets)
-
-
-def _contains(sorted_values: np.ndarray, items: np.ndarray) -> np.ndarray:
-    where = np.searchsorted(sorted_values, items)
-    where[where == len(sorted_values)] = 0
-    return sorted_values[where] == items
-
-
-def _near_duplicates(band_columns: list[Path], total: int, exact: np.ndarray) -> np.ndarray:
-    """Documents in a group of LSH candidates that are not its first member (exact duplicates excluded)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    pairs = []
-    for column in band_columns:
-        sources, targets = _band_edges(column, total, exact)
-        if len(sources):
-            pairs.append(np.unique(np.stack([sources, targets], axis=1), axis=0))
-    if not pairs:
-        return np.zeros(0, np.int64)
-    edges = np.unique(np.concatenate(pairs), axis=0)
-    nodes = np.unique(edges)
-    graph = coo_matrix((np.ones(len(edges), np.int8), (np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1]))),
-                       shape=(len(nodes), len(nodes)))  # fmt: skip
-    _, labels = connected_components(graph, directed=False)
-    order = np.lexsort((nodes, labels))  # by group, first document first
-    first_of_group = np.full(labels.max() + 1, -1, dtype=np.int64)
-    group_starts = np.ones(len(order), dtype=bool)
-    group_starts[1:] = labels[order][1:] != labels[order][:-1]
-    first_of_group[labels[order][group_starts]] = nodes[order][group_starts]
-    return np.sort(nodes[nodes != first_of_group[labels]])
-
-
-def find_duplicates(files: list[Path], bands: int, exact: bool, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (in corpus order) of exact and of near duplicates, each keeping its group's first document."""
-    columns = ["k0", "k1"] + [f"b{j}" for j in range(bands)]
-    handles = {c: open(scratch / f"{c}.u64", "wb") for c in columns}
-    total = 0
-    try:
-        for path in files:
-            table = pq.read_table(path, columns=["key"] + (["bands"] if bands else []))
-            n = table.num_rows
-            if not n:
-                continue
-            key = table.column("key").combine_chunks()
-            raw = np.frombuffer(key.buffers()[1], dtype=np.uint64)[key.offset * 2 : (key.offset + n) * 2].reshape(n, 2)
-            raw[:, 0].tofile(handles["k0"])
-            raw[:, 1].tofile(handles["k1"])
-            if bands:
-                values = table.column("bands").combine_chunks().flatten().to_numpy().reshape(n, bands)
-                for j in range(bands):
-                    np.ascontiguousarray(values[:, j]).tofile(handles[f"b{j}"])
-            total += n
-    finally:
-        for handle in handles.values():
-            handle.close()
-    exact_removed = _exact_duplicates(scratch / "k0.u64", scratch / "k1.u64", total) if exact and total else np.zeros(0, np.int64)
-    near_removed = _near_duplicates([scratch / f"b{j}.u64" for j in range(bands)], total, exact_removed) if bands and total else np.zeros(0, np.int64)
-    return exact_removed, near_removed
 
 
 # --- running -----------------------------------------------------------------------------------------

@@ -10,12 +10,14 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from conftest import REUTERS, read_jsonl_gz
 from pretrain import ingest
 from pretrain.artifacts import ArtifactStore
+from pretrain.clean import Cleaner
 from pretrain.config import DedupConfig, IngestConfig
+from pretrain.dedup import Signer
 
 
 @pytest.fixture(scope="module")
 def stories():
-    cleaner = ingest.Cleaner(IngestConfig(inputs=["x"], strip_patterns=[r"(?i)\s*reuter\s*\x03\s*$"]))
+    cleaner = Cleaner(IngestConfig(inputs=["x"], strip_patterns=[r"(?i)\s*reuter\s*\x03\s*$"]))
     out = []
     for record in read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=400):
         cleaned = cleaner(record["text"])
@@ -81,7 +83,7 @@ def test_deterministic_and_the_same_in_bounded_passes(tmp_path, stories, monkeyp
     one = ArtifactStore(tmp_path / "one")
     first = one.manifest(ingest.run(cfg, one))
     again = ArtifactStore(tmp_path / "again")
-    monkeypatch.setattr(ingest, "_PASS_ENTRIES", 7)  # ~13 passes over 85 documents
+    monkeypatch.setattr("pretrain.dedup._PASS_ENTRIES", 7)  # ~13 passes over 85 documents
     second = again.manifest(ingest.run(cfg, again))
     assert first["id"] == second["id"] and first["files"] == second["files"]
     assert first["metrics"]["duplicates_removed"] == 30 and first["metrics"]["near_duplicates_removed"] >= 15
@@ -90,7 +92,7 @@ def test_deterministic_and_the_same_in_bounded_passes(tmp_path, stories, monkeyp
 def test_band_keys_find_the_same_candidates_as_datasketch(stories):
     """Our sort-based banding and datasketch's MinHashLSH index agree on which documents collide."""
     dedup = DedupConfig()
-    signer = ingest.Signer(dedup)
+    signer = Signer(dedup)
     docs = [*stories[:30], *[near_copy(s, 1 + i % 3) for i, s in enumerate(stories[:10])]]
     keys = signer.band_keys(docs)
     ours = {(i, j) for i in range(len(docs)) for j in range(i) if (keys[i] == keys[j]).any()}
@@ -106,12 +108,12 @@ def test_band_keys_find_the_same_candidates_as_datasketch(stories):
 
 def test_signature_is_datasketch_minhash_of_the_shingles(stories):
     """The one-array update_batch shortcut equals datasketch's documented one-value-at-a-time update."""
-    signer = ingest.Signer(DedupConfig())
+    signer = Signer(DedupConfig())
     for text in stories[:5]:
         reference = MinHash(num_perm=128, seed=1, hashfunc=int, scheme="affine32")
         reference.update_batch([int(h) for h in signer.shingles(text)])
         assert np.array_equal(signer.signature(text), reference.hashvalues)
-    similar = ingest.Signer(DedupConfig()).signature
+    similar = Signer(DedupConfig()).signature
     estimate = LeanMinHash(seed=1, hashvalues=similar(stories[0]), scheme="affine32").jaccard(
         LeanMinHash(seed=1, hashvalues=similar(near_copy(stories[0])), scheme="affine32")
     )

@@ -14,7 +14,7 @@ import yaml
 import zstandard
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import ingest
+from pretrain import clean, ingest
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import ConfigError, IngestConfig, validate_config
 from pretrain.errors import InputError
@@ -38,7 +38,7 @@ def everything(store, aid):
 def stories():
     """40 real, distinct Reuters stories (cleaned), long enough for every filter."""
     cfg = IngestConfig(inputs=["x"], strip_patterns=[TRAILER])
-    cleaner = ingest.Cleaner(cfg)
+    cleaner = clean.Cleaner(cfg)
     out = []
     for record in read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=200):
         cleaned = cleaner(record["text"])
@@ -81,11 +81,11 @@ def test_split_is_by_content_not_order(tmp_path, corpus_file):
 def test_cleaning():
     cfg = IngestConfig(inputs=["x"], strip_patterns=[TRAILER])
     raw = "Cafe\u0301 prices\r\nrose  4 pct\x07 \u200b today.\n\n\n\n   Second\tparagraph.\n Reuter\n\x03"
-    assert ingest.clean_text(raw, cfg, [re.compile(TRAILER)]) == "Café prices\nrose 4 pct today.\n\nSecond paragraph."
+    assert clean.clean_text(raw, cfg, [re.compile(TRAILER)]) == "Café prices\nrose 4 pct today.\n\nSecond paragraph."
     # ASCII takes a faster path; it must agree with the general one on the same characters.
     odd = "tab\t\tx\x0c\x0bend \x07\n \n \n \nz\u2028y\x85w"  # \x0b, \x0c, \x07, \x85: control characters
-    assert ingest.clean_text(odd, cfg, []) == "tab xend\n\nz yw"
-    assert ingest.clean_text(odd.encode("ascii", "ignore").decode(), cfg, []) == "tab xend\n\nzyw"
+    assert clean.clean_text(odd, cfg, []) == "tab xend\n\nz yw"
+    assert clean.clean_text(odd.encode("ascii", "ignore").decode(), cfg, []) == "tab xend\n\nzyw"
 
 
 # --- readers -----------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_filters_and_pii_counts(tmp_path, stories):
     scrubbed = next(t for t in everything(store, aid) if "<EMAIL>" in t)
     assert "Write to <EMAIL> or <EMAIL>, call <PHONE> or <PHONE>, or <PHONE>; the server at <IP> and <IP> logged it" in scrubbed
     assert "12:30:45 on 1987-03-02" in scrubbed  # times and dates are not phone numbers
-    assert ingest.alpha_fraction("abc 12") == 0.6 and ingest.alpha_fraction("Ünïcode 1") == 7 / 8
+    assert clean.alpha_fraction("abc 12") == 0.6 and clean.alpha_fraction("Ünïcode 1") == 7 / 8
 
 
 # --- bad input: a clear message, and no partial corpus artifact ---------------------------------------
