@@ -78,7 +78,8 @@ def _user_error(state: State) -> State | None:
     persist_result=True,
     result_serializer="json",
 )
-def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], artifact_id: str) -> str | State:
+def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], artifact_id: str, plan: object | None = None) -> str | State:
+    """`plan`: ingest's or tokens' plan, whose shard tasks the stage flow has run (only assembly is left)."""
     store = ArtifactStore(config.store)
     try:
         if stage == "pretrain" and needs_launcher(config.pretrain.launcher):
@@ -86,7 +87,7 @@ def build_artifact(stage: str, config: PipelineConfig, ids: dict[str, str], arti
             launch_pretrain(config, on_line=get_run_logger().info)
             built = artifact_id if store.exists(artifact_id) else "(nothing published)"
         else:
-            built = run_stage(stage, config, store, ids)
+            built = run_stage(stage, config, store, ids, plan=plan)
     except UserError as e:
         return Failed(message=f"{stage}: {e}")
     if built != artifact_id:  # the plan and the stage must agree, or caching would lie
@@ -217,9 +218,9 @@ def _run_shards(stage: str, shard_task, calls: list[tuple], sizes: list[int], pa
     return None
 
 
-def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str, cached: bool, started: float) -> dict | State:
+def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str, cached: bool, started: float, plan: object | None = None) -> dict | State:
     """Build the artifact (a cache hit when it is in the store), then record what the stage did."""
-    state = _build_task(stage).with_options(refresh_cache=not cached)(stage, config, ids, aid, return_state=True)
+    state = _build_task(stage).with_options(refresh_cache=not cached)(stage, config, ids, aid, plan, return_state=True)
     if failed := _user_error(state):
         return failed
     state.result()  # re-raises a bug's exception
@@ -297,19 +298,15 @@ def ingest_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
     store = ArtifactStore(config.store)
     cfg = config.ingest
     try:
-        plan = ingest.make_plan(cfg)
+        plan = ingest.make_plan(cfg, store)
     except UserError as e:
         return Failed(message=f"ingest: {e}")
     cached = store.exists(plan.aid)
     if not cached:
-        pending = plan.pending(store)
-        if len(pending) < len(plan.pieces):
-            get_run_logger().info("ingest: %d of %d pieces reused from earlier runs", len(plan.pieces) - len(pending), len(plan.pieces))
-        shards = ingest.pack_shards(pending, int(cfg.parallel.shard_mb * 2**20))
-        calls = [(i, shard, cfg, store.url) for i, shard in enumerate(shards)]
-        if failed := _run_shards("ingest", ingest_shard, calls, [sum(p.size for p in s) for s in shards], cfg.parallel):
+        calls = [(i, shard, cfg, store.url) for i, shard in enumerate(plan.shards)]
+        if failed := _run_shards("ingest", ingest_shard, calls, [sum(p.size for p in s) for s in plan.shards], cfg.parallel):
             return failed
-    return _assemble("ingest", config, ids, plan.aid, cached, started)
+    return _assemble("ingest", config, ids, plan.aid, cached, started, plan=plan)
 
 
 @flow(name="tokens", flow_run_name="tokens", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
@@ -324,6 +321,7 @@ def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
         return Failed(message=f"tokens: {e}")
     aid = stage_id("tokens", config, ids)
     cached = store.exists(aid)
+    plan = None
     if not cached:
         try:
             plan = tokens.make_plan(parallel, store, corpus=ids["ingest"], vocab=ids["vocab"])
@@ -332,7 +330,7 @@ def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
         calls = [(shard, store.url, ids["ingest"], ids["vocab"], aid, plan.encoding) for shard in plan.pending]
         if failed := _run_shards("tokens", tokens_shard, calls, [s.size for s in plan.pending], parallel):
             return failed
-    return _assemble("tokens", config, ids, aid, cached, started)
+    return _assemble("tokens", config, ids, aid, cached, started, plan=plan)
 
 
 SHARDED = {"ingest", "tokens"}

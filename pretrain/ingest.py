@@ -8,10 +8,10 @@ manifest: documents and bytes read, what each filter removed, exact and near dup
 replaced, bad records skipped, and per input file its records, invalid UTF-8 lines and problems.
 
 How it scales to corpora larger than memory, on one machine or many:
-1. Plan. The inputs are listed and hashed (sha256; a file whose size and change stamps did not move
-   is not read again). The corpus id hashes the settings, the code and those hashes. Each file becomes
-   one or more *pieces*: byte ranges of about `parallel.shard_mb` for uncompressed JSONL and line-mode
-   text, row-group ranges for Parquet, the whole file otherwise.
+1. Plan (`make_plan`). The inputs are listed and hashed (sha256; a file whose size and change stamps
+   did not move is not read again), once per run. The corpus id hashes the settings, the code and
+   those hashes. Each file becomes one or more *pieces*: byte ranges of about `parallel.shard_mb` for
+   uncompressed JSONL and line-mode text, row-group ranges for Parquet, the whole file otherwise.
 2. Pieces. Each piece is read as a stream, cleaned and filtered (pretrain/clean.py) and signed (a
    128-bit hash of the text and MinHash LSH band keys of its word shingles: pretrain/dedup.py) on its
    own, into one Parquet file in the store's shard cache named by a hash of the file's content, the
@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -90,17 +90,17 @@ class Piece:
 
 @dataclass
 class IngestPlan:
+    """A run of the stage: the corpus id, the inputs (hashed), their pieces, and the shard tasks still
+    to run (the pieces not in the shard cache yet, packed; none when the corpus is built)."""
+
     aid: str
     sources: list[dict[str, Any]]
     pieces: list[Piece]
     settings_key: str
+    shards: list[list[Piece]]
 
     def names(self) -> list[str]:
         return [p.name(self.settings_key) for p in self.pieces]
-
-    def pending(self, store: ArtifactStore) -> list[Piece]:
-        done = store.shards(STAGE).names()
-        return [p for p in self.pieces if p.name(self.settings_key) not in done]
 
 
 def id_config(cfg: IngestConfig) -> dict[str, Any]:
@@ -134,9 +134,13 @@ def stage_id(cfg: IngestConfig) -> str:
     return artifact_id(STAGE, id_config(cfg), sources=sources)
 
 
-def make_plan(cfg: IngestConfig) -> IngestPlan:
-    """The corpus id and the pieces to read."""
-    files, sources = _sources(cfg)
+def make_plan(cfg: IngestConfig, store: ArtifactStore) -> IngestPlan:
+    """The corpus id, the pieces to read and the shard tasks still to run.
+
+    The one place a run lists and hashes the inputs: `run` and the ingest flow (flows/pipeline.py)
+    both start here.
+    """
+    _, sources = _sources(cfg)
     shard_bytes = int(cfg.parallel.shard_mb * 2**20)
     pieces: list[Piece] = []
     for source in sources:
@@ -151,7 +155,15 @@ def make_plan(cfg: IngestConfig) -> IngestPlan:
             pieces += _row_group_pieces(path, sha, shard_bytes)
         else:
             pieces.append(Piece(path, sha, fmt, compression, 0, None, size))
-    return IngestPlan(artifact_id(STAGE, id_config(cfg), sources=sources), sources, pieces, settings_key(cfg))
+    aid, key = artifact_id(STAGE, id_config(cfg), sources=sources), settings_key(cfg)
+    if store.exists(aid):
+        return IngestPlan(aid, sources, pieces, key, shards=[])
+    log.info("ingest %s: config %s", aid, cfg.model_dump_json())
+    done = store.shards(STAGE).names()
+    pending = [p for p in pieces if p.name(key) not in done]
+    if len(pending) < len(pieces):
+        log.info("ingest: %d of %d pieces already in the shard cache (unchanged files)", len(pieces) - len(pending), len(pieces))
+    return IngestPlan(aid, sources, pieces, key, pack_shards(pending, shard_bytes))
 
 
 def _row_group_pieces(path: str, sha: str, shard_bytes: int) -> list[Piece]:
@@ -269,25 +281,22 @@ def _piece_summary(path: Path) -> dict[str, Any]:
 # --- running -----------------------------------------------------------------------------------------
 
 
-def run(cfg: IngestConfig, store: ArtifactStore, run_shards: Callable[[list[list[Piece]]], None] | None = None) -> str:
+def run(cfg: IngestConfig, store: ArtifactStore, plan: IngestPlan | None = None) -> str:
     """Build (or find) the corpus artifact for `cfg`; returns its id.
 
-    `run_shards` runs the shard tasks (flows/ passes Prefect's task runner); by default they run on
-    this machine's cores.
+    Without `plan`, plans and runs the shard tasks on this machine's cores. With one (from
+    `make_plan`), its shard tasks have run already (the ingest flow runs them as Prefect tasks) and
+    only the assembly is left.
     """
-    plan = make_plan(cfg)
+    ran_shards = plan is not None
+    plan = plan or make_plan(cfg, store)
     if store.exists(plan.aid):
         log.info("ingest %s: already built (cache hit)", plan.aid)
         return plan.aid
-    log.info("ingest %s: config %s", plan.aid, cfg.model_dump_json())
-    pending = plan.pending(store)
-    if len(pending) < len(plan.pieces):
-        log.info("ingest: %d of %d pieces already in the shard cache (unchanged files)", len(plan.pieces) - len(pending), len(plan.pieces))
-    started = time.perf_counter()
-    if pending:
-        shards = pack_shards(pending, int(cfg.parallel.shard_mb * 2**20))
-        (run_shards or (lambda s: _run_local(s, cfg, store)))(shards)
-        size = sum(p.size for p in pending)
+    if plan.shards and not ran_shards:
+        started = time.perf_counter()
+        _run_local(plan.shards, cfg, store)
+        size = sum(p.size for shard in plan.shards for p in shard)
         seconds = time.perf_counter() - started
         log.info("ingest: read %.1f MB in %.1f s (%.1f MB/s)", size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
     return assemble(plan, cfg, store)

@@ -68,9 +68,14 @@ def stage_id(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> str:
     return MODULES[stage].stage_id(section, **inputs)
 
 
-def run_stage(stage: str, cfg: PipelineConfig, store: ArtifactStore, ids: dict[str, str]) -> str:
-    """Build (or find) one stage's artifact from the ids of its inputs; returns its id."""
+def run_stage(stage: str, cfg: PipelineConfig, store: ArtifactStore, ids: dict[str, str], plan: object | None = None) -> str:
+    """Build (or find) one stage's artifact from the ids of its inputs; returns its id.
+
+    `plan`: for ingest and tokens, their `make_plan(...)` when the caller has run its shard tasks.
+    """
     section, inputs = _arguments(stage, cfg, ids)
+    if plan is not None:
+        return MODULES[stage].run(section, store, plan=plan, **inputs)
     return MODULES[stage].run(section, store, **inputs)
 
 
@@ -88,8 +93,9 @@ def input_ids(stage: str, cfg: PipelineConfig, store: ArtifactStore, how_to_buil
 
     `how_to_build` is the advice in the error; `{first}` in it becomes the first missing stage.
     """
-    ids = plan(cfg, until=stage)
-    ids.pop(stage, None)
+    # The stages before `stage` only: its own run plans it (ingest hashes its inputs once, there).
+    before = STAGES[: STAGES.index(stage)]
+    ids = plan(cfg, until=before[-1]) if before else {}
     missing = [(s, ids[s]) for s in inputs_of(stage, cfg).values() if not store.exists(ids[s])]
     if missing:
         first = STAGES[min(STAGES.index(s) for s, _ in missing)]

@@ -131,7 +131,8 @@ class TokenPlan:
 
 
 def make_plan(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, vocab: str) -> TokenPlan:
-    """The artifact id, the shards, and which of them still need tokenising."""
+    """The artifact id, the shards, and which of them still need tokenising: what `run` and the tokens
+    flow (flows/pipeline.py) both start from."""
     cfg = cfg or ParallelConfig()
     aid = stage_id(cfg, corpus=corpus, vocab=vocab)
     shards = plan_shards(_corpus_opener(store, corpus), SHARD_BYTES)
@@ -140,19 +141,23 @@ def make_plan(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, 
     return TokenPlan(aid, shards, pending, encoding_of(store.local_dir(vocab) / "tokenizer"))
 
 
-def run(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, vocab: str,
-        run_shards: Callable[[TokenPlan], None] | None = None) -> str:  # fmt: skip
-    """Build (or find) the tokens artifact; returns its id. `run_shards` runs the shard tasks (flows/
-    passes Prefect's task runner); by default they run on this machine's cores."""
+def run(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, vocab: str, plan: TokenPlan | None = None) -> str:
+    """Build (or find) the tokens artifact; returns its id.
+
+    Without `plan`, plans and runs the shard tasks on this machine's cores. With one (from
+    `make_plan`), its shard tasks have run already (the tokens flow runs them as Prefect tasks) and
+    only the assembly is left.
+    """
     cfg = cfg or ParallelConfig()
     aid = stage_id(cfg, corpus=corpus, vocab=vocab)
     if store.exists(aid):
         log.info("tokens %s: already built (cache hit)", aid)
         return aid
     started = time.perf_counter()
-    plan = make_plan(cfg, store, corpus=corpus, vocab=vocab)
-    if plan.pending:
-        (run_shards or (lambda p: _run_local(p, cfg, store, corpus, vocab)))(plan)
+    ran_shards = plan is not None
+    plan = plan or make_plan(cfg, store, corpus=corpus, vocab=vocab)
+    if plan.pending and not ran_shards:
+        _run_local(plan, cfg, store, corpus, vocab)
         size, seconds = sum(s.size for s in plan.pending), time.perf_counter() - started
         log.info("tokens: %.1f MB of text in %.1f s (%.1f MB/s)", size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
     return assemble(store, plan, corpus, vocab)
