@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
@@ -32,28 +31,12 @@ DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
 def _run(args: argparse.Namespace) -> int:
     from pretrain.config import load_config
-    from pretrain.report import format_table
 
     config = load_config(args.config, args.overrides)  # every config problem, before Prefect starts
     setup_logging()
-    from flows.pipeline import pipeline
+    from flows.pipeline import run_and_print
 
-    started = time.perf_counter()
-    state = pipeline(config=config, return_state=True)
-    if state.is_failed():
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, BaseException):
-            raise error  # a bug, not a user mistake: keep the traceback
-        raise UserError(state.message)
-    result = state.result()
-    print()
-    print(format_table(result["rows"]))
-    print()
-    print(result["comparison"])
-    print()
-    hits = sum(result["cached"].values())
-    print(f"{hits}/{len(result['cached'])} stages were cache hits; {time.perf_counter() - started:.0f} s in the pipeline")
-    print(f"report: {result['report']}")
+    run_and_print(config)
     return 0
 
 

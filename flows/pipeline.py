@@ -47,13 +47,13 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pretrain import ingest, registry, report, tokens
-from pretrain.report import key_figures
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
 from pretrain.pipeline import STAGES, enabled, input_ids, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
+from pretrain.summaries import run_summary, stage_markdown, stage_table, summary_rows
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
@@ -233,61 +233,10 @@ def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str,
 def record_stage(stage: str, store: ArtifactStore, aid: str, cached: bool, seconds: float) -> None:
     """The stage's Prefect artifacts: a table, the same as Markdown, and a link to the artifact's folder."""
     manifest = store.manifest(aid)
-    files = manifest["files"]
-    size = sum(f["size"] for f in files.values())
-    metrics = {k: v for k, v in _flatten(manifest.get("metrics", {})).items() if isinstance(v, (int, float, str, bool))}
-    inputs = manifest.get("inputs", {})
-    sources = manifest.get("sources", [])
-    rows = [
-        {"field": "artifact", "value": aid},
-        {"field": "cache hit", "value": "yes" if cached else "no"},
-        {"field": "seconds in this run", "value": round(seconds, 2)},
-        {"field": "seconds to build", "value": manifest.get("duration_s")},
-        {"field": "inputs", "value": ", ".join(f"{role}: {i}" for role, i in inputs.items()) or "-"},
-        {"field": "raw files read", "value": len(sources)},
-        {"field": "outputs", "value": f"{len(files)} files, {size / 1e6:.2f} MB"},
-        {"field": "key figures", "value": key_figures(manifest)},
-    ]
-    rows += [{"field": name, "value": value} for name, value in metrics.items()]
-    create_table_artifact(rows, key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
-
-    lines = [
-        f"# {stage} `{aid}` ({'cache hit' if cached else 'built'}, {seconds:.1f} s)",
-        "",
-        key_figures(manifest),
-        "",
-        f"Folder: `{store.location(aid)}`; created {manifest['created']}, {manifest.get('duration_s', 0):.1f} s to build.",
-        "",
-        "## Inputs",
-        "",
-        *([f"- {role}: `{i}`" for role, i in inputs.items()] or ["- (none)"]),
-        *[f"- file `{s['path']}` sha256:{s['sha256'][:12]} {s['size']:,} B" for s in sources[:20]],
-        *([f"- ... and {len(sources) - 20} more files"] if len(sources) > 20 else []),
-        "",
-        "## Outputs",
-        "",
-        "| file | bytes | sha256 |",
-        "| --- | ---: | --- |",
-        *[f"| `{name}` | {meta['size']:,} | {meta['sha256'][:12]} |" for name, meta in list(files.items())[:40]],
-        *([f"| ... {len(files) - 40} more | | |"] if len(files) > 40 else []),
-        "",
-        "## Metrics",
-        "",
-        *([f"- {name}: {value}" for name, value in metrics.items()] or ["(none)"]),
-    ]
-    create_markdown_artifact("\n".join(lines), key=f"dapt-{stage}-summary", description=f"{stage} {aid}")
+    create_table_artifact(stage_table(manifest, cached, seconds), key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
+    markdown = stage_markdown(manifest, cached, seconds, store.location(aid))
+    create_markdown_artifact(markdown, key=f"dapt-{stage}-summary", description=f"{stage} {aid}")
     create_link_artifact(store.location(aid), link_text=f"{stage} {aid}", key=f"dapt-{stage}-folder", description=f"{stage}: the artifact's folder in the store")
-
-
-def _flatten(value: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, dict):
-            flat.update(_flatten(item, name + "."))
-        elif not isinstance(item, list):
-            flat[name] = item
-    return flat
 
 
 @flow(name="ingest", flow_run_name="ingest", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
@@ -380,7 +329,7 @@ def pipeline(config: PipelineConfig) -> dict | State:
 
     store = ArtifactStore(config.store)
     registry.record_run(store, config.name, ids)  # `dapt artifacts gc` keeps the last runs' artifacts
-    rows = report.summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
+    rows = summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
     create_markdown_artifact(_inline_images(report_dir), key="dapt-report", description=f"{config.name} report")
@@ -403,7 +352,36 @@ def _inline_images(report_dir: Path) -> str:
     return re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({_data_url(report_dir / m.group(1))})", markdown)
 
 
-if __name__ == "__main__":
-    from flows.cli import main
+def run_and_print(config: PipelineConfig) -> None:
+    """`dapt run`: the pipeline flow in this process, then the stage table, the comparison and the
+    report's path on stdout. A failed run raises: a UserError with the run's message when the input
+    was at fault, else the bug's own exception (with its traceback)."""
+    started = time.perf_counter()
+    state = pipeline(config=config, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            raise error  # a bug, not a user mistake: keep the traceback
+        raise UserError(state.message)
+    result = state.result()
+    print(run_summary(result["rows"], result["comparison"], result["cached"], time.perf_counter() - started, result["report"]))
 
-    sys.exit(main(["run", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    # `dapt run` without the CLI; not through flows.cli, which would import this module a second time.
+    import argparse
+
+    from pretrain.config import load_config
+    from pretrain.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the whole pipeline (as `dapt run`).")
+    parser.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config, args.overrides)  # every config problem, before Prefect starts
+        setup_logging()
+        run_and_print(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -20,96 +20,14 @@ import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.logs import get_logger
+from pretrain.summaries import format_comparison, format_p, mean_std, metric_label, shown_metrics, summary_rows
 
 log = get_logger(__name__)
 
 STAGE = "report"
 # distill is optional: a report of a run without it has no such input.
 ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate")
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
-# Token tasks with BIO tags are scored per entity; accuracy is per word.
-ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "micro_f1": "entity F1"}
 FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
-
-
-def key_figures(manifest: dict) -> str:
-    """One line of the figures that matter for an artifact, as the summary table shows them."""
-    m = manifest["metrics"]
-    stage = manifest["stage"]
-    if stage == "base":
-        return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
-    if stage == "ingest":
-        share = 100 * m["train_documents"] / m["documents"]
-        return (
-            f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB, {m['duplicates_removed']:,} exact duplicates removed, "
-            f"{m['empty_removed'] + m['short_removed']:,} filtered, {share:.0f}/{100 - share:.0f} train/validation"
-        )
-    if stage == "vocab":
-        line = (
-            f"{m['base_vocab_size']:,} -> domain WordPiece {m['domain_vocab_size']:,}; fertility base "
-            f"{m['fertility_base']:.2f} -> domain {m['fertility_domain']:.2f} tokens/word (mode {m['mode']})"
-        )
-        if m["mode"] != "keep" and "fertility_model" in m:
-            added = f"{m['added_tokens']:,} pieces added, " if "added_tokens" in m else ""
-            line += f"; model {m['model_vocab_size']:,}: {added}{m['fertility_model']:.2f} tokens/word, {m['sequence_saving_percent']:.1f}% shorter"
-        return line
-    if stage == "tokens":
-        return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
-    if stage == "pretrain":
-        return (
-            f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
-            f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
-        ) + (
-            f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"
-            if "validation_word_perplexity_after" in m
-            else ""
-        )
-    if stage == "distill":
-        return (
-            f"student {m['student_layers']} of {m['teacher_layers']} layers, {m['student_parameters'] / 1e6:.2f}M vs "
-            f"{m['teacher_parameters'] / 1e6:.2f}M parameters; validation perplexity {m['validation_perplexity_after']:,.1f} "
-            f"(teacher {m['validation_perplexity_teacher']:,.1f}); {m['cpu_speedup']:.2f}x CPU throughput at batch {m['cpu_batch_size']}"
-        )
-    if stage == "evaluate":
-        metric = m["primary_metric"]
-        label = metric_label(metric, m.get("type"))
-        line = (
-            f"{m['task']} test {label} over {m['seeds']} seeds: base {m[f'base_{metric}_mean']:.3f} ± {m[f'base_{metric}_std']:.3f}, "
-            f"adapted {m[f'adapted_{metric}_mean']:.3f} ± {m[f'adapted_{metric}_std']:.3f}"
-        )
-        if "adapted_minus_base" in m:
-            line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
-        if "student_minus_adapted" in m:
-            line += (
-                f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
-                f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
-            )
-        return line
-    return ""
-
-
-def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
-    labels = ENTITY_LABELS if kind == "token" and tag_scheme == "BIO" else METRIC_LABELS
-    return labels[metric]
-
-
-def summary_rows(store: ArtifactStore, ids: dict[str, str], cached: dict[str, bool] | None = None) -> list[dict]:
-    rows = []
-    for role, aid in ids.items():
-        manifest = store.manifest(aid)
-        row = {"stage": role, "artifact": aid, "key figures": key_figures(manifest)}
-        if cached is not None:
-            row["cached"] = "yes" if cached.get(role) else "no"
-        rows.append(row)
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _pyplot():
@@ -141,15 +59,6 @@ def plot_curve(curve: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def shown_metrics(results: dict) -> list[str]:
-    """The primary metric first; micro-F1 is left out for single-label tasks, where it equals accuracy."""
-    primary = results["primary_metric"]
-    rest = [m for m in ("accuracy", "macro_f1", "micro_f1") if m != primary]
-    if results["type"] == "single_label":
-        rest = [m for m in rest if m != "micro_f1"]
-    return [primary, *rest]
 
 
 def headline(results: dict) -> dict | None:
@@ -286,45 +195,6 @@ def plot_fertility(vocab: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _mean_std(summary: dict) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
-
-
-def _p(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def format_comparison(results: dict) -> str:
-    """The comparison as plain text: mean ± std per model, each seed, and every model minus base."""
-    metrics = shown_metrics(results)
-    primary = results["primary_metric"]
-    label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
-    rows = [["model", *[label(m) for m in metrics], f"{label(primary)} per seed", "best epochs"]]
-    for name, r in results["models"].items():
-        rows.append([
-            name,
-            *[_mean_std(r["summary"][m]) for m in metrics],
-            " ".join(f"{v:.3f}" for v in r["summary"][primary]["values"]),
-            " ".join(str(run["best_epoch"]) for run in r["runs"]),
-        ])  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        f"{results['task']}: {results['sizes']['test']:,} test examples, {len(results['labels'])} labels, seeds {results['seeds']}; "
-        f"epoch chosen on validation {label(primary)}",
-        *["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows],
-    ]
-    for c in sorted(results["comparisons"], key=lambda c: metrics.index(c["metric"]) if c["metric"] in metrics else 99):
-        if c["metric"] not in metrics[:2]:
-            continue
-        b = c["bootstrap"]
-        lines.append(
-            f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds "
-            f"(better in {c['better_in_seeds']}/{len(c['per_seed'])}, paired t-test p={_p(c['t_test_p'])}); "
-            f"{b['confidence']:.0%} bootstrap CI on test [{b['low']:+.3f}, {b['high']:+.3f}]"
-        )
-    return "\n".join(lines)
-
-
 def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str:
     manifests = {role: store.manifest(aid) for role, aid in ids.items()}
     corpus, vocab, model = (manifests[r]["metrics"] for r in ("ingest", "vocab", "pretrain"))
@@ -366,7 +236,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     ]
     for name, r in results["models"].items():
         lines.append(
-            f"| {name} (`{r['artifact']}`) | " + " | ".join(_mean_std(r["summary"][m]) for m in metrics)
+            f"| {name} (`{r['artifact']}`) | " + " | ".join(mean_std(r["summary"][m]) for m in metrics)
             + f" | {', '.join(f'{v:.3f}' for v in r['summary'][primary]['values'])} | {', '.join(str(x['best_epoch']) for x in r['runs'])} |"
         )
     lines += [
@@ -383,7 +253,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
             lines.append(
                 f"| {comparison['model']} − {comparison['baseline']} | {label(comparison['metric'])} | {comparison['difference']:+.4f} ± "
                 f"{comparison['difference_std']:.4f} | {', '.join(f'{d:+.3f}' for d in comparison['per_seed'])} | "
-                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | {_p(comparison['t_test_p'])} | "
+                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | {format_p(comparison['t_test_p'])} | "
                 f"[{b['low']:+.4f}, {b['high']:+.4f}] |"
             )
     names = list(results["models"])
@@ -502,14 +372,14 @@ def distillation_section(manifest: dict, results: dict, label) -> list[str]:
     models = results["models"]
     if "student" in models and "adapted" in models:
         teacher, student = models["adapted"]["summary"][primary], models["student"]["summary"][primary]
-        lines.append(f"| test {label(primary)} (mean ± std over seeds) | {_mean_std(teacher)} | {_mean_std(student)} | |")
+        lines.append(f"| test {label(primary)} (mean ± std over seeds) | {mean_std(teacher)} | {mean_std(student)} | |")
         comparison = next((x for x in results["comparisons"] if x["model"] == "student" and x["baseline"] == "adapted" and x["metric"] == primary), None)
         if comparison is not None:
             b = comparison["bootstrap"]
             lines += [
                 "",
                 f"Student − teacher test {label(primary)}: **{comparison['difference']:+.3f}** ± {comparison['difference_std']:.3f} over seeds "
-                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}, paired t-test p={_p(comparison['t_test_p'])}); "
+                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}, paired t-test p={format_p(comparison['t_test_p'])}); "
                 f"{b['confidence']:.0%} paired-bootstrap interval on test [{b['low']:+.3f}, {b['high']:+.3f}].",
             ]
     lines += ["", "![distillation curve](distill_curve.png)", ""]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_until, read_jsonl_gz, write_jsonl
-from pretrain import evaluate, report
+from pretrain import evaluate, report, summaries
 from pretrain.config import validate_config
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune
@@ -61,7 +61,7 @@ def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
     assert len(predictions["gold"]) == 60 and set(predictions["models"]["adapted"]) == {"0", "1"}
 
-    text = report.format_comparison(results)
+    text = summaries.format_comparison(results)
     assert re.search(r"^adapted +0\.\d{3} ± 0\.\d{3}", text, re.M)
     assert "adapted − base macro-F1:" in text and "bootstrap CI on test [" in text
 

@@ -1,6 +1,7 @@
 """The report's verdict: 'helped' only when the test-set interval excludes 0 and every seed agrees."""
 
-from pretrain.report import key_figures, verdict
+from pretrain.report import verdict
+from pretrain.summaries import key_figures
 
 
 def _comparison(per_seed, low, high):

@@ -1,0 +1,239 @@
+"""What a run and its stages did, as tables and text: key figures per stage, the stage table, the
+comparison of models, and the Markdown page of one stage's artifact.
+
+Everything here is read from artifacts (manifests, `results.json`), so the same summaries come out of
+the `dapt` CLI, the Prefect flows (their artifacts in the UI) and the report stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrain.artifacts import ArtifactStore
+
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
+# Token tasks with BIO tags are scored per entity; accuracy is per word.
+ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "micro_f1": "entity F1"}
+
+
+def key_figures(manifest: dict) -> str:
+    """One line of the figures that matter for an artifact, as the summary table shows them."""
+    m = manifest["metrics"]
+    stage = manifest["stage"]
+    if stage == "base":
+        return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+    if stage == "ingest":
+        share = 100 * m["train_documents"] / m["documents"]
+        return (
+            f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB, {m['duplicates_removed']:,} exact duplicates removed, "
+            f"{m['empty_removed'] + m['short_removed']:,} filtered, {share:.0f}/{100 - share:.0f} train/validation"
+        )
+    if stage == "vocab":
+        line = (
+            f"{m['base_vocab_size']:,} -> domain WordPiece {m['domain_vocab_size']:,}; fertility base "
+            f"{m['fertility_base']:.2f} -> domain {m['fertility_domain']:.2f} tokens/word (mode {m['mode']})"
+        )
+        if m["mode"] != "keep" and "fertility_model" in m:
+            added = f"{m['added_tokens']:,} pieces added, " if "added_tokens" in m else ""
+            line += f"; model {m['model_vocab_size']:,}: {added}{m['fertility_model']:.2f} tokens/word, {m['sequence_saving_percent']:.1f}% shorter"
+        return line
+    if stage == "tokens":
+        return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
+    if stage == "pretrain":
+        return (
+            f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
+            f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
+        ) + (
+            f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"
+            if "validation_word_perplexity_after" in m
+            else ""
+        )
+    if stage == "distill":
+        return (
+            f"student {m['student_layers']} of {m['teacher_layers']} layers, {m['student_parameters'] / 1e6:.2f}M vs "
+            f"{m['teacher_parameters'] / 1e6:.2f}M parameters; validation perplexity {m['validation_perplexity_after']:,.1f} "
+            f"(teacher {m['validation_perplexity_teacher']:,.1f}); {m['cpu_speedup']:.2f}x CPU throughput at batch {m['cpu_batch_size']}"
+        )
+    if stage == "evaluate":
+        metric = m["primary_metric"]
+        label = metric_label(metric, m.get("type"))
+        line = (
+            f"{m['task']} test {label} over {m['seeds']} seeds: base {m[f'base_{metric}_mean']:.3f} ± {m[f'base_{metric}_std']:.3f}, "
+            f"adapted {m[f'adapted_{metric}_mean']:.3f} ± {m[f'adapted_{metric}_std']:.3f}"
+        )
+        if "adapted_minus_base" in m:
+            line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
+        if "student_minus_adapted" in m:
+            line += (
+                f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
+                f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
+            )
+        return line
+    return ""
+
+
+def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
+    """How a metric is named for a task type (per entity for BIO-tagged token tasks)."""
+    labels = ENTITY_LABELS if kind == "token" and tag_scheme == "BIO" else METRIC_LABELS
+    return labels[metric]
+
+
+def summary_rows(store: ArtifactStore, ids: dict[str, str], cached: dict[str, bool] | None = None) -> list[dict]:
+    """One row per stage: its artifact and key figures (and whether it was a cache hit, given `cached`)."""
+    rows = []
+    for role, aid in ids.items():
+        manifest = store.manifest(aid)
+        row = {"stage": role, "artifact": aid, "key figures": key_figures(manifest)}
+        if cached is not None:
+            row["cached"] = "yes" if cached.get(role) else "no"
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as a plain-text table with aligned columns, as `dapt run` prints it."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --- the comparison of models -----------------------------------------------------------------------
+
+
+def shown_metrics(results: dict) -> list[str]:
+    """The primary metric first; micro-F1 is left out for single-label tasks, where it equals accuracy."""
+    primary = results["primary_metric"]
+    rest = [m for m in ("accuracy", "macro_f1", "micro_f1") if m != primary]
+    if results["type"] == "single_label":
+        rest = [m for m in rest if m != "micro_f1"]
+    return [primary, *rest]
+
+
+def mean_std(summary: dict) -> str:
+    """`mean ± std` of a score over seeds."""
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def format_p(value: float | None) -> str:
+    """A p-value to 3 significant digits; n/a when there was none (a single seed)."""
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def format_comparison(results: dict) -> str:
+    """The comparison as plain text: mean ± std per model, each seed, and every model minus base."""
+    metrics = shown_metrics(results)
+    primary = results["primary_metric"]
+    label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
+    rows = [["model", *[label(m) for m in metrics], f"{label(primary)} per seed", "best epochs"]]
+    for name, r in results["models"].items():
+        rows.append([
+            name,
+            *[mean_std(r["summary"][m]) for m in metrics],
+            " ".join(f"{v:.3f}" for v in r["summary"][primary]["values"]),
+            " ".join(str(run["best_epoch"]) for run in r["runs"]),
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        f"{results['task']}: {results['sizes']['test']:,} test examples, {len(results['labels'])} labels, seeds {results['seeds']}; "
+        f"epoch chosen on validation {label(primary)}",
+        *["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows],
+    ]
+    for c in sorted(results["comparisons"], key=lambda c: metrics.index(c["metric"]) if c["metric"] in metrics else 99):
+        if c["metric"] not in metrics[:2]:
+            continue
+        b = c["bootstrap"]
+        lines.append(
+            f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds "
+            f"(better in {c['better_in_seeds']}/{len(c['per_seed'])}, paired t-test p={format_p(c['t_test_p'])}); "
+            f"{b['confidence']:.0%} bootstrap CI on test [{b['low']:+.3f}, {b['high']:+.3f}]"
+        )
+    return "\n".join(lines)
+
+# --- one stage's artifact ----------------------------------------------------------------------------
+
+
+def stage_table(manifest: dict, cached: bool, seconds: float) -> list[dict]:
+    """One stage's artifact as rows of (field, value): id, cache hit, seconds, inputs, outputs, key
+    figures, then every scalar metric."""
+    files = manifest["files"]
+    size = sum(f["size"] for f in files.values())
+    inputs = manifest.get("inputs", {})
+    rows = [
+        {"field": "artifact", "value": manifest["id"]},
+        {"field": "cache hit", "value": "yes" if cached else "no"},
+        {"field": "seconds in this run", "value": round(seconds, 2)},
+        {"field": "seconds to build", "value": manifest.get("duration_s")},
+        {"field": "inputs", "value": ", ".join(f"{role}: {i}" for role, i in inputs.items()) or "-"},
+        {"field": "raw files read", "value": len(manifest.get("sources", []))},
+        {"field": "outputs", "value": f"{len(files)} files, {size / 1e6:.2f} MB"},
+        {"field": "key figures", "value": key_figures(manifest)},
+    ]
+    return rows + [{"field": name, "value": value} for name, value in scalar_metrics(manifest).items()]
+
+
+def stage_markdown(manifest: dict, cached: bool, seconds: float, location: str) -> str:
+    """One stage's artifact as a Markdown page: key figures, inputs (raw files with their sha256),
+    outputs (each file's size and sha256) and metrics. `location`: the artifact's folder."""
+    aid, stage, files = manifest["id"], manifest["stage"], manifest["files"]
+    inputs = manifest.get("inputs", {})
+    sources = manifest.get("sources", [])
+    metrics = scalar_metrics(manifest)
+    lines = [
+        f"# {stage} `{aid}` ({'cache hit' if cached else 'built'}, {seconds:.1f} s)",
+        "",
+        key_figures(manifest),
+        "",
+        f"Folder: `{location}`; created {manifest['created']}, {manifest.get('duration_s', 0):.1f} s to build.",
+        "",
+        "## Inputs",
+        "",
+        *([f"- {role}: `{i}`" for role, i in inputs.items()] or ["- (none)"]),
+        *[f"- file `{s['path']}` sha256:{s['sha256'][:12]} {s['size']:,} B" for s in sources[:20]],
+        *([f"- ... and {len(sources) - 20} more files"] if len(sources) > 20 else []),
+        "",
+        "## Outputs",
+        "",
+        "| file | bytes | sha256 |",
+        "| --- | ---: | --- |",
+        *[f"| `{name}` | {meta['size']:,} | {meta['sha256'][:12]} |" for name, meta in list(files.items())[:40]],
+        *([f"| ... {len(files) - 40} more | | |"] if len(files) > 40 else []),
+        "",
+        "## Metrics",
+        "",
+        *([f"- {name}: {value}" for name, value in metrics.items()] or ["(none)"]),
+    ]
+    return "\n".join(lines)
+
+
+def scalar_metrics(manifest: dict) -> dict[str, Any]:
+    """The manifest's metrics with nested names flattened (`a.b`), scalars only."""
+    return {k: v for k, v in _flatten(manifest.get("metrics", {})).items() if isinstance(v, (int, float, str, bool))}
+
+
+def _flatten(value: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict):
+            flat.update(_flatten(item, name + "."))
+        elif not isinstance(item, list):
+            flat[name] = item
+    return flat
+
+
+# --- a pipeline run ----------------------------------------------------------------------------------
+
+
+def run_summary(rows: list[dict], comparison: str, cached: dict[str, bool], seconds: float, report: str) -> str:
+    """What `dapt run` prints at the end: the stage table, the comparison, cache hits and the report's path."""
+    return "\n".join([
+        "",
+        format_table(rows),
+        "",
+        comparison,
+        "",
+        f"{sum(cached.values())}/{len(cached)} stages were cache hits; {seconds:.0f} s in the pipeline",
+        f"report: {report}",
+    ])  # fmt: skip
