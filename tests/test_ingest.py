@@ -65,6 +65,25 @@ def test_real_reuters_slice(tmp_path, corpus_file):
     assert ingest.stage_id(cfg) == aid
 
 
+def test_a_run_hashes_its_inputs_once(tmp_path, tiny_config, monkeypatch):
+    """Run alone, and as the ingest flow calls it (plan, shard tasks, then assembly from that plan)."""
+    from conftest import write_config
+    from pretrain.pipeline import stage_main
+
+    hashed = []
+    digest = ingest.source_digest
+    monkeypatch.setattr(ingest, "source_digest", lambda path: hashed.append(path) or digest(path))
+    stage_main("ingest", ["--config", str(write_config(tmp_path / "c.yaml", tiny_config))])
+    assert len(hashed) == 1
+
+    hashed.clear()
+    store, cfg = ArtifactStore(tmp_path / "flow-store"), IngestConfig(**tiny_config["ingest"])
+    corpus = ingest.make_plan(cfg, store)
+    for shard in corpus.shards:
+        ingest.process_shard(shard, cfg, store.url)
+    assert ingest.run(cfg, store, plan=corpus) == corpus.aid and len(hashed) == 1
+
+
 def test_split_is_by_content_not_order(tmp_path, corpus_file):
     records = read_jsonl_gz(corpus_file)
     reversed_file = tmp_path / "reversed.jsonl"
