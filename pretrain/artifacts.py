@@ -107,7 +107,7 @@ def code_version(module: str) -> str:
     """
     digest = hashlib.sha256()
     for name in sorted(code_dependencies(module)):
-        digest.update(name.encode() + b"\0" + _normal_form(_syntax_tree(name)).encode() + b"\0")
+        digest.update(name.encode() + b"\0" + _analysed(_source(name))[0].encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -122,8 +122,26 @@ def _module_path(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def _syntax_tree(module: str) -> ast.Module:
-    return ast.parse(_module_path(module).read_text(encoding="utf-8"))
+def _source(module: str) -> str:
+    return _module_path(module).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _analysed(source: str) -> tuple[str, tuple[str, ...]]:
+    """(sha256 of the normal form, `pretrain` modules imported outside the main guard) of a module's source.
+
+    Cached by content: each module is parsed once per process however many stages import it.
+    """
+    tree = ast.parse(source)
+    imported: list[str] = []
+    for node in _walk_without_main_guard(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        imported += [name for name in names if name == "pretrain" or name.startswith("pretrain.")]
+    return hashlib.sha256(_normal_form(tree).encode()).hexdigest(), tuple(imported)
 
 
 def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
@@ -133,15 +151,8 @@ def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
     seen.add(module)
     if module in NOT_CODE_DEPENDENCIES:
         return seen  # not followed: what it imports counts only where a stage imports that itself
-    for node in _walk_without_main_guard(_syntax_tree(module)):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            if name == "pretrain" or name.startswith("pretrain."):
-                _local_imports(name, seen)
+    for name in _analysed(_source(module))[1]:
+        _local_imports(name, seen)
     return seen
 
 
