@@ -175,7 +175,7 @@ def test_bad_input(built, tmp_path, tiny_base):
 
 
 def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
-    from pretrain import pretrain, tokens
+    from pretrain import tokens, training
 
     store, corpus, base_id = built
     masked_text = {}
@@ -184,7 +184,7 @@ def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
         vocab_id = vocab.run(cfg, store, corpus=corpus, base=base_id)
         folder = store.local_dir(tokens.run(None, store, corpus=corpus, vocab=vocab_id))
         tokenizer = AutoTokenizer.from_pretrained(store.local_dir(vocab_id) / "tokenizer")
-        batches = pretrain.word_eval_batches(folder, 64, 5_000, 8, seed=1)
+        batches = training.word_eval_batches(folder, 64, 5_000, 8, seed=1)
         labels = torch.cat([b["masked_labels"] for b, _ in batches]).tolist()
         masked_text[mode] = ("".join(tokenizer.decode(labels).split()), sum(w for _, w in batches), len(labels))
     assert masked_text["keep"][0] == masked_text["extend"][0]  # the same words, in the same order

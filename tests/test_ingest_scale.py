@@ -9,7 +9,7 @@ from conftest import REUTERS, read_jsonl_gz
 from pretrain import base, ingest, tokens, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
-from pretrain.pretrain import Blocks, word_eval_batches
+from pretrain.training import Blocks, word_eval_batches
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 

@@ -17,12 +17,12 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from accelerate import Accelerator
-    from pretrain import pretrain
+    from pretrain.mlm import MaskedLM
     from pretrain.pipeline import stage_main
 
     where, after = sys.argv[2], int(sys.argv[3])
     calls = {"forward": 0, "save": 0}
-    forward, save_state = pretrain.MaskedLM.forward, Accelerator.save_state
+    forward, save_state = MaskedLM.forward, Accelerator.save_state
 
     def killing_forward(self, *args, **kwargs):
         if self.training:
@@ -38,7 +38,7 @@ KILLER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)  # state files written, checkpoint not yet complete
         return result
 
-    pretrain.MaskedLM.forward = killing_forward
+    MaskedLM.forward = killing_forward
     Accelerator.save_state = killing_save_state
     stage_main("pretrain", ["--config", sys.argv[1]])
     """
