@@ -118,10 +118,19 @@ def test_extended_model_keeps_base_outputs_and_starts_new_rows_at_their_pieces(b
 def test_resize_default_init_is_the_fallback(built, tiny_base):
     store, corpus, base_id = built
     spec = json.loads((store.local_dir(_extend(store, corpus, base_id)) / "model_init.json").read_text())
+    original = AutoModelForMaskedLM.from_pretrained(tiny_base)
     model = AutoModelForMaskedLM.from_pretrained(tiny_base)
     extend.extend_embeddings(model, spec["new_tokens"], "resize_default")
-    t = spec["new_tokens"][0]
-    assert not torch.allclose(model.get_input_embeddings().weight[t["id"]], model.get_input_embeddings().weight[t["base_pieces"]].mean(0))
+    rows, old_rows = model.get_input_embeddings().weight, original.get_input_embeddings().weight
+    old = old_rows.shape[0]
+    assert rows.shape[0] == old + len(spec["new_tokens"]) == model.cls.predictions.bias.shape[0]
+    assert model.cls.predictions.decoder.weight.data_ptr() == rows.data_ptr()  # still tied
+    assert torch.equal(rows[:old], old_rows) and torch.equal(model.cls.predictions.bias[:old], original.cls.predictions.bias)
+    # transformers' mean resizing: every new row is drawn around the mean of all old rows (covariance
+    # scaled by 1e-9), not started from its own pieces as subword_mean does.
+    torch.testing.assert_close(rows[old:], old_rows.mean(0).expand(len(spec["new_tokens"]), -1), rtol=0, atol=1e-4)
+    for t in spec["new_tokens"]:
+        assert not torch.allclose(rows[t["id"]], old_rows[t["base_pieces"]].mean(0), atol=1e-3), t["token"]
 
 
 def test_extend_and_replace_pretrain(tiny_config):

@@ -8,7 +8,7 @@ from transformers import AutoModelForMaskedLM
 from conftest import build_until
 from pretrain import training
 from pretrain.artifacts import ArtifactStore
-from pretrain.mlm import MaskedLM
+from pretrain.mlm import Masking, MaskedLM
 from pretrain.pipeline import plan, run_stage
 from pretrain.tokens import load_meta
 
@@ -172,10 +172,39 @@ def test_dataloader_workers_change_nothing(upstream):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_whole_word_masking_run(upstream):
+def test_whole_word_masking_run(upstream, monkeypatch):
     config, store, ids = upstream
+    calls = []  # every masking of the run (training micro-batches and validation): ids, word starts, positions
+    original = Masking.__call__
+
+    def recording(self, input_ids, generator, word_starts=None):
+        out = original(self, input_ids, generator, word_starts=word_starts)
+        calls.append((input_ids, word_starts, out["masked_positions"]))
+        return out
+
+    monkeypatch.setattr(Masking, "__call__", recording)
     aid = run_stage("pretrain", _with(config, max_steps=4, whole_word_mask=True), store, ids)
     assert aid != plan(config)["pretrain"] and store.manifest(aid)["config"]["whole_word_mask"] is True
+
+    special = torch.tensor(sorted(set(load_meta(store.local_dir(ids["tokens"]))["special_ids"].values())))
+    assert len(calls) >= 4 + 4  # 4 training micro-batches, 32 validation blocks in batches of 8
+    masked_words = masked_multi_piece_words = 0
+    for input_ids, starts, positions in calls:
+        assert starts is not None and starts.shape == input_ids.shape
+        selected = torch.zeros(input_ids.numel(), dtype=torch.bool)
+        selected[positions] = True
+        selected = selected.view(input_ids.shape)
+        ordinary = ~torch.isin(input_ids, special)
+        assert not (selected & ~ordinary).any()  # special tokens are never selected
+        word = torch.cumsum(starts.long(), dim=1)  # the word each token belongs to, per row
+        for row in range(input_ids.size(0)):
+            for w in word[row][selected[row]].unique():
+                pieces = (word[row] == w) & ordinary[row]
+                # every piece of a word with a selected piece is selected: whole words, never part of one
+                assert selected[row][pieces].all(), f"row {row}: word {int(w)} is partly masked"
+                masked_words += 1
+                masked_multi_piece_words += int(pieces.sum()) > 1
+    assert masked_multi_piece_words > 0 and masked_words > masked_multi_piece_words
 
 
 def test_word_eval_masks_whole_words_chosen_by_position(upstream):
