@@ -70,6 +70,7 @@ def test_a_failed_build_leaves_no_artifact(tmp_path):
     assert not (tmp_path / "store" / "c-1").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
     # A process killed mid-build (kill -9: no cleanup code runs) leaves only a staging folder.
     script = textwrap.dedent(
@@ -102,6 +103,7 @@ def test_manifestless_folder_is_not_an_artifact(tmp_path):
     assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "y"
 
 
+@pytest.mark.slow
 def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
     # Two processes build the same id at once (two workers of a scheduled run). Both stage their files,
     # wait for each other, then publish together: one copy wins, the other process succeeds and keeps it.

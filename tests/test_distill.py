@@ -125,6 +125,7 @@ def test_bad_distill_settings_name_the_key(tiny_config):
         validate_config(tiny_config)
 
 
+@pytest.mark.slow
 def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_path, capsys):
     tiny_config["distill"] = DISTILL
     config = validate_config(tiny_config)
@@ -187,6 +188,7 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
     assert "## Distillation" in card and f"teacher `{ids['pretrain']}`" in card and "| student (this model) |" in card
 
 
+@pytest.mark.slow
 def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkeypatch):
     tiny_config["distill"] = DISTILL
     config = validate_config(tiny_config)

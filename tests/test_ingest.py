@@ -326,6 +326,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert all("Caf\ufffd prices" in t for t in everything(store, aid))
 
 
+@pytest.mark.slow
 def test_a_100_mb_file_without_newline_is_refused_in_bounded_memory(tmp_path, stories):
     big = tmp_path / "one-line.jsonl"
     chunk = ("x" * (1 << 20)).encode()

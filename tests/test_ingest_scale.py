@@ -29,6 +29,7 @@ def files_of(store, aid):
     return {name: meta["sha256"] for name, meta in store.manifest(aid)["files"].items()}
 
 
+@pytest.mark.slow
 def test_byte_ranges_and_worker_processes_give_the_same_corpus(tmp_path, records):
     """One file cut into ~40 byte ranges and run on 2 worker processes = the file read whole, in one process."""
     folder = tmp_path / "in"
@@ -121,6 +122,7 @@ def test_token_shards_read_back_as_one_stream(tmp_path, corpus_file, tiny_base, 
     assert not list((tmp_path / "other" / ".shards" / "tokens").iterdir())  # moved into the artifact, nothing left over
 
 
+@pytest.mark.slow
 def test_a_bad_record_in_a_worker_process_is_the_users_error(tmp_path, records):
     from pretrain.errors import InputError
 

@@ -161,6 +161,7 @@ def test_missing_tracker_package_is_a_clear_error(upstream, monkeypatch):
         run_stage("pretrain", _with(config, log_with=["wandb"]), store, ids)
 
 
+@pytest.mark.slow
 def test_dataloader_workers_change_nothing(upstream):
     config, store, ids = upstream
     config = _with(config, max_steps=4, num_workers=0)

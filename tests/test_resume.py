@@ -12,6 +12,9 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.pipeline import plan, run_stage
 
+# Training processes killed with SIGKILL and re-run.
+pytestmark = pytest.mark.slow
+
 # Runs the pretrain stage in a fresh process and SIGKILLs it at a chosen point: no cleanup code runs.
 KILLER = textwrap.dedent(
     """
