@@ -204,6 +204,7 @@ def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
     assert not [a for a in store.ids() if a.startswith("e-")]
 
 
+@pytest.mark.slow
 def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstream):
     """TAPT keeps the adapted model's tokenizer and embeddings: it must not extend (or re-initialise) them again."""
     from safetensors.torch import load_file

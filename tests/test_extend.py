@@ -133,6 +133,7 @@ def test_resize_default_init_is_the_fallback(built, tiny_base):
         assert not torch.allclose(rows[t["id"]], old_rows[t["base_pieces"]].mean(0), atol=1e-3), t["token"]
 
 
+@pytest.mark.slow
 def test_extend_and_replace_pretrain(tiny_config):
     for mode in ("extend", "replace"):
         raw = {**tiny_config, "store": tiny_config["store"] + mode}
