@@ -1,13 +1,14 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv if missing, then run the whole pipeline on the bundled Reuters demo (CPU)
-#   make test   set up .venv if missing, then run the test suite
+#   make test   set up .venv if missing, then run the test suite (all of it: what CI runs)
+# Inner loop: make test-fast (the tests not marked slow: no servers, subprocesses or long training)
 # Team mode without Docker (PostgreSQL + Prefect server on 127.0.0.1): make server / make server-stop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv data clean-artifacts server server-stop postgres
+.PHONY: demo test test-fast venv data clean-artifacts server server-stop postgres
 
 venv: $(STAMP)
 
@@ -27,6 +28,10 @@ demo: $(STAMP)
 # The server test needs PostgreSQL: installed from Debian when missing and possible (see the script).
 test: $(STAMP) postgres
 	$(PY) -m pytest
+
+# The developer's inner loop: every test not marked slow (under 3 minutes on an idle 2-core CPU).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 postgres:
 	infra/ensure-postgres.sh

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from pretrain.config import PretrainConfig, package_dir  # noqa: E402
 from pretrain.mlm import Masking, MaskedLM  # noqa: E402
-from pretrain.pretrain import make_optimizer  # noqa: E402
+from pretrain.training import make_optimizer  # noqa: E402
 
 SHAPES = {
     "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),

@@ -2,8 +2,8 @@
 
 An artifact is a folder `<store>/<id>/` with its files and a `manifest.json`. Its id is a hash of the
 stage name, the stage's resolved config, the ids of its input artifacts, the content hashes of any raw
-source files it read, and the stage's code version (a hash of the stage module and every `pretrain`
-module it imports). Same inputs, settings and code -> same id -> the stage is skipped.
+source files it read, and the stage's code version (see `code_version`: the code its output can depend
+on, comments and docstrings left out). Same inputs, settings and code -> same id -> the stage is skipped.
 
 Publishing is atomic: files are built in a staging folder, the manifest is written last, and the
 folder is renamed into place (local store) or uploaded with the manifest last (remote fsspec store).
@@ -83,13 +83,38 @@ def artifact_id(
     return f"{PREFIXES[stage]}-{digest[:20]}"
 
 
+# Modules that cannot change what a stage writes, whoever imports them: they never count in a code
+# version, and their own imports are not followed. Keep this list short, explicit, and true; a test
+# fails if it names a module that does not exist.
+NOT_CODE_DEPENDENCIES = {
+    "pretrain.config": "the config schema and its validation: the resolved config section is in the id itself",
+    "pretrain.errors": "exception classes",
+    "pretrain.artifacts": "the store: where and how artifacts are kept and named, not what they contain",
+    "pretrain.pipeline": "the chain of stages and their command line: which stage runs, not what it computes",
+    "pretrain.logs": "log lines: what a stage says, not what it writes",
+}
+
+
 @functools.lru_cache(maxsize=None)
 def code_version(module: str) -> str:
-    """Hash of a module's source and, transitively, of every `pretrain.*` module it imports."""
+    """The version of the code a stage's output can depend on: part of every artifact id.
+
+    The rule: hash the stage module and every `pretrain` module it imports, transitively (imports
+    inside functions included), except the modules in NOT_CODE_DEPENDENCIES; hash each in a normal
+    form of its syntax tree, without docstrings (comments and formatting never reach the tree) and
+    without its `if __name__ == "__main__":` block (the command-line glue). So editing a comment, a
+    docstring or the layout of a line changes no id; a change to what the code does changes the id of
+    each stage that imports it, and through their input ids, of everything built from them.
+    """
     digest = hashlib.sha256()
-    for name in sorted(_local_imports(module)):
-        digest.update(name.encode() + b"\0" + _module_path(name).read_bytes())
+    for name in sorted(code_dependencies(module)):
+        digest.update(name.encode() + b"\0" + _analysed(_source(name))[0].encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def code_dependencies(module: str) -> set[str]:
+    """The `pretrain` modules whose code counts in `module`'s code version (itself included)."""
+    return _local_imports(module) - set(NOT_CODE_DEPENDENCIES)
 
 
 def _module_path(module: str) -> Path:
@@ -98,22 +123,42 @@ def _module_path(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
-    seen = set() if seen is None else seen
-    if module in seen or not _module_path(module).is_file():
-        return seen
-    seen.add(module)
-    tree = ast.parse(_module_path(module).read_text(encoding="utf-8"))
+def _source(module: str) -> str:
+    return _module_path(module).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _analysed(source: str) -> tuple[str, tuple[str, ...]]:
+    """(sha256 of the normal form, `pretrain` modules imported outside the main guard) of a module's source.
+
+    Cached by content: each module is parsed once per process however many stages import it.
+    """
+    tree = ast.parse(source)
+    imported: list[str] = []
     for node in _walk_without_main_guard(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            if name == "pretrain" or name.startswith("pretrain."):
-                _local_imports(name, seen)
+        imported += [name for name in names if name == "pretrain" or name.startswith("pretrain.")]
+    return hashlib.sha256(_normal_form(tree).encode()).hexdigest(), tuple(imported)
+
+
+def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    seen = set() if seen is None else seen
+    if module in seen or not _module_path(module).is_file():
+        return seen
+    seen.add(module)
+    if module in NOT_CODE_DEPENDENCIES:
+        return seen  # not followed: what it imports counts only where a stage imports that itself
+    for name in _analysed(_source(module))[1]:
+        _local_imports(name, seen)
     return seen
+
+
+def _is_main_guard(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
 
 
 def _walk_without_main_guard(tree: ast.AST) -> Iterator[ast.AST]:
@@ -121,10 +166,38 @@ def _walk_without_main_guard(tree: ast.AST) -> Iterator[ast.AST]:
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+        if _is_main_guard(node):
             continue
         yield node
         stack.extend(ast.iter_child_nodes(node))
+
+
+def _normal_form(node: Any) -> str:
+    """The code as a syntax tree, written out: no comments, formatting, docstrings or main guard.
+
+    Written by hand rather than with `ast.dump`, whose output differs between Python versions; fields
+    that are None or empty are left out, so a field a newer Python adds (e.g. `type_params`) does not
+    change the hash of code that does not use it.
+    """
+    if isinstance(node, ast.AST):
+        if _is_main_guard(node):
+            return ""
+        fields = []
+        for name, value in ast.iter_fields(node):
+            if name == "body" and isinstance(value, list):
+                value = [stmt for stmt in value if not _is_string_statement(stmt) and not _is_main_guard(stmt)]
+            if value is None or value == []:
+                continue
+            fields.append(f"{name}={_normal_form(value)}")
+        return f"{type(node).__name__}({','.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ",".join(_normal_form(item) for item in node) + "]"
+    return repr(node)
+
+
+def _is_string_statement(node: ast.AST) -> bool:
+    """A bare string literal as a statement: a docstring, or one documenting an attribute; it does nothing."""
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> dict[str, Any]:

@@ -8,9 +8,9 @@ The student is the teacher's architecture with `student_layers` transformer laye
 the teacher (Sanh et al. 2019): embeddings, MLM head and pooler copied, student layer i from teacher
 layer `teacher_layers[i]` (by default spread evenly with the first and last included, which for 6 of
 12 is DistilBERT's 0, 2, 4, 7, 9, 11). It keeps the teacher's tokenizer. It trains on the tokens
-artifact the teacher was adapted on, with pretraining's data path (blocks, masking, micro-batches
-that are pure functions of seed and position), optimizer, schedule and checkpoints
-(`pretrain/pretrain.py`), on the loss, over the masked positions,
+artifact the teacher was adapted on, with pretraining's training kit (`pretrain/training.py`: blocks,
+masking, micro-batches that are pure functions of seed and position, optimizer, schedule, checkpoints,
+the loop), on the loss, over the masked positions,
 
     alpha_distill * T² * KL(softmax(teacher / T) ‖ softmax(student / T)) + alpha_mlm * cross-entropy(student, true token)
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -36,32 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from pretrain.logs import get_logger
-from accelerate.utils import set_seed
 from torch import nn
 
+from pretrain import training
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import DistillConfig, student_problems, teacher_layer_count
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import MaskedLM, mlm_parts
-from pretrain.pretrain import (
-    EXECUTION_ONLY,
-    Blocks,
-    _check_trackers,
-    _masking,
-    _process_state,
-    accumulation_steps,
-    eval_batches,
-    lr_lambda,
-    make_optimizer,
-    perplexity,
-    start_or_resume,
-    total_steps,
-    train_loop,
-    training_blocks,
-)
-from pretrain.tokens import load_meta
+from pretrain.formats import load_meta
+from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
 
 log = get_logger(__name__)
 
@@ -210,43 +193,25 @@ def load_teacher(teacher_dir: Path, cfg: DistillConfig) -> nn.Module:
 
 def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) distillation; writes the student to `work_dir/output/model`; returns metrics."""
-    _check_trackers(cfg.log_with)
-    state = _process_state()
-    accum = accumulation_steps(cfg, state.num_processes)
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=accum,
-        log_with=cfg.log_with or None,
-        project_dir=str(work_dir / "logs"),
-    )
-    log.info("distill: config %s", cfg.model_dump_json(), main_process_only=True)
-    set_seed(cfg.seed)
-
+    accelerator, accum = training.setup(STAGE, cfg, work_dir)
     teacher = load_teacher(teacher_dir, cfg)
     meta = load_meta(tokens_dir)
-    limit = getattr(teacher.config, "max_position_embeddings", None)
-    if limit is not None and cfg.max_seq_length > limit:
-        raise UserError(f"distill.max_seq_length ({cfg.max_seq_length}) exceeds the teacher's max_position_embeddings ({limit})")
-    if teacher.get_input_embeddings().num_embeddings < meta["vocab_size"]:
-        raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the teacher's embedding matrix")
+    training.check_fits(STAGE, cfg, teacher, meta, "teacher")
     student, chosen = student_from_teacher(teacher, cfg.student_layers, cfg.teacher_layers)
     log.info("distill: %d-layer student from teacher layers %s of %d", cfg.student_layers, chosen,
              teacher_layer_count(teacher.config.to_dict()), main_process_only=True)  # fmt: skip
 
-    masking = _masking(cfg, meta)
-    train_blocks, validation_blocks = training_blocks("distill", cfg, tokens_dir)
-    evaluation = eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+    masking = training.make_masking(cfg, meta)
+    train_blocks, validation_blocks = training.training_blocks(STAGE, cfg, tokens_dir)
+    evaluation = training.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
 
-    steps = total_steps(cfg)
+    steps = training.total_steps(cfg)
     task = Distillation(student, cfg.temperature, cfg.alpha_distill, cfg.alpha_mlm)
-    optimizer = make_optimizer(task, cfg, accelerator.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, steps))
-    task, optimizer = accelerator.prepare(task, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    task, optimizer, scheduler = training.prepare(accelerator, task, cfg, steps)
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
     teacher_parts = mlm_parts(teacher)
-    checkpoints, progress = start_or_resume("distill", cfg, accelerator, work_dir, steps)
+    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
         progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)
@@ -260,16 +225,17 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         with torch.no_grad(), accelerator.autocast():
             batch["teacher_logits"] = masked_logits(teacher, teacher_parts, batch["input_ids"], batch["masked_positions"])
 
-    train_loop("distill", cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
-               evaluation, loss_names=("loss", "distill_loss", "mlm_loss"), before_step=add_teacher_logits)  # fmt: skip
+    training.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
+                        evaluation, loss_names=("loss", "distill_loss", "mlm_loss"), before_step=add_teacher_logits)  # fmt: skip
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
 
     after = perplexity(task, evaluation, accelerator)
     progress["curve"].append({"step": steps, "validation_perplexity": after})
     accelerator.log({"validation_perplexity": after}, step=steps)
-    state_dict = accelerator.get_state_dict(task)  # collective under FSDP/DeepSpeed
-    for tracker in accelerator.trackers:
-        tracker.finish()
+    # The teacher's tokenizer files: everything in its folder but weights and model config.
+    tokenizer_files = [f for f in teacher_dir.iterdir() if f.is_file() and not (
+        f.name.endswith((".safetensors", ".index.json")) or f.name in ("config.json", "generation_config.json"))]  # fmt: skip
+    training.write_model(accelerator, task, cfg, work_dir, tokenizer_files, progress["curve"])
     metrics = {
         "teacher_layers": teacher_layer_count(teacher.config.to_dict()),
         "student_layers": cfg.student_layers,
@@ -290,18 +256,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
     }
     metrics["parameter_ratio"] = round(metrics["student_parameters"] / metrics["teacher_parameters"], 4)
-    output = work_dir / "output"
     if accelerator.is_main_process:
-        shutil.rmtree(output, ignore_errors=True)
-        weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
-        accelerator.unwrap_model(task).model.save_pretrained(output / "model", state_dict=weights)
-        for f in teacher_dir.iterdir():  # the teacher's tokenizer files
-            weights_or_config = f.name.endswith((".safetensors", ".index.json")) or f.name in ("config.json", "generation_config.json")
-            if f.is_file() and not weights_or_config:
-                shutil.copy2(f, output / "model" / f.name)
-        (output / "curve.json").write_text(json.dumps(progress["curve"], indent=1))
-        if cfg.log_with and (work_dir / "logs").is_dir():
-            shutil.copytree(work_dir / "logs", output / "logs")
         metrics.update(_speed(cfg, teacher, accelerator.unwrap_model(task).model, validation_blocks))
     accelerator.wait_for_everyone()
     return metrics
@@ -325,28 +280,17 @@ def _speed(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, blocks: B
 
 def run(cfg: DistillConfig, store: ArtifactStore, *, teacher: str, tokens: str) -> str:
     """Build (or find) the distilled model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
-    state = _process_state()
-    aid = stage_id(cfg, teacher=teacher, tokens=tokens)
-    if store.exists(aid):
-        log.info("distill %s: already built (cache hit)", aid, main_process_only=True)
-        return aid
-    work_dir = store.work_dir(aid)
-    metrics = train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
-    if state.is_main_process:
-        with store.build(STAGE, aid, config=cfg.model_dump(), inputs={"teacher": teacher, "tokens": tokens}) as build:
-            shutil.copytree(work_dir / "output", build.dir, dirs_exist_ok=True)
-            build.metrics.update(metrics)
-        shutil.rmtree(work_dir, ignore_errors=True)
-        log.info(
-            "distill %s: %d-layer student, %s of the teacher's parameters, validation perplexity %.1f (teacher %.1f), "
-            "%.2fx the teacher's CPU throughput", aid, metrics["student_layers"], f"{metrics['parameter_ratio']:.0%}",
-            metrics["validation_perplexity_after"], metrics["validation_perplexity_teacher"], metrics["cpu_speedup"],
-            main_process_only=True,
-        )  # fmt: skip
-    state.wait_for_everyone()
-    if state.use_distributed:
-        state.destroy_process_group()
-    return aid
+    inputs = {"teacher": teacher, "tokens": tokens}
+
+    def train_in(work_dir: Path) -> dict:
+        return train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
+
+    def summary(m: dict) -> str:
+        return (f"{m['student_layers']}-layer student, {m['parameter_ratio']:.0%} of the teacher's parameters, validation perplexity "
+                f"{m['validation_perplexity_after']:.1f} (teacher {m['validation_perplexity_teacher']:.1f}), "
+                f"{m['cpu_speedup']:.2f}x the teacher's CPU throughput")  # fmt: skip
+
+    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in, summary)
 
 
 if __name__ == "__main__":

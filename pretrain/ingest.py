@@ -45,6 +45,7 @@ from pretrain.clean import COUNTERS, Cleaner
 from pretrain.config import IngestConfig
 from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
+from pretrain.formats import SPLITS
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
 from pretrain.logs import get_logger
 from pretrain.shards import report_progress, run_local
@@ -52,7 +53,6 @@ from pretrain.shards import report_progress, run_local
 log = get_logger(__name__)
 
 STAGE = "ingest"
-SPLITS = ("train", "validation")
 # Where and how it runs, not what it computes: left out of the corpus id and the piece keys.
 EXECUTION_ONLY = {"parallel"}
 _SCHEMA = pa.schema([("text", pa.string())])
@@ -446,13 +446,6 @@ def _write_splits(files: list[Path], removed: np.ndarray, validation_fraction: f
         for writer in writers.values():
             writer.close()
     return kept
-
-
-def read_split(corpus_dir: Path, split: str, batch_size: int = 1024):
-    """Yield lists of document texts from a corpus artifact's split, one Parquet batch at a time."""
-    parquet = pq.ParquetFile(corpus_dir / f"{split}.parquet")
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=["text"]):
-        yield batch.column(0).to_pylist()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import VocabConfig
 from pretrain.errors import InputError
 from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
-from pretrain.ingest import read_split
+from pretrain.formats import read_split
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pretrain.artifacts import MANIFEST, ArtifactStore, artifact_id, code_version, format_lineage
+from pretrain.artifacts import MANIFEST, ArtifactStore, artifact_id, code_version, file_digest, format_lineage
 from pretrain.errors import InputError
 
 
@@ -70,6 +70,7 @@ def test_a_failed_build_leaves_no_artifact(tmp_path):
     assert not (tmp_path / "store" / "c-1").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
     # A process killed mid-build (kill -9: no cleanup code runs) leaves only a staging folder.
     script = textwrap.dedent(
@@ -102,11 +103,49 @@ def test_manifestless_folder_is_not_an_artifact(tmp_path):
     assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "y"
 
 
+@pytest.mark.slow
 def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
+    # Two processes build the same id at once (two workers of a scheduled run). Both stage their files,
+    # wait for each other, then publish together: one copy wins, the other process succeeds and keeps it.
+    script = textwrap.dedent(
+        """
+        import logging, sys, time
+        from pathlib import Path
+        from pretrain.artifacts import ArtifactStore
+        logging.basicConfig(level=logging.INFO)
+        store, barrier, name = ArtifactStore(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+        with store.build("ingest", "c-1", config={"k": 1}) as b:
+            (b.dir / "data.txt").write_text(name)
+            (b.dir / "sub").mkdir()
+            (b.dir / "sub" / "more.txt").write_text(name * 2)
+            (barrier / name).touch()
+            deadline = time.time() + 120
+            while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+                time.sleep(0.001)
+        print(store.manifest("c-1")["files"]["data.txt"]["sha256"])
+        """
+    )
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     store = ArtifactStore(tmp_path / "store")
-    _publish(store, "c-1", content="first")
-    _publish(store, "c-1", content="second")  # same id = same content in real use; the first stays
-    assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "first"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, store.url, str(barrier), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("first", "second")
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    assert store.ids() == ["c-1"]
+    kept = (tmp_path / "store" / "c-1" / "data.txt").read_text()
+    assert kept in ("first", "second")
+    manifest = store.manifest("c-1")
+    assert set(manifest["files"]) == {"data.txt", "sub/more.txt"}
+    for name, meta in manifest["files"].items():  # one complete copy: files and manifest from the same process
+        assert file_digest(tmp_path / "store" / "c-1" / name) == {"size": meta["size"], "sha256": meta["sha256"]}, name
+    assert (tmp_path / "store" / "c-1" / "sub" / "more.txt").read_text() == kept * 2
+    # Both processes read back the one copy; exactly one of them found it already there.
+    assert {out.strip() for out, _ in outputs} == {manifest["files"]["data.txt"]["sha256"]}
+    assert sum("was published concurrently; keeping the existing copy" in err for _, err in outputs) == 1
+    assert not list((tmp_path / "store" / ".tmp").iterdir())  # the loser's staging folder is gone
 
 
 def test_remote_store_uploads_manifest_last_and_downloads_verified(tmp_path):

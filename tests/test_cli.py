@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, write_config
 from flows.cli import main
 from pretrain.artifacts import ArtifactStore
@@ -14,6 +16,7 @@ def _run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_config_is_one_message_without_traceback(tmp_path, tiny_config):
     raw = copy.deepcopy(tiny_config)
     raw["pretrain"]["max_steps"] = 0
@@ -27,6 +30,7 @@ def test_bad_config_is_one_message_without_traceback(tmp_path, tiny_config):
     assert "pretrain.warmup: unknown key; did you mean 'warmup_steps'?" in result.stderr
 
 
+@pytest.mark.slow
 def test_stage_alone_needs_its_inputs_and_says_which_command_builds_them(tmp_path, tiny_config):
     path = write_config(tmp_path / "c.yaml", tiny_config)
     result = _run("-m", "pretrain.vocab", "--config", str(path))
@@ -38,6 +42,7 @@ def test_stage_alone_needs_its_inputs_and_says_which_command_builds_them(tmp_pat
     assert result.stdout.strip().startswith("c-")
 
 
+@pytest.mark.slow
 def test_bad_data_inside_a_stage_is_a_clear_message(tmp_path, tiny_config):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "fine document with quite enough words"}\n{"text": broken\n')

@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import yaml
 
 from conftest import ROOT, write_config
 from pretrain.config import load_config, validate_config
@@ -14,9 +15,25 @@ def test_demo_config_is_valid():
     assert config.vocab.mode == "extend"
 
 
+def _assert_loaded_as_written(written, loaded, where: str) -> None:
+    if isinstance(written, dict):
+        for key, value in written.items():
+            _assert_loaded_as_written(value, loaded[key], f"{where}.{key}" if where else key)
+    elif isinstance(loaded, float):
+        assert loaded == float(written), where
+    else:
+        assert loaded == written, where
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_is_valid(path):
-    load_config(path)
+    config = load_config(path)
+    written = yaml.safe_load(path.read_text())
+    # Every value the preset writes is the value the pipeline runs with; every section it leaves out is off or default.
+    _assert_loaded_as_written(written, config.model_dump(), "")
+    assert (config.distill is None) == ("distill" not in written)
+    assert config.pretrain.max_steps is not None or config.pretrain.max_tokens is not None
+    assert config.evaluate.task.train_files and config.evaluate.task.test_files
 
 
 def test_every_problem_is_listed_with_its_key_path(tiny_config):

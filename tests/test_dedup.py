@@ -8,7 +8,7 @@ import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import ingest
+from pretrain import formats, ingest
 from pretrain.artifacts import ArtifactStore
 from pretrain.clean import Cleaner
 from pretrain.config import DedupConfig, IngestConfig
@@ -39,7 +39,7 @@ def near_copy(text: str, changes: int = 1) -> str:
 def corpus_order(store, aid):
     """The kept documents in corpus order (both splits keep it; merge them by first position)."""
     folder = store.local_dir(aid)
-    return [t for s in ingest.SPLITS for t in pq.read_table(folder / f"{s}.parquet").column("text").to_pylist()]
+    return [t for s in formats.SPLITS for t in pq.read_table(folder / f"{s}.parquet").column("text").to_pylist()]
 
 
 def write(path, docs):

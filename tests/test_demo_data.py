@@ -30,6 +30,7 @@ def test_r8_split_matches_the_data_card():
     assert {r["id"] for r in train} <= corpus_ids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SOURCE.is_file(), reason="the Reuters-21578 source file is not on this machine")
 def test_prepare_regenerates_the_files_byte_identically():
     result = subprocess.run(

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from conftest import write_config
-from pretrain import distill
+from pretrain import distill, training
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.errors import ConfigError
@@ -125,6 +125,7 @@ def test_bad_distill_settings_name_the_key(tiny_config):
         validate_config(tiny_config)
 
 
+@pytest.mark.slow
 def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_path, capsys):
     tiny_config["distill"] = DISTILL
     config = validate_config(tiny_config)
@@ -187,6 +188,7 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
     assert "## Distillation" in card and f"teacher `{ids['pretrain']}`" in card and "| student (this model) |" in card
 
 
+@pytest.mark.slow
 def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkeypatch):
     tiny_config["distill"] = DISTILL
     config = validate_config(tiny_config)
@@ -218,3 +220,18 @@ def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkey
     resumed = load_file(other.local_dir(ids["distill"]) / "model" / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_messages_of_the_shared_training_kit_name_the_distill_section(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pretrain.config import DistillConfig
+    from pretrain.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    cfg = DistillConfig(**{**DISTILL, "log_with": ["wandb"]})
+    with pytest.raises(UserError, match=r"^distill\.log_with: 'wandb' needs the 'wandb' package"):
+        distill.train(cfg, tmp_path, tmp_path, tmp_path)  # fails at setup, before reading the teacher or data
+    with pytest.raises(UserError, match=r"^distill\.global_batch_size \(8\) is not a multiple of micro_batch_size \(8\) x processes \(3\)"):
+        training.accumulation_steps("distill", cfg, world_size=3)

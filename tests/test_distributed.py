@@ -28,6 +28,7 @@ def _built(raw):
     return build_until(raw, "tokens")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [{"num_processes": 2}, {"config_file": str(ROOT / "infra" / "accelerate" / "cpu_2proc.yaml")}])
 def test_two_cpu_processes_match_one(tmp_path, tiny_config, no_dropout_base, launcher):
     tiny_config["base_model"]["source"] = str(no_dropout_base)

@@ -26,6 +26,7 @@ def _with(cfg, **changes):
     return cfg.model_copy(update={"task": cfg.task.model_copy(update=task), **changes})
 
 
+@pytest.mark.slow
 def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     config, store, ids = upstream
     cfg = _with(config.evaluate, seeds=[0, 1], patience_epochs=2)
@@ -69,6 +70,7 @@ def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     assert evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"]) == aid
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(upstream):
     config, store, ids = upstream
     cfg = _with(config.evaluate, num_epochs=2)
@@ -85,6 +87,7 @@ def test_same_seed_same_result(upstream):
     assert a["history"] != c["history"]  # another seed: another head initialisation and data order
 
 
+@pytest.mark.slow
 def test_multi_label_task_with_tuned_thresholds(upstream, tmp_path):
     config, store, ids = upstream
     # R8 stories with a second, overlapping label: does the story quote dollar amounts?
@@ -139,6 +142,7 @@ def _conll_from_reuters(path, rows) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_token_task_scored_per_entity(upstream, tmp_path):
     config, store, ids = upstream
     rows = read_jsonl_gz_or_plain(config.evaluate.task.train_files[0])
@@ -158,6 +162,7 @@ def test_token_task_scored_per_entity(upstream, tmp_path):
     assert run["test"]["micro_f1"] > 0.3  # numbers and units are easy to spot; an untrained head finds none
 
 
+@pytest.mark.slow
 def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
     config, store, ids = upstream
     tapt = {"validation_fraction": 0.1,
@@ -199,6 +204,7 @@ def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
     assert not [a for a in store.ids() if a.startswith("e-")]
 
 
+@pytest.mark.slow
 def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstream):
     """TAPT keeps the adapted model's tokenizer and embeddings: it must not extend (or re-initialise) them again."""
     from safetensors.torch import load_file
@@ -227,6 +233,7 @@ def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstrea
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_int8_measured_on_the_adapted_classifier_and_reported(upstream):
     config, store, ids = upstream
     cfg = _with(config.evaluate, seeds=[3], num_epochs=2, int8=True)

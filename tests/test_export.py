@@ -66,6 +66,7 @@ def _clean_python(script, *args, cwd):
     return subprocess.run([sys.executable, "-I", "-S", "-c", prologue + script, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_export_loads_without_project_code_and_gives_the_pipelines_logits(built, tmp_path, capsys):
     store, ids = built
     assert main(["export", "production", "--to", str(tmp_path / "out"), "--store", store.url]) == 0
@@ -88,6 +89,7 @@ def test_export_loads_without_project_code_and_gives_the_pipelines_logits(built,
     assert facts["files"]["model.safetensors"]["sha256"] == manifest["files"]["model/model.safetensors"]["sha256"]
 
 
+@pytest.mark.slow
 def test_model_card_says_where_the_model_came_from(built, tmp_path):
     store, ids = built
     export_module.export(store, ids["pretrain"], tmp_path / "out")
@@ -103,6 +105,7 @@ def test_model_card_says_where_the_model_came_from(built, tmp_path):
     assert str(store.manifest(ids["base"])["origin"]["source"]) in card
 
 
+@pytest.mark.slow
 def test_export_refuses_bad_requests_with_clear_messages(built, tmp_path):
     store, ids = built
     (tmp_path / "full").mkdir()
@@ -131,6 +134,7 @@ class FakeHfApi:
         FakeHfApi.calls.append(("upload_folder", kwargs))
 
 
+@pytest.mark.slow
 def test_push_to_hub_builds_the_right_calls_and_never_writes_the_token(built, tmp_path, monkeypatch, capsys, caplog):
     store, ids = built
     secret = "hf_SECRETtoken1234567890"
@@ -156,6 +160,7 @@ def test_push_to_hub_builds_the_right_calls_and_never_writes_the_token(built, tm
         export_module.push(tmp_path / "out", "org/x", ids["pretrain"], api_factory=FakeHfApi)
 
 
+@pytest.mark.slow
 def test_int8_export_measures_scores_and_speed(built, tmp_path, capsys):
     store, ids = built
     assert main(["export", "production", "--to", str(tmp_path / "q"), "--quantize", "int8", "--store", store.url]) == 0

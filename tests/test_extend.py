@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from conftest import build_until, read_jsonl_gz
-from pretrain import base, extend, ingest, vocab
+from pretrain import base, extend, formats, ingest, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig, validate_config
 from pretrain.errors import ConfigError, InputError
@@ -69,7 +69,7 @@ def test_extended_tokenizer_round_trips_and_reloads(built):
     folder = store.local_dir(_extend(store, corpus, base_id))
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     assert tokenizer.is_fast
-    texts = [t for batch in ingest.read_split(store.local_dir(corpus), "validation") for t in batch]
+    texts = [t for batch in formats.read_split(store.local_dir(corpus), "validation") for t in batch]
     normalizer = tokenizer.backend_tokenizer.normalizer
     new_ids = {t["id"] for t in json.loads((folder / "model_init.json").read_text())["new_tokens"]}
     used_new = 0
@@ -104,7 +104,7 @@ def test_extended_model_keeps_base_outputs_and_starts_new_rows_at_their_pieces(b
     assert torch.equal(rows[:old], original.get_input_embeddings().weight)
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    sentences = [s for t in ingest.read_split(store.local_dir(corpus), "validation") for text in t for s in text.split(".")]
+    sentences = [s for t in formats.read_split(store.local_dir(corpus), "validation") for text in t for s in text.split(".")]
     plain = [s for s in sentences if len(s.split()) > 6 and max(tokenizer(s)["input_ids"]) < old]
     assert plain  # sentences that use no new token
     ids = tokenizer(plain[0], return_tensors="pt")
@@ -118,12 +118,22 @@ def test_extended_model_keeps_base_outputs_and_starts_new_rows_at_their_pieces(b
 def test_resize_default_init_is_the_fallback(built, tiny_base):
     store, corpus, base_id = built
     spec = json.loads((store.local_dir(_extend(store, corpus, base_id)) / "model_init.json").read_text())
+    original = AutoModelForMaskedLM.from_pretrained(tiny_base)
     model = AutoModelForMaskedLM.from_pretrained(tiny_base)
     extend.extend_embeddings(model, spec["new_tokens"], "resize_default")
-    t = spec["new_tokens"][0]
-    assert not torch.allclose(model.get_input_embeddings().weight[t["id"]], model.get_input_embeddings().weight[t["base_pieces"]].mean(0))
+    rows, old_rows = model.get_input_embeddings().weight, original.get_input_embeddings().weight
+    old = old_rows.shape[0]
+    assert rows.shape[0] == old + len(spec["new_tokens"]) == model.cls.predictions.bias.shape[0]
+    assert model.cls.predictions.decoder.weight.data_ptr() == rows.data_ptr()  # still tied
+    assert torch.equal(rows[:old], old_rows) and torch.equal(model.cls.predictions.bias[:old], original.cls.predictions.bias)
+    # transformers' mean resizing: every new row is drawn around the mean of all old rows (covariance
+    # scaled by 1e-9), not started from its own pieces as subword_mean does.
+    torch.testing.assert_close(rows[old:], old_rows.mean(0).expand(len(spec["new_tokens"]), -1), rtol=0, atol=1e-4)
+    for t in spec["new_tokens"]:
+        assert not torch.allclose(rows[t["id"]], old_rows[t["base_pieces"]].mean(0), atol=1e-3), t["token"]
 
 
+@pytest.mark.slow
 def test_extend_and_replace_pretrain(tiny_config):
     for mode in ("extend", "replace"):
         raw = {**tiny_config, "store": tiny_config["store"] + mode}
@@ -175,7 +185,7 @@ def test_bad_input(built, tmp_path, tiny_base):
 
 
 def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
-    from pretrain import pretrain, tokens
+    from pretrain import tokens, training
 
     store, corpus, base_id = built
     masked_text = {}
@@ -184,7 +194,7 @@ def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
         vocab_id = vocab.run(cfg, store, corpus=corpus, base=base_id)
         folder = store.local_dir(tokens.run(None, store, corpus=corpus, vocab=vocab_id))
         tokenizer = AutoTokenizer.from_pretrained(store.local_dir(vocab_id) / "tokenizer")
-        batches = pretrain.word_eval_batches(folder, 64, 5_000, 8, seed=1)
+        batches = training.word_eval_batches(folder, 64, 5_000, 8, seed=1)
         labels = torch.cat([b["masked_labels"] for b, _ in batches]).tolist()
         masked_text[mode] = ("".join(tokenizer.decode(labels).split()), sum(w for _, w in batches), len(labels))
     assert masked_text["keep"][0] == masked_text["extend"][0]  # the same words, in the same order

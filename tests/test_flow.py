@@ -6,6 +6,9 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.pipeline import STAGES, plan
 
+# Prefect pipeline runs (a temporary Prefect server; the pretrain flow under accelerate launch).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def prefect_harness():

@@ -14,7 +14,7 @@ import yaml
 import zstandard
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import clean, ingest
+from pretrain import clean, formats, ingest
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import ConfigError, IngestConfig, validate_config
 from pretrain.errors import InputError
@@ -26,7 +26,7 @@ TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
 def texts(store, aid):
     folder = store.local_dir(aid)
-    return {s: pq.read_table(folder / f"{s}.parquet").column("text").to_pylist() for s in ingest.SPLITS}
+    return {s: pq.read_table(folder / f"{s}.parquet").column("text").to_pylist() for s in formats.SPLITS}
 
 
 def everything(store, aid):
@@ -345,6 +345,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert all("Caf\ufffd prices" in t for t in everything(store, aid))
 
 
+@pytest.mark.slow
 def test_a_100_mb_file_without_newline_is_refused_in_bounded_memory(tmp_path, stories):
     big = tmp_path / "one-line.jsonl"
     chunk = ("x" * (1 << 20)).encode()

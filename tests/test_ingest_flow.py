@@ -8,6 +8,9 @@ from conftest import REUTERS, read_jsonl_gz
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 
+# Prefect flows with shard tasks, on a local Dask cluster too.
+pytestmark = pytest.mark.slow
+
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import base, ingest, tokens, vocab
+from pretrain import base, formats, ingest, tokens, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
-from pretrain.pretrain import Blocks, word_eval_batches
+from pretrain.training import Blocks, word_eval_batches
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -29,6 +29,7 @@ def files_of(store, aid):
     return {name: meta["sha256"] for name, meta in store.manifest(aid)["files"].items()}
 
 
+@pytest.mark.slow
 def test_byte_ranges_and_worker_processes_give_the_same_corpus(tmp_path, records):
     """One file cut into ~40 byte ranges and run on 2 worker processes = the file read whole, in one process."""
     folder = tmp_path / "in"
@@ -84,7 +85,7 @@ def test_token_shards_read_back_as_one_stream(tmp_path, corpus_file, tiny_base, 
     vocab_id = vocab.run(VocabConfig(vocab_size=400, min_frequency=1), store, corpus=corpus, base=base_id)
     aid = tokens.run(None, store, corpus=corpus, vocab=vocab_id)
     one = store.local_dir(aid)
-    meta = tokens.load_meta(one)
+    meta = formats.load_meta(one)
     assert [len(meta["splits"][s]["shards"]) for s in ("train", "validation")] == [1, 1]
 
     # The same corpus cut into many shards (in another store: same id, shard size is a constant there).
@@ -96,11 +97,11 @@ def test_token_shards_read_back_as_one_stream(tmp_path, corpus_file, tiny_base, 
     monkeypatch.setattr(tokens, "SHARD_BYTES", 20_000)
     assert tokens.run(None, other, corpus=corpus, vocab=vocab_id) == aid
     many = other.local_dir(aid)
-    sharded = tokens.load_meta(many)
+    sharded = formats.load_meta(many)
     assert len(sharded["splits"]["train"]["shards"]) > 5
 
     for split in ("train", "validation"):
-        a, b = tokens.TokenStream(one, split), tokens.TokenStream(many, split)
+        a, b = formats.TokenStream(one, split), formats.TokenStream(many, split)
         assert len(a) == len(b) == meta["splits"][split]["tokens"] == sum(s["tokens"] for s in sharded["splits"][split]["shards"])
         assert np.array_equal(a.ids(0, len(a)), b.ids(0, len(b)))
         assert np.array_equal(a.word_starts(0, len(a)), b.word_starts(0, len(b)))
@@ -121,6 +122,7 @@ def test_token_shards_read_back_as_one_stream(tmp_path, corpus_file, tiny_base, 
     assert not list((tmp_path / "other" / ".shards" / "tokens").iterdir())  # moved into the artifact, nothing left over
 
 
+@pytest.mark.slow
 def test_a_bad_record_in_a_worker_process_is_the_users_error(tmp_path, records):
     from pretrain.errors import InputError
 

@@ -6,9 +6,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from conftest import build_until
-from pretrain import pretrain
+from pretrain import training
 from pretrain.artifacts import ArtifactStore
+from pretrain.mlm import Masking, MaskedLM
 from pretrain.pipeline import plan, run_stage
+from pretrain.formats import load_meta
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch
     for stage in ("base", "ingest", "vocab", "tokens"):
         run_stage(stage, reference, other, ids)
     calls = {"n": 0}
-    original = pretrain.MaskedLM.forward
+    original = MaskedLM.forward
 
     def crash_after_six_steps(self, *args, **kwargs):
         if self.training:
@@ -68,13 +70,13 @@ def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch
                 raise KeyboardInterrupt("simulated crash")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(pretrain.MaskedLM, "forward", crash_after_six_steps)
+    monkeypatch.setattr(MaskedLM, "forward", crash_after_six_steps)
     with pytest.raises(KeyboardInterrupt):
         run_stage("pretrain", reference, other, ids)
     aid = plan(reference)["pretrain"]
     assert not other.exists(aid)
     assert (other.work_dir(aid) / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
-    monkeypatch.setattr(pretrain.MaskedLM, "forward", original)
+    monkeypatch.setattr(MaskedLM, "forward", original)
     resumed = load_file(other.local_dir(run_stage("pretrain", reference, other, ids)) / "model" / "model.safetensors")
     assert other.manifest(aid)["metrics"]["steps"] == 8
     for name, tensor in expected.items():
@@ -84,7 +86,7 @@ def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch
 def test_nan_loss_stops_with_a_clear_error(upstream, monkeypatch):
     config, store, ids = upstream
     config = _with(config, max_steps=8, log_every_steps=2)
-    original = pretrain.MaskedLM.forward
+    original = MaskedLM.forward
 
     def nan_from_step_three(self, *args, **kwargs):
         loss = original(self, *args, **kwargs)
@@ -92,8 +94,8 @@ def test_nan_loss_stops_with_a_clear_error(upstream, monkeypatch):
         return loss * float("nan") if nan_from_step_three.calls > 2 else loss
 
     nan_from_step_three.calls = 0
-    monkeypatch.setattr(pretrain.MaskedLM, "forward", nan_from_step_three)
-    with pytest.raises(pretrain.TrainingError, match="loss became nan between steps 3 and 4"):
+    monkeypatch.setattr(MaskedLM, "forward", nan_from_step_three)
+    with pytest.raises(training.TrainingError, match="loss became nan between steps 3 and 4"):
         run_stage("pretrain", config, store, ids)
     assert not store.exists(plan(config)["pretrain"])
 
@@ -103,23 +105,23 @@ def test_derived_values():
     from pretrain.errors import UserError
 
     cfg = PretrainConfig(max_tokens=10_000, global_batch_size=16, micro_batch_size=4, max_seq_length=64)
-    assert pretrain.total_steps(cfg) == 10  # ceil(10000 / (16 * 64))
-    assert pretrain.accumulation_steps(cfg, world_size=1) == 4
-    assert pretrain.accumulation_steps(cfg, world_size=2) == 2
+    assert training.total_steps(cfg) == 10  # ceil(10000 / (16 * 64))
+    assert training.accumulation_steps("pretrain", cfg, world_size=1) == 4
+    assert training.accumulation_steps("pretrain", cfg, world_size=2) == 2
     with pytest.raises(UserError, match="not a multiple of micro_batch_size"):
-        pretrain.accumulation_steps(cfg, world_size=3)
-    factor = pretrain.lr_lambda(warmup_steps=2, steps=10)
+        training.accumulation_steps("pretrain", cfg, world_size=3)
+    factor = training.lr_lambda(warmup_steps=2, steps=10)
     assert [round(factor(s), 3) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.125]
 
 
 def test_micro_batches_are_the_same_for_any_world_size(upstream):
     config, store, ids = upstream
     folder = store.local_dir(ids["tokens"])
-    blocks = pretrain.Blocks(folder, "train", 32)
-    masking = pretrain._masking(config.pretrain, pretrain.load_meta(folder))
+    blocks = training.Blocks(folder, "train", 32)
+    masking = training.make_masking(config.pretrain, load_meta(folder))
 
     def global_batches(world, accum, start=0):
-        per_rank = [pretrain.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
+        per_rank = [training.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
         out = {}
         for r, data in enumerate(per_rank):
             for k in range(len(data)):
@@ -159,6 +161,7 @@ def test_missing_tracker_package_is_a_clear_error(upstream, monkeypatch):
         run_stage("pretrain", _with(config, log_with=["wandb"]), store, ids)
 
 
+@pytest.mark.slow
 def test_dataloader_workers_change_nothing(upstream):
     config, store, ids = upstream
     config = _with(config, max_steps=4, num_workers=0)
@@ -170,17 +173,46 @@ def test_dataloader_workers_change_nothing(upstream):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_whole_word_masking_run(upstream):
+def test_whole_word_masking_run(upstream, monkeypatch):
     config, store, ids = upstream
+    calls = []  # every masking of the run (training micro-batches and validation): ids, word starts, positions
+    original = Masking.__call__
+
+    def recording(self, input_ids, generator, word_starts=None):
+        out = original(self, input_ids, generator, word_starts=word_starts)
+        calls.append((input_ids, word_starts, out["masked_positions"]))
+        return out
+
+    monkeypatch.setattr(Masking, "__call__", recording)
     aid = run_stage("pretrain", _with(config, max_steps=4, whole_word_mask=True), store, ids)
     assert aid != plan(config)["pretrain"] and store.manifest(aid)["config"]["whole_word_mask"] is True
+
+    special = torch.tensor(sorted(set(load_meta(store.local_dir(ids["tokens"]))["special_ids"].values())))
+    assert len(calls) >= 4 + 4  # 4 training micro-batches, 32 validation blocks in batches of 8
+    masked_words = masked_multi_piece_words = 0
+    for input_ids, starts, positions in calls:
+        assert starts is not None and starts.shape == input_ids.shape
+        selected = torch.zeros(input_ids.numel(), dtype=torch.bool)
+        selected[positions] = True
+        selected = selected.view(input_ids.shape)
+        ordinary = ~torch.isin(input_ids, special)
+        assert not (selected & ~ordinary).any()  # special tokens are never selected
+        word = torch.cumsum(starts.long(), dim=1)  # the word each token belongs to, per row
+        for row in range(input_ids.size(0)):
+            for w in word[row][selected[row]].unique():
+                pieces = (word[row] == w) & ordinary[row]
+                # every piece of a word with a selected piece is selected: whole words, never part of one
+                assert selected[row][pieces].all(), f"row {row}: word {int(w)} is partly masked"
+                masked_words += 1
+                masked_multi_piece_words += int(pieces.sum()) > 1
+    assert masked_multi_piece_words > 0 and masked_words > masked_multi_piece_words
 
 
 def test_word_eval_masks_whole_words_chosen_by_position(upstream):
     config, store, ids = upstream
     folder = store.local_dir(ids["tokens"])
-    meta = pretrain.load_meta(folder)
-    batches = pretrain.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    meta = load_meta(folder)
+    batches = training.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
     total_words = 0
     for batch, words in batches:
         ids_ = batch["input_ids"]
@@ -191,5 +223,5 @@ def test_word_eval_masks_whole_words_chosen_by_position(upstream):
         total_words += words
         assert words <= len(batch["masked_labels"])
     assert total_words > 0
-    again = pretrain.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    again = training.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
     assert all(torch.equal(a["masked_positions"], b["masked_positions"]) for (a, _), (b, _) in zip(batches, again))

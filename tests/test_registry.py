@@ -62,6 +62,7 @@ def test_promote_resolve_history(tmp_path, url):
         store.fs.rm(store.root, recursive=True)
 
 
+@pytest.mark.slow
 def test_concurrent_promotes_lose_nothing(tmp_path):
     """Three processes promote 15 times each, at once: 45 whole entries, and the alias is the newest."""
     store = ArtifactStore(tmp_path / "s")

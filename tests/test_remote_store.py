@@ -14,6 +14,9 @@ import pytest
 
 from pretrain.artifacts import MANIFEST, ArtifactStore
 
+# moto's S3 server in another process.
+pytestmark = pytest.mark.slow
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

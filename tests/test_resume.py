@@ -12,17 +12,20 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.pipeline import plan, run_stage
 
+# Training processes killed with SIGKILL and re-run.
+pytestmark = pytest.mark.slow
+
 # Runs the pretrain stage in a fresh process and SIGKILLs it at a chosen point: no cleanup code runs.
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from accelerate import Accelerator
-    from pretrain import pretrain
+    from pretrain.mlm import MaskedLM
     from pretrain.pipeline import stage_main
 
     where, after = sys.argv[2], int(sys.argv[3])
     calls = {"forward": 0, "save": 0}
-    forward, save_state = pretrain.MaskedLM.forward, Accelerator.save_state
+    forward, save_state = MaskedLM.forward, Accelerator.save_state
 
     def killing_forward(self, *args, **kwargs):
         if self.training:
@@ -38,7 +41,7 @@ KILLER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)  # state files written, checkpoint not yet complete
         return result
 
-    pretrain.MaskedLM.forward = killing_forward
+    MaskedLM.forward = killing_forward
     Accelerator.save_state = killing_save_state
     stage_main("pretrain", ["--config", sys.argv[1]])
     """

@@ -20,7 +20,7 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
 from pretrain.pipeline import STAGES, plan
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 SERVER = ROOT / "infra" / "server.sh"
 
 

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from pretrain import base, ingest, tokens, vocab
+from pretrain import base, formats, ingest, tokens, vocab
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
 from pretrain.errors import InputError
-from pretrain.ingest import read_split
+from pretrain.formats import read_split
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def test_tokens_are_the_documents_with_separators(built):
     vocab_id = vocab.run(VocabConfig(vocab_size=400, min_frequency=1), store, corpus=corpus, base=base_id)
     aid = tokens.run(None, store, corpus=corpus, vocab=vocab_id)
     folder = store.local_dir(aid)
-    meta = tokens.load_meta(folder)
+    meta = formats.load_meta(folder)
     assert meta["dtype"] == "uint16"
-    stream = tokens.open_split(folder, "validation")
+    stream = formats.open_split(folder, "validation")
     sep = meta["special_ids"]["sep"]
     documents = [t for batch in read_split(store.local_dir(corpus), "validation") for t in batch]
     assert int((stream == sep).sum()) == len(documents) == meta["splits"]["validation"]["documents"]
@@ -74,7 +74,7 @@ def test_tokens_are_the_documents_with_separators(built):
     encoding = tokenizer(documents[0], add_special_tokens=False, truncation=False)
     assert np.asarray(stream[:length]).tolist() == encoding["input_ids"]
     # one packed bit per token: set where a word starts (any fast tokenizer's word ids, not "##")
-    starts = tokens.TokenStream(folder, "validation").word_starts(0, length + 1).tolist()
+    starts = formats.TokenStream(folder, "validation").word_starts(0, length + 1).tolist()
     words = encoding.word_ids()
     assert starts == [i == 0 or words[i] != words[i - 1] for i in range(length)] + [True]
     pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])

@@ -1,0 +1,532 @@
+"""The masked-LM training kit of the pretrain and distill stages: data, optimisation, checkpoints, the loop.
+
+A stage (`pretrain/pretrain.py`, `pretrain/distill.py`) builds its model and the module Accelerate
+trains, then uses these pieces in order: `setup`, `check_fits`, `make_masking`, `training_blocks`,
+`eval_batches`, `prepare`, `start_or_resume`, `train_loop`, `write_model`, all inside `build_artifact`.
+Every piece that can fail or log takes `section`, the config section its settings came from
+(`pretrain`, `distill`, ...), so a message names the key to change.
+
+Data: the token streams of the tokens stage are memory-mapped and cut into blocks of `max_seq_length`
+([CLS] + text + [SEP]). Micro-batch g of a run is fully determined by (seed, g): which blocks (a
+per-epoch permutation) and which tokens are masked. So data never depends on how many processes run
+it or where a run resumed: the same global batch on 1 or N devices, and resuming seeks to the step
+instead of replaying data. Checkpoints go to the store's work folder for the artifact id; re-running
+the same command resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from pretrain.logs import get_logger
+from accelerate.utils import parse_flag_from_env, set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import PretrainConfig
+from pretrain.errors import InputError, UserError
+from pretrain.mlm import Masking
+from pretrain.formats import TokenStream, load_meta
+
+log = get_logger(__name__)
+
+# Where and how the job runs, not what it computes: left out of the artifact id.
+EXECUTION_ONLY = {"launcher", "num_workers"}
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+class Blocks:
+    """Fixed-length blocks [CLS] + tokens + [SEP] cut from the token stream of a split of the tokens stage."""
+
+    def __init__(self, tokens_dir: Path, split: str, seq_length: int):
+        meta = load_meta(tokens_dir)
+        self.stream = TokenStream(tokens_dir, split)  # memory-maps its shards lazily, once per (worker) process
+        self.body = seq_length - 2
+        self.cls_id, self.sep_id = meta["special_ids"]["cls"], meta["special_ids"]["sep"]
+        self.count = len(self.stream) // self.body
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        """Token ids of the blocks, shape (len(indices), seq_length)."""
+        rows = np.stack([self.stream.ids(i * self.body, (i + 1) * self.body) for i in indices]).astype(np.int64)
+        out = np.empty((len(indices), self.body + 2), dtype=np.int64)
+        out[:, 0], out[:, 1:-1], out[:, -1] = self.cls_id, rows, self.sep_id
+        return torch.from_numpy(out)
+
+    def word_starts(self, indices: np.ndarray) -> torch.Tensor:
+        """Whether each token of the blocks starts a word ([CLS] and the closing [SEP] do)."""
+        out = np.ones((len(indices), self.body + 2), dtype=bool)
+        for row, i in enumerate(indices):
+            out[row, 1:-1] = self.stream.word_starts(i * self.body, (i + 1) * self.body)
+        return torch.from_numpy(out)
+
+    def masked(self, indices: np.ndarray, masking: Masking, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        starts = self.word_starts(indices) if masking.whole_word else None
+        return masking(self.get(indices), generator, word_starts=starts)
+
+
+def _mix(*numbers: int) -> int:
+    """A well-spread 63-bit seed from several integers (np.random.SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class MicroBatches(Dataset):
+    """This process's micro-batches from optimizer step `start_step` on, each a pure function of (seed, g)."""
+
+    def __init__(self, blocks: Blocks, masking: Masking, micro_batch_size: int, seed: int,
+                 accumulation_steps: int, world_size: int, rank: int, start_step: int, total_steps: int):  # fmt: skip
+        self.blocks, self.masking, self.micro = blocks, masking, micro_batch_size
+        self.seed, self.accum, self.world, self.rank = seed, accumulation_steps, world_size, rank
+        self.start_step, self.total_steps = start_step, total_steps
+        self.per_epoch = len(blocks) // micro_batch_size
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accum
+
+    def global_index(self, k: int) -> int:
+        step, a = divmod(k, self.accum)
+        return ((self.start_step + step) * self.accum + a) * self.world + self.rank
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        g = self.global_index(k)
+        epoch, j = divmod(g, self.per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, np.random.default_rng(_mix(self.seed, epoch)).permutation(len(self.blocks)))
+        indices = self._epoch[1][j * self.micro : (j + 1) * self.micro]
+        return self.blocks.masked(indices, self.masking, torch.Generator().manual_seed(_mix(self.seed, 1, g)))
+
+
+def eval_batches(blocks: Blocks, masking: Masking, max_blocks: int, batch_size: int, seed: int) -> list[tuple[dict, int]]:
+    """The same validation blocks and masks every time token perplexity is measured; (batch, tokens)."""
+    n = min(max_blocks, len(blocks))
+    batches = []
+    for start in range(0, n, batch_size):
+        indices = np.arange(start, min(start + batch_size, n))
+        batch = blocks.masked(indices, masking, torch.Generator().manual_seed(_mix(seed, 2, start)))
+        batches.append((batch, len(batch["masked_labels"])))
+    return batches
+
+
+def word_eval_batches(tokens_dir: Path, seq_length: int, max_words: int, batch_size: int, seed: int,
+                      probability: float = 0.15) -> list[tuple[dict, int]]:  # fmt: skip
+    """Validation windows cut at word boundaries with whole words masked; (batch, masked words).
+
+    Per-token perplexities of models with different vocabularies are not comparable (the same text is
+    a different number of tokens). Per-word perplexity is: words are the tokenizer's pre-tokenizer
+    words, so the k-th word of the validation split is the same text under the base and an extended
+    tokenizer, and whether it is masked depends only on k and the seed. All pieces of a masked word
+    are [MASK]ed; its loss is the sum over its pieces; the result is exp(total loss / masked words).
+    """
+    meta = load_meta(tokens_dir)
+    special = meta["special_ids"]
+    validation = TokenStream(tokens_dir, "validation")
+    stream = np.asarray(validation.ids(0, len(validation))).astype(np.int64)
+    all_starts = np.flatnonzero(validation.word_starts(0, len(stream)))
+    count = min(len(all_starts), max_words)
+    starts, ends = all_starts[:count], np.append(all_starts[1:], len(stream))[:count]
+    chosen = np.random.default_rng(_mix(seed, 3)).random(count) < probability
+    chosen &= ~np.isin(stream[starts], [special["sep"], special["cls"], special["pad"], special["mask"]])
+
+    # Pack whole words into windows of at most seq_length - 2 tokens; keep windows with a chosen word.
+    body = seq_length - 2
+    windows: list[tuple[int, int, list[int]]] = []  # (first token, end token, chosen words)
+    begin, picked = None, []
+    for k in range(count):
+        if ends[k] - starts[k] > body or (begin is not None and ends[k] - begin > body):
+            if picked:
+                windows.append((begin, int(starts[k]), picked))
+            begin, picked = None, []
+            if ends[k] - starts[k] > body:
+                continue  # a word longer than a window cannot be scored whole
+        if begin is None:
+            begin = int(starts[k])
+        if chosen[k]:
+            picked.append(k)
+    if picked:
+        windows.append((begin, int(ends[count - 1]), picked))
+
+    batches = []
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        ids = torch.full((len(group), seq_length), special["pad"], dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        positions, labels, words = [], [], 0
+        for row, (begin, end, picked) in enumerate(group):
+            length = end - begin
+            ids[row, 0], ids[row, length + 1] = special["cls"], special["sep"]
+            ids[row, 1 : length + 1] = torch.from_numpy(stream[begin:end])
+            attention[row, : length + 2] = 1
+            for k in picked:
+                for position in range(int(starts[k]), int(ends[k])):
+                    flat = row * seq_length + 1 + position - begin
+                    positions.append(flat)
+                    labels.append(int(stream[position]))
+            words += len(picked)
+        positions_t = torch.tensor(positions, dtype=torch.long)
+        ids.view(-1)[positions_t] = special["mask"]
+        batch = {"input_ids": ids, "attention_mask": attention, "masked_positions": positions_t, "masked_labels": torch.tensor(labels, dtype=torch.long)}
+        batches.append((batch, words))
+    return batches
+
+
+def make_masking(cfg: PretrainConfig, meta: dict) -> Masking:
+    """The masking of a config section, for the vocabulary of a tokens artifact (`meta`)."""
+    special = meta["special_ids"]
+    return Masking(
+        mlm_probability=cfg.mlm_probability,
+        mask_replace_prob=cfg.mask_replace_prob,
+        random_replace_prob=cfg.random_replace_prob,
+        mask_id=special["mask"],
+        special_ids=tuple(sorted({special["cls"], special["sep"], special["pad"], special["mask"]})),
+        vocab_size=meta["vocab_size"],
+        whole_word=cfg.whole_word_mask,
+    )
+
+
+def training_blocks(section: str, cfg: PretrainConfig, tokens_dir: Path) -> tuple[Blocks, Blocks]:
+    """Train and validation blocks of the tokens artifact; an InputError when there are too few to train on."""
+    train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
+    validation_blocks = Blocks(tokens_dir, "validation", cfg.max_seq_length)
+    if len(train_blocks) < cfg.micro_batch_size:
+        raise InputError(
+            f"the corpus gives {len(train_blocks)} training blocks of {cfg.max_seq_length} tokens, fewer than "
+            f"{section}.micro_batch_size ({cfg.micro_batch_size}); add text or lower max_seq_length / micro_batch_size"
+        )
+    if len(validation_blocks) == 0:
+        raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    return train_blocks, validation_blocks
+
+
+# --- setup, optimizer and schedule -------------------------------------------------------------------
+
+
+def total_steps(cfg: PretrainConfig) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return math.ceil(cfg.max_tokens / (cfg.global_batch_size * cfg.max_seq_length))
+
+
+def accumulation_steps(section: str, cfg: PretrainConfig, world_size: int) -> int:
+    per_step = cfg.micro_batch_size * world_size
+    if cfg.global_batch_size % per_step:
+        raise UserError(
+            f"{section}.global_batch_size ({cfg.global_batch_size}) is not a multiple of micro_batch_size "
+            f"({cfg.micro_batch_size}) x processes ({world_size}); change one of them"
+        )
+    return cfg.global_batch_size // per_step
+
+
+def process_state() -> PartialState:
+    """This process's place in the job (rank, world size), before any Accelerator exists."""
+    # AcceleratorState reads ACCELERATE_USE_CPU but a bare PartialState does not: without this, the
+    # processes of a multi-process CPU launch would each start alone as rank 0.
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def check_trackers(section: str, log_with: list[str]) -> None:
+    needs = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim"}
+    for tracker in log_with:
+        module = needs.get(tracker)
+        if module and importlib.util.find_spec(module) is None:
+            raise UserError(f"{section}.log_with: {tracker!r} needs the {module!r} package; `pip install {module}` or drop it")
+
+
+def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerator, int]:
+    """The Accelerator of a training run and its gradient accumulation steps; logs the config, seeds every RNG."""
+    check_trackers(section, cfg.log_with)
+    accum = accumulation_steps(section, cfg, process_state().num_processes)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=accum,
+        log_with=cfg.log_with or None,
+        project_dir=str(work_dir / "logs"),
+    )
+    log.info("%s: config %s", section, cfg.model_dump_json(), main_process_only=True)
+    set_seed(cfg.seed)
+    return accelerator, accum
+
+
+def check_fits(section: str, cfg: PretrainConfig, model: torch.nn.Module, meta: dict, role: str) -> None:
+    """A UserError/InputError when the sequence length or the tokens' vocabulary does not fit the model (`role`: what it is)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_seq_length > limit:
+        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {role}'s max_position_embeddings ({limit})")
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < meta["vocab_size"]:
+        raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the {role}'s embedding matrix ({rows} rows)")
+
+
+def lr_lambda(warmup_steps: int, steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (steps - step) / max(1, steps - warmup_steps))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, LayerNorm
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    options = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
+    # The fused kernel (CUDA, and CPU since torch 2.4) is far faster than the per-parameter loop;
+    # multi-tensor (foreach) is the fallback where fused is not available.
+    try:
+        return torch.optim.AdamW(groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=True, **options)
+
+
+def prepare(accelerator: Accelerator, task: torch.nn.Module, cfg: PretrainConfig, steps: int):
+    """(task, optimizer, scheduler) ready to train: AdamW, linear warmup and decay, prepared by Accelerate."""
+    optimizer = make_optimizer(task, cfg, accelerator.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, steps))
+    task, optimizer = accelerator.prepare(task, optimizer)
+    # Stepped by hand once per optimizer step; registered so checkpoints carry it.
+    accelerator.register_for_checkpointing(scheduler)
+    return task, optimizer, scheduler
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, batches: list[tuple[dict, int]], accelerator: Accelerator) -> float:
+    """exp(summed cross-entropy of the masked tokens / units: tokens or words), split across processes."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i, (batch, units) in enumerate(batches):
+        if i % accelerator.num_processes != accelerator.process_index:
+            continue
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        total[0] += model(**batch, reduction="sum").double()
+        total[1] += units
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return math.exp(total[0].item() / max(total[1].item(), 1))
+
+
+# --- checkpoints: the one place that knows how training state is saved and restored -------------------
+
+_CHECKPOINT_PREFIX = "step-"
+_STATE_FILE = "trainer_state.json"
+# Tied decoder/embedding weights are stored once in a checkpoint and re-tied on load: expected, not news.
+logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint in the folder (by step, never by time), or None."""
+    complete = [p for p in checkpoints.glob(f"{_CHECKPOINT_PREFIX}*") if (p / _STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX) :]), default=None)
+
+
+def save_checkpoint(section: str, accelerator: Accelerator, checkpoints: Path, step: int, progress: dict, keep: int) -> None:
+    """Save the training state (model, optimizer, scheduler, RNG states) and `progress` atomically; keep the newest `keep`."""
+    final = checkpoints / f"{_CHECKPOINT_PREFIX}{step:08d}"
+    staging = checkpoints / f".tmp-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # The state file is written last and the folder renamed: a checkpoint is complete or absent.
+        (staging / _STATE_FILE).write_text(json.dumps(progress))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        for old in sorted(checkpoints.glob(f"{_CHECKPOINT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("%s: checkpoint %s", section, final)
+    accelerator.wait_for_everyone()
+
+
+def restore_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
+    """Load a checkpoint's training state into the prepared objects; returns the progress saved with it."""
+    accelerator.load_state(str(checkpoint))
+    return json.loads((checkpoint / _STATE_FILE).read_text())
+
+
+def start_or_resume(section: str, cfg: PretrainConfig, accelerator: Accelerator, work_dir: Path, steps: int) -> tuple[Path, dict | None]:
+    """Start the trackers; restore the latest complete checkpoint if any. Returns (checkpoints folder, saved progress or None)."""
+    if cfg.log_with:
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
+        accelerator.init_trackers(section, config=hyperparameters)
+    checkpoints = work_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = latest_checkpoint(checkpoints)
+    if latest is None:
+        return checkpoints, None
+    progress = restore_checkpoint(accelerator, latest)
+    log.info("%s: resuming from %s (step %d of %d)", section, latest, progress["step"], steps, main_process_only=True)
+    return checkpoints, progress
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def train_loop(
+    section: str,
+    cfg: PretrainConfig,
+    accelerator: Accelerator,
+    task: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_blocks: Blocks,
+    masking: Masking,
+    accum: int,
+    steps: int,
+    progress: dict,
+    checkpoints: Path,
+    evaluation: list,
+    loss_names: tuple[str, ...] = ("loss",),
+    before_step: Callable[[dict], None] | None = None,
+) -> None:
+    """Train from `progress["step"]` to `steps`, logging, evaluating and checkpointing on the way; updates `progress`.
+
+    `task(**batch)` returns the loss, or a vector whose first entry is the loss and the rest its parts
+    (named by `loss_names`, logged); `before_step` may add to each micro-batch first (a teacher's logits).
+    """
+    data = MicroBatches(train_blocks, masking, cfg.micro_batch_size, cfg.seed, accum,
+                        accelerator.num_processes, accelerator.process_index, progress["step"], steps)  # fmt: skip
+    # A private generator: creating the iterator must not draw from the global RNG that dropout uses,
+    # or a resumed run (which creates it after restoring that RNG) would drift from an uninterrupted one.
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if accelerator.device.type == "cuda" else 0)
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
+    tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
+    # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
+    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=progress["step"], desc=section, unit="step", disable=quiet)
+    running = torch.zeros(len(loss_names), device=accelerator.device)
+    window_start, window_steps = time.perf_counter(), 0
+    batches = iter(loader)
+    task.train()
+    for step in range(progress["step"], steps):
+        for _ in range(accum):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+            if before_step is not None:
+                before_step(batch)
+            with accelerator.accumulate(task):
+                losses = task(**batch).reshape(-1)
+                accelerator.backward(losses[0])
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += losses.detach() / accum
+        scheduler.step()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        at_log = done % cfg.log_every_steps == 0 or done == steps
+        at_eval = cfg.eval_every_steps is not None and done % cfg.eval_every_steps == 0 and done != steps
+        at_checkpoint = cfg.checkpoint_every_steps is not None and done % cfg.checkpoint_every_steps == 0 and done != steps
+        if not (at_log or at_eval or at_checkpoint):
+            continue
+        # The only host syncs: at log/eval/checkpoint steps, never every step.
+        means = [value / window_steps for value in accelerator.reduce(running, reduction="mean").tolist()]
+        mean_loss = means[0]
+        if not math.isfinite(mean_loss):
+            raise TrainingError(
+                f"{section}: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
+                f"the last good checkpoint is kept in {checkpoints}. Lower {section}.learning_rate or use fp32/bf16."
+            )
+        seconds = time.perf_counter() - window_start
+        progress["train_seconds"] += seconds
+        progress["tokens"] += window_steps * tokens_per_step
+        point = {
+            "step": done,
+            **{name: round(value, 5) for name, value in zip(loss_names, means)},
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
+        }
+        if at_eval:
+            point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
+        progress["step"] = done
+        progress["curve"].append(point)
+        accelerator.log({k: v for k, v in point.items() if k != "step"}, step=done)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
+        log.info("%s: step %d/%d %s", section, done, steps, json.dumps(point), main_process_only=True)
+        if at_checkpoint:
+            save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
+        running.zero_()
+        window_start, window_steps = time.perf_counter(), 0
+    bar.close()
+
+
+# --- the trained model -------------------------------------------------------------------------------
+
+
+def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """Whether every data-parallel process holds the same weights (DDP must keep them identical)."""
+    fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in model.parameters()])
+    everyone = accelerator.gather(fingerprint.to(accelerator.device).unsqueeze(0))
+    return bool((everyone == everyone[0]).all())
+
+
+def write_model(accelerator: Accelerator, task: torch.nn.Module, cfg: PretrainConfig, work_dir: Path,
+                tokenizer_files: Iterable[Path], curve: list[dict]) -> None:  # fmt: skip
+    """Write the trained model (`task.model`) to `work_dir/output`: `model/` with the tokenizer files, `curve.json`, `logs/`.
+
+    Every process calls it (gathering the weights is collective under FSDP/DeepSpeed); the main process writes.
+    """
+    state_dict = accelerator.get_state_dict(task)
+    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
+        tracker.finish()
+    if not accelerator.is_main_process:
+        return
+    output = work_dir / "output"
+    shutil.rmtree(output, ignore_errors=True)
+    weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    accelerator.unwrap_model(task).model.save_pretrained(output / "model", state_dict=weights)
+    for f in tokenizer_files:
+        shutil.copy2(f, output / "model" / f.name)
+    (output / "curve.json").write_text(json.dumps(curve, indent=1))
+    if cfg.log_with and (work_dir / "logs").is_dir():
+        shutil.copytree(work_dir / "logs", output / "logs")
+
+
+def build_artifact(stage: str, cfg: PretrainConfig, store: ArtifactStore, aid: str, inputs: dict[str, str],
+                   train: Callable[[Path], dict], summary: Callable[[dict], str]) -> str:  # fmt: skip
+    """Build (or find) the model artifact `aid`; under `accelerate launch` every process trains, rank 0 publishes.
+
+    `train(work_dir)` trains (resuming from the work folder's checkpoints), leaves the artifact's files
+    in `work_dir/output` and returns the metrics; `summary(metrics)` is the line logged when it is published.
+    """
+    state = process_state()
+    if store.exists(aid):
+        log.info("%s %s: already built (cache hit)", stage, aid, main_process_only=True)
+        return aid
+    work_dir = store.work_dir(aid)
+    metrics = train(work_dir)
+    if state.is_main_process:
+        with store.build(stage, aid, config=cfg.model_dump(), inputs=inputs) as build:
+            shutil.copytree(work_dir / "output", build.dir, dirs_exist_ok=True)
+            build.metrics.update(metrics)
+        # Published: the checkpoints have served their purpose.
+        shutil.rmtree(work_dir, ignore_errors=True)
+        log.info("%s %s: %s", stage, aid, summary(metrics), main_process_only=True)
+    state.wait_for_everyone()
+    if state.use_distributed:
+        state.destroy_process_group()
+    return aid
