@@ -92,6 +92,7 @@ NOT_CODE_DEPENDENCIES = {
     "pretrain.artifacts": "the store: where and how artifacts are kept and named, not what they contain",
     "pretrain.pipeline": "the chain of stages and their command line: which stage runs, not what it computes",
     "pretrain.logs": "log lines: what a stage says, not what it writes",
+    "pretrain.progress": "progress bars and lines: what a stage shows while it runs",
 }
 
 

@@ -30,11 +30,11 @@ def test_ids_are_stable_across_processes():
 
 
 def test_code_version_follows_local_imports_but_not_main_guard():
-    # tokens imports ingest and vocab, so their code is part of its version; the stage CLI glue is not.
-    from pretrain.artifacts import _local_imports
+    # tokens imports formats and vocab, so their code is part of its version; the stage CLI glue is not.
+    from pretrain.artifacts import code_dependencies
 
-    assert {"pretrain.tokens", "pretrain.ingest", "pretrain.vocab", "pretrain.artifacts"} <= _local_imports("pretrain.tokens")
-    assert "pretrain.pipeline" not in _local_imports("pretrain.tokens")
+    assert {"pretrain.tokens", "pretrain.formats", "pretrain.vocab"} <= code_dependencies("pretrain.tokens")
+    assert "pretrain.pipeline" not in code_dependencies("pretrain.tokens")
     assert code_version("pretrain.tokens") != code_version("pretrain.ingest")
 
 
