@@ -85,8 +85,9 @@ def _entries(store: ArtifactStore, folder: str) -> list[dict[str, Any]]:
     )
     out = []
     for name in names:
-        with store.fs.open(f"{path}/{name}", "r", encoding="utf-8") as f:
-            out.append(json.load(f))
+        # One read of the whole object (one GET on S3). Not fs.open: fsspec's memory file system hands
+        # every reader of a file the same file object, so concurrent readers in threads garble each other.
+        out.append(json.loads(store.fs.cat_file(f"{path}/{name}")))
     return out
 
 
