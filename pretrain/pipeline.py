@@ -62,12 +62,16 @@ def inputs_of(stage: str, cfg: PipelineConfig) -> dict[str, str]:
 
 
 def decontamination_targets(cfg: PipelineConfig) -> Targets | None:
-    """The texts ingest keeps out of the corpus: every text of the task's test and validation files
-    (both texts of a sentence pair; a token task's words joined). None when `ingest.decontaminate.enabled`
-    is false. Read once per process while the files stay the same."""
+    """The texts ingest keeps out of the corpus (`task_targets` of evaluate.task); None when
+    `ingest.decontaminate.enabled` is false."""
     if cfg.ingest.decontaminate.enabled is False:
         return None
-    task = cfg.evaluate.task
+    return task_targets(cfg.evaluate.task)
+
+
+def task_targets(task: TaskConfig) -> Targets:
+    """Every text of the task's test and validation files (both texts of a sentence pair; a token task's
+    words joined), with its file and line. Read once per process while the files stay the same."""
     files = tuple(
         TaskFile(key, str(path), source_digest(path)["sha256"])
         for key in ("test_files", "validation_files")
