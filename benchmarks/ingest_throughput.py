@@ -8,7 +8,16 @@ Without --input it writes a JSONL corpus of the given size from the bundled Reut
 documents, 14 MB): each document is a story whose sentences are interleaved with those of two other
 stories, so documents are distinct; then 3% of them are repeated verbatim and 3% repeated with a few
 words changed, so that deduplication has real work (and the corpus is not deleted by it). One file:
-the ingest stage cuts it into byte ranges.
+the ingest stage cuts it into byte ranges. `--plant-test` of the documents (0.1%) are R8 test stories,
+in thirds verbatim, between two generated documents, and with 2% of their words changed, so that
+decontamination has real work too.
+
+Decontamination is on, against the R8 test file (2,133 texts), as the pipeline runs it; the line
+carries what it removed (per kind) and how many test texts it found, beside what was planted (it also
+finds the few test stories the Reuters corpus itself repeats, and their sentences inside generated
+documents). `--without-decontamination-too` also runs ingest with it off, in a fresh store after the
+first, for its cost (`decontamination_cost`: ingest seconds on over off; one run after the other, so
+load from other jobs can tilt it).
 
 It runs the ingest stage (on all cores), then the tokens stage with the demo base model's tokenizer
 (bert-base-uncased's vocabulary, published as the vocab artifact without training a domain vocabulary:
@@ -22,7 +31,8 @@ cleaning, filtering, exact and near deduplication).
 MB/s is input bytes over the wall time of ingest + tokens; MB per CPU-second is input bytes over the
 CPU time all processes spent (on a shared machine the wall-clock figure depends on what else runs).
 Peak RSS is the largest resident set of this process and of any worker process (ru_maxrss), taken
-before the baseline runs; run each size in its own process to compare them.
+before the baseline runs (and before ingest without decontamination); run each size in its own process
+to compare them.
 """
 
 from __future__ import annotations
@@ -45,31 +55,48 @@ sys.path.insert(0, str(ROOT))
 
 from pretrain import ingest, tokens  # noqa: E402
 from pretrain.artifacts import ArtifactStore  # noqa: E402
-from pretrain.config import IngestConfig, package_dir  # noqa: E402
+from pretrain.config import IngestConfig, TaskConfig, package_dir  # noqa: E402
+from pretrain.pipeline import task_targets  # noqa: E402
+
+R8_TEST = ROOT / "data" / "reuters" / "r8_test.jsonl.gz"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def generate(path: Path, size_mb: float, seed: int = 0) -> dict:
-    """A JSONL corpus of about size_mb MB from the Reuters stories, with known duplicates."""
+def _edited(text: str, share: float, rng: random.Random) -> str:
+    words = text.split(" ")
+    for _ in range(max(1, int(len(words) * share))):
+        words[rng.randrange(len(words))] = rng.choice(("oil", "bank", "said", "pct", "mln"))
+    return " ".join(words)
+
+
+def generate(path: Path, size_mb: float, plant_test: float = 0.0, seed: int = 0) -> dict:
+    """A JSONL corpus of about size_mb MB from the Reuters stories, with known duplicates and, a share
+    `plant_test` of its documents, R8 test stories (verbatim, embedded, edited)."""
     with gzip.open(ROOT / "data" / "reuters" / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         stories = [_SENTENCE.split(json.loads(line)["text"].strip()) for line in f]
     stories = [s for s in stories if len(s) >= 2]
+    with gzip.open(R8_TEST, "rt", encoding="utf-8") as f:
+        test = [json.loads(line)["text"] for line in f]
     rng = random.Random(seed)
     target = int(size_mb * 1e6)
     written = documents = exact = near = 0
+    planted = {"verbatim": 0, "embedded": 0, "edited": 0}
     recent: list[str] = []
     with open(path, "w", encoding="utf-8") as out:
         while written < target:
             roll = rng.random()
-            if roll < 0.03 and recent:
+            if roll < plant_test and recent:
+                kind = ("verbatim", "embedded", "edited")[sum(planted.values()) % 3]
+                text = test[rng.randrange(len(test))]
+                text = {"verbatim": text, "embedded": f"{rng.choice(recent)}\n\n{text}\n\n{rng.choice(recent)}",
+                        "edited": _edited(text, 0.02, rng)}[kind]  # fmt: skip
+                planted[kind] += 1
+            elif roll < 0.03 + plant_test and recent:
                 text = rng.choice(recent)
                 exact += 1
-            elif roll < 0.06 and recent:
-                words = rng.choice(recent).split(" ")
-                for _ in range(max(1, len(words) // 50)):  # about 2% of the words replaced
-                    words[rng.randrange(len(words))] = rng.choice(("oil", "bank", "said", "pct", "mln"))
-                text = " ".join(words)
+            elif roll < 0.06 + plant_test and recent:
+                text = _edited(rng.choice(recent), 0.02, rng)  # about 2% of the words replaced
                 near += 1
             else:
                 a, b, c = (stories[rng.randrange(len(stories))] for _ in range(3))
@@ -82,7 +109,7 @@ def generate(path: Path, size_mb: float, seed: int = 0) -> dict:
             out.write(line)
             written += len(line.encode("utf-8"))
             documents += 1
-    return {"documents": documents, "exact_copies": exact, "near_copies": near}
+    return {"documents": documents, "exact_copies": exact, "near_copies": near, "planted_test_texts": planted}
 
 
 def cpu_seconds() -> float:
@@ -145,6 +172,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="where the corpus and the store go (default: a temporary folder, removed)")
     parser.add_argument("--workers", type=int, default=None, help="ingest.parallel.workers (default: every core)")
     parser.add_argument("--baseline-mb", type=float, default=20, help="MB of the corpus the datasets.map baseline tokenises (0: skip it)")
+    parser.add_argument("--plant-test", type=float, default=0.001, help="share of generated documents that are R8 test stories")
+    parser.add_argument("--without-decontamination-too", action="store_true", help="also time ingest with decontamination off")
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dapt-bench-"))
@@ -154,18 +183,22 @@ def main() -> None:
         if args.input:
             inputs = [args.input]
         else:
-            corpus = workdir / f"reuters-{args.size_mb:g}mb.jsonl"
-            if not corpus.is_file():
-                generated = generate(corpus, args.size_mb)
+            corpus = workdir / f"reuters-{args.size_mb:g}mb-test{args.plant_test:g}.jsonl"
+            described = corpus.with_suffix(".json")  # what was generated, for a re-run on the same corpus
+            if not corpus.is_file() or not described.is_file():
+                described.write_text(json.dumps(generate(corpus, args.size_mb, args.plant_test)))
+            generated = json.loads(described.read_text())
             inputs = [str(corpus)]
         os.environ.setdefault("DAPT_CACHE", str(workdir / "cache"))
         store = ArtifactStore(workdir / f"store-{os.getpid()}")
         cfg = IngestConfig(inputs=inputs, text_field=args.text_field, strip_patterns=[r"(?i)\s*reuter\s*\x03\s*$"],
                            parallel={"workers": args.workers})  # fmt: skip
+        # As the pipeline decontaminates against a task: here the R8 test file.
+        against = task_targets(TaskConfig(name="R8", train_files=[str(R8_TEST)], test_files=[str(R8_TEST)]))
 
         cpu_started = cpu_seconds()
         started = time.perf_counter()
-        corpus_id = ingest.run(cfg, store)
+        corpus_id = ingest.run(cfg, store, against=against)
         ingest_s = time.perf_counter() - started
         vocab_id = publish_base_tokenizer(store)
         started = time.perf_counter()
@@ -178,6 +211,13 @@ def main() -> None:
         input_mb = corpus_m["input_bytes"] / 1e6
         n_tokens = tokens_m["train_tokens"] + tokens_m["validation_tokens"]
         main_rss, child_rss = peak_rss_mb()  # before the baseline runs: these are high-water marks
+        without = {}
+        if args.without_decontamination_too:
+            started = time.perf_counter()
+            off = cfg.model_copy(update={"decontaminate": cfg.decontaminate.model_copy(update={"enabled": False})})
+            ingest.run(off, ArtifactStore(workdir / f"store-off-{os.getpid()}"))
+            without["ingest_without_decontamination_s"] = round(time.perf_counter() - started, 1)
+            without["decontamination_cost"] = round(ingest_s / without["ingest_without_decontamination_s"], 2)
         compared = baseline(Path(inputs[0]), workdir, args.baseline_mb, args.workers or os.cpu_count() or 1) if args.baseline_mb and Path(inputs[0]).is_file() else {}
         mb_per_s = input_mb / (ingest_s + tokens_s)
         if compared:
@@ -201,6 +241,9 @@ def main() -> None:
             "exact_duplicates_removed": corpus_m["duplicates_removed"],
             "near_duplicates_removed": corpus_m["near_duplicates_removed"],
             **({"generated_exact_copies": generated["exact_copies"], "generated_near_copies": generated["near_copies"]} if generated else {}),
+            "decontamination": corpus_m["decontamination"],
+            **({"planted_test_texts": generated["planted_test_texts"]} if generated else {}),
+            **without,
             "peak_rss_mb_main": round(main_rss),
             "peak_rss_mb_worker": round(child_rss),
             "cpus": os.cpu_count(),

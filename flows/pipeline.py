@@ -51,7 +51,8 @@ from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
-from pretrain.pipeline import STAGES, enabled, input_ids, run_stage, stage_id
+from pretrain.decontaminate import Targets
+from pretrain.pipeline import STAGES, decontamination_targets, enabled, input_ids, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
 from pretrain.summaries import run_summary, stage_markdown, stage_table, summary_rows
 
@@ -152,10 +153,10 @@ _SHARD_TASK = {**IO_RETRIES, "retry_condition_fn": _retry_on_io, "cache_policy":
 
 
 @task(name="ingest-shard", task_run_name="ingest shard {index}", **_SHARD_TASK)
-def ingest_shard(index: int, pieces: list, config: IngestConfig, store_url: str) -> list | State:
-    """Read, clean, filter and sign some input pieces into the store's shard cache."""
+def ingest_shard(index: int, pieces: list, config: IngestConfig, store_url: str, against: Targets | None = None) -> list | State:
+    """Read, clean, filter, decontaminate and sign some input pieces into the store's shard cache."""
     try:
-        summaries = ingest.process_shard(pieces, config, store_url)
+        summaries = ingest.process_shard(pieces, config, store_url, against)
     except UserError as e:
         return Failed(message=f"ingest: {e}")
     size, seconds = sum(s["bytes"] for s in summaries), sum(s["seconds"] for s in summaries)
@@ -247,12 +248,12 @@ def ingest_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
     store = ArtifactStore(config.store)
     cfg = config.ingest
     try:
-        plan = ingest.make_plan(cfg, store)
+        plan = ingest.make_plan(cfg, store, against=decontamination_targets(config))
     except UserError as e:
         return Failed(message=f"ingest: {e}")
     cached = store.exists(plan.aid)
     if not cached:
-        calls = [(i, shard, cfg, store.url) for i, shard in enumerate(plan.shards)]
+        calls = [(i, shard, cfg, store.url, plan.against) for i, shard in enumerate(plan.shards)]
         if failed := _run_shards("ingest", ingest_shard, calls, [sum(p.size for p in s) for s in plan.shards], cfg.parallel):
             return failed
     return _assemble("ingest", config, ids, plan.aid, cached, started, plan=plan)

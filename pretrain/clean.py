@@ -77,6 +77,13 @@ class Cleaner:
         self.pii = [(kind, *PII_PATTERNS[kind]) for kind in cfg.scrub_pii]
         self.counts = dict.fromkeys(COUNTERS, 0)
 
+    def text(self, raw: str | None) -> str:
+        """The text as a kept document would be (cleaned, PII replaced), without filters or counts."""
+        text = clean_text(raw or "", self.cfg, self.patterns)
+        for _, pattern, placeholder in self.pii:
+            text = pattern.sub(placeholder, text)
+        return text
+
     def __call__(self, raw: str | None) -> tuple[str, int] | None:
         """(clean text, words), or None when the document is dropped."""
         counts = self.counts

@@ -57,6 +57,25 @@ class DedupConfig(Section):
     """MinHash permutations: more separate the threshold more sharply, at more cost."""
 
 
+class DecontaminateConfig(Section):
+    """Remove corpus documents that overlap the texts the task is evaluated on (its test and validation files)."""
+
+    enabled: bool | Literal["auto"] = "auto"
+    """`auto`: on whenever the stage is given the task's texts, which the pipeline always does (`dapt run`,
+    `python -m pretrain.ingest`, the flows); `true`: the same, and an error when there are none; `false`: off."""
+    ngram_words: int = Field(default=8, ge=3, le=64)
+    """Words per n-gram for containment: a document contains a task text when it holds at least `min_containment`
+    of the text's distinct n-grams (a text shorter than this must occur whole)."""
+    min_containment: float = Field(default=0.5, gt=0, le=1)
+    """Share of a task text's n-grams a document must contain to count as containing it (below 1: light edits do not hide it)."""
+    near: bool = True
+    """Also remove near duplicates of a task text: Jaccard similarity of the word shingles deduplication uses
+    (dedup.shingle_words), estimated by MinHash (dedup.num_perm), at least dedup.threshold."""
+    max_removed_fraction: float = Field(default=0.5, gt=0, le=1)
+    """Stop with an error naming the task files when decontamination removes more than this share of the
+    documents that passed the filters: the inputs are then mostly the task's own text."""
+
+
 class ParallelConfig(Section):
     """Where and how ingest and tokens run their shards; not part of any artifact id."""
 
@@ -91,6 +110,7 @@ class IngestConfig(Section):
     scrub_pii: list[Literal["email", "phone", "ip"]] = []
     """Replace e-mail addresses, phone numbers and/or IP addresses by <EMAIL>, <PHONE>, <IP>; counts are reported."""
     dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     validation_fraction: float = Field(default=0.02, gt=0, lt=0.5)
     """Share of documents for validation, chosen by a hash of the text (deterministic, order-independent)."""
     on_error: Literal["fail", "skip"] = "fail"

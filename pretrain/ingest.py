@@ -5,7 +5,9 @@
 
 Output (corpus artifact `c-...`): `train.parquet` and `validation.parquet` (column `text`), and in the
 manifest: documents and bytes read, what each filter removed, exact and near duplicates removed, PII
-replaced, bad records skipped, and per input file its records, invalid UTF-8 lines and problems.
+replaced, bad records skipped, and per input file its records, invalid UTF-8 lines and problems; with
+decontamination, the documents removed for overlapping the task's test and validation texts, per kind
+and per task file, with examples.
 
 How it scales to corpora larger than memory, on one machine or many:
 1. Plan (`make_plan`). The inputs are listed and hashed (sha256; a file whose size and change stamps
@@ -15,8 +17,11 @@ How it scales to corpora larger than memory, on one machine or many:
 2. Pieces. Each piece is read as a stream, cleaned and filtered (pretrain/clean.py) and signed (a
    128-bit hash of the text and MinHash LSH band keys of its word shingles: pretrain/dedup.py) on its
    own, into one Parquet file in the store's shard cache named by a hash of the file's content, the
-   range, the settings and this code. Pieces already there are not redone: a weekly re-run where a
-   few files are new or changed reads only those. Pieces are grouped into shard tasks of about
+   range, the settings and this code. Decontamination happens here too (pretrain/decontaminate.py):
+   a document overlapping a text of the task's test or validation files is counted and not written,
+   so it streams and runs on every core; the task texts' hash is part of the piece's name. Pieces
+   already there are not redone: a weekly re-run where a few files are new or changed reads only
+   those. Pieces are grouped into shard tasks of about
    `shard_mb`, run on every core (a process pool), or as Prefect tasks on any task runner, a Dask
    cluster included (flows/pipeline.py).
 3. Assemble. Deduplication is global and keeps the first occurrence in input order, out of core
@@ -43,6 +48,7 @@ import pyarrow.parquet as pq
 from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_version, source_digest
 from pretrain.clean import COUNTERS, Cleaner
 from pretrain.config import IngestConfig
+from pretrain.decontaminate import Decontaminator, Targets, decontaminator, merge
 from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
 from pretrain.formats import SPLITS
@@ -55,6 +61,8 @@ log = get_logger(__name__)
 STAGE = "ingest"
 # Where and how it runs, not what it computes: left out of the corpus id and the piece keys.
 EXECUTION_ONLY = {"parallel"}
+# Whether the run may go on, not what it writes: left out of the corpus id and the piece keys.
+DECONTAMINATE_CHECKS = {"enabled", "max_removed_fraction"}
 _SCHEMA = pa.schema([("text", pa.string())])
 _WRITE_BATCH = 2048
 _WRITE_BYTES = 8 << 20  # also close a corpus row group at this much text (long documents)
@@ -98,24 +106,52 @@ class IngestPlan:
     pieces: list[Piece]
     settings_key: str
     shards: list[list[Piece]]
+    against: Targets | None = None  # the task texts kept out of the corpus (None: decontamination off)
 
     def names(self) -> list[str]:
         return [p.name(self.settings_key) for p in self.pieces]
 
 
-def id_config(cfg: IngestConfig) -> dict[str, Any]:
+def decontaminating(cfg: IngestConfig, against: Targets | None) -> bool:
+    """Whether this run removes documents overlapping `against`: `ingest.decontaminate.enabled` and
+    whether there are task texts (`auto` needs them, `true` insists on them)."""
+    enabled = cfg.decontaminate.enabled
+    if enabled is True and against is None:
+        raise InputError(
+            "ingest.decontaminate.enabled is true but the stage was given no task texts to check the corpus against; "
+            "run it through the pipeline (`dapt run`, `python -m pretrain.ingest --config C`), which reads them from "
+            "evaluate.task, or set enabled: auto"
+        )
+    return enabled is not False and against is not None
+
+
+def _decontamination_settings(cfg: IngestConfig, against: Targets | None) -> dict[str, Any] | None:
+    """What decontamination changes in the output: its settings and the task texts (their hash, not their files)."""
+    if not decontaminating(cfg, against):
+        return None
+    assert against is not None
+    return {**cfg.decontaminate.model_dump(exclude=DECONTAMINATE_CHECKS), "texts_sha256": against.digest}
+
+
+def id_config(cfg: IngestConfig, against: Targets | None = None) -> dict[str, Any]:
     """The settings the corpus id hashes: not `inputs` (where the files are), since the id hashes their
-    content; the same files read from another folder or an s3:// URL give the same corpus."""
-    return cfg.model_dump(exclude=EXECUTION_ONLY | {"inputs"})
+    content; the same files read from another folder or an s3:// URL give the same corpus. Likewise the
+    task texts count by their content, and decontamination's settings only when it is on."""
+    config = cfg.model_dump(exclude=EXECUTION_ONLY | {"inputs", "decontaminate"})
+    if (settings := _decontamination_settings(cfg, against)) is not None:
+        config["decontaminate"] = settings
+    return config
 
 
 def manifest_config(cfg: IngestConfig) -> dict[str, Any]:
     return cfg.model_dump(exclude=EXECUTION_ONLY)
 
 
-def settings_key(cfg: IngestConfig) -> str:
-    """Everything a piece's result depends on besides its bytes: per-document settings and this code."""
-    settings = cfg.model_dump(exclude=EXECUTION_ONLY | {"inputs", "validation_fraction"})
+def settings_key(cfg: IngestConfig, against: Targets | None = None) -> str:
+    """Everything a piece's result depends on besides its bytes: per-document settings, the task texts
+    it is screened against, and this code."""
+    settings = cfg.model_dump(exclude=EXECUTION_ONLY | {"inputs", "validation_fraction", "decontaminate"})
+    settings["decontaminate"] = _decontamination_settings(cfg, against)
     return hashlib.sha256(canonical_json([code_version(f"pretrain.{STAGE}"), settings]).encode()).hexdigest()
 
 
@@ -128,18 +164,22 @@ def _sources(cfg: IngestConfig) -> tuple[list[str], list[dict[str, Any]]]:
     return files, [{"path": f, **source_digest(f)} for f in files]
 
 
-def stage_id(cfg: IngestConfig) -> str:
-    """The corpus artifact id for `cfg` (hashes the input files; reads no documents)."""
+def stage_id(cfg: IngestConfig, against: Targets | None = None) -> str:
+    """The corpus artifact id for `cfg` (hashes the input files; reads no documents). `against`: the
+    task texts to keep out of the corpus (see `make_plan`)."""
     _, sources = _sources(cfg)
-    return artifact_id(STAGE, id_config(cfg), sources=sources)
+    return artifact_id(STAGE, id_config(cfg, against), sources=sources)
 
 
-def make_plan(cfg: IngestConfig, store: ArtifactStore) -> IngestPlan:
+def make_plan(cfg: IngestConfig, store: ArtifactStore, against: Targets | None = None) -> IngestPlan:
     """The corpus id, the pieces to read and the shard tasks still to run.
 
     The one place a run lists and hashes the inputs: `run` and the ingest flow (flows/pipeline.py)
-    both start here.
+    both start here. `against`: the texts of the task's test and validation files (the pipeline's
+    `decontamination_targets`); documents overlapping them are removed unless
+    `ingest.decontaminate.enabled` is false.
     """
+    against = against if decontaminating(cfg, against) else None
     _, sources = _sources(cfg)
     shard_bytes = int(cfg.parallel.shard_mb * 2**20)
     pieces: list[Piece] = []
@@ -155,15 +195,18 @@ def make_plan(cfg: IngestConfig, store: ArtifactStore) -> IngestPlan:
             pieces += _row_group_pieces(path, sha, shard_bytes)
         else:
             pieces.append(Piece(path, sha, fmt, compression, 0, None, size))
-    aid, key = artifact_id(STAGE, id_config(cfg), sources=sources), settings_key(cfg)
+    aid, key = artifact_id(STAGE, id_config(cfg, against), sources=sources), settings_key(cfg, against)
     if store.exists(aid):
-        return IngestPlan(aid, sources, pieces, key, shards=[])
+        return IngestPlan(aid, sources, pieces, key, shards=[], against=against)
     log.info("ingest %s: config %s", aid, cfg.model_dump_json())
     done = store.shards(STAGE).names()
     pending = [p for p in pieces if p.name(key) not in done]
     if len(pending) < len(pieces):
         log.info("ingest: %d of %d pieces already in the shard cache (unchanged files)", len(pieces) - len(pending), len(pieces))
-    return IngestPlan(aid, sources, pieces, key, pack_shards(pending, shard_bytes))
+    if against is not None:
+        log.info("ingest: removing documents that overlap %s (%d texts from %s)", against.described(), len(against.texts),
+                 ", ".join(f.path for f in against.files))  # fmt: skip
+    return IngestPlan(aid, sources, pieces, key, pack_shards(pending, shard_bytes), against)
 
 
 def _row_group_pieces(path: str, sha: str, shard_bytes: int) -> list[Piece]:
@@ -192,19 +235,21 @@ def pack_shards(pieces: list[Piece], shard_bytes: int) -> list[list[Piece]]:
 
 # --- pieces (run anywhere: a pool process, a Prefect task, a Dask worker) ---------------------------
 
-def process_shard(pieces: list[Piece], cfg: IngestConfig, store_url: str) -> list[dict[str, Any]]:
-    """Read, clean, filter and sign each piece into the store's shard cache; a summary per piece."""
+def process_shard(pieces: list[Piece], cfg: IngestConfig, store_url: str, against: Targets | None = None) -> list[dict[str, Any]]:
+    """Read, clean, filter, decontaminate and sign each piece into the store's shard cache; a summary per
+    piece. `against`: the plan's task texts (None: no decontamination)."""
     store = ArtifactStore(store_url)
     cache = store.shards(STAGE)
-    key = settings_key(cfg)
+    key = settings_key(cfg, against)
     cleaner, signer = Cleaner(cfg), Signer(cfg.dedup)
     summaries = []
     for piece in pieces:
         started = time.perf_counter()
         name = piece.name(key)
+        screen = decontaminator(cfg, against) if against is not None else None
         with tempfile.TemporaryDirectory(prefix="dapt-ingest-") as tmp:
             local = Path(tmp) / name
-            stats = _process_piece(piece, cfg, cleaner, signer, local)
+            stats = _process_piece(piece, cfg, cleaner, signer, local, screen)
             cache.put(local, name)
         summaries.append({"piece": name, "source": piece.source, "bytes": piece.size,
                           "documents": stats["kept"], "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
@@ -218,7 +263,8 @@ def _piece_schema(bands: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Signer, out: Path) -> dict[str, Any]:
+def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Signer, out: Path,
+                   screen: Decontaminator | None = None) -> dict[str, Any]:  # fmt: skip
     stats = FileStats(piece.source, on_error=cfg.on_error, hint=_HINT)
     spec = RecordSource(piece.source, piece.fmt, piece.compression, piece.start, piece.end, cfg.txt_mode,
                         cfg.text_field, int(cfg.max_document_mb * 2**20))  # fmt: skip
@@ -233,23 +279,27 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
         read_chars = 0
 
         def flush() -> None:
-            nonlocal kept, read_chars, advanced
-            columns = {
-                "text": pa.array(texts, pa.string()),
-                "words": pa.array(words, pa.uint32()),
-                "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(texts), [None, pa.py_buffer(signer.exact_keys(texts))]),
-            }
-            if signer.bands:
-                flat = pa.array(signer.band_keys(texts).reshape(-1), pa.uint64())
-                columns["bands"] = pa.FixedSizeListArray.from_arrays(flat, signer.bands)
-            writer.write_table(pa.table(columns, schema=schema))
-            kept += len(texts)
+            nonlocal kept, read_chars, advanced, texts, words
+            if screen is not None:  # documents overlapping a task text are counted there and not written
+                drop = screen.screen(texts, piece.source)
+                if any(drop):
+                    texts, words = [t for t, d in zip(texts, drop) if not d], [w for w, d in zip(words, drop) if not d]
+            if texts:
+                columns = {
+                    "text": pa.array(texts, pa.string()),
+                    "words": pa.array(words, pa.uint32()),
+                    "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(texts), [None, pa.py_buffer(signer.exact_keys(texts))]),
+                }
+                if signer.bands:
+                    flat = pa.array(signer.band_keys(texts).reshape(-1), pa.uint64())
+                    columns["bands"] = pa.FixedSizeListArray.from_arrays(flat, signer.bands)
+                writer.write_table(pa.table(columns, schema=schema))
+                kept += len(texts)
             if streamed:  # characters read are about bytes read; other formats report when done
                 step = min(read_chars, piece.size - advanced)
                 report_progress(step)
                 advanced += step
-            texts.clear()
-            words.clear()
+            texts, words = [], []
             read_chars = 0
 
         for raw in iter_texts(spec, stats):
@@ -269,6 +319,8 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
             "file": {"path": piece.source, "records": stats.records, "invalid_utf8_lines": stats.invalid_utf8_lines,
                      "errors": stats.errors, "error_examples": stats.error_examples, "skipped": stats.skipped},  # fmt: skip
         }
+        if screen is not None:
+            summary["decontamination"] = screen.summary()
         writer.add_key_value_metadata({"dapt": json.dumps(summary)})
     report_progress(max(piece.size - advanced, 0))
     return summary
@@ -281,34 +333,35 @@ def _piece_summary(path: Path) -> dict[str, Any]:
 # --- running -----------------------------------------------------------------------------------------
 
 
-def run(cfg: IngestConfig, store: ArtifactStore, plan: IngestPlan | None = None) -> str:
+def run(cfg: IngestConfig, store: ArtifactStore, plan: IngestPlan | None = None, against: Targets | None = None) -> str:
     """Build (or find) the corpus artifact for `cfg`; returns its id.
 
     Without `plan`, plans and runs the shard tasks on this machine's cores. With one (from
     `make_plan`), its shard tasks have run already (the ingest flow runs them as Prefect tasks) and
-    only the assembly is left.
+    only the assembly is left. `against`: the task texts to keep out of the corpus (see `make_plan`;
+    a plan carries its own).
     """
     ran_shards = plan is not None
-    plan = plan or make_plan(cfg, store)
+    plan = plan or make_plan(cfg, store, against)
     if store.exists(plan.aid):
         log.info("ingest %s: already built (cache hit)", plan.aid)
         return plan.aid
     if plan.shards and not ran_shards:
         started = time.perf_counter()
-        _run_local(plan.shards, cfg, store)
+        _run_local(plan.shards, cfg, store, plan.against)
         size = sum(p.size for shard in plan.shards for p in shard)
         seconds = time.perf_counter() - started
         log.info("ingest: read %.1f MB in %.1f s (%.1f MB/s)", size / 1e6, seconds, size / 1e6 / max(seconds, 1e-9))
     return assemble(plan, cfg, store)
 
 
-def _run_local(shards: list[list[Piece]], cfg: IngestConfig, store: ArtifactStore) -> None:
+def _run_local(shards: list[list[Piece]], cfg: IngestConfig, store: ArtifactStore, against: Targets | None) -> None:
     """The shard tasks on this machine: a process pool over the cores, or in this process."""
     if cfg.parallel.dask_address:
         log.info("ingest: parallel.dask_address is for `dapt run` (Prefect runs the shards there); run alone, they run here")
     # memory:// files live in this process only.
     here = any(p.source.startswith("memory://") for shard in shards for p in shard)
-    run_local(process_shard, [(shard, cfg, store.url) for shard in shards], [sum(p.size for p in s) for s in shards],
+    run_local(process_shard, [(shard, cfg, store.url, against) for shard in shards], [sum(p.size for p in s) for s in shards],
               cfg.parallel.workers, "ingest", force_in_process=here)  # fmt: skip
 
 
@@ -325,6 +378,13 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
     file_stats = _file_stats(summaries)
     for stats in file_stats:
         _warn(stats)
+    decontamination = None
+    if plan.against is not None:
+        decontamination = merge([s["decontamination"] for s in summaries], plan.against)
+        removed_share = decontamination[0]["removed"] / max(sum(s["kept"] for s in summaries) + decontamination[0]["removed"], 1)
+        if removed_share > cfg.decontaminate.max_removed_fraction:
+            raise _too_little_left(decontamination, summaries, f"{removed_share:.0%} of them, more than "
+                                   f"ingest.decontaminate.max_removed_fraction={cfg.decontaminate.max_removed_fraction}")  # fmt: skip
 
     with store.build(STAGE, plan.aid, config=manifest_config(cfg), sources=plan.sources) as build:
         scratch = build.dir / ".dedup"
@@ -337,6 +397,10 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
 
         total = {k: sum(kept[s][k] for s in SPLITS) for k in kept["train"]}
         duplicates = {"duplicates_removed": int(len(exact_removed)), "near_duplicates_removed": int(len(near_removed))}
+        split_empty = kept["train"]["documents"] == 0 or kept["validation"]["documents"] == 0
+        if split_empty and decontamination is not None and decontamination[0]["removed"]:
+            raise _too_little_left(decontamination, summaries, f"{total['documents']:,} documents are left, too few to give both a "
+                                   f"train and a validation split")  # fmt: skip
         if total["documents"] == 0:
             skipped = [f"{s['path']} ({s['skipped']})" for s in file_stats if s["skipped"]]
             if skipped and len(skipped) == len(file_stats):
@@ -375,6 +439,14 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
             pieces=len(plan.pieces),
         )
         build.extra["files_read"] = file_stats
+        if decontamination is not None:
+            build.metrics["decontamination"], build.extra["decontamination"] = decontamination
+            m, details = decontamination
+            log.info(
+                "ingest: decontamination removed %d documents overlapping %s (%d exact copies, %d near duplicates, %d containing "
+                "a task text); %d of its %d texts were found in the corpus", m["removed"], details["against"], m["exact"], m["near"],
+                m["contained"], m["task_texts_found"], m["task_texts"],
+            )  # fmt: skip
         log.info(
             "ingest %s: %d documents (%d train / %d validation), %.1f MB, from %.1f MB of input; removed "
             "%d exact and %d near duplicates, %d empty, %d short, %d long, %d low-alpha; %d bad records skipped",
@@ -384,6 +456,24 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
             counts["low_alpha_removed"], build.metrics["records_skipped"],
         )  # fmt: skip
     return plan.aid
+
+
+def _too_little_left(decontamination: tuple[dict[str, Any], dict[str, Any]], summaries: list[dict[str, Any]], why: str) -> InputError:
+    """The error when decontamination leaves too little corpus: it names the task files and what each removed."""
+    m, details = decontamination
+    passed = sum(s["kept"] for s in summaries) + m["removed"]
+    files = "; ".join(
+        f"{f['path']} (evaluate.task.{f['key']}): {f['documents_removed']:,} documents removed, {f['texts_found']:,} of its "
+        f"{f['texts']:,} texts found in the corpus"
+        for f in details["files"] if f["documents_removed"]
+    )  # fmt: skip
+    return InputError(
+        f"ingest: decontamination removed {m['removed']:,} of the {passed:,} corpus documents that passed the filters because "
+        f"they overlap {details['against']} ({m['exact']:,} exact copies, {m['near']:,} near duplicates, {m['contained']:,} "
+        f"containing a task text): {why}. {files}. The corpus is mostly the task's own evaluation text: check ingest.inputs "
+        f"(is a task file among them?) and evaluate.task. To go on regardless, raise ingest.decontaminate.max_removed_fraction "
+        f"(or set ingest.decontaminate.enabled: false, and the comparison is no longer fair)"
+    )
 
 
 def _file_stats(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,13 +8,17 @@ store by id and never builds them silently. `flows/` chains the same `run_stage`
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, vocab
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import PipelineConfig, load_config
+from pretrain.artifacts import ArtifactStore, source_digest
+from pretrain.config import PipelineConfig, TaskConfig, load_config
+from pretrain.decontaminate import Targets, TaskFile
 from pretrain.errors import UserError
+from pretrain.io import expand_inputs
 from pretrain.logs import setup_logging
+from pretrain.tasks import read_split
 
 STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
 # Each stage's input artifacts: role -> producing stage.
@@ -57,9 +61,44 @@ def inputs_of(stage: str, cfg: PipelineConfig) -> dict[str, str]:
     return {role: producer for role, producer in INPUTS[stage].items() if enabled(producer, cfg)}
 
 
-def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, str]]:
+def decontamination_targets(cfg: PipelineConfig) -> Targets | None:
+    """The texts ingest keeps out of the corpus (`task_targets` of evaluate.task); None when
+    `ingest.decontaminate.enabled` is false."""
+    if cfg.ingest.decontaminate.enabled is False:
+        return None
+    return task_targets(cfg.evaluate.task)
+
+
+def task_targets(task: TaskConfig) -> Targets:
+    """Every text of the task's test and validation files (both texts of a sentence pair; a token task's
+    words joined), with its file and line. Read once per process while the files stay the same."""
+    files = tuple(
+        TaskFile(key, str(path), source_digest(path)["sha256"])
+        for key in ("test_files", "validation_files")
+        for path in expand_inputs(getattr(task, key))
+    )  # fmt: skip
+    return _read_targets(task.model_dump_json(), files)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_targets(task_json: str, files: tuple[TaskFile, ...]) -> Targets:
+    task = TaskConfig.model_validate_json(task_json)
+    rows = []
+    for file in files:
+        split = read_split(task, [file.path], file.key, notes=[])
+        texts = [" ".join(words) for words in split.texts] if task.type == "token" else list(split.texts)
+        found = list(zip(split.locations, texts)) + list(zip(split.locations, split.pairs or []))
+        rows.append((file, found))
+    return Targets.from_files(task.name, rows)
+
+
+def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, object]]:
+    """The stage's config section, and its keyword arguments: input ids by role (ingest: the task texts, `against`)."""
     section = section_of(stage, cfg)
-    return section, {role: ids[producer] for role, producer in inputs_of(stage, cfg).items()}
+    arguments: dict[str, object] = {role: ids[producer] for role, producer in inputs_of(stage, cfg).items()}
+    if stage == "ingest":
+        arguments["against"] = decontamination_targets(cfg)
+    return section, arguments
 
 
 def stage_id(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.logs import get_logger
-from pretrain.summaries import format_comparison, format_p, mean_std, metric_label, shown_metrics, summary_rows
+from pretrain.summaries import decontamination_sentence, format_comparison, format_p, mean_std, metric_label, shown_metrics, summary_rows
 
 log = get_logger(__name__)
 
@@ -308,6 +308,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         f"- {corpus['documents']:,} documents ({corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), "
         f"{corpus['bytes'] / 1e6:.1f} MB, {corpus['words']:,} words; removed {corpus['duplicates_removed']:,} exact duplicates, "
         f"{corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
+        f"- Decontamination: {decontamination_sentence(manifests['ingest'])}",
         f"- Fertility on validation (tokens per word): base tokenizer {vocab['fertility_base']:.3f}, domain WordPiece "
         f"({vocab['domain_vocab_size']:,}) {vocab['fertility_domain']:.3f}. The model trains with: `{vocab['mode']}`.",
         "",

@@ -24,9 +24,10 @@ def key_figures(manifest: dict) -> str:
         return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
     if stage == "ingest":
         share = 100 * m["train_documents"] / m["documents"]
+        overlap = f"{m['decontamination']['removed']:,} overlapping {manifest['decontamination']['against']} removed, " if "decontamination" in m else ""
         return (
             f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB, {m['duplicates_removed']:,} exact duplicates removed, "
-            f"{m['empty_removed'] + m['short_removed']:,} filtered, {share:.0f}/{100 - share:.0f} train/validation"
+            f"{m['empty_removed'] + m['short_removed']:,} filtered, {overlap}{share:.0f}/{100 - share:.0f} train/validation"
         )
     if stage == "vocab":
         line = (
@@ -70,6 +71,21 @@ def key_figures(manifest: dict) -> str:
             )
         return line
     return ""
+
+
+def decontamination_sentence(manifest: dict) -> str:
+    """What decontamination did to a corpus, as the report says it: 'Removed 37 documents overlapping the R8
+    test set (12 exact copies, 5 near duplicates, 20 containing a test text); 30 of its 2,133 texts were
+    found in the corpus.'"""
+    m, details = manifest["metrics"].get("decontamination"), manifest.get("decontamination")
+    if not m or not details:
+        return "The corpus was not checked against the task's test texts (`ingest.decontaminate.enabled: false`)."
+    noun = "document" if m["removed"] == 1 else "documents"
+    kinds = f" ({m['exact']:,} exact copies, {m['near']:,} near duplicates, {m['contained']:,} containing a task text)" if m["removed"] else ""
+    return (
+        f"Removed {m['removed']:,} {noun} overlapping {details['against']}{kinds}; {m['task_texts_found']:,} of its "
+        f"{m['task_texts']:,} texts were found in the corpus."
+    )
 
 
 def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:

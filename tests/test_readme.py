@@ -24,8 +24,8 @@ def test_the_two_commands_and_ci():
 
 
 def test_every_ingest_subsection_key_is_documented():
-    from pretrain.config import DedupConfig, ParallelConfig
+    from pretrain.config import DecontaminateConfig, DedupConfig, ParallelConfig
 
-    for prefix, model in (("dedup", DedupConfig), ("parallel", ParallelConfig)):
+    for prefix, model in (("dedup", DedupConfig), ("decontaminate", DecontaminateConfig), ("parallel", ParallelConfig)):
         for name in model.model_fields:
             assert f"`{prefix}.{name}`" in README, f"{prefix}.{name}"
