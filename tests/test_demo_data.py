@@ -30,6 +30,19 @@ def test_r8_split_matches_the_data_card():
     assert {r["id"] for r in train} <= corpus_ids
 
 
+def test_low_resource_split_takes_ten_of_each_label_from_train_for_each_side():
+    train_ids = {r["id"] for r in read_jsonl_gz(REUTERS / "r8_train.jsonl.gz")}
+    few_train = read_jsonl_gz(REUTERS / "r8_few_train.jsonl.gz")
+    few_validation = read_jsonl_gz(REUTERS / "r8_few_validation.jsonl.gz")
+    for records in (few_train, few_validation):
+        labels = [r["label"] for r in records]
+        assert {label: labels.count(label) for label in set(labels)} == dict.fromkeys(
+            ("earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain"), 10
+        )
+        assert {r["id"] for r in records} <= train_ids
+    assert not {r["id"] for r in few_train} & {r["id"] for r in few_validation}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SOURCE.is_file(), reason="the Reuters-21578 source file is not on this machine")
 def test_prepare_regenerates_the_files_byte_identically():

@@ -8,7 +8,14 @@ Writes, next to this script, byte-identically on every run (gzip mtime 0, sorted
                      (the ` Reuter\\n\\x03` trailer is left in; the ingest stage strips it by config)
 - r8_train.jsonl.gz  R8 task, train split (date before 1987-04-08)
 - r8_test.jsonl.gz   R8 task, test split (date on/after 1987-04-08)
-- SHA256SUMS         hashes of the three files (and of the source) for `--check`
+- r8_few_train.jsonl.gz, r8_few_validation.jsonl.gz
+                     low-resource R8 (the demo's task): 10 train and 10 other validation stories per
+                     label, taken from r8_train; the test split stays whole
+- SHA256SUMS         hashes of the files (and of the source) for `--check`
+
+The low-resource split ranks each label's train stories by the sha256 of their id and takes the first
+10 for train and the next 10 for validation: the choice depends on the records alone, and a larger
+split would contain every smaller one.
 
 R8: documents with a body and exactly one topic, that topic one of
 earn, acq, crude, trade, money-fx, interest, ship, grain (DATACARD.md).
@@ -31,7 +38,7 @@ SOURCE_SHA256 = "f63a6a1e2260f33a16d89a5b819622d9ac470bb2538949c1e1722a15570066c
 R8_LABELS = ("earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain")
 TEST_FROM = dt.date(1987, 4, 8)
 TRAILER = re.compile(r"\s*reuter\s*\x03\s*$", re.IGNORECASE)
-OUTPUTS = ("corpus.jsonl.gz", "r8_train.jsonl.gz", "r8_test.jsonl.gz")
+FEW_PER_LABEL = 10
 
 
 def parse_day(date: str) -> dt.date:
@@ -59,6 +66,17 @@ def gzip_jsonl(records: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+def few_per_label(records: list[dict], per_label: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): per label, the first `per_label` records by sha256 of the id, then the next `per_label`."""
+    rank = lambda r: hashlib.sha256(r["id"].encode()).hexdigest()  # noqa: E731
+    train, validation = [], []
+    for label in R8_LABELS:
+        ranked = sorted((r for r in records if r["label"] == label), key=rank)
+        train += ranked[:per_label]
+        validation += ranked[per_label : 2 * per_label]
+    return sorted(train, key=rank), sorted(validation, key=rank)
+
+
 def build(source: Path) -> dict[str, bytes]:
     raw = source.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
@@ -76,10 +94,13 @@ def build(source: Path) -> dict[str, bytes]:
             (test if is_test else train).append(record)
         if "body" in doc and not is_test:
             corpus.append({"id": doc["id"], "text": doc["body"]})
+    few_train, few_validation = few_per_label(train, FEW_PER_LABEL)
     return {
         "corpus.jsonl.gz": gzip_jsonl(corpus),
         "r8_train.jsonl.gz": gzip_jsonl(train),
         "r8_test.jsonl.gz": gzip_jsonl(test),
+        "r8_few_train.jsonl.gz": gzip_jsonl(few_train),
+        "r8_few_validation.jsonl.gz": gzip_jsonl(few_validation),
     }
 
 
