@@ -120,6 +120,9 @@ def test_multi_label_task_with_tuned_thresholds(upstream, tmp_path):
     predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
     assert all(isinstance(p, list) for p in predictions["models"]["adapted"]["0"])
     assert 0 <= run["test"]["micro_f1"] <= 1 and run["test"]["accuracy"] <= run["test"]["micro_f1"] + 1e-9
+    # the run's f- classifier says it is multi-label, so plain transformers applies the right loss
+    saved = json.loads((store.local_dir(run["finetune"]) / "model" / "config.json").read_text())
+    assert saved["problem_type"] == "multi_label_classification" and saved["label2id"] == {label: i for i, label in enumerate(results["labels"])}
 
 
 def read_jsonl_gz_or_plain(path):
@@ -170,6 +173,9 @@ def test_token_task_scored_per_entity(upstream, tmp_path):
     run = results["models"]["adapted"]["runs"][0]
     assert set(run["test"]["per_class"]) == {"NUM", "UNIT"}
     assert run["test"]["micro_f1"] > 0.3  # numbers and units are easy to spot; an untrained head finds none
+    saved = json.loads((store.local_dir(run["finetune"]) / "model" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForTokenClassification"] and saved["id2label"] == {str(i): t for i, t in enumerate(results["labels"])}
+    assert json.loads((store.local_dir(run["finetune"]) / "run.json").read_text())["fallback_tag"] == "O"
 
 
 @pytest.mark.slow
@@ -200,7 +206,11 @@ def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
     other = evaluate.run(cfg.model_copy(update={"seeds": [1]}), store, base=ids["base"], model=ids["pretrain"])
     new = set(store.ids()) - before
     assert {a for a in new if not a.startswith("f-")} == {other}
-    assert sorted(store.manifest(f)["metrics"]["seed"] for f in new if f.startswith("f-")) == [1, 1, 1, 1]
+    runs = {role: fid for role, fid in store.manifest(other)["inputs"].items() if fid.startswith("f-")}
+    # tiny-copy is the base model's files, so the same artifact: its run is the base's run, built once
+    assert runs["tiny-copy lr 3e-3 seed 1"] == runs["base lr 3e-3 seed 1"]
+    assert {a for a in new if a.startswith("f-")} == set(runs.values())
+    assert sorted(store.manifest(f)["metrics"]["seed"] for f in set(runs.values())) == [1, 1, 1]
 
 
 def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
