@@ -399,7 +399,11 @@ class EvaluateConfig(Section):
     micro-F1 (the usual entity F1) for token tasks."""
     batch_size: int = Field(default=16, gt=0)
     learning_rate: float = Field(default=2e-5, gt=0, le=1)
-    """AdamW peak; 1e-5..5e-5 suits bert-base-sized models."""
+    """AdamW peak; 1e-5..5e-5 suits bert-base-sized models. Used when `learning_rates` is null."""
+    learning_rates: list[float] | None = Field(default=None, min_length=1)
+    """A grid of AdamW peaks, the same for every model: each model is fine-tuned with every rate and seed,
+    and compared at the rate with its best mean validation score over seeds (test is never used to choose).
+    Null: the single `learning_rate`."""
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     """Share of the steps of num_epochs spent warming up linearly; then linear decay to 0."""
@@ -413,6 +417,18 @@ class EvaluateConfig(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _learning_rate_grid(cls, rates: list[float] | None) -> list[float] | None:
+        if rates is None:
+            return None
+        bad = [r for r in rates if not 0 < r <= 1]
+        if bad:
+            raise ValueError(f"every learning rate must be > 0 and <= 1 (got {bad})")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"learning rates must be distinct (got {rates})")
+        return rates
 
     @model_validator(mode="after")
     def _model_names(self) -> EvaluateConfig:

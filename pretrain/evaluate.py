@@ -3,18 +3,28 @@
     python -m pretrain.evaluate --config configs/demo.yaml
     python -m pretrain.evaluate --config configs/demo.yaml --set evaluate.num_epochs=1 --set evaluate.seeds=[0]
 
-Every compared model gets the same splits, hyperparameters and seeds (`pretrain/finetune.py` has the
-recipe); the epoch is chosen on validation with early stopping, and test is scored once per seed.
-Compared models: `base`, `adapted` (the pretrain stage's model), `student` when the distill stage
-ran (the adapted model distilled into fewer layers, `pretrain/distill.py`), `adapted+tapt` or
-`base+tapt` when `evaluate.tapt` is set (task-adaptive pretraining, `pretrain/tapt.py`), and
-`evaluate.models`. Each model is then compared with the base, and the student also with its teacher
-(`adapted`): the difference per seed (paired: same seed, same head initialisation and data order), a
-paired t-test over seeds, and a paired bootstrap interval over test examples (`pretrain/scoring.py`).
+Every compared model gets the same splits, hyperparameters, learning-rate grid and seeds
+(`pretrain/finetune.py` has the recipe); the epoch is chosen on validation with early stopping, and
+test is scored once per run. Compared models: `base`, `adapted` (the pretrain stage's model),
+`student` when the distill stage ran (the adapted model distilled into fewer layers,
+`pretrain/distill.py`), `adapted+tapt` or `base+tapt` when `evaluate.tapt` is set (task-adaptive
+pretraining, `pretrain/tapt.py`), and `evaluate.models`.
 
-Output (evaluation artifact `e-...`): `results.json` (per model and seed: best epoch, validation and
-test scores with per-class precision/recall/F1 and the confusion matrix; mean and std over seeds; the
-comparisons; data notes) and `predictions.json` (test gold and every run's test predictions).
+Each (model, learning rate, seed) run is a `finetune` artifact (`f-...`) of its own, found in the store
+or built: a later comparison that fine-tunes the same model with the same task and settings reuses
+it. With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
+score over seeds. Each model is then compared with the base, and the student also with its teacher
+(`adapted`): the difference per seed (paired: same seed, same head initialisation and data order),
+an interval from a paired bootstrap over seeds and test examples together, which alone decides the
+verdict (`helped`/`hurt` when it excludes 0, with at least 3 seeds), and as secondary figures a
+paired t-test over seeds and the test-only bootstrap interval (`pretrain/scoring.py`). Runs whose
+best epoch is their last allowed one are warned about ("raise evaluate.num_epochs").
+
+Output (evaluation artifact `e-...`; its manifest inputs name every `f-` run, for lineage and gc):
+`results.json` (per model: the chosen learning rate, every run with its `f-` id, best epoch,
+validation and test scores with per-class precision/recall/F1 and the confusion matrix; the run best
+on validation (`best_run`); mean and std over seeds; the comparisons; convergence; data notes) and
+`predictions.json` (test gold and the compared runs' test predictions).
 """
 
 from __future__ import annotations
@@ -23,15 +33,14 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pretrain import base as base_stage
-from pretrain import quantize, scoring, tapt
+from pretrain import finetune, quantize, scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
-from pretrain.finetune import encode, finetune, selection_metric
+from pretrain.finetune import encode, format_rate, selection_metric
 from pretrain.io import expand_inputs
 from pretrain.logs import get_logger
 from pretrain.tasks import read_task
@@ -103,6 +112,26 @@ def _model_config(cfg: EvaluateConfig, name: str, folder: Path) -> dict:
     return config
 
 
+def learning_rates(cfg: EvaluateConfig) -> list[float]:
+    """The learning rates every model is fine-tuned with: the grid, or the single `learning_rate`."""
+    return list(cfg.learning_rates) if cfg.learning_rates else [cfg.learning_rate]
+
+
+def run_role(name: str, rate: float, seed: int) -> str:
+    """A fine-tuning run's role among the evaluation's inputs (its lineage)."""
+    return f"{name} lr {format_rate(rate)} seed {seed}"
+
+
+def choose_learning_rate(by_rate: dict[float, list[dict]], metric: str) -> float:
+    """The rate whose runs have the best mean validation `metric` over seeds (ties: the first in the grid); test is not looked at."""
+    return max(by_rate, key=lambda rate: statistics.fmean(r["validation"][metric] for r in by_rate[rate]))
+
+
+def best_run(runs: list[dict], metric: str) -> dict:
+    """The run with the best validation `metric` (ties: the first seed): the one to hand over, chosen without test."""
+    return max(runs, key=lambda r: r["validation"][metric])
+
+
 def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None) -> str:
     """Build (or find) the evaluation artifact; `student` is the distill stage's model, if any; returns its id."""
     aid, inputs, sources = _identity(cfg, base, model, student)
@@ -121,33 +150,65 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metric = selection_metric(cfg)
+    rates = learning_rates(cfg)
+    # Every run's f- id is known before anything trains: the manifest names them all (lineage, gc).
+    planned = {(name, rate, seed): finetune.stage_id(cfg, model=models[name], learning_rate=rate, seed=seed, sources=sources)
+               for name in models for rate in rates for seed in cfg.seeds}  # fmt: skip
+    runs_in = {run_role(*key): fid for key, fid in planned.items()}
     results: dict[str, dict] = {}
     predictions: dict[str, dict[str, object]] = {}
     notes = list(data.notes)
     int8: dict[str, dict] = {}
-    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models}, sources=sources) as build:
+    built = 0
+    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models, **runs_in}, sources=sources) as out:
         for name, folder in folders.items():
             tokenizer = load_fast_tokenizer(folder)
             segments = configs[name].get("type_vocab_size", 1) > 1  # BERT: yes; RoBERTa, DistilBERT: no
             encoded = {split: encode(tokenizer, data, split, cfg.max_seq_length, segments) for split in ("train", "validation", "test")}
             if data.kind == "token":
                 notes += _lost_words(cfg, name, encoded)
-            runs = []
-            predictions[name] = {}
-            for seed in cfg.seeds:
-                record, predicted, trained = finetune(folder, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device)
-                if cfg.int8 and name in INT8_MODELS and seed == cfg.seeds[0]:
-                    int8[name] = quantize.measure_trained(trained, data, encoded["test"], cfg, tokenizer.pad_token_id or 0, seed)
+            by_rate: dict[float, list[dict]] = {}
+            predicted: dict[float, dict[str, object]] = {}
+            for rate in rates:
+                by_rate[rate], predicted[rate] = [], {}
+                for seed in cfg.seeds:
+                    fid, new = finetune.build(cfg, store, model=models[name], model_dir=folder, learning_rate=rate, seed=seed, data=data,
+                                              encoded=encoded, tokenizer=tokenizer, sources=sources, device=device, name=name)  # fmt: skip
+                    assert fid == planned[(name, rate, seed)]
+                    built += new
+                    record, predicted[rate][str(seed)] = finetune.load_run(store, fid)
+                    by_rate[rate].append({"finetune": fid, **{k: v for k, v in record.items() if k in RUN_FIELDS}})
+                    log.info(
+                        "evaluate: %s seed %d lr %s: best epoch %d of %d; test accuracy %.4f macro-F1 %.4f micro-F1 %.4f (%.0f s%s)",
+                        name, seed, format_rate(rate), record["best_epoch"], record["epochs_trained"], record["test"]["accuracy"],
+                        record["test"]["macro_f1"], record["test"]["micro_f1"], record["seconds"], "" if new else ", cached",
+                    )  # fmt: skip
+                    if not record["converged"]:
+                        log.warning(
+                            "evaluate: %s seed %d lr %s: the best validation %s came at the last allowed epoch (%d); the run may not "
+                            "have converged: raise evaluate.num_epochs", name, seed, format_rate(rate), metric, cfg.num_epochs,
+                        )  # fmt: skip
+            chosen = choose_learning_rate(by_rate, metric)
+            runs = by_rate[chosen]
+            predictions[name] = predicted[chosen]
+            best = best_run(runs, metric)
+            results[name] = {
+                "artifact": models[name],
+                "learning_rate": chosen,
+                "runs": runs,
+                "best_run": {"seed": best["seed"], "learning_rate": chosen, "finetune": best["finetune"], f"validation_{metric}": best["validation"][metric]},
+                "summary": summarise(runs),
+                "per_class": per_class_summary(runs),
+                "learning_rates": {format_rate(rate): _rate_summary(by_rate[rate], metric, rate == chosen) for rate in rates},
+            }
+            if cfg.int8 and name in INT8_MODELS:
+                # The first seed's run at the chosen rate, as fine-tuned (read back from its f- artifact).
+                first = next(r for r in runs if r["seed"] == cfg.seeds[0])
+                trained = finetune.load_trained(store, first["finetune"], device)
+                int8[name] = quantize.measure_trained(trained, data, encoded["test"], cfg, tokenizer.pad_token_id or 0, cfg.seeds[0])
                 del trained
-                runs.append(record)
-                predictions[name][str(seed)] = predicted
-                log.info(
-                    "evaluate: %s seed %d: best epoch %d of %d; test accuracy %.4f macro-F1 %.4f micro-F1 %.4f (%.0f s)",
-                    name, seed, record["best_epoch"], record["epochs_trained"], record["test"]["accuracy"],
-                    record["test"]["macro_f1"], record["test"]["micro_f1"], record["seconds"],
-                )  # fmt: skip
-            results[name] = {"artifact": models[name], "runs": runs, "summary": summarise(runs), "per_class": per_class_summary(runs)}
-
+        convergence = convergence_summary(cfg, results, rates)
+        notes += convergence["notes"]
         comparisons = compare(cfg, data, predictions, results)
         output = {
             "task": cfg.task.name,
@@ -156,37 +217,77 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             "labels": data.labels,
             "primary_metric": metric,
             "seeds": cfg.seeds,
+            "learning_rates": rates,
             "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
             "validation_from": data.validation_from,
             "notes": notes,
+            "convergence": {k: v for k, v in convergence.items() if k != "notes"},
+            "interval_method": scoring.interval_method(cfg.bootstrap_samples),
+            "min_seeds_for_verdict": scoring.MIN_SEEDS_FOR_VERDICT,
             "models": results,
             "comparisons": comparisons,
             **({"int8": int8} if int8 else {}),
         }
-        (build.dir / "results.json").write_text(json.dumps(output, indent=1))
+        (out.dir / "results.json").write_text(json.dumps(output, indent=1))
         gold = data.gold("test")
-        (build.dir / "predictions.json").write_text(
-            json.dumps({"labels": data.labels, "gold": _plain(gold), "models": {n: {s: _plain(p) for s, p in runs.items()} for n, runs in predictions.items()}})
-        )
-        build.metrics.update(task=cfg.task.name, type=data.kind, primary_metric=metric, seeds=len(cfg.seeds), **output["sizes"])
+        (out.dir / "predictions.json").write_text(json.dumps({
+            "labels": data.labels, "gold": scoring.to_plain(data.kind, gold),
+            "models": {n: {s: scoring.to_plain(data.kind, p) for s, p in runs.items()} for n, runs in predictions.items()},
+        }))  # fmt: skip
+        out.metrics.update(task=cfg.task.name, type=data.kind, primary_metric=metric, seeds=len(cfg.seeds), **output["sizes"],
+                           finetune_runs=len(planned), finetune_runs_built=built, runs_not_converged=convergence["not_converged"])  # fmt: skip
         for name, r in results.items():
             for m in ("accuracy", metric):
-                build.metrics[f"{name}_{m}_mean"] = round(r["summary"][m]["mean"], 4)
-                build.metrics[f"{name}_{m}_std"] = round(r["summary"][m]["std"], 4)
+                out.metrics[f"{name}_{m}_mean"] = round(r["summary"][m]["mean"], 4)
+                out.metrics[f"{name}_{m}_std"] = round(r["summary"][m]["std"], 4)
+            if cfg.learning_rates:
+                out.metrics[f"{name}_learning_rate"] = r["learning_rate"]
         for name, q in int8.items():
-            build.metrics[f"{name}_int8_{metric}_delta"] = q["delta"][metric]
-            build.metrics[f"{name}_int8_throughput_speedup_batch32"] = q["speed"]["throughput_speedup_batch32"]
-        headline = next((c for c in comparisons if c["model"] == "adapted" and c["metric"] == metric), None)
-        if headline is not None:
-            build.metrics["adapted_minus_base"] = round(headline["difference"], 6)
-            build.metrics["adapted_minus_base_low"] = round(headline["bootstrap"]["low"], 6)
-            build.metrics["adapted_minus_base_high"] = round(headline["bootstrap"]["high"], 6)
-        student = next((c for c in comparisons if c["model"] == "student" and c["baseline"] == "adapted" and c["metric"] == metric), None)
-        if student is not None:
-            build.metrics["student_minus_adapted"] = round(student["difference"], 6)
-            build.metrics["student_minus_adapted_low"] = round(student["bootstrap"]["low"], 6)
-            build.metrics["student_minus_adapted_high"] = round(student["bootstrap"]["high"], 6)
+            out.metrics[f"{name}_int8_{metric}_delta"] = q["delta"][metric]
+            out.metrics[f"{name}_int8_throughput_speedup_batch32"] = q["speed"]["throughput_speedup_batch32"]
+        for key, name, baseline in (("adapted_minus_base", "adapted", "base"), ("student_minus_adapted", "student", "adapted")):
+            c = next((c for c in comparisons if c["model"] == name and c["baseline"] == baseline and c["metric"] == metric), None)
+            if c is not None:
+                out.metrics[key] = round(c["difference"], 6)
+                out.metrics[f"{key}_low"] = round(c["interval"]["low"], 6)
+                out.metrics[f"{key}_high"] = round(c["interval"]["high"], 6)
+                out.metrics[f"{key}_verdict"] = c["verdict"]
+    log.info("evaluate %s: %d fine-tuning runs, %d built now, %d reused", aid, len(planned), built, len(planned) - built)
     return aid
+
+
+# What an evaluation keeps of each run record (the rest, such as the fallback tag, stays in its f- artifact).
+RUN_FIELDS = ("seed", "learning_rate", "best_epoch", "epochs_trained", "converged", "validation", "test", "history", "thresholds", "seconds")
+
+
+def _rate_summary(runs: list[dict], metric: str, chosen: bool) -> dict:
+    """The runs of one model at one learning rate: what chose the rate, and which did not converge."""
+    values = [r["validation"][metric] for r in runs]
+    return {
+        "chosen": chosen,
+        f"validation_{metric}_mean": statistics.fmean(values),
+        f"validation_{metric}_values": values,
+        "not_converged_seeds": [r["seed"] for r in runs if not r["converged"]],
+        "finetune": [r["finetune"] for r in runs],
+    }
+
+
+def convergence_summary(cfg: EvaluateConfig, results: dict[str, dict], rates: list[float]) -> dict:
+    """Runs whose best epoch was their last allowed one, over every model, rate and seed, with one note per model and rate."""
+    total, late, notes = 0, 0, []
+    for name, r in results.items():
+        for rate, summary in r["learning_rates"].items():
+            seeds = summary["not_converged_seeds"]
+            total += len(summary["finetune"])
+            late += len(seeds)
+            if seeds:
+                which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+                at = f" at lr {rate}" if len(rates) > 1 else ""
+                notes.append(
+                    f"{name}{at}: {which} chose the last allowed epoch ({cfg.num_epochs}): not converged, more epochs might score "
+                    f"better; raise evaluate.num_epochs"
+                )
+    return {"num_epochs": cfg.num_epochs, "runs": total, "not_converged": late, "notes": notes}
 
 
 def _lost_words(cfg: EvaluateConfig, name: str, encoded: dict) -> list[str]:
@@ -239,14 +340,6 @@ def compare(cfg: EvaluateConfig, data, predictions: dict[str, dict], results: di
             )  # fmt: skip
             comparisons.append({"model": name, "baseline": baseline, **comparison})
     return comparisons
-
-
-def _plain(value):
-    if isinstance(value, np.ndarray):
-        if value.dtype == bool:  # multi-label: the label ids of each example
-            return [np.flatnonzero(row).tolist() for row in value]
-        return value.tolist()
-    return value
 
 
 if __name__ == "__main__":

@@ -291,13 +291,16 @@ def _downstream(aid: str, evaluation: dict | None, results: dict | None) -> list
     for model, r in results["models"].items():
         cells = [f"{r['summary'][m]['mean']:.3f} ± {r['summary'][m]['std']:.3f}" for m in metrics]
         lines.append(f"| {model}{' (this model)' if r['artifact'] == aid else ''} | `{r['artifact']}` | " + " | ".join(cells) + " |")
-    lines += ["", "Differences to the base model (paired by seed; 95% paired-bootstrap interval over test examples):", ""]
+    seed_aware = all("interval" in c for c in results["comparisons"])  # evaluations before it have the test-only interval alone
+    method = "95% interval from a paired bootstrap over seeds and test examples, and its verdict" if seed_aware else "95% paired-bootstrap interval over test examples"
+    lines += ["", f"Differences to the base model (paired by seed; {method}):", ""]
     for c in results["comparisons"]:
         if c["metric"] in metrics:
-            b = c["bootstrap"]
+            i = c["interval"] if seed_aware else c["bootstrap"]
             lines.append(
                 f"- {c['model']} − {c['baseline']}, {label[c['metric']]}: {c['difference']:+.3f} ± {c['difference_std']:.3f} "
-                f"(better in {c['better_in_seeds']}/{len(c['per_seed'])} seeds), CI [{b['low']:+.3f}, {b['high']:+.3f}]"
+                f"(better in {c['better_in_seeds']}/{len(c['per_seed'])} seeds), CI [{i['low']:+.3f}, {i['high']:+.3f}]"
+                + (f": {c['verdict']}" if seed_aware else "")
             )
     return lines + [""]
 

@@ -1,4 +1,4 @@
-"""Fine-tune one model with one seed on a task: encode, train with early stopping, score test once.
+"""Fine-tune one model with one learning rate and seed on a task, and keep the result as a `finetune` artifact.
 
 The recipe (the same for every compared model): a fresh task head on the pretrained encoder, AdamW
 (no decay on biases and LayerNorm) with linear warmup and linear decay over `num_epochs`, gradient
@@ -6,16 +6,30 @@ clipping, attention masks, dynamic padding and length-grouped batches. Losses: c
 (single-label; token tasks on the first sub-token of every word only), binary cross-entropy on
 sigmoid outputs (multi-label). After every epoch the validation score (`selection_metric`) decides:
 the best epoch's weights are kept, and training stops after `patience_epochs` epochs without a
-better one. Test is scored once, with those weights (and, multi-label, the per-label thresholds
-tuned on validation at that epoch).
+better one. A run whose best epoch is its last allowed one (`num_epochs`) has not converged: it is
+flagged (`converged: false`) and warned about. Test is scored once, with the best epoch's weights
+(and, multi-label, the per-label thresholds tuned on validation at that epoch).
 
 The seed fixes the head's initialisation, the data order and dropout: the same seed gives the same
 numbers on the same hardware.
+
+Each run is an artifact of its own (`f-...`, built by the evaluate stage through `build`), keyed by
+the model artifact, the task files' content, the settings that change one run (`RUN_SETTINGS`), its
+learning rate and seed, and this module's code; so any later comparison that fine-tunes the same
+model the same way reuses it. It holds:
+- `model/`: a Hugging Face folder (config with `id2label`/`label2id`, `model.safetensors` with the best
+  epoch's weights, the tokenizer files) that `AutoModelForSequenceClassification` (or
+  `AutoModelForTokenClassification`) loads as it is, with no code of this project;
+- `run.json`: the run record (seed, learning rate, best epoch, epochs trained, convergence, validation
+  and test scores with per-class detail, history per epoch, multi-label thresholds, the token-task
+  fallback tag, seconds);
+- `predictions.json`: test gold and predictions (`scoring.to_plain`; `scoring.from_plain` reads them back).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections import Counter
@@ -27,13 +41,21 @@ import torch
 import torch.nn.functional as F
 
 from pretrain import scoring
+from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import EvaluateConfig
 from pretrain.logs import get_logger
+from pretrain.progress import Progress, progress
 from pretrain.tasks import TaskData
 
 log = get_logger(__name__)
 
+STAGE = "finetune"
 IGNORE = -100  # cross-entropy's ignore_index: sub-tokens after the first, special tokens, padding
+# The evaluate settings that change what one run computes, and so its id. Not the seed list, the
+# compared models, TAPT, int8, the bootstrap or the learning-rate grid: a run has one rate and one seed.
+# When fine-tuning gets mixed precision (issue 17), `mixed_precision` joins this list: a bf16 run is another run.
+RUN_SETTINGS = ("task", "validation_fraction", "max_seq_length", "num_epochs", "patience_epochs", "selection_metric",
+                "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm")  # fmt: skip
 
 
 @dataclass
@@ -52,6 +74,12 @@ class Encoded:
 
 def selection_metric(cfg: EvaluateConfig) -> str:
     return cfg.selection_metric or ("micro_f1" if cfg.task.type == "token" else "macro_f1")
+
+
+def format_rate(rate: float) -> str:
+    """A learning rate as people write it: 5e-4, 2e-5, 1.5e-3."""
+    mantissa, exponent = f"{rate:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def encode(tokenizer, data: TaskData, split: str, max_length: int, segments: bool = True) -> Encoded:
@@ -133,14 +161,22 @@ def loss_fn(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, labels)
 
 
+def prediction_batches(data: Encoded, batch_size: int) -> int:
+    """How many batches `predict` runs on `data` (it predicts twice `batch_size` at a time)."""
+    return math.ceil(len(data.input_ids) / (batch_size * 2))
+
+
 @torch.no_grad()
-def predict(model, kind: str, data: Encoded, labels: list[str], fallback_tag: str, batch_size: int, pad_id: int, device: torch.device):
-    """Class ids, label probabilities (multi-label), or one tag per word (token tasks)."""
+def predict(model, kind: str, data: Encoded, labels: list[str], fallback_tag: str, batch_size: int, pad_id: int, device: torch.device,
+            bar: Progress | None = None):  # fmt: skip
+    """Class ids, label probabilities (multi-label), or one tag per word (token tasks); `bar` counts its batches."""
     model.eval()
     n = len(data.input_ids)
     out: object = np.empty(n, dtype=np.int64) if kind == "single_label" else (np.empty((n, len(labels)), np.float32) if kind == "multi_label" else [None] * n)
     for batch in length_grouped_batches([len(x) for x in data.input_ids], batch_size * 2, rng=None):
         logits = model(**collate(data, batch, pad_id, device, with_targets=False)).logits.float()
+        if bar is not None:
+            bar.update(1)
         if kind == "single_label":
             out[batch] = logits.argmax(-1).cpu().numpy()
         elif kind == "multi_label":
@@ -190,11 +226,24 @@ class Trained:
     seconds: float
 
 
+def run_batches(encoded: dict[str, Encoded], cfg: EvaluateConfig) -> int:
+    """The most batches one run takes: training and validation every epoch, then test once."""
+    per_epoch = math.ceil(len(encoded["train"].input_ids) / cfg.batch_size) + prediction_batches(encoded["validation"], cfg.batch_size)
+    return per_epoch * cfg.num_epochs + prediction_batches(encoded["test"], cfg.batch_size)
+
+
 def train(
-    model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device
-) -> Trained:
-    """Fine-tune one model with one seed and keep the best validation epoch's weights (test is not looked at)."""
+    model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device,
+    learning_rate: float | None = None, desc: str | None = None, bar: Progress | None = None,
+) -> Trained:  # fmt: skip
+    """Fine-tune one model with one seed and keep the best validation epoch's weights (test is not looked at).
+
+    `learning_rate`: the AdamW peak (default `cfg.learning_rate`). `desc` names the run in log lines;
+    `bar` (a `progress` display) counts training and validation batches, else the run shows its own.
+    """
     kind, labels, metric = data.kind, data.labels, selection_metric(cfg)
+    learning_rate = cfg.learning_rate if learning_rate is None else learning_rate
+    desc = desc or f"fine-tune seed {seed} lr {format_rate(learning_rate)}"
     torch.manual_seed(seed)  # the head's initialisation and dropout
     model = _load_model(model_dir, kind, labels, device)
     fallback = "O" if cfg.task.tag_scheme == "BIO" else Counter(t for tags in data.train.labels for t in tags).most_common(1)[0][0]
@@ -206,7 +255,7 @@ def train(
     no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases, LayerNorm
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
+        lr=learning_rate,
         **({"fused": True} if device.type == "cuda" else {"foreach": True}),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,56 +267,76 @@ def train(
     best_state, thresholds, history = None, None, []
     started = time.perf_counter()
     lengths = [len(x) for x in train.input_ids]
-    for epoch in range(1, cfg.num_epochs + 1):
-        model.train()
-        running, batches = 0.0, 0
-        for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
-            inputs = collate(train, batch, pad_id, device, with_targets=True)
-            targets = inputs.pop("labels")
-            loss = loss_fn(kind, model(**inputs).logits, targets)
-            loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.item()
-            batches += 1
-        outputs = predict(model, kind, encoded["validation"], labels, fallback, cfg.batch_size, pad_id, device)
-        epoch_thresholds = scoring.tune_thresholds(outputs, gold_validation) if kind == "multi_label" else None
-        decided = outputs >= epoch_thresholds if kind == "multi_label" else outputs
-        validation = scoring.scores(kind, gold_validation, decided, labels, cfg.task.tag_scheme)
-        history.append({"epoch": epoch, "train_loss": round(running / max(batches, 1), 5), **{f"validation_{k}": round(v, 5) for k, v in validation.items()}})
-        log.info("evaluate: seed %d epoch %d: train loss %.4f, validation %s %.4f", seed, epoch, history[-1]["train_loss"], metric, validation[metric])
-        if validation[metric] > best["score"]:
-            best = {"score": validation[metric], "epoch": epoch, "validation": validation}
-            # Copy, not reference: the optimizer keeps updating the live tensors.
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            thresholds = epoch_thresholds
-        elif cfg.patience_epochs is not None and epoch - best["epoch"] >= cfg.patience_epochs:
-            log.info("evaluate: seed %d: no better validation %s for %d epochs; stopping", seed, metric, cfg.patience_epochs)
-            break
+    own = bar is None
+    if own:
+        bar = progress(total + prediction_batches(encoded["validation"], cfg.batch_size) * cfg.num_epochs, desc, unit="batch")
+    try:
+        for epoch in range(1, cfg.num_epochs + 1):
+            model.train()
+            running, batches = 0.0, 0
+            for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
+                inputs = collate(train, batch, pad_id, device, with_targets=True)
+                targets = inputs.pop("labels")
+                loss = loss_fn(kind, model(**inputs).logits, targets)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                running += loss.item()
+                batches += 1
+                bar.update(1)
+            outputs = predict(model, kind, encoded["validation"], labels, fallback, cfg.batch_size, pad_id, device, bar)
+            epoch_thresholds = scoring.tune_thresholds(outputs, gold_validation) if kind == "multi_label" else None
+            decided = outputs >= epoch_thresholds if kind == "multi_label" else outputs
+            validation = scoring.scores(kind, gold_validation, decided, labels, cfg.task.tag_scheme)
+            history.append({"epoch": epoch, "train_loss": round(running / max(batches, 1), 5), **{f"validation_{k}": round(v, 5) for k, v in validation.items()}})
+            log.info("%s: epoch %d: train loss %.4f, validation %s %.4f", desc, epoch, history[-1]["train_loss"], metric, validation[metric])
+            bar.set_postfix(epoch=epoch, **{f"validation {metric}": f"{validation[metric]:.4f}"})
+            if validation[metric] > best["score"]:
+                best = {"score": validation[metric], "epoch": epoch, "validation": validation}
+                # Copy, not reference: the optimizer keeps updating the live tensors.
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                thresholds = epoch_thresholds
+            elif cfg.patience_epochs is not None and epoch - best["epoch"] >= cfg.patience_epochs:
+                log.info("%s: no better validation %s for %d epochs; stopping", desc, metric, cfg.patience_epochs)
+                break
+    finally:
+        if own:
+            bar.close()
     model.load_state_dict(best_state)
     return Trained(model, best["epoch"], len(history), best["validation"], history, thresholds, fallback, round(time.perf_counter() - started, 1))
 
 
-def decide(trained: Trained, model, data: TaskData, encoded: Encoded, cfg: EvaluateConfig, pad_id: int, device: torch.device):
+def decide(trained: Trained, model, data: TaskData, encoded: Encoded, cfg: EvaluateConfig, pad_id: int, device: torch.device,
+           bar: Progress | None = None):  # fmt: skip
     """`model`'s decisions on `encoded` (a trained model, or a transformed copy of it such as int8)."""
-    outputs = predict(model, data.kind, encoded, data.labels, trained.fallback_tag, cfg.batch_size, pad_id, device)
+    outputs = predict(model, data.kind, encoded, data.labels, trained.fallback_tag, cfg.batch_size, pad_id, device, bar)
     return outputs >= trained.thresholds if data.kind == "multi_label" else outputs
 
 
 def finetune(
-    model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device
-) -> tuple[dict, object, Trained]:
-    """Train one model with one seed; returns (the run's record, its test predictions, the trained model)."""
-    trained = train(model_dir, data, encoded, cfg, seed, pad_id, device)
-    predicted = decide(trained, trained.model, data, encoded["test"], cfg, pad_id, device)
+    model_dir: Path, data: TaskData, encoded: dict[str, Encoded], cfg: EvaluateConfig, seed: int, pad_id: int, device: torch.device,
+    learning_rate: float | None = None, desc: str | None = None,
+) -> tuple[dict, object, Trained]:  # fmt: skip
+    """Train one model with one seed; returns (the run's record, its test predictions, the trained model).
+
+    One progress display per run (`desc`, e.g. `evaluate adapted seed 1 lr 5e-4`) counts its batches:
+    training, validation after every epoch, and test.
+    """
+    learning_rate = cfg.learning_rate if learning_rate is None else learning_rate
+    desc = desc or f"fine-tune seed {seed} lr {format_rate(learning_rate)}"
+    with progress(run_batches(encoded, cfg), desc, unit="batch") as bar:
+        trained = train(model_dir, data, encoded, cfg, seed, pad_id, device, learning_rate, desc, bar)
+        predicted = decide(trained, trained.model, data, encoded["test"], cfg, pad_id, device, bar)
     test = scoring.scores(data.kind, data.gold("test"), predicted, data.labels, cfg.task.tag_scheme, detail=True)
     record = {
         "seed": seed,
+        "learning_rate": learning_rate,
         "best_epoch": trained.best_epoch,
         "epochs_trained": trained.epochs_trained,
+        "converged": converged(trained.best_epoch, cfg),
         "validation": trained.validation,
         "test": test,
         "history": trained.history,
@@ -276,3 +345,81 @@ def finetune(
     if trained.thresholds is not None:
         record["thresholds"] = {label: float(t) for label, t in zip(data.labels, trained.thresholds)}
     return record, predicted, trained
+
+
+def converged(best_epoch: int, cfg: EvaluateConfig) -> bool:
+    """Whether a run's best epoch came before its last allowed one: if not, more epochs might have done better."""
+    return best_epoch < cfg.num_epochs
+
+
+# --- the finetune artifact ---------------------------------------------------------------------------
+
+
+def run_config(cfg: EvaluateConfig, learning_rate: float, seed: int) -> dict:
+    """The settings of one run: what its artifact id hashes and its manifest records."""
+    return {**cfg.model_dump(include=set(RUN_SETTINGS)), "learning_rate": learning_rate, "seed": seed}
+
+
+def stage_id(cfg: EvaluateConfig, *, model: str, learning_rate: float, seed: int, sources: list[dict]) -> str:
+    """The id of fine-tuning model artifact `model` with these settings, rate and seed on the task whose files are `sources`."""
+    return artifact_id(STAGE, run_config(cfg, learning_rate, seed), inputs={"model": model}, sources=sources)
+
+
+def build(
+    cfg: EvaluateConfig, store: ArtifactStore, *, model: str, model_dir: Path, learning_rate: float, seed: int, data: TaskData,
+    encoded: dict[str, Encoded], tokenizer, sources: list[dict], device: torch.device, name: str = "model",
+) -> tuple[str, bool]:  # fmt: skip
+    """Find or build the run's `f-` artifact; returns (its id, whether it was built now).
+
+    `data`, `encoded` and `tokenizer` are the task read (`tasks.read_task`) and encoded (`encode`) for
+    the model at `model_dir` (artifact `model`); `sources` the task files' digests; `name` is the
+    model's name in the comparison, for log lines.
+    """
+    fid = stage_id(cfg, model=model, learning_rate=learning_rate, seed=seed, sources=sources)
+    desc = f"evaluate {name} seed {seed} lr {format_rate(learning_rate)}"
+    if store.exists(fid):
+        log.info("%s: fine-tune %s already built (cache hit)", desc, fid)
+        return fid, False
+    log.info("%s: fine-tuning %s into %s", desc, model, fid)
+    metric = selection_metric(cfg)
+    config = run_config(cfg, learning_rate, seed)
+    with store.build(STAGE, fid, config=config, inputs={"model": model}, sources=sources) as out:
+        record, predicted, trained = finetune(model_dir, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device, learning_rate, desc)
+        folder = out.dir / "model"
+        trained.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        description = {"model": model, "task": cfg.task.name, "type": data.kind, "labels": data.labels, "selection_metric": metric,
+                       "fallback_tag": trained.fallback_tag}  # fmt: skip
+        (out.dir / "run.json").write_text(json.dumps({**description, **record}, indent=1))
+        gold = data.gold("test")
+        (out.dir / "predictions.json").write_text(json.dumps({
+            "type": data.kind, "labels": data.labels, "gold": scoring.to_plain(data.kind, gold), "predicted": scoring.to_plain(data.kind, predicted),
+        }))  # fmt: skip
+        out.metrics.update(
+            task=cfg.task.name, type=data.kind, seed=seed, learning_rate=learning_rate, best_epoch=record["best_epoch"],
+            epochs_trained=record["epochs_trained"], converged=record["converged"], selection_metric=metric,
+            **{f"validation_{metric}": round(record["validation"][metric], 6), "test_accuracy": round(record["test"]["accuracy"], 6),
+               f"test_{metric}": round(record["test"][metric], 6)},
+        )  # fmt: skip
+    return fid, True
+
+
+def load_run(store: ArtifactStore, fid: str) -> tuple[dict, object]:
+    """A finetune artifact's run record and its test predictions (in the form `scoring` takes)."""
+    folder = store.local_dir(fid)
+    record = json.loads((folder / "run.json").read_text())
+    saved = json.loads((folder / "predictions.json").read_text())
+    return record, scoring.from_plain(saved["type"], saved["predicted"], len(saved["labels"]))
+
+
+def load_trained(store: ArtifactStore, fid: str, device: torch.device) -> Trained:
+    """A finetune artifact's classifier, as `train` returned it (for measuring it further, e.g. int8)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    folder = store.local_dir(fid)
+    record = json.loads((folder / "run.json").read_text())
+    auto = AutoModelForTokenClassification if record["type"] == "token" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder / "model", attn_implementation="sdpa").to(device)
+    thresholds = np.array([record["thresholds"][label] for label in record["labels"]]) if "thresholds" in record else None
+    return Trained(model, record["best_epoch"], record["epochs_trained"], record["validation"], record["history"], thresholds,
+                   record["fallback_tag"], record["seconds"])  # fmt: skip

@@ -226,12 +226,18 @@ def _closure(store: ArtifactStore, roots: set[str], manifests: dict[str, dict]) 
     return keep
 
 
+def _built_from(manifest: dict, manifests: dict[str, dict]) -> set[str]:
+    """An artifact's inputs, less the fine-tuning runs an evaluation built for itself (they are kept with it)."""
+    return {aid for aid in manifest["inputs"].values() if manifests.get(aid, {}).get("stage") != "finetune"}
+
+
 def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) -> dict[str, Any]:
     """What `gc` keeps and why, and what it would delete.
 
     Kept: what an alias points at now; every artifact of the last `keep_runs` recorded pipeline runs;
     everything those were built from (lineage); the evaluation and report artifacts whose inputs are
-    all kept (the evidence a model card quotes); and anything younger than `keep_hours`, which a
+    all kept (the evidence a model card quotes), with an evaluation's fine-tuning runs (`f-`); and
+    anything younger than `keep_hours`, which a
     pipeline still running may be about to use before it records its run.
     """
     manifests = {aid: store.manifest(aid) for aid in store.ids()}
@@ -244,12 +250,12 @@ def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) 
             reasons.setdefault(aid, f"run {run['name']} {run['finished']}")
     keep = _closure(store, set(reasons), manifests)
     grown = True
-    while grown:  # an evaluation of a kept model, then the report that quotes that evaluation
+    while grown:  # an evaluation of a kept model (with its own fine-tuning runs), then the report that quotes that evaluation
         extra = {
             aid for aid, m in manifests.items()
-            if aid not in keep and m["stage"] in ("evaluate", "report") and m.get("inputs") and set(m["inputs"].values()) <= keep
+            if aid not in keep and m["stage"] in ("evaluate", "report") and m.get("inputs") and _built_from(m, manifests) <= keep
         }  # fmt: skip
-        keep |= extra
+        keep |= _closure(store, extra, manifests)
         grown = bool(extra)
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=keep_hours)
     young = {aid for aid, m in manifests.items() if aid not in keep and dt.datetime.fromisoformat(m["created"]) > cutoff}

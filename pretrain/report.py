@@ -20,7 +20,16 @@ import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.logs import get_logger
-from pretrain.summaries import decontamination_sentence, format_comparison, format_p, mean_std, metric_label, shown_metrics, summary_rows
+from pretrain.summaries import (
+    decontamination_sentence,
+    format_comparison,
+    format_p,
+    grid_searched,
+    mean_std,
+    metric_label,
+    shown_metrics,
+    summary_rows,
+)
 
 log = get_logger(__name__)
 
@@ -66,15 +75,40 @@ def headline(results: dict) -> dict | None:
     return next((c for c in results["comparisons"] if c["model"] == "adapted" and c["metric"] == results["primary_metric"]), None)
 
 
-def verdict(comparison: dict) -> str:
-    """Helped (or hurt) only when the test-set interval excludes 0 and every seed agrees."""
-    low, high = comparison["bootstrap"]["low"], comparison["bootstrap"]["high"]
-    seeds = len(comparison["per_seed"])
-    if low > 0 and comparison["better_in_seeds"] == seeds:
-        return "helped"
-    if high < 0 and all(d < 0 for d in comparison["per_seed"]):
-        return "hurt"
-    return "made no clear difference"
+def verdict(comparison: dict) -> str | None:
+    """`helped`, `hurt` or `made no clear difference`, from the interval over seeds and test examples; None
+    (no verdict) with fewer than `scoring.MIN_SEEDS_FOR_VERDICT` seeds."""
+    return {"helped": "helped", "hurt": "hurt", "no clear difference": "made no clear difference", "no verdict": None}[comparison["verdict"]]
+
+
+def headline_text(results: dict, label) -> list[str]:
+    """The report's first lines: the verdict (or why there is none) with the difference, its interval and how it was computed."""
+    c = headline(results)
+    if c is None:
+        return []
+    i = c["interval"]
+    seeds = len(c["per_seed"])
+    figures = (
+        f"test {label(results['primary_metric'])} adapted − base **{c['difference']:+.3f}** (mean over {seeds} seed{'s' if seeds > 1 else ''}; "
+        f"adapted better in {c['better_in_seeds']} of {seeds}), {i['confidence']:.0%} interval over seeds and test examples "
+        f"[{i['low']:+.3f}, {i['high']:+.3f}]."
+    )
+    said = verdict(c)
+    if said is None:
+        first = (f"**No verdict on {results['task']}** with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
+                 f"{results['min_seeds_for_verdict']}: list more in `evaluate.seeds`): {figures}")  # fmt: skip
+    else:
+        first = f"**Domain adaptation {said} on {results['task']}**: {figures}"
+    lines = [first, "", results["interval_method"], ""]
+    convergence = results.get("convergence")
+    if convergence and convergence["not_converged"]:
+        lines += [
+            f"**Warning: {convergence['not_converged']} of {convergence['runs']} fine-tuning runs chose their last allowed epoch "
+            f"({convergence['num_epochs']})**: they had not converged, so the comparison may measure how fast each model learns "
+            "rather than how good it gets. Raise `evaluate.num_epochs` (see the notes below).",
+            "",
+        ]
+    return lines
 
 
 def plot_comparison(results: dict, path: Path) -> None:
@@ -99,7 +133,8 @@ def plot_comparison(results: dict, path: Path) -> None:
         ax.set_ylabel(f"test {label}")
         title = label
         if metric == results["primary_metric"] and (c := headline(results)):
-            title = f"{label}: adapted − base {c['difference']:+.3f}\n95% CI [{c['bootstrap']['low']:+.3f}, {c['bootstrap']['high']:+.3f}]"
+            i = c.get("interval", c["bootstrap"])
+            title = f"{label}: adapted − base {c['difference']:+.3f}\n{i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]"
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{results['task']}: test scores, {len(results['seeds'])} seeds each (dots), mean ± std (black)", fontsize=11)
@@ -137,7 +172,11 @@ def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
 def best_run(results: dict, name: str) -> dict:
     """The run of `name` with the best validation score (chosen without looking at test)."""
     metric = results["primary_metric"]
-    return max(results["models"][name]["runs"], key=lambda r: r["validation"][metric])
+    runs = results["models"][name]["runs"]
+    chosen = results["models"][name].get("best_run")
+    if chosen is not None:
+        return next(r for r in runs if r["seed"] == chosen["seed"])
+    return max(runs, key=lambda r: r["validation"][metric])
 
 
 def plot_confusion(results: dict, path: Path, name: str = "adapted", limit: int = 30) -> None:
@@ -203,17 +242,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     metrics = shown_metrics(results)
     primary = results["primary_metric"]
     label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
-    c = headline(results)
-    lines = ["# Domain-adaptive pretraining report", ""]
-    if c is not None:
-        b = c["bootstrap"]
-        lines += [
-            f"**Domain adaptation {verdict(c)} on {results['task']}**: test {label(primary)} adapted − base "
-            f"**{c['difference']:+.3f}** (mean over {len(c['per_seed'])} seeds; adapted better in {c['better_in_seeds']} of "
-            f"{len(c['per_seed'])}), {b['confidence']:.0%} paired-bootstrap interval on the test set "
-            f"[{b['low']:+.3f}, {b['high']:+.3f}].",
-            "",
-        ]
+    lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label)]
     lines += [
         "## Stages",
         "",
@@ -225,36 +254,41 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "",
         f"{results['type'].replace('_', '-')} task, {len(results['labels'])} labels; {results['sizes']['train']:,} train, "
         f"{results['sizes']['validation']:,} validation ({results['validation_from']}), {results['sizes']['test']:,} test examples. "
-        f"Every model: the same splits, seeds {results['seeds']} and settings (learning rate {hp['learning_rate']:g}, batch "
+        f"Every model: the same splits, seeds {results['seeds']} and settings ({_rate_setting(results, hp)}, batch "
         f"{hp['batch_size']}, at most {hp['num_epochs']} epochs, early stopping patience {hp['patience_epochs']}, "
-        f"max {hp['max_seq_length']} tokens); the epoch is chosen on validation {label(primary)}, test is scored once per seed.",
+        f"max {hp['max_seq_length']} tokens); the epoch is chosen on validation {label(primary)}, test is scored once per run.",
         "",
         "![test scores per model and seed](comparison.png)",
         "",
-        "| model | " + " | ".join(f"test {label(m)}" for m in metrics) + f" | {label(primary)} per seed | best epoch per seed |",
-        "| --- " * (len(metrics) + 3) + "|",
+        "| model | " + " | ".join(f"test {label(m)}" for m in metrics) + f" | {label(primary)} per seed | best epoch per seed | learning rate |",
+        "| --- " * (len(metrics) + 4) + "|",
     ]
     for name, r in results["models"].items():
         lines.append(
             f"| {name} (`{r['artifact']}`) | " + " | ".join(mean_std(r["summary"][m]) for m in metrics)
-            + f" | {', '.join(f'{v:.3f}' for v in r['summary'][primary]['values'])} | {', '.join(str(x['best_epoch']) for x in r['runs'])} |"
+            + f" | {', '.join(f'{v:.3f}' for v in r['summary'][primary]['values'])} | {', '.join(str(x['best_epoch']) for x in r['runs'])} "
+            + f"| {r['learning_rate']:g} |"
         )
+    if grid_searched(results):
+        lines += ["", *learning_rate_table(results, label)]
     lines += [
         "",
         "Mean ± standard deviation over seeds. Differences to the base model, paired by seed (same head initialisation "
-        "and data order) and by test example (the bootstrap resamples the test set, the same resample for both models):",
+        "and data order) and by test example. The verdict's interval resamples seeds and test examples together; "
+        "the paired t-test (seeds only) and the test-only bootstrap (seeds fixed) are secondary figures:",
         "",
-        "| comparison | metric | difference (mean ± std over seeds) | per seed | better in | paired t-test p | 95% bootstrap CI |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| comparison | metric | difference (mean ± std over seeds) | per seed | better in | 95% interval over seeds and test | verdict "
+        "| paired t-test p (secondary) | 95% test-only bootstrap (secondary) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for comparison in sorted(results["comparisons"], key=lambda c: (c["model"] != "adapted", c["model"], metrics.index(c["metric"]) if c["metric"] in metrics else 99)):
         if comparison["metric"] in metrics:
-            b = comparison["bootstrap"]
+            b, i = comparison["bootstrap"], comparison["interval"]
             lines.append(
                 f"| {comparison['model']} − {comparison['baseline']} | {label(comparison['metric'])} | {comparison['difference']:+.4f} ± "
                 f"{comparison['difference_std']:.4f} | {', '.join(f'{d:+.3f}' for d in comparison['per_seed'])} | "
-                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | {format_p(comparison['t_test_p'])} | "
-                f"[{b['low']:+.4f}, {b['high']:+.4f}] |"
+                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | [{i['low']:+.4f}, {i['high']:+.4f}] | {comparison['verdict']} | "
+                f"{format_p(comparison['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] |"
             )
     names = list(results["models"])
     unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
@@ -323,6 +357,32 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _rate_setting(results: dict, hp: dict) -> str:
+    if grid_searched(results):
+        chosen = ", ".join(f"{name} {r['learning_rate']:g}" for name, r in results["models"].items())
+        return f"learning rate chosen per model from the same grid {results['learning_rates']} on mean validation score over seeds: {chosen}"
+    return f"learning rate {hp['learning_rate']:g}"
+
+
+def learning_rate_table(results: dict, label) -> list[str]:
+    """Mean validation score over seeds of every model at every rate of the grid; the chosen one in bold."""
+    metric = results["primary_metric"]
+    rates = list(next(iter(results["models"].values()))["learning_rates"])
+    lines = [
+        f"Learning rate per model (validation {label(metric)}, mean over seeds; the rate each model is compared at in bold; test plays no part):",
+        "",
+        "| model | " + " | ".join(f"lr {float(rate):g}" for rate in rates) + " |",
+        "| --- " * (len(rates) + 1) + "|",
+    ]
+    for name, r in results["models"].items():
+        cells = []
+        for rate, summary in r["learning_rates"].items():
+            value = f"{summary[f'validation_{metric}_mean']:.3f}"
+            cells.append(f"**{value}**" if summary["chosen"] else value)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def int8_section(int8: dict[str, dict], label) -> list[str]:
     """fp32 vs int8 (dynamic quantization of the Linear layers) of each measured model's first-seed classifier."""
     first = next(iter(int8.values()))
@@ -376,12 +436,13 @@ def distillation_section(manifest: dict, results: dict, label) -> list[str]:
         lines.append(f"| test {label(primary)} (mean ± std over seeds) | {mean_std(teacher)} | {mean_std(student)} | |")
         comparison = next((x for x in results["comparisons"] if x["model"] == "student" and x["baseline"] == "adapted" and x["metric"] == primary), None)
         if comparison is not None:
-            b = comparison["bootstrap"]
+            b, i = comparison["bootstrap"], comparison["interval"]
             lines += [
                 "",
                 f"Student − teacher test {label(primary)}: **{comparison['difference']:+.3f}** ± {comparison['difference_std']:.3f} over seeds "
-                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}, paired t-test p={format_p(comparison['t_test_p'])}); "
-                f"{b['confidence']:.0%} paired-bootstrap interval on test [{b['low']:+.3f}, {b['high']:+.3f}].",
+                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}); {i['confidence']:.0%} interval over seeds "
+                f"and test examples [{i['low']:+.3f}, {i['high']:+.3f}]: {comparison['verdict']} (secondary: paired t-test "
+                f"p={format_p(comparison['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap [{b['low']:+.3f}, {b['high']:+.3f}]).",
             ]
     lines += ["", "![distillation curve](distill_curve.png)", ""]
     return lines

@@ -108,6 +108,27 @@ def _per_class(labels: list[str], p, r, f, s) -> dict:
     }
 
 
+def to_plain(kind: str, value) -> list:
+    """Gold or predictions as JSON: class ids, the label ids of each example (multi-label), or tag lists."""
+    if kind == "multi_label":
+        return [np.flatnonzero(row).tolist() for row in np.asarray(value, dtype=bool)]
+    if kind == "single_label":
+        return np.asarray(value).tolist()
+    return [list(tags) for tags in value]
+
+
+def from_plain(kind: str, value: list, n_labels: int):
+    """`to_plain`'s inverse: the form `scores` and `example_counts` take."""
+    if kind == "multi_label":
+        matrix = np.zeros((len(value), n_labels), dtype=bool)
+        for i, ids in enumerate(value):
+            matrix[i, ids] = True
+        return matrix
+    if kind == "single_label":
+        return np.asarray(value, dtype=np.int64)
+    return [list(tags) for tags in value]
+
+
 def tune_thresholds(probabilities: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """Per-label decision thresholds that maximise each label's F1 on validation.
 
@@ -193,29 +214,58 @@ def metrics_from_counts(counts: Counts, weights: np.ndarray) -> dict[str, np.nda
     return {"accuracy": accuracy, "macro_f1": macro, "micro_f1": micro}
 
 
+# A verdict ("helped", "hurt") needs at least this many seeds: with fewer, resampling seeds cannot show
+# how much another seed would move the difference.
+MIN_SEEDS_FOR_VERDICT = 3
+VERDICTS = ("helped", "hurt", "no clear difference", "no verdict")
+
+
+def interval_method(samples: int, confidence: float = 0.95) -> str:
+    """One sentence saying how the verdict's interval is computed (the report quotes it)."""
+    return (
+        f"The {confidence:.0%} interval is a paired bootstrap over seeds and test examples together: each of {samples:,} "
+        "resamples draws the seeds with replacement and the test examples with replacement (the same draw for both "
+        "models and every seed) and averages the difference over the drawn seeds, so it covers both seed-to-seed "
+        f"variation and test-set sampling; a verdict needs it to exclude 0 and at least {MIN_SEEDS_FOR_VERDICT} seeds."
+    )
+
+
+def verdict(low: float, high: float, seeds: int) -> str:
+    """`helped` or `hurt` when the interval excludes 0 (with enough seeds), else `no clear difference` or `no verdict`."""
+    if seeds < MIN_SEEDS_FOR_VERDICT:
+        return "no verdict"
+    return "helped" if low > 0 else "hurt" if high < 0 else "no clear difference"
+
+
 def paired_comparison(
     model: list[Counts], baseline: list[Counts], model_scores: list[float], baseline_scores: list[float],
     metric: str, samples: int, confidence: float = 0.95, seed: int = 0,
 ) -> dict:  # fmt: skip
-    """Model minus baseline on one metric: per seed, a paired t-test over seeds, and a paired bootstrap.
+    """Model minus baseline on one metric: per seed, the verdict's interval, and two secondary figures.
 
-    Runs are paired by seed (same seed: same head initialisation and data order for both models).
-    The bootstrap resamples test examples (the same resample for both models and every seed) and
-    compares the seed-averaged metric, so its interval says how much the difference could move with
-    another test set of the same size; the spread over seeds says how much it moves with the seed.
+    Runs are paired by seed (same seed: same head initialisation and data order for both models), and
+    the two lists are in the same seed order. `interval` (with `verdict`) covers seed variance and test
+    sampling together: each resample draws the test examples with replacement (the same examples for
+    both models and every seed) and the seeds with replacement (the same seeds for both models), and
+    averages model - baseline over the drawn seeds. Secondary: a paired t-test over seeds (seed
+    variance only), and `bootstrap`, the test-only interval (the same example draws, every seed kept):
+    how much the seed-averaged difference could move with another test set, not with another seed.
     """
     from scipy import stats
 
+    if len(model) != len(baseline):
+        raise ValueError(f"paired runs needed: {len(model)} model runs vs {len(baseline)} baseline runs")
     differences = [a - b for a, b in zip(model_scores, baseline_scores)]
-    n = len(model[0].total)
+    k, n = len(model), len(model[0].total)
     rng = np.random.default_rng(seed)
     weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(np.float64)
-
-    def averaged(runs: list[Counts]) -> np.ndarray:
-        return np.mean([metrics_from_counts(c, weights)[metric] for c in runs], axis=0)
-
-    boot = averaged(model) - averaged(baseline)
+    # (samples, seeds): each seed's paired difference on each test resample.
+    per_seed = np.stack([metrics_from_counts(a, weights)[metric] - metrics_from_counts(b, weights)[metric] for a, b in zip(model, baseline)], axis=1)
+    test_only = per_seed.mean(1)
+    drawn = rng.integers(0, k, (samples, k))
+    both = np.take_along_axis(per_seed, drawn, axis=1).mean(1)
     tail = (1 - confidence) / 2
+    low, high = float(np.quantile(both, tail)), float(np.quantile(both, 1 - tail))
     p_value = None
     if len(differences) > 1 and np.ptp(differences) > 0:
         p_value = float(stats.ttest_rel(model_scores, baseline_scores).pvalue)
@@ -225,12 +275,23 @@ def paired_comparison(
         "difference_std": float(np.std(differences, ddof=1)) if len(differences) > 1 else 0.0,
         "per_seed": [float(d) for d in differences],
         "better_in_seeds": int(sum(d > 0 for d in differences)),
-        "t_test_p": p_value,
-        "bootstrap": {
+        "verdict": verdict(low, high, k),
+        "interval": {
+            "method": "bootstrap over seeds and test examples",
             "samples": samples,
             "confidence": confidence,
-            "low": float(np.quantile(boot, tail)),
-            "high": float(np.quantile(boot, 1 - tail)),
-            "share_not_better": float(np.mean(boot <= 0)),
+            "seeds": k,
+            "low": low,
+            "high": high,
+            "share_not_better": float(np.mean(both <= 0)),
+        },
+        "t_test_p": p_value,
+        "bootstrap": {
+            "method": "bootstrap over test examples, seeds fixed",
+            "samples": samples,
+            "confidence": confidence,
+            "low": float(np.quantile(test_only, tail)),
+            "high": float(np.quantile(test_only, 1 - tail)),
+            "share_not_better": float(np.mean(test_only <= 0)),
         },
     }

@@ -64,12 +64,24 @@ def key_figures(manifest: dict) -> str:
         )
         if "adapted_minus_base" in m:
             line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
+            if "adapted_minus_base_verdict" in m:
+                line += f" over seeds and test: {m['adapted_minus_base_verdict']}"
         if "student_minus_adapted" in m:
             line += (
                 f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
                 f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
             )
+        if m.get("runs_not_converged"):
+            line += f"; {m['runs_not_converged']} of {m['finetune_runs']} runs not converged"
         return line
+    if stage == "finetune":
+        metric = m["selection_metric"]
+        label = metric_label(metric, m.get("type"))
+        return (
+            f"{m['task']} seed {m['seed']} lr {m['learning_rate']:g}: best epoch {m['best_epoch']} of {m['epochs_trained']}"
+            f"{'' if m['converged'] else ' (the last allowed: not converged)'}; validation {label} {m[f'validation_{metric}']:.3f}, "
+            f"test {label} {m[f'test_{metric}']:.3f}, accuracy {m['test_accuracy']:.3f}"
+        )
     return ""
 
 
@@ -137,33 +149,47 @@ def format_p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def grid_searched(results: dict) -> bool:
+    """Whether each model chose its learning rate from a grid (`evaluate.learning_rates`)."""
+    return len(results.get("learning_rates", [])) > 1
+
+
 def format_comparison(results: dict) -> str:
-    """The comparison as plain text: mean ± std per model, each seed, and every model minus base."""
+    """The comparison as plain text: mean ± std per model, each seed, and every model minus base with its verdict."""
     metrics = shown_metrics(results)
     primary = results["primary_metric"]
     label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
-    rows = [["model", *[label(m) for m in metrics], f"{label(primary)} per seed", "best epochs"]]
+    grid = grid_searched(results)
+    rows = [["model", *[label(m) for m in metrics], f"{label(primary)} per seed", "best epochs", *(["learning rate"] if grid else [])]]
     for name, r in results["models"].items():
         rows.append([
             name,
             *[mean_std(r["summary"][m]) for m in metrics],
             " ".join(f"{v:.3f}" for v in r["summary"][primary]["values"]),
             " ".join(str(run["best_epoch"]) for run in r["runs"]),
+            *([f"{r['learning_rate']:g}"] if grid else []),
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rates = f"learning rate chosen per model on mean validation {label(primary)} from {results['learning_rates']}; " if grid else ""
     lines = [
         f"{results['task']}: {results['sizes']['test']:,} test examples, {len(results['labels'])} labels, seeds {results['seeds']}; "
-        f"epoch chosen on validation {label(primary)}",
+        f"{rates}epoch chosen on validation {label(primary)}",
         *["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows],
     ]
     for c in sorted(results["comparisons"], key=lambda c: metrics.index(c["metric"]) if c["metric"] in metrics else 99):
         if c["metric"] not in metrics[:2]:
             continue
         b = c["bootstrap"]
+        line = f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds (better in {c['better_in_seeds']}/{len(c['per_seed'])})"
+        if "interval" in c:  # evaluations from before the seed-aware interval have only the secondary figures
+            i = c["interval"]
+            line += f"; {i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]: {c['verdict']}; secondary"
+        lines.append(f"{line}: paired t-test p={format_p(c['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap CI [{b['low']:+.3f}, {b['high']:+.3f}]")
+    convergence = results.get("convergence")
+    if convergence and convergence["not_converged"]:
         lines.append(
-            f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds "
-            f"(better in {c['better_in_seeds']}/{len(c['per_seed'])}, paired t-test p={format_p(c['t_test_p'])}); "
-            f"{b['confidence']:.0%} bootstrap CI on test [{b['low']:+.3f}, {b['high']:+.3f}]"
+            f"warning: {convergence['not_converged']} of {convergence['runs']} fine-tuning runs chose their last allowed epoch "
+            f"({convergence['num_epochs']}): not converged; raise evaluate.num_epochs"
         )
     return "\n".join(lines)
 

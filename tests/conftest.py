@@ -134,3 +134,15 @@ def build_until(raw: dict, until: str):
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def run_without_project_code(script: str, *args: str, cwd: Path):
+    """Run `script` with only the standard library and site-packages on sys.path: no .pth (so no editable dapt), no cwd."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
+    paths = [*stdlib, sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    prologue = f"import sys; sys.path[:] = {list(dict.fromkeys(paths))!r}\n"
+    return subprocess.run([sys.executable, "-I", "-S", "-c", prologue + script, *args], capture_output=True, text=True, cwd=cwd, timeout=300)

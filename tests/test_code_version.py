@@ -29,6 +29,11 @@ DEPENDENCIES = {
 }
 
 
+# A fine-tuning run (`f-`, built by the evaluate stage, not a stage of the chain) counts the recipe, the
+# task reader and the scores; not the comparison, TAPT or int8 code that evaluate also imports.
+FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io"}
+
+
 def test_the_exclusion_list_names_real_modules():
     for name in NOT_CODE_DEPENDENCIES:
         assert artifacts._module_path(name).is_file(), f"NOT_CODE_DEPENDENCIES names {name}, which does not exist: remove or rename it"
@@ -95,3 +100,21 @@ def test_a_fix_in_the_csv_reader_changes_what_reads_records_but_not_the_base_mod
     before = plan(config)
     edit("io", "            yield record.get(spec.text_field)", "            yield record.get(spec.text_field) or None")
     assert _changed(before, plan(config)) == set(STAGES) - {"base"}
+
+
+def test_a_fine_tuning_run_counts_exactly_its_declared_modules():
+    found = {name.removeprefix("pretrain.") if name != "pretrain" else "__init__" for name in code_dependencies("pretrain.finetune")}
+    assert found == FINETUNE_DEPENDENCIES
+
+
+def test_a_change_to_the_comparison_keeps_every_fine_tuning_run(config, edit):
+    from pretrain import finetune
+
+    def run_id():
+        return finetune.stage_id(config.evaluate, model="m-" + "0" * 20, learning_rate=1e-3, seed=0, sources=[])
+
+    before, evaluation = run_id(), plan(config)["evaluate"]
+    edit("evaluate", "return max(runs, key=lambda r: r[\"validation\"][metric])", "return min(runs, key=lambda r: r[\"validation\"][metric])")
+    assert run_id() == before and plan(config)["evaluate"] != evaluation
+    edit("finetune", "running += loss.item()", "running += 2 * loss.item()")
+    assert run_id() != before

@@ -106,3 +106,18 @@ def test_overrides(tmp_path, tiny_config):
     assert config.evaluate.seeds == [1, 2]
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         load_config(path, ["pretrain.max_steps"])
+
+
+def test_a_learning_rate_grid_is_checked_before_anything_runs(tiny_config, tmp_path):
+    raw = copy.deepcopy(tiny_config)
+    raw["evaluate"]["learning_rates"] = [5e-4, 0, 5e-4]
+    with pytest.raises(ConfigError, match=r"evaluate\.learning_rates: every learning rate must be > 0 and <= 1 \(got \[0\.0\]\)"):
+        validate_config(raw)
+    raw["evaluate"]["learning_rates"] = [5e-4, 1e-3, 5e-4]
+    with pytest.raises(ConfigError, match=r"evaluate\.learning_rates: learning rates must be distinct"):
+        validate_config(raw)
+    raw["evaluate"]["learning_rates"] = []
+    with pytest.raises(ConfigError, match=r"evaluate\.learning_rates: List should have at least 1 item"):
+        validate_config(raw)
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    assert load_config(path, ["evaluate.learning_rates=[2e-5, 5e-5]"]).evaluate.learning_rates == [2e-5, 5e-5]

@@ -6,8 +6,9 @@ import re
 import pytest
 import torch
 
-from conftest import build_until, read_jsonl_gz, write_jsonl
+from conftest import build_until, read_jsonl_gz, run_without_project_code, write_jsonl
 from pretrain import evaluate, report, summaries
+from pretrain import finetune as finetune_stage
 from pretrain.config import validate_config
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune
@@ -32,7 +33,9 @@ def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     cfg = _with(config.evaluate, seeds=[0, 1], patience_epochs=2)
     aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
     m = store.manifest(aid)
-    assert m["inputs"] == {"base": ids["base"], "adapted": ids["pretrain"]}
+    runs = {role: fid for role, fid in m["inputs"].items() if fid.startswith("f-")}
+    assert {role: fid for role, fid in m["inputs"].items() if role not in runs} == {"base": ids["base"], "adapted": ids["pretrain"]}
+    assert sorted(runs) == ["adapted lr 3e-3 seed 0", "adapted lr 3e-3 seed 1", "base lr 3e-3 seed 0", "base lr 3e-3 seed 1"]
     assert len(m["sources"]) == 2  # the task's train and test files, hashed
     results = json.loads((store.local_dir(aid) / "results.json").read_text())
     assert results["labels"] == ["acq", "crude", "earn"] and results["primary_metric"] == "macro_f1"
@@ -40,6 +43,10 @@ def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     for name in ("base", "adapted"):
         runs = results["models"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
+        assert [r["finetune"] for r in runs] == [m["inputs"][f"{name} lr 3e-3 seed {seed}"] for seed in (0, 1)]
+        best = max(runs, key=lambda r: r["validation"]["macro_f1"])
+        assert results["models"][name]["best_run"] == {"seed": best["seed"], "learning_rate": 3e-3, "finetune": best["finetune"],
+                                                       "validation_macro_f1": best["validation"]["macro_f1"]}  # fmt: skip
         for run in runs:
             # early stopping: the best epoch is the best validation score, and training stopped within patience
             scores = [h["validation_macro_f1"] for h in run["history"]]
@@ -59,12 +66,15 @@ def test_base_and_adapted_over_seeds_compared_and_reported(upstream):
     adapted_values = results["models"]["adapted"]["summary"]["macro_f1"]["values"]
     assert headline["per_seed"] == pytest.approx([a - b for a, b in zip(adapted_values, base_values)])
     assert headline["bootstrap"]["low"] <= headline["difference"] <= headline["bootstrap"]["high"]
+    assert headline["verdict"] == "no verdict" and m["metrics"]["adapted_minus_base_verdict"] == "no verdict"  # 2 seeds: too few
+    assert m["metrics"]["adapted_minus_base_low"] == round(headline["interval"]["low"], 6)
     predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
     assert len(predictions["gold"]) == 60 and set(predictions["models"]["adapted"]) == {"0", "1"}
 
     text = summaries.format_comparison(results)
     assert re.search(r"^adapted +0\.\d{3} ± 0\.\d{3}", text, re.M)
-    assert "adapted − base macro-F1:" in text and "bootstrap CI on test [" in text
+    assert "adapted − base macro-F1:" in text and "95% interval over seeds and test [" in text and ": no verdict; secondary: paired t-test" in text
+    assert "95% test-only bootstrap CI [" in text
 
     # a second run is a cache hit
     assert evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"]) == aid
@@ -110,6 +120,9 @@ def test_multi_label_task_with_tuned_thresholds(upstream, tmp_path):
     predictions = json.loads((store.local_dir(aid) / "predictions.json").read_text())
     assert all(isinstance(p, list) for p in predictions["models"]["adapted"]["0"])
     assert 0 <= run["test"]["micro_f1"] <= 1 and run["test"]["accuracy"] <= run["test"]["micro_f1"] + 1e-9
+    # the run's f- classifier says it is multi-label, so plain transformers applies the right loss
+    saved = json.loads((store.local_dir(run["finetune"]) / "model" / "config.json").read_text())
+    assert saved["problem_type"] == "multi_label_classification" and saved["label2id"] == {label: i for i, label in enumerate(results["labels"])}
 
 
 def read_jsonl_gz_or_plain(path):
@@ -160,6 +173,9 @@ def test_token_task_scored_per_entity(upstream, tmp_path):
     run = results["models"]["adapted"]["runs"][0]
     assert set(run["test"]["per_class"]) == {"NUM", "UNIT"}
     assert run["test"]["micro_f1"] > 0.3  # numbers and units are easy to spot; an untrained head finds none
+    saved = json.loads((store.local_dir(run["finetune"]) / "model" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForTokenClassification"] and saved["id2label"] == {str(i): t for i, t in enumerate(results["labels"])}
+    assert json.loads((store.local_dir(run["finetune"]) / "run.json").read_text())["fallback_tag"] == "O"
 
 
 @pytest.mark.slow
@@ -185,10 +201,16 @@ def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
     assert [s["path"] for s in corpus["sources"]] == config.evaluate.task.train_files
     assert {c["model"] for c in results["comparisons"]} == {"adapted", "tiny-copy", "adapted+tapt"}
 
-    # Another evaluation with the same TAPT settings rebuilds nothing of TAPT
+    # Another evaluation with the same TAPT settings rebuilds nothing of TAPT, only the new seed's fine-tuning runs
     before = set(store.ids())
     other = evaluate.run(cfg.model_copy(update={"seeds": [1]}), store, base=ids["base"], model=ids["pretrain"])
-    assert set(store.ids()) - before == {other}
+    new = set(store.ids()) - before
+    assert {a for a in new if not a.startswith("f-")} == {other}
+    runs = {role: fid for role, fid in store.manifest(other)["inputs"].items() if fid.startswith("f-")}
+    # tiny-copy is the base model's files, so the same artifact: its run is the base's run, built once
+    assert runs["tiny-copy lr 3e-3 seed 1"] == runs["base lr 3e-3 seed 1"]
+    assert {a for a in new if a.startswith("f-")} == set(runs.values())
+    assert sorted(store.manifest(f)["metrics"]["seed"] for f in set(runs.values())) == [1, 1, 1]
 
 
 def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
@@ -201,7 +223,7 @@ def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
     cfg = _with(config.evaluate, task={"train_files": [str(train)]})
     with pytest.raises(InputError, match=r"train.jsonl:1: no field 'label' \(fields here: 'text', 'topic'\)"):
         evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
-    assert not [a for a in store.ids() if a.startswith("e-")]
+    assert not [a for a in store.ids() if a.startswith(("e-", "f-"))]
 
 
 @pytest.mark.slow
@@ -248,3 +270,139 @@ def test_int8_measured_on_the_adapted_classifier_and_reported(upstream):
     assert store.manifest(aid)["metrics"]["adapted_int8_macro_f1_delta"] == q["delta"]["macro_f1"]
     text = "\n".join(report.int8_section(results["int8"], lambda m: m))
     assert "## int8 on CPU" in text and re.search(r"^\| adapted \| \d+% \| 0\.\d{4} \| 0\.\d{4} \| [+-]0\.\d{4} \|", text, re.M)
+
+
+PLAIN_TRANSFORMERS = r"""
+import json, logging, sys, warnings
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+folder, texts, max_length = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3])
+said = []
+class Catch(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("transformers").addHandler(Catch(level=logging.WARNING))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).tolist()
+print(json.dumps({"predicted": predicted, "id2label": model.config.id2label, "warnings": said + [str(w.message) for w in caught]}))
+"""
+
+
+@pytest.mark.slow
+def test_fine_tunes_are_artifacts_that_plain_transformers_loads_and_a_second_comparison_reuses(upstream, tmp_path, caplog):
+    config, store, ids = upstream
+    cfg = _with(config.evaluate, seeds=[0, 1], num_epochs=3)
+    first = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(first) / "results.json").read_text())
+    run = results["models"]["adapted"]["runs"][0]
+    fid = run["finetune"]
+    m = store.manifest(fid)
+    assert m["stage"] == "finetune" and fid.startswith("f-") and m["inputs"] == {"model": ids["pretrain"]}
+    assert m["sources"] == store.manifest(first)["sources"]  # the task files' content
+    # only what changes one run: not the seed list, the models, int8, the bootstrap or the grid
+    assert m["config"]["seed"] == 0 and m["config"]["learning_rate"] == 3e-3 and "seeds" not in m["config"] and "int8" not in m["config"]
+    assert set(m["config"]) == {*finetune_stage.RUN_SETTINGS, "learning_rate", "seed"}
+    assert {k: m["metrics"][k] for k in ("seed", "learning_rate", "best_epoch", "epochs_trained", "converged")} == {
+        "seed": 0, "learning_rate": 3e-3, "best_epoch": run["best_epoch"], "epochs_trained": run["epochs_trained"], "converged": run["converged"]}
+    assert m["metrics"]["test_macro_f1"] == round(run["test"]["macro_f1"], 6) and m["metrics"]["validation_macro_f1"] == round(run["validation"]["macro_f1"], 6)
+    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "run.json", "predictions.json"} <= set(m["files"])
+    assert not [f for f in m["files"] if f.endswith((".bin", ".pt", ".pkl"))]  # nothing pickled
+
+    # The folder is a Hugging Face classifier: plain transformers, no project code, no warnings, the recorded predictions.
+    data = read_task(cfg.task, cfg.validation_fraction)
+    (tmp_path / "texts.json").write_text(json.dumps(data.test.texts))
+    folder = store.local_dir(fid) / "model"
+    result = run_without_project_code(PLAIN_TRANSFORMERS, str(folder), str(tmp_path / "texts.json"), str(cfg.max_seq_length), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plain = json.loads(result.stdout.strip().splitlines()[-1])
+    assert plain["warnings"] == []
+    assert plain["id2label"] == {"0": "acq", "1": "crude", "2": "earn"}
+    recorded = json.loads((store.local_dir(fid) / "predictions.json").read_text())
+    assert plain["predicted"] == recorded["predicted"] and recorded["gold"] == data.gold("test").tolist()
+    accuracy = sum(p == g for p, g in zip(recorded["predicted"], recorded["gold"])) / len(recorded["gold"])
+    assert accuracy == pytest.approx(run["test"]["accuracy"])
+
+    # A second comparison with the same base and settings (another adapted model) re-trains no base run.
+    raw = config.model_dump()
+    raw["pretrain"]["max_steps"] = 4
+    other_model = run_stage("pretrain", validate_config(raw), store, ids)
+    assert other_model != ids["pretrain"]
+    before = set(store.ids())
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pretrain"):
+        second = evaluate.run(cfg, store, base=ids["base"], model=other_model)
+    new = set(store.ids()) - before
+    assert {a for a in new if not a.startswith("f-")} == {second}
+    assert sorted((store.manifest(f)["inputs"]["model"], store.manifest(f)["metrics"]["seed"]) for f in new if f.startswith("f-")) == [
+        (other_model, 0), (other_model, 1)]  # fmt: skip
+    base_runs = [r["finetune"] for r in results["models"]["base"]["runs"]]
+    assert [r["finetune"] for r in json.loads((store.local_dir(second) / "results.json").read_text())["models"]["base"]["runs"]] == base_runs
+    assert sum(f"fine-tune {f} already built (cache hit)" in r.getMessage() for r in caplog.records for f in base_runs) == 2
+    assert store.manifest(second)["metrics"]["finetune_runs_built"] == 2
+
+
+def test_last_allowed_epoch_is_warned_about_in_log_results_and_report(upstream, caplog, monkeypatch):
+    config, store, ids = upstream
+    cfg = _with(config.evaluate, seeds=[0], num_epochs=1)  # one epoch allowed: every run's best is its last
+    monkeypatch.setenv("DAPT_PROGRESS", "log")
+    with caplog.at_level("INFO", logger="pretrain"):
+        aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    said = [r.getMessage() for r in caplog.records]
+    # one progress display per run, counting its training, validation and test batches; the per-epoch line stays
+    assert sum(bool(re.match(r"evaluate adapted seed 0 lr 3e-3: (\d+)/\1 batch \(100%\)", line)) for line in said) == 1
+    assert any(line.startswith("evaluate base seed 0 lr 3e-3: epoch 1: train loss ") for line in said)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "raise evaluate.num_epochs" in r.getMessage()]
+    assert len(warned) == 2 and any(w.startswith("evaluate: base seed 0 lr 3e-3: the best validation macro_f1 came at the last allowed epoch (1)") for w in warned)
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert results["convergence"] == {"num_epochs": 1, "runs": 2, "not_converged": 2}
+    assert "adapted: seed 0 chose the last allowed epoch (1): not converged, more epochs might score better; raise evaluate.num_epochs" in results["notes"]
+    assert all(store.manifest(r["finetune"])["metrics"]["converged"] is False for n in ("base", "adapted") for r in results["models"][n]["runs"])
+    assert store.manifest(aid)["metrics"]["runs_not_converged"] == 2
+    assert "warning: 2 of 2 fine-tuning runs chose their last allowed epoch (1): not converged; raise evaluate.num_epochs" in summaries.format_comparison(results)
+    text = "\n".join(report.headline_text(results, lambda m: m))
+    assert "**Warning: 2 of 2 fine-tuning runs chose their last allowed epoch (1)**" in text and "Raise `evaluate.num_epochs`" in text
+    assert "**No verdict on R8-3** with 1 seed (a verdict needs at least 3" in text  # and 1 seed gives no verdict
+
+
+@pytest.mark.slow
+def test_learning_rate_grid_is_the_same_for_every_model_and_chosen_on_validation(upstream):
+    config, store, ids = upstream
+    cfg = _with(config.evaluate, seeds=[0, 1], num_epochs=2, learning_rates=[1e-6, 3e-3])
+    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert results["learning_rates"] == [1e-6, 3e-3]
+    for name in ("base", "adapted"):
+        r = results["models"][name]
+        assert list(r["learning_rates"]) == ["1e-6", "3e-3"]
+        means = {rate: s["validation_macro_f1_mean"] for rate, s in r["learning_rates"].items()}
+        for rate, s in r["learning_rates"].items():  # the mean over seeds of each run's validation score, read from its f- artifact
+            assert s["validation_macro_f1_mean"] == pytest.approx(sum(store.manifest(f)["metrics"]["validation_macro_f1"] for f in s["finetune"]) / 2, abs=1e-5)
+            assert [store.manifest(f)["config"]["learning_rate"] for f in s["finetune"]] == [float(rate)] * 2
+        chosen = max(means, key=means.get)
+        assert r["learning_rate"] == float(chosen) and [run["learning_rate"] for run in r["runs"]] == [float(chosen)] * 2
+        assert r["learning_rates"][chosen]["chosen"] and [run["finetune"] for run in r["runs"]] == r["learning_rates"][chosen]["finetune"]
+    assert len([role for role in store.manifest(aid)["inputs"] if " lr " in role]) == 8  # 2 models x 2 rates x 2 seeds, all in the lineage
+    lines = report.learning_rate_table(results, lambda m: m)
+    assert lines[2] == "| model | lr 1e-06 | lr 0.003 |" and sum("**" in line for line in lines[4:]) == 2
+    text = summaries.format_comparison(results)
+    assert "learning rate chosen per model on mean validation macro-F1 from [1e-06, 0.003]" in text
+
+
+def test_learning_rate_choice_looks_at_validation_only():
+    def runs(validation, test):
+        return [{"validation": {"macro_f1": v}, "test": {"macro_f1": t}} for v, t in zip(validation, test)]
+
+    # 1e-3 is better on test, 5e-4 on validation: validation decides
+    by_rate = {1e-3: runs([0.70, 0.72], [0.90, 0.91]), 5e-4: runs([0.75, 0.74], [0.60, 0.61])}
+    assert evaluate.choose_learning_rate(by_rate, "macro_f1") == 5e-4
+    # the mean over seeds, not the single best run
+    by_rate = {1e-3: runs([0.99, 0.50], [0, 0]), 5e-4: runs([0.80, 0.80], [0, 0])}
+    assert evaluate.choose_learning_rate(by_rate, "macro_f1") == 5e-4
+    # ties go to the first rate of the grid
+    assert evaluate.choose_learning_rate({2e-5: runs([0.8], [0]), 5e-5: runs([0.8], [1])}, "macro_f1") == 2e-5

@@ -166,6 +166,22 @@ def test_gc_keeps_aliases_recent_runs_lineage_and_evidence(tmp_path, capsys):
     assert all(store.exists(a) for a in (model, base, corpus, evaluation, run_corpus, fresh))
 
 
+def test_gc_keeps_an_evaluation_with_its_fine_tuning_runs(tmp_path):
+    store = ArtifactStore(tmp_path / "s")
+    base = _text(store, "b-" + "0" * 19 + "1", stage="base", created=OLD)
+    model = _text(store, "m-" + "0" * 19 + "1", stage="pretrain", inputs={"base": base}, created=OLD)
+    runs = {f"{name} lr 5e-4 seed 0": _text(store, f"f-{i:020d}", stage="finetune", inputs={"model": aid}, created=OLD)
+            for i, (name, aid) in enumerate((("base", base), ("adapted", model)))}  # fmt: skip
+    evaluation = _text(store, "e-" + "0" * 19 + "1", stage="evaluate", inputs={"base": base, "adapted": model, **runs}, created=OLD)
+    # a run of a kept model that no kept evaluation used (an evaluation since deleted): nothing keeps it
+    orphan = _text(store, "f-" + "0" * 19 + "9", stage="finetune", inputs={"model": model}, created=OLD)
+    registry.promote(store, model, "production")
+
+    plan = registry.gc_plan(store, keep_runs=0, keep_hours=24)
+    assert set(plan["keep"]) == {base, model, evaluation, *runs.values()}
+    assert plan["delete"] == [orphan]
+
+
 def test_pipeline_runs_are_recorded_oldest_first(tmp_path):
     store = ArtifactStore(tmp_path / "s")
     registry.record_run(store, "a", {"ingest": "c-1"})

@@ -1,18 +1,40 @@
-"""The report's verdict: 'helped' only when the test-set interval excludes 0 and every seed agrees."""
+"""The report's verdict: from the interval over seeds and test examples, and none with fewer than 3 seeds."""
 
-from pretrain.report import verdict
-from pretrain.summaries import key_figures
-
-
-def _comparison(per_seed, low, high):
-    return {"per_seed": per_seed, "better_in_seeds": sum(d > 0 for d in per_seed), "bootstrap": {"low": low, "high": high}}
+from pretrain.report import headline_text, verdict
+from pretrain.scoring import MIN_SEEDS_FOR_VERDICT, interval_method
+from pretrain.summaries import format_comparison, key_figures
 
 
-def test_verdict_needs_the_interval_and_the_seeds():
-    assert verdict(_comparison([0.05, 0.03, 0.04], 0.01, 0.07)) == "helped"
-    assert verdict(_comparison([0.05, -0.01, 0.04], 0.01, 0.07)) == "made no clear difference"  # one seed disagrees
-    assert verdict(_comparison([0.05, 0.03, 0.04], -0.01, 0.07)) == "made no clear difference"  # interval holds 0
-    assert verdict(_comparison([-0.05, -0.03, -0.04], -0.07, -0.01)) == "hurt"
+def _comparison(per_seed, low, high, said):
+    return {"model": "adapted", "baseline": "base", "metric": "macro_f1", "difference": sum(per_seed) / len(per_seed), "difference_std": 0.01,
+            "per_seed": per_seed, "better_in_seeds": sum(d > 0 for d in per_seed), "verdict": said, "t_test_p": 0.2,
+            "interval": {"confidence": 0.95, "samples": 1000, "seeds": len(per_seed), "low": low, "high": high},
+            "bootstrap": {"confidence": 0.95, "samples": 1000, "low": 0.001, "high": 0.02}}  # fmt: skip
+
+
+def _results(comparison):
+    return {"task": "R8", "type": "single_label", "primary_metric": "macro_f1", "comparisons": [comparison], "seeds": [0, 1, 2],
+            "interval_method": interval_method(1000), "min_seeds_for_verdict": MIN_SEEDS_FOR_VERDICT, "labels": ["a", "b"],
+            "sizes": {"test": 100}, "models": {}}  # fmt: skip
+
+
+def test_verdict_words_and_the_headline():
+    assert verdict(_comparison([0.05, 0.03, 0.04], 0.01, 0.07, "helped")) == "helped"
+    assert verdict(_comparison([0.05, -0.01, 0.04], -0.01, 0.07, "no clear difference")) == "made no clear difference"
+    assert verdict(_comparison([-0.05, -0.03, -0.04], -0.07, -0.01, "hurt")) == "hurt"
+    assert verdict(_comparison([0.05], 0.01, 0.07, "no verdict")) is None
+
+    text = "\n".join(headline_text(_results(_comparison([0.05, 0.03, 0.04], 0.01, 0.07, "helped")), lambda m: m))
+    assert text.startswith("**Domain adaptation helped on R8**: test macro_f1 adapted − base **+0.040** (mean over 3 seeds; adapted better in 3 of 3)")
+    assert "95% interval over seeds and test examples [+0.010, +0.070]" in text
+    # the method, in one sentence
+    assert "The 95% interval is a paired bootstrap over seeds and test examples together: each of 1,000 resamples draws the seeds with replacement" in text
+    one = "\n".join(headline_text(_results(_comparison([0.05], 0.01, 0.07, "no verdict")), lambda m: m))
+    assert one.startswith("**No verdict on R8** with 1 seed (a verdict needs at least 3: list more in `evaluate.seeds`): test macro_f1")
+    assert "helped" not in one.split("\n")[0]
+    line = format_comparison(_results(_comparison([0.05, -0.01, 0.04], -0.01, 0.07, "no clear difference"))).splitlines()[-1]
+    assert line == ("adapted − base macro-F1: +0.027 ± 0.010 over seeds (better in 2/3); 95% interval over seeds and test [-0.010, +0.070]: "
+                    "no clear difference; secondary: paired t-test p=0.2, 95% test-only bootstrap CI [+0.001, +0.020]")  # fmt: skip
 
 
 def test_key_figures_show_the_vocabulary_change_and_per_word_perplexity():

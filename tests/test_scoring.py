@@ -99,3 +99,49 @@ def test_paired_comparison_interval_and_test():
     # the same seed gives the same interval
     again = scoring.paired_comparison(counts(weak), counts(weak), acc(weak), acc(weak), "macro_f1", samples=200)
     assert again == c
+
+
+def test_the_verdict_needs_an_interval_over_seeds_and_test_clear_of_zero_and_three_seeds():
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 3, 400)
+    labels = ["a", "b", "c"]
+
+    def runs(error_rates, first_seed):
+        preds = []
+        for i, rate in enumerate(error_rates):
+            r = np.random.default_rng(first_seed + i)
+            pred = gold.copy()
+            flip = r.random(len(gold)) < rate
+            pred[flip] = (pred[flip] + 1) % 3
+            preds.append(pred)
+        return [scoring.example_counts("single_label", gold, p, labels) for p in preds], [float((p == gold).mean()) for p in preds]
+
+    def compare(model_errors, baseline_errors):
+        (a, sa), (b, sb) = runs(model_errors, 0), runs(baseline_errors, 100)
+        return scoring.paired_comparison(a, b, sa, sb, "accuracy", samples=1000)
+
+    # clearly better with every seed: helped, and the interval lies above 0
+    c = compare([0.10, 0.12, 0.11], [0.30, 0.28, 0.31])
+    assert c["verdict"] == "helped" and 0 < c["interval"]["low"] < c["difference"] < c["interval"]["high"]
+    assert compare([0.30, 0.28, 0.31], [0.10, 0.12, 0.11])["verdict"] == "hurt"
+    # better on average and on every test resample, but one seed of three is worse: the test-only interval
+    # excludes 0, the interval over seeds and test does not, so there is no clear difference
+    c = compare([0.10, 0.30, 0.10], [0.30, 0.25, 0.30])
+    assert c["bootstrap"]["low"] > 0 and c["interval"]["low"] < 0 < c["interval"]["high"]
+    assert c["verdict"] == "no clear difference" and c["better_in_seeds"] == 2
+    # one seed, however large the difference: the figures and no verdict
+    c = compare([0.05], [0.40])
+    assert c["interval"]["low"] > 0 and c["verdict"] == "no verdict" and c["interval"]["seeds"] == 1
+    assert scoring.verdict(0.01, 0.05, 2) == "no verdict" and scoring.verdict(0.01, 0.05, 3) == "helped"
+    assert scoring.verdict(-0.01, 0.05, 5) == "no clear difference" and scoring.verdict(-0.05, -0.01, 3) == "hurt"
+
+
+def test_predictions_survive_json():
+    labels = ["x", "y", "z"]
+    single = np.array([2, 0, 1])
+    assert (scoring.from_plain("single_label", scoring.to_plain("single_label", single), 3) == single).all()
+    multi = np.array([[True, False, True], [False, False, False]])
+    assert scoring.to_plain("multi_label", multi) == [[0, 2], []]
+    assert (scoring.from_plain("multi_label", [[0, 2], []], len(labels)) == multi).all()
+    tags = [["O", "B-X"], ["I-X"]]
+    assert scoring.from_plain("token", scoring.to_plain("token", tags), 3) == tags
