@@ -12,7 +12,9 @@ def test_demo_config_is_valid():
     config = load_config(ROOT / "configs" / "demo.yaml")
     assert config.pretrain.max_steps > 0
     assert config.base_model.source == "pkg:cognition/model"
-    assert config.vocab.mode == "extend"
+    assert config.vocab.mode == "keep"
+    assert config.evaluate.num_epochs > 2 * config.evaluate.patience_epochs  # room to converge
+    assert len(config.evaluate.seeds) >= 3  # enough for a verdict
 
 
 def _assert_loaded_as_written(written, loaded, where: str) -> None:
