@@ -2,6 +2,7 @@
 
     python benchmarks/mlm_throughput.py                                   # CPU: bert-tiny and 6L/384 shapes
     python benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 --batch-size 64   # a GPU
+    python benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 --compile         # ours compiled
 
 Baseline, as in transformers' `run_mlm_no_trainer.py`: BertForMaskedLM with labels (the full-vocabulary
 head at every position), DataCollatorForLanguageModeling masking each batch, torch.optim.AdamW with its
@@ -12,7 +13,8 @@ alternately in one process (rounds of a few steps each) so machine noise hits bo
 
 One JSON line per model shape: tokens/s of both and their ratio, FLOPs per step as counted by
 torch's FlopCounterMode on the actual step (forward + backward), achieved FLOP/s, and on a GPU the
-model FLOPs utilisation (MFU) against the device's dense peak for the precision used.
+model FLOPs utilisation (MFU) against the device's dense peak for the precision used (the table in
+`pretrain/flops.py`, which the pretrain stage's MFU uses too).
 """
 
 from __future__ import annotations
@@ -27,28 +29,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pretrain import flops  # noqa: E402
 from pretrain.config import PretrainConfig, package_dir  # noqa: E402
 from pretrain.mlm import Masking, MaskedLM  # noqa: E402
-from pretrain.training import make_optimizer  # noqa: E402
+from pretrain.training import counting_flops, make_optimizer  # noqa: E402
 
 SHAPES = {
     "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
     "L6-H384": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-# Dense peak FLOP/s by device and precision, for MFU (vendor datasheets, without sparsity).
-PEAK_FLOPS = {
-    ("H100", "bf16"): 989e12, ("H100", "fp16"): 989e12, ("H100", "no"): 67e12,
-    ("H200", "bf16"): 989e12, ("H200", "fp16"): 989e12, ("H200", "no"): 67e12,
-    ("A100", "bf16"): 312e12, ("A100", "fp16"): 312e12, ("A100", "no"): 19.5e12,
-    ("L4", "bf16"): 121e12, ("L4", "fp16"): 121e12,
-    ("A10", "bf16"): 125e12, ("A10", "fp16"): 125e12,
-}  # fmt: skip
 
 
 def reuters_blocks(tokenizer, count: int, seq_length: int) -> torch.Tensor:
@@ -63,13 +57,6 @@ def reuters_blocks(tokenizer, count: int, seq_length: int) -> torch.Tensor:
     blocks = np.empty((count, seq_length), dtype=np.int64)
     blocks[:, 0], blocks[:, 1:-1], blocks[:, -1] = tokenizer.cls_token_id, body, tokenizer.sep_token_id
     return torch.from_numpy(blocks)
-
-
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for (chip, p), peak in PEAK_FLOPS.items() if chip in name and p == precision), None)
 
 
 def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.device) -> dict:
@@ -90,7 +77,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         special_ids=tuple(sorted({tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id})),
         vocab_size=len(tokenizer),
     )  # fmt: skip
-    ours = MaskedLM(ours_model)
+    ours = MaskedLM(ours_model, compile=args.compile)
     ours_optimizer = make_optimizer(ours, cfg, device)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     base_optimizer = torch.optim.AdamW(base_model.parameters(), lr=1e-4)  # the example script's optimizer
@@ -128,12 +115,12 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    flops = {}
+    counted = {}
     for label, step in (("ours", ours_step), ("baseline", base_step)):
-        step(0)  # warm-up: allocations, optimizer state, kernel selection
-        with FlopCounterMode(display=False) as counter:
+        step(0)  # warm-up: allocations, optimizer state, kernel selection (and compilation)
+        with counting_flops() as counter:  # as the pretrain stage counts them: eagerly, once
             step(1)
-        flops[label] = counter.get_total_flops()
+        counted[label] = counter.get_total_flops()
     seconds = {"ours": 0.0, "baseline": 0.0}
     steps = 0
     for r in range(args.rounds):
@@ -154,22 +141,25 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "mixed_precision": args.mixed_precision,
+        "compile": args.compile,
         "batch_size": args.batch_size,
         "seq_length": args.seq_length,
         "steps_each": steps,
         "baseline_tokens_per_s": round(tokens / seconds["baseline"], 1),
         "ours_tokens_per_s": round(tokens / seconds["ours"], 1),
         "ratio": round(seconds["baseline"] / seconds["ours"], 3),
-        "baseline_flops_per_step": flops["baseline"],
-        "ours_flops_per_step": flops["ours"],
-        "baseline_flops_per_s": round(flops["baseline"] * steps / seconds["baseline"]),
-        "ours_flops_per_s": round(flops["ours"] * steps / seconds["ours"]),
+        "baseline_flops_per_step": counted["baseline"],
+        "ours_flops_per_step": counted["ours"],
+        "baseline_flops_per_s": round(counted["baseline"] * steps / seconds["baseline"]),
+        "ours_flops_per_s": round(counted["ours"] * steps / seconds["ours"]),
     }
-    peak = peak_flops(device, args.mixed_precision)
+    peak = flops.peak_flops(flops.device_name(device), args.mixed_precision)
     if peak:
         result["peak_flops_per_s"] = peak
         result["ours_mfu"] = round(result["ours_flops_per_s"] / peak, 4)
         result["baseline_mfu"] = round(result["baseline_flops_per_s"] / peak, 4)
+    else:
+        result["mfu_note"] = flops.describe_peak(flops.device_name(device), args.mixed_precision)
     return result
 
 
@@ -184,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternations of ours/baseline")
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our step as `pretrain.compile: true` does (the baseline stays eager)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--tokenizer", default="pkg:cognition/model", help="a BERT tokenizer folder (default: the demo model's)")
     args = parser.parse_args(argv)

@@ -214,6 +214,12 @@ class PretrainConfig(Section):
     """Select whole words (all their tokens together) instead of single tokens."""
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision of the forward pass (weights and optimizer stay float32): `bf16` on GPUs from
+    Ampere on (and, slowly, on a CPU), `fp16` with a gradient scaler (needs CUDA), `no` for float32."""
+    compile: bool = False
+    """Train with `torch.compile` (the training step only; validation runs eagerly). Part of the artifact
+    id: compiled kernels round differently, so the weights differ slightly from an eager run. Pays off on
+    a GPU over a long run; on a CPU the compilation alone takes minutes."""
     log_every_steps: int = Field(default=50, gt=0)
     eval_every_steps: int | None = Field(default=None, gt=0)
     """Validation perplexity every N steps (always measured before and after training)."""
@@ -408,6 +414,8 @@ class EvaluateConfig(Section):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     """Share of the steps of num_epochs spent warming up linearly; then linear decay to 0."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision of the fine-tunes' forward pass and loss, as in `pretrain` (`fp16` with a gradient scaler, needs CUDA)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples of the test set for the confidence interval of the difference to the base model."""
 
@@ -490,6 +498,8 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConf
     problems += check_paths(raw)
     if config is not None and config.distill is not None:
         problems += distill_problems(config)
+    if config is not None:
+        problems += machine_problems(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
@@ -527,6 +537,49 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
             if problem:
                 problems.append(f"evaluate.models[{i}].source: {problem}")
     return problems
+
+
+def machine_problems(config: PipelineConfig) -> list[str]:
+    """Settings this machine cannot run (fp16 without CUDA, bf16 on a GPU without it, compile without its
+    compiler), each naming its key; the config is checked on the machine that runs it, like its paths."""
+    sections = {"pretrain": config.pretrain, "distill": config.distill, "evaluate": config.evaluate}
+    if config.evaluate.tapt is not None:
+        sections["evaluate.tapt.pretrain"] = config.evaluate.tapt.pretrain
+    problems = []
+    for key, section in sections.items():
+        if section is None:
+            continue
+        problems.append(precision_problem(f"{key}.mixed_precision", section.mixed_precision))
+        if getattr(section, "compile", False):
+            problems.append(compile_problem(f"{key}.compile"))
+    return [p for p in problems if p]
+
+
+def precision_problem(key: str, precision: str) -> str | None:
+    """Why this machine cannot train in `precision` (the value of `key`), or None."""
+    if precision == "no":
+        return None
+    import torch  # only when a precision needs checking: reading a config stays light
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        return f"{key}: fp16 needs a CUDA GPU (it trains with a gradient scaler) and none is visible here; use bf16 (also runs on a CPU, slowly) or no"
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return f"{key}: this GPU ({torch.cuda.get_device_name()}) has no bf16 support (it needs Ampere or newer); use fp16 or no"
+    return None
+
+
+def compile_problem(key: str) -> str | None:
+    """Why `torch.compile` cannot run here (the value of `key` is true), or None."""
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        if importlib.util.find_spec("triton") is None:
+            return f"{key}: torch.compile on a GPU needs the triton package (`pip install triton`, it comes with CUDA builds of torch); or set it to false"
+    elif not any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl")):
+        return f"{key}: torch.compile on a CPU needs a C++ compiler (g++ or clang++) on the PATH; install one or set it to false"
+    return None
 
 
 def teacher_layer_count(model_config: dict[str, Any]) -> int | None:

@@ -42,7 +42,7 @@ from pretrain import training
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import DistillConfig, student_problems, teacher_layer_count
 from pretrain.errors import InputError, UserError
-from pretrain.mlm import MaskedLM, mlm_parts
+from pretrain.mlm import MaskedLM, compiled, dynamic, mlm_parts
 from pretrain.formats import load_meta
 from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
 
@@ -129,20 +129,29 @@ class Distillation(nn.Module):
     """The student, with its loss against the teacher's soft targets: the module Accelerate trains.
 
     Without teacher logits it returns the plain masked-LM cross-entropy (for validation perplexity).
+    With `compile`, training steps run through `torch.compile` (`pretrain.mlm.compiled`); validation stays eager.
     """
 
-    def __init__(self, student: nn.Module, temperature: float, alpha_distill: float, alpha_mlm: float):
+    def __init__(self, student: nn.Module, temperature: float, alpha_distill: float, alpha_mlm: float, compile: bool = False):
         super().__init__()
         self.model = student
         self._parts = mlm_parts(student)  # a tuple, not submodules: the state dict stays the student's
         self.temperature, self.alpha_distill, self.alpha_mlm = temperature, alpha_distill, alpha_mlm
+        self._compiled = compiled(self._losses) if compile else None
 
     def forward(self, input_ids: torch.Tensor, masked_positions: torch.Tensor, masked_labels: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 reduction: str = "mean") -> torch.Tensor:  # fmt: skip
-        logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
         if teacher_logits is None:
+            logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
             return F.cross_entropy(logits.float(), masked_labels, reduction=reduction)
+        if self._compiled is not None and self.training:
+            dynamic(masked_positions, masked_labels, teacher_logits)
+            return self._compiled(input_ids, masked_positions, masked_labels, teacher_logits, attention_mask)
+        return self._losses(input_ids, masked_positions, masked_labels, teacher_logits, attention_mask)
+
+    def _losses(self, input_ids, masked_positions, masked_labels, teacher_logits, attention_mask) -> torch.Tensor:
+        logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
         total, soft, hard = distillation_loss(logits, teacher_logits, masked_labels, self.temperature, self.alpha_distill, self.alpha_mlm)
         # One tensor through DDP: the loss to backpropagate, then its two terms for the log.
         return torch.stack([total, soft.detach(), hard.detach()])
@@ -206,7 +215,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     evaluation = training.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
 
     steps = training.total_steps(cfg)
-    task = Distillation(student, cfg.temperature, cfg.alpha_distill, cfg.alpha_mlm)
+    task = Distillation(student, cfg.temperature, cfg.alpha_distill, cfg.alpha_mlm, compile=cfg.compile)
     task, optimizer, scheduler = training.prepare(accelerator, task, cfg, steps)
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
@@ -221,9 +230,16 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         log.info("distill: validation perplexity: teacher %.2f, student before training %.2f", progress["perplexity_teacher"],
                  progress["perplexity_before"], main_process_only=True)  # fmt: skip
 
+    def teacher_logits(input_ids: torch.Tensor, masked_positions: torch.Tensor) -> torch.Tensor:
+        return masked_logits(teacher, teacher_parts, input_ids, masked_positions)
+
+    teacher_step = compiled(teacher_logits) if cfg.compile else teacher_logits
+
     def add_teacher_logits(batch: dict) -> None:
+        if cfg.compile:
+            dynamic(batch["masked_positions"])
         with torch.no_grad(), accelerator.autocast():
-            batch["teacher_logits"] = masked_logits(teacher, teacher_parts, batch["input_ids"], batch["masked_positions"])
+            batch["teacher_logits"] = teacher_step(batch["input_ids"], batch["masked_positions"])
 
     training.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
                         evaluation, loss_names=("loss", "distill_loss", "mlm_loss"), before_step=add_teacher_logits)  # fmt: skip
@@ -253,6 +269,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         "validation_perplexity_after": round(after, 3),
         "train_seconds": round(progress["train_seconds"], 2),
         "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
+        **training.utilisation(cfg, accelerator, progress),
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
     }
     metrics["parameter_ratio"] = round(metrics["student_parameters"] / metrics["teacher_parameters"], 4)

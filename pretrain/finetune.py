@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from pretrain import scoring
 from pretrain.artifacts import ArtifactStore, artifact_id
-from pretrain.config import EvaluateConfig
+from pretrain.config import EvaluateConfig, precision_problem
+from pretrain.errors import UserError
 from pretrain.logs import get_logger
 from pretrain.progress import Progress, progress
 from pretrain.tasks import TaskData
@@ -53,9 +54,9 @@ STAGE = "finetune"
 IGNORE = -100  # cross-entropy's ignore_index: sub-tokens after the first, special tokens, padding
 # The evaluate settings that change what one run computes, and so its id. Not the seed list, the
 # compared models, TAPT, int8, the bootstrap or the learning-rate grid: a run has one rate and one seed.
-# When fine-tuning gets mixed precision (issue 17), `mixed_precision` joins this list: a bf16 run is another run.
+# `mixed_precision` is here: a bf16 run is another run (its scores differ slightly).
 RUN_SETTINGS = ("task", "validation_fraction", "max_seq_length", "num_epochs", "patience_epochs", "selection_metric",
-                "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm")  # fmt: skip
+                "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision")  # fmt: skip
 
 
 @dataclass
@@ -212,6 +213,15 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
     return model.to(device)
 
 
+def mixed_precision(precision: str, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
+    """The autocast context of `evaluate.mixed_precision` and its gradient scaler (active for fp16 only)."""
+    if problem := precision_problem("evaluate.mixed_precision", precision):
+        raise UserError(problem)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 @dataclass
 class Trained:
     """A fine-tuned model holding its best epoch's weights, with how it got there."""
@@ -244,6 +254,7 @@ def train(
     kind, labels, metric = data.kind, data.labels, selection_metric(cfg)
     learning_rate = cfg.learning_rate if learning_rate is None else learning_rate
     desc = desc or f"fine-tune seed {seed} lr {format_rate(learning_rate)}"
+    autocast, scaler = mixed_precision(cfg.mixed_precision, device)
     torch.manual_seed(seed)  # the head's initialisation and dropout
     model = _load_model(model_dir, kind, labels, device)
     fallback = "O" if cfg.task.tag_scheme == "BIO" else Counter(t for tags in data.train.labels for t in tags).most_common(1)[0][0]
@@ -273,20 +284,24 @@ def train(
     try:
         for epoch in range(1, cfg.num_epochs + 1):
             model.train()
-            running, batches = 0.0, 0
+            running, batches = torch.zeros((), dtype=torch.float64, device=device), 0
             for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
                 inputs = collate(train, batch, pad_id, device, with_targets=True)
                 targets = inputs.pop("labels")
-                loss = loss_fn(kind, model(**inputs).logits, targets)
-                loss.backward()
+                with autocast:
+                    loss = loss_fn(kind, model(**inputs).logits, targets)
+                scaler.scale(loss).backward()
                 if cfg.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                running += loss.item()
+                running += loss.detach()  # read once per epoch: no host sync per step
                 batches += 1
                 bar.update(1)
+            running = running.item()
             outputs = predict(model, kind, encoded["validation"], labels, fallback, cfg.batch_size, pad_id, device, bar)
             epoch_thresholds = scoring.tune_thresholds(outputs, gold_validation) if kind == "multi_label" else None
             decided = outputs >= epoch_thresholds if kind == "multi_label" else outputs

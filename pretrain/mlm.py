@@ -77,14 +77,35 @@ class Masking:
         return ids[torch.randint(len(ids), (n,), generator=generator)]
 
 
-class MaskedLM(nn.Module):
-    """A Hugging Face *ForMaskedLM model whose head runs only on the masked positions."""
+def compiled(function: Callable) -> Callable:
+    """`torch.compile` of a training step whose tensors have the masked positions as their first dimension.
 
-    def __init__(self, model: nn.Module):
+    Every micro-batch masks a different number of tokens. Marking that dimension dynamic (`dynamic`
+    below) gives one graph for every count instead of a recompilation per step; the other shapes
+    (micro-batch x sequence length) are fixed in training, so they stay static.
+    """
+    return torch.compile(function)
+
+
+def dynamic(*tensors: torch.Tensor) -> None:
+    """Mark the first dimension of each tensor (masked positions, their labels or logits) as varying between calls."""
+    for tensor in tensors:
+        torch._dynamo.mark_dynamic(tensor, 0)
+
+
+class MaskedLM(nn.Module):
+    """A Hugging Face *ForMaskedLM model whose head runs only on the masked positions.
+
+    With `compile`, training steps run through `torch.compile` (the masked-position count dynamic, see
+    `compiled`); evaluation (`model.eval()`) stays eager, so switching modes never recompiles.
+    """
+
+    def __init__(self, model: nn.Module, compile: bool = False):
         super().__init__()
         self.model = model
         # A plain tuple, not submodules: the state dict stays exactly the wrapped model's.
         self._parts = mlm_parts(model)
+        self._compiled = compiled(self._loss) if compile else None
 
     def forward(
         self,
@@ -94,6 +115,12 @@ class MaskedLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         reduction: str = "mean",
     ) -> torch.Tensor:
+        if self._compiled is not None and self.training:
+            dynamic(masked_positions, masked_labels)
+            return self._compiled(input_ids, masked_positions, masked_labels, attention_mask, reduction)
+        return self._loss(input_ids, masked_positions, masked_labels, attention_mask, reduction)
+
+    def _loss(self, input_ids, masked_positions, masked_labels, attention_mask, reduction) -> torch.Tensor:
         encoder, head = self._parts
         if head is None:
             labels = torch.full_like(input_ids, -100).view(-1).index_copy(0, masked_positions, masked_labels)

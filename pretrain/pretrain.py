@@ -65,7 +65,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
     word_evaluation = training.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
 
     steps = training.total_steps(cfg)
-    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, steps)
+    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model, compile=cfg.compile), cfg, steps)
     checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
@@ -103,6 +103,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         "validation_words_scored": sum(units for _, units in word_evaluation),
         "train_seconds": round(progress["train_seconds"], 2),
         "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
+        **training.utilisation(cfg, accelerator, progress),
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
         "train_blocks": len(train_blocks),
     }

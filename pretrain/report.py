@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.flops import PRECISION_NAMES
 from pretrain.logs import get_logger
 from pretrain.summaries import (
     decontamination_sentence,
@@ -325,7 +326,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         f"Validation perplexity (same blocks and masks): **{model['validation_perplexity_before']:,.1f} → "
         f"{model['validation_perplexity_after']:,.1f}** after {model['steps']:,} steps "
         f"({model['tokens']:,} tokens, global batch {model['global_batch_size']}, {model['processes']} × {model['device']}, "
-        f"{model['tokens_per_second']:,.0f} tokens/s).",
+        f"{model['tokens_per_second']:,.0f} tokens/s{utilisation(model)}).",
         "",
         "![pretraining curve](pretrain_curve.png)",
         "",
@@ -381,6 +382,16 @@ def learning_rate_table(results: dict, label) -> list[str]:
             cells.append(f"**{value}**" if summary["chosen"] else value)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def utilisation(metrics: dict) -> str:
+    """`, MFU 41.2% of ...` for a model trained where the device's peak is known; on an unknown GPU, why there is none."""
+    if metrics.get("mfu") is not None:
+        return (f", MFU {metrics['mfu']:.1%} of the {metrics['device_name']}'s {PRECISION_NAMES[metrics['mixed_precision']]} "
+                f"dense peak of {metrics['peak_flops_per_second'] / 1e12:,.0f} TFLOP/s")  # fmt: skip
+    if metrics.get("mfu_note") and metrics.get("device") != "cpu":
+        return f"; {metrics['mfu_note']}"
+    return ""
 
 
 def int8_section(int8: dict[str, dict], label) -> list[str]:

@@ -16,6 +16,7 @@ the same command resumes from the last complete one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -29,13 +30,16 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from pretrain.logs import get_logger
 from accelerate.utils import parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from pretrain import flops
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking
 from pretrain.formats import TokenStream, load_meta
@@ -252,10 +256,22 @@ def check_trackers(section: str, log_with: list[str]) -> None:
             raise UserError(f"{section}.log_with: {tracker!r} needs the {module!r} package; `pip install {module}` or drop it")
 
 
+def check_machine(section: str, cfg: PretrainConfig) -> None:
+    """A UserError naming the key when this machine cannot run the section's precision or compile setting."""
+    problems = [precision_problem(f"{section}.mixed_precision", cfg.mixed_precision), cfg.compile and compile_problem(f"{section}.compile")]
+    if any(problems):
+        raise UserError("; ".join(p for p in problems if p))
+
+
 def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerator, int]:
     """The Accelerator of a training run and its gradient accumulation steps; logs the config, seeds every RNG."""
     check_trackers(section, cfg.log_with)
+    check_machine(section, cfg)
     accum = accumulation_steps(section, cfg, process_state().num_processes)
+    # Accelerate keeps one state per process and refuses a second Accelerator with another precision;
+    # stages run one after another in one process (the pipeline, TAPT inside evaluate) may differ.
+    # The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=accum,
@@ -383,6 +399,18 @@ def start_or_resume(section: str, cfg: PretrainConfig, accelerator: Accelerator,
 # --- the loop ----------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def counting_flops():
+    """Count the matmul and attention FLOPs of what runs inside (forward and backward), eagerly.
+
+    Compiled code runs eagerly here (FlopCounterMode sees only the operators eager execution
+    dispatches), so with `compile` the counted micro-batch is the one step not compiled.
+    """
+    stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    with stance, FlopCounterMode(display=False) as counter:
+        yield counter
+
+
 def train_loop(
     section: str,
     cfg: PretrainConfig,
@@ -418,20 +446,30 @@ def train_loop(
     bar = tqdm(total=steps, initial=progress["step"], desc=section, unit="step", disable=quiet)
     running = torch.zeros(len(loss_names), device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
+    device = flops.device_name(accelerator.device)
+    peak = flops.peak_flops(device, cfg.mixed_precision)
+    # FLOPs are counted once per run, on the first micro-batch (a resumed run kept the count).
+    count = "flops_per_step" not in progress
     batches = iter(loader)
     task.train()
     for step in range(progress["step"], steps):
         for _ in range(accum):
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
-            if before_step is not None:
-                before_step(batch)
-            with accelerator.accumulate(task):
-                losses = task(**batch).reshape(-1)
-                accelerator.backward(losses[0])
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            with counting_flops() if count else contextlib.nullcontext() as counter:
+                if before_step is not None:
+                    before_step(batch)
+                with accelerator.accumulate(task):
+                    losses = task(**batch).reshape(-1)
+                    accelerator.backward(losses[0])
+                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(task.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            if count:
+                count = False
+                progress["flops_per_step"] = counter.get_total_flops() * accum
+                log.info("%s: %.4g model FLOPs per optimizer step per process (counted on the first micro-batch); %s", section,
+                         progress["flops_per_step"], flops.describe_peak(device, cfg.mixed_precision), main_process_only=True)  # fmt: skip
             running += losses.detach() / accum
         scheduler.step()
         window_steps += 1
@@ -460,6 +498,8 @@ def train_loop(
             "learning_rate": scheduler.get_last_lr()[0],
             "tokens_per_second": round(window_steps * tokens_per_step / seconds, 1),
         }
+        if peak is not None:
+            point["mfu"] = round(window_steps * progress["flops_per_step"] / seconds / peak, 4)
         if at_eval:
             point["validation_perplexity"] = perplexity(task, evaluation, accelerator)
         progress["step"] = done
@@ -475,6 +515,15 @@ def train_loop(
 
 
 # --- the trained model -------------------------------------------------------------------------------
+
+
+def utilisation(cfg: PretrainConfig, accelerator: Accelerator, progress: dict) -> dict:
+    """Model FLOPs per step and per second over the run's timed windows, and MFU (or why there is none)."""
+    if "flops_per_step" not in progress:
+        return {}
+    steps = progress["tokens"] / (cfg.global_batch_size * cfg.max_seq_length)
+    return flops.utilisation(progress["flops_per_step"], steps, progress["train_seconds"], accelerator.num_processes,
+                             flops.device_name(accelerator.device), cfg.mixed_precision)  # fmt: skip
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:

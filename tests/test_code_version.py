@@ -116,5 +116,5 @@ def test_a_change_to_the_comparison_keeps_every_fine_tuning_run(config, edit):
     before, evaluation = run_id(), plan(config)["evaluate"]
     edit("evaluate", "return max(runs, key=lambda r: r[\"validation\"][metric])", "return min(runs, key=lambda r: r[\"validation\"][metric])")
     assert run_id() == before and plan(config)["evaluate"] != evaluation
-    edit("finetune", "running += loss.item()", "running += 2 * loss.item()")
+    edit("finetune", "running += loss.detach()", "running += 2 * loss.detach()")
     assert run_id() != before

@@ -1,0 +1,141 @@
+"""Mixed precision through every training path: pretrain, distill, TAPT and the evaluate fine-tunes, in bf16 on a CPU.
+
+Each path trains a few steps in bf16 and must (a) really run its matmuls in bf16 (the MLM head's or the
+classifier's output dtype is recorded while training), (b) keep a finite loss, and (c) publish an
+artifact that loads, with float32 weights (autocast keeps the master weights in float32). fp16 needs
+CUDA's gradient scaler: without a GPU it is refused before anything runs, naming the key.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM
+from transformers.models.bert import modeling_bert
+
+from conftest import build_until
+from pretrain import evaluate, finetune, training
+from pretrain.config import validate_config
+from pretrain.errors import ConfigError, UserError
+from pretrain.pipeline import run_stage
+
+SHORT = {"max_steps": 4, "log_every_steps": 2, "max_eval_blocks": 8, "mixed_precision": "bf16"}
+
+
+@pytest.fixture
+def head_dtypes(monkeypatch):
+    """The dtype of every MLM head output computed while training (grad enabled), in order."""
+    seen = []
+    original = modeling_bert.BertOnlyMLMHead.forward
+
+    def recording(self, sequence_output):
+        out = original(self, sequence_output)
+        if torch.is_grad_enabled():
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(modeling_bert.BertOnlyMLMHead, "forward", recording)
+    return seen
+
+
+def _model_loads_in_float32(folder):
+    model = AutoModelForMaskedLM.from_pretrained(folder)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    saved = load_file(folder / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    return model
+
+
+def _finite_losses(folder, keys=("loss",)):
+    curve = json.loads((folder / "curve.json").read_text())
+    losses = [p[k] for p in curve for k in keys if k in p]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_pretrain_trains_in_bf16(tiny_config, head_dtypes):
+    tiny_config["pretrain"].update(SHORT)
+    config, store, ids = build_until(tiny_config, "pretrain")
+    assert len(head_dtypes) == 4 and set(head_dtypes) == {torch.bfloat16}  # 4 training steps, every one in bf16
+    folder = store.local_dir(ids["pretrain"])
+    _finite_losses(folder)
+    _model_loads_in_float32(folder / "model")
+    m = store.manifest(ids["pretrain"])["metrics"]
+    assert m["mixed_precision"] == "bf16" and math.isfinite(m["validation_perplexity_after"])
+
+
+@pytest.mark.slow
+def test_distill_trains_in_bf16(tiny_config, head_dtypes):
+    tiny_config["pretrain"].update(max_steps=2, max_eval_blocks=8)
+    tiny_config["distill"] = {"student_layers": 1, "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, "speed_rounds": 1, **SHORT}
+    config, store, ids = build_until(tiny_config, "pretrain")
+    head_dtypes.clear()
+    ids["distill"] = run_stage("distill", config, store, ids)
+    # The student's head (trained) and the teacher's (its soft targets, under no_grad: not recorded) in bf16.
+    assert len(head_dtypes) == 4 and set(head_dtypes) == {torch.bfloat16}
+    folder = store.local_dir(ids["distill"])
+    _finite_losses(folder, keys=("loss", "distill_loss", "mlm_loss"))
+    assert _model_loads_in_float32(folder / "model").config.num_hidden_layers == 1
+    assert store.manifest(ids["distill"])["metrics"]["mixed_precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_tapt_and_the_fine_tunes_train_in_bf16(tiny_config, head_dtypes, monkeypatch):
+    tiny_config["pretrain"].update(max_steps=2, max_eval_blocks=8)
+    tapt = {"validation_fraction": 0.1, "pretrain": {"max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, **SHORT}}
+    tiny_config["evaluate"].update(tapt=tapt, mixed_precision="bf16", num_epochs=2)
+    config, store, ids = build_until(tiny_config, "pretrain")
+    head_dtypes.clear()
+    logits_dtypes = []
+    original = finetune.loss_fn
+
+    def recording(kind, logits, labels):
+        logits_dtypes.append(logits.dtype)
+        return original(kind, logits, labels)
+
+    monkeypatch.setattr(finetune, "loss_fn", recording)
+    aid = evaluate.run(config.evaluate, store, base=ids["base"], model=ids["pretrain"])
+
+    assert len(head_dtypes) == 4 and set(head_dtypes) == {torch.bfloat16}  # TAPT's 4 steps
+    assert logits_dtypes and set(logits_dtypes) == {torch.bfloat16}  # every fine-tuning step of the 3 models
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    assert list(results["models"]) == ["base", "adapted", "adapted+tapt"]
+    for name, model in results["models"].items():
+        for run in model["runs"]:
+            assert all(math.isfinite(epoch["train_loss"]) for epoch in run["history"]), name
+            assert 0 <= run["test"]["macro_f1"] <= 1
+    tapt_model = store.local_dir(results["models"]["adapted+tapt"]["artifact"])
+    _finite_losses(tapt_model)
+    _model_loads_in_float32(tapt_model / "model")
+    assert store.manifest(aid)["config"]["mixed_precision"] == "bf16"
+
+
+def test_fp16_without_cuda_is_refused_naming_each_key(tiny_config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tiny_config["pretrain"]["mixed_precision"] = "fp16"
+    tiny_config["distill"] = {"student_layers": 1, "max_steps": 2, "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8,
+                              "mixed_precision": "fp16"}  # fmt: skip
+    tapt = {"pretrain": {"max_steps": 2, "mixed_precision": "fp16"}}
+    tiny_config["evaluate"].update(mixed_precision="fp16", tapt=tapt)
+    with pytest.raises(ConfigError) as error:
+        validate_config(tiny_config)
+    message = str(error.value)
+    assert "4 problems" in message
+    for key in ("pretrain", "distill", "evaluate", "evaluate.tapt.pretrain"):
+        assert f"  - {key}.mixed_precision: fp16 needs a CUDA GPU" in message
+    assert "use bf16 (also runs on a CPU, slowly) or no" in message
+
+
+def test_fp16_without_cuda_is_refused_by_the_stages_themselves(tiny_config, monkeypatch, tmp_path):
+    # A config built in code skips validate_config: the training kit and the fine-tunes check again,
+    # before the Accelerator exists or any data is read.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = validate_config(tiny_config)
+    fp16 = config.pretrain.model_copy(update={"mixed_precision": "fp16"})
+    with pytest.raises(UserError, match="distill.mixed_precision: fp16 needs a CUDA GPU"):
+        training.setup("distill", fp16, tmp_path)
+    with pytest.raises(UserError, match="evaluate.mixed_precision: fp16 needs a CUDA GPU"):
+        finetune.mixed_precision("fp16", torch.device("cpu"))
+    autocast, scaler = finetune.mixed_precision("bf16", torch.device("cpu"))
+    assert autocast.fast_dtype == torch.bfloat16 and not scaler.is_enabled()
