@@ -49,11 +49,13 @@ def model_folder(store: ArtifactStore, aid: str) -> Path:
 def _ancestors(store: ArtifactStore, aid: str) -> dict[str, dict]:
     """Every artifact in the lineage of `aid` (itself included), by stage; the nearest one wins."""
     found: dict[str, dict] = {}
-    queue = [aid]
+    queue, seen = [aid], {aid}
     while queue:
         manifest = store.manifest(queue.pop(0))
         found.setdefault(manifest["stage"], manifest)
-        queue += list(manifest.get("inputs", {}).values())
+        children = [child for child in manifest.get("inputs", {}).values() if child not in seen]  # a tampered store may loop
+        seen.update(children)
+        queue += children
     return found
 
 
