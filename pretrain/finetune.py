@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pretrain import scoring
 from pretrain.config import EvaluateConfig
 from pretrain.logs import get_logger
+from pretrain.modelfiles import load_model
 from pretrain.tasks import TaskData
 
 log = get_logger(__name__)
@@ -163,7 +164,8 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
     try:
-        model = auto.from_pretrained(
+        model = load_model(
+            auto,
             model_dir,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
