@@ -212,7 +212,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
     teacher_parts = mlm_parts(teacher)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
+    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
         progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)

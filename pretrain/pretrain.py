@@ -67,7 +67,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
 
     steps = training.total_steps(cfg)
     task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, steps)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
+    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
         progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
