@@ -574,7 +574,7 @@ class ArtifactStore:
         started = time.time()
         try:
             yield build
-            _respect_umask(staging)
+            respect_umask(staging)
             files = {
                 p.relative_to(staging).as_posix(): file_digest(p)
                 for p in sorted(staging.rglob("*"))
@@ -719,7 +719,7 @@ def _rename_into_place(staging: Path, final: Path) -> bool:
         raise
 
 
-def _respect_umask(folder: Path) -> None:
+def respect_umask(folder: Path) -> None:
     """Give every file and folder under `folder` the mode the umask gives a new one (0644 and 0755 under umask 022).
 
     Some writers create files 0600 (safetensors writes through a private temporary file), which on a

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pretrain import registry
-from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage
+from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage, respect_umask
 from pretrain.errors import InputError, UserError
 from pretrain.logs import get_logger
 
@@ -120,6 +120,7 @@ def export(
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
         if target.exists():
             target.rmdir()  # empty (checked above)
+        respect_umask(staging)  # copies keep the mode of files written 0600 before artifacts followed the umask
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -185,6 +185,8 @@ def resolve(store: ArtifactStore, name: str) -> str:
         )
     current = _current(store, name)
     if current is None:
+        if re.match(r"[a-z]-", name):  # meant as an id, mistyped: say so rather than "no such alias"
+            raise InputError(f"artifact {name} is not in the store {store.url} (`dapt artifacts list --store {store.url}` shows what is)")
         raise InputError(_unknown_alias(store, name))
     if not store.exists(current["id"]):
         raise InputError(f"alias {name!r} points at {current['id']}, which is no longer in the store {store.url} (deleted?); promote another id")
