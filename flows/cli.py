@@ -8,6 +8,7 @@
     dapt artifacts lineage ID
     dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
+    dapt artifacts rm ID                   # e.g. a corrupted artifact: the next run rebuilds it
     dapt export ID_OR_ALIAS --to DIR [--quantize int8] [--push-to-hub REPO]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
@@ -129,17 +130,31 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
         print(f"keep    {aid}  (younger than {args.keep_hours:g} h)")
     for aid in plan["delete"]:
         print(f"{'delete' if args.yes else 'would delete'}  {aid}  {plan['sizes'][aid] / 1e6:,.1f} MB")
-    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB"
+    stale = registry.stale_staging(store, keep_hours=args.keep_hours)
+    for leftover in stale:
+        print(f"{'delete' if args.yes else 'would delete'}  {leftover['path']}  {leftover['bytes'] / 1e6:,.1f} MB  "
+              f"(staging folder of an interrupted publish, untouched for {leftover['age_hours']:,.0f} h)")  # fmt: skip
+    staged = sum(leftover["bytes"] for leftover in stale)
+    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB, and {len(stale)} staging folders, {staged / 1e6:,.1f} MB"
     if not args.yes:
         print(f"dry run: would delete {total}; run again with --yes to delete")
         return 0
     for aid in plan["delete"]:
         registry.delete_artifact(store, aid)
-    print(f"deleted {total}")
+    for leftover in stale:
+        registry.remove_staging(leftover)
+    print(f"deleted {total}; freed {(plan['delete_bytes'] + staged) / 1e6:,.1f} MB")
     return 0
 
 
-REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _history, "aliases": _aliases, "verify": _verify, "gc": _gc}
+def _rm(store: ArtifactStore, args: argparse.Namespace) -> int:
+    removed = registry.remove(store, args.id, force=args.force)
+    also = f"; aliases {', '.join(removed['aliases'])} now point at nothing" if removed["aliases"] else ""
+    print(f"removed {removed['id']} ({removed['bytes'] / 1e6:,.1f} MB){also}; the next run that needs it builds it again")
+    return 0
+
+
+REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _history, "aliases": _aliases, "verify": _verify, "gc": _gc, "rm": _rm}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -208,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = actions.add_parser("aliases", help="every alias and what it points at")
     verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
     verify.add_argument("id", help="artifact id or alias")
-    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs (dry run unless --yes)")
+    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, and staging folders of interrupted publishes (dry run unless --yes)")
     gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
     gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
     gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")
-    for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc):
+    rm = actions.add_parser("rm", help="delete one artifact (e.g. one that fails verify) so the next run rebuilds it")
+    rm.add_argument("id", help="artifact id (not an alias)")
+    rm.add_argument("--force", action="store_true", help="delete even when aliases point at it")
+    for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc, rm):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
     export.add_argument("model", help="model artifact id (m-…, b-…) or alias")

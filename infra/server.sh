@@ -7,12 +7,24 @@
 #
 # Needs PostgreSQL's server binaries (Debian: apt-get install postgresql; found on PATH or in
 # /usr/lib/postgresql/<version>/bin) and prefect in .venv (make venv). Both listen on loopback only.
+#
+# Security: PostgreSQL has a random password (in $DAPT_SERVER_DIR/pg_password, mode 0600). The Prefect
+# API has no authentication of its own: on 127.0.0.1 only users of this machine reach it, and anyone
+# who reaches it can start flow runs (code runs on the workers) and read their logs. To expose it
+# (DAPT_PREFECT_HOST=0.0.0.0), set PREFECT_SERVER_API_AUTH_STRING=user:password: Prefect's basic auth
+# then guards the API and UI (the health check stays open), and every client (workers, `dapt run`
+# against it, `prefect deploy`) needs PREFECT_API_AUTH_STRING set to the same. Basic auth sends the
+# password with every request: put TLS in front (a reverse proxy) beyond a trusted network. This
+# script refuses a non-loopback address without it.
 # Settings (environment):
 #   DAPT_SERVER_DIR     state: Prefect server log, pids, the database password (default .server/)
 #   DAPT_PG_DATA        PostgreSQL data folder (default $DAPT_SERVER_DIR/pgdata); as root, the server
 #                       runs as user postgres, which must be able to reach this folder
 #   DAPT_PG_PORT        PostgreSQL port (default 5433, off the system PostgreSQL's 5432)
 #   DAPT_PREFECT_PORT   Prefect API and UI port (default 4200)
+#   DAPT_PREFECT_HOST   address the Prefect server listens on (default 127.0.0.1); another one needs
+#                       PREFECT_SERVER_API_AUTH_STRING
+#   PREFECT_SERVER_API_AUTH_STRING   user:password: basic auth on the Prefect API and UI (Prefect's own setting)
 #   DAPT_PYTHON         the Python with prefect installed (default .venv/bin/python)
 set -euo pipefail
 
@@ -21,8 +33,11 @@ STATE="${DAPT_SERVER_DIR:-$ROOT/.server}"
 PGDATA="${DAPT_PG_DATA:-$STATE/pgdata}"
 PG_PORT="${DAPT_PG_PORT:-5433}"
 PREFECT_PORT="${DAPT_PREFECT_PORT:-4200}"
+PREFECT_HOST="${DAPT_PREFECT_HOST:-127.0.0.1}"
 PY="${DAPT_PYTHON:-$ROOT/.venv/bin/python}"
 API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+# Set but empty would make Prefect demand an empty password that no client sends: treat it as unset.
+[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ] || unset PREFECT_SERVER_API_AUTH_STRING
 
 die() { echo "infra/server.sh: $*" >&2; exit 1; }
 
@@ -99,6 +114,10 @@ prefect_healthy() {
     "$PY" -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('$API_URL/health', timeout=2).status == 200 else 1)" 2>/dev/null
 }
 
+loopback() {
+    case "$1" in 127.*|localhost|::1) return 0 ;; *) return 1 ;; esac
+}
+
 prefect_start() {
     if [ -f "$STATE/prefect.pid" ] && kill -0 "$(cat "$STATE/prefect.pid")" 2>/dev/null; then
         echo "Prefect server already running (pid $(cat "$STATE/prefect.pid"))"
@@ -106,7 +125,7 @@ prefect_start() {
     fi
     prefect_healthy && die "something already answers on $API_URL; stop it, or set DAPT_PREFECT_PORT"
     PREFECT_API_DATABASE_CONNECTION_URL="$(db_url)" PREFECT_SERVER_ANALYTICS_ENABLED=false \
-        nohup "$PY" -m prefect server start --host 127.0.0.1 --port "$PREFECT_PORT" >"$STATE/prefect.log" 2>&1 &
+        nohup "$PY" -m prefect server start --host "$PREFECT_HOST" --port "$PREFECT_PORT" >"$STATE/prefect.log" 2>&1 &
     echo $! >"$STATE/prefect.pid"
     for _ in $(seq 1 180); do
         prefect_healthy && { echo "Prefect server on $API_URL (log $STATE/prefect.log)"; return; }
@@ -136,12 +155,20 @@ stop() {
 
 case "${1:-}" in
     start)
+        if ! loopback "$PREFECT_HOST" && [ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+            die "DAPT_PREFECT_HOST=$PREFECT_HOST would expose the Prefect API, which has no authentication of its own: set PREFECT_SERVER_API_AUTH_STRING=user:password (and PREFECT_API_AUTH_STRING to the same on every client), or listen on 127.0.0.1"
+        fi
         [ -x "$PY" ] || die "$PY not found: run make venv first (or set DAPT_PYTHON)"
         pg_start
         prefect_start
         echo
         echo "Point Prefect at it (this shell, or for good: prefect config set PREFECT_API_URL=$API_URL):"
         echo "  export PREFECT_API_URL=$API_URL"
+        if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+            echo "  export PREFECT_API_AUTH_STRING=...   # the same user:password as PREFECT_SERVER_API_AUTH_STRING (basic auth is on)"
+        else
+            echo "(no authentication: listening on $PREFECT_HOST only)"
+        fi
         ;;
     stop) stop ;;
     status)

@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -54,11 +55,68 @@ PREFIXES = {
     "finetune": "f",  # one fine-tuning run, built by the evaluate stage (pretrain/finetune.py)
     "report": "r",
 }
+# Every id taken from a user, an alias or a manifest must match this before it touches a path.
+ID_PATTERN = re.compile(r"[a-z]-[0-9a-f]{20}")
+STAGING = ".tmp"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _RECORDED_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "pyarrow", "numpy", "scikit-learn", "prefect")
 
 
 # --- ids ---------------------------------------------------------------------------------------------
+
+
+def check_id(value: Any, what: str = "artifact id") -> str:
+    """`value` if it is an artifact id (`m-471df901523b1fc7a4ff`); an InputError naming it (and `what` it is) otherwise.
+
+    Called on every id from a user, an alias entry or a manifest before it becomes part of a path, so
+    `../../elsewhere/x` can never point a command at a folder outside the store.
+    """
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InputError(
+            f"{what} {value!r} is not an artifact id (a stage letter, '-' and 20 hex digits, e.g. m-471df901523b1fc7a4ff); "
+            "refusing to use it as a path"
+        )
+    return value
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why `name` (a file listed in a manifest) is not a plain relative path inside its artifact, or None."""
+    if not isinstance(name, str) or not name:
+        return "not a non-empty string"
+    if "\\" in name or "\0" in name:
+        return "it contains a backslash or a NUL character"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "it is an absolute path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "it has an empty, '.' or '..' part"
+    if name == MANIFEST:
+        return "it is the manifest itself"
+    return None
+
+
+def check_manifest(manifest: Any, aid: str, where: str) -> dict[str, Any]:
+    """The manifest of `aid` read from `where`, if it is well formed: its id, input ids and file names.
+
+    One check used before any file a manifest names is read or written: a file name must be a plain
+    relative path inside the artifact (no `..`, no absolute path or drive, no backslash), and every id
+    it holds must be an artifact id.
+    """
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise InputError(f"artifact {aid}: {where} is not an artifact manifest (no `files` mapping); remove it with `dapt artifacts rm {aid}`")
+    if manifest.get("id") != aid:
+        raise InputError(f"artifact {aid}: {where} says it is {manifest.get('id')!r}; it was copied or tampered with; remove it with `dapt artifacts rm {aid}`")
+    for name in manifest["files"]:
+        if why := file_name_problem(name):
+            raise InputError(
+                f"artifact {aid}: {where} lists the file {name!r}, which is not a plain relative path inside the artifact ({why}); "
+                f"the manifest was tampered with or corrupted: nothing was read or written. Remove it with `dapt artifacts rm {aid}`"
+            )
+    for role, child in (manifest.get("inputs") or {}).items():
+        check_id(child, f"input {role!r} in {where}")
+    return manifest
 
 
 def canonical_json(value: Any) -> str:
@@ -237,7 +295,7 @@ def source_digest(path: str | os.PathLike) -> dict[str, Any]:
     stamp = _change_stamp(str(path))
     if stamp is None:
         return file_digest(path)
-    entry = default_cache_dir() / "digests" / hashlib.sha256(canonical_json(stamp).encode()).hexdigest()[:40]
+    entry = _stamp_entry(stamp)
     try:
         cached = json.loads(entry.read_text())
         if cached.get("stamp") == stamp:
@@ -245,14 +303,25 @@ def source_digest(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError, KeyError):
         pass
     digest = file_digest(path)
+    _remember_digest(stamp, digest)
+    return digest
+
+
+def _stamp_entry(stamp: list) -> Path:
+    return default_cache_dir() / "digests" / hashlib.sha256(canonical_json(stamp).encode()).hexdigest()[:40]
+
+
+def _remember_digest(stamp: list | None, digest: dict[str, Any]) -> None:
+    if stamp is None:
+        return
+    entry = _stamp_entry(stamp)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps({"stamp": stamp, **digest}))
+        tmp.write_text(json.dumps({"stamp": stamp, "size": digest["size"], "sha256": digest["sha256"]}))
         os.replace(tmp, entry)
     except OSError:
         pass  # a read-only cache only costs speed
-    return digest
 
 
 def _change_stamp(path: str) -> list | None:
@@ -297,7 +366,7 @@ class ArtifactStore:
         self.root = root.rstrip("/")
         if self.is_local:
             self.root = str(Path(self.root).resolve())
-            self.fs.makedirs(self.root, exist_ok=True)
+            self._local_folder(Path(self.root))
         # Remote artifacts are downloaded here before a stage reads them; local ones are read in place.
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
 
@@ -307,7 +376,31 @@ class ArtifactStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def _local_folder(self, path: Path) -> Path:
+        """`path` (a folder of this local store) created if missing; an InputError naming the store if it cannot be."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if not path.is_dir():
+                raise InputError(
+                    f"store {self.url}: cannot create the folder {path} ({e.strerror or e}); "
+                    "set `store:` (or --store / DAPT_STORE) to a folder you can write"
+                ) from None
+        return path
+
+    def _writable_folder(self, path: Path) -> Path:
+        """`path` created if missing and writable; an InputError naming the store otherwise (a read-only store can be read, not built into)."""
+        self._local_folder(path)
+        try:
+            probe = path / f".probe-{uuid.uuid4().hex}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise InputError(f"store {self.url}: cannot write into {path} ({e.strerror or e}); building needs a writable store") from None
+        return path
+
     def exists(self, aid: str) -> bool:
+        check_id(aid)
         self._forget_listings()
         return self.fs.exists(self._path(aid, MANIFEST))
 
@@ -319,62 +412,147 @@ class ArtifactStore:
 
     def location(self, aid: str) -> str:
         """The artifact's folder as a URL (`file:///...`, `s3://bucket/prefix/<id>`)."""
-        return self.fs.unstrip_protocol(self._path(aid))
+        return self.fs.unstrip_protocol(self._path(check_id(aid)))
 
     def manifest(self, aid: str) -> dict[str, Any]:
+        """The manifest of `aid`, checked (`check_manifest`): an InputError when it is missing or malformed."""
+        check_id(aid)
+        path = self._path(aid, MANIFEST)
         try:
-            with self.fs.open(self._path(aid, MANIFEST), "r", encoding="utf-8") as f:
-                return json.load(f)
+            with self.fs.open(path, "r", encoding="utf-8") as f:
+                manifest = json.load(f)
         except FileNotFoundError:
             raise InputError(
                 f"artifact {aid} is not in the store {self.url} (`dapt artifacts list --store {self.url}` shows what is)"
             ) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"artifact {aid}: {self.fs.unstrip_protocol(path)} is not valid JSON ({e}); remove it with `dapt artifacts rm {aid}`") from None
+        return check_manifest(manifest, aid, self.fs.unstrip_protocol(path))
 
     def open(self, aid: str, name: str, mode: str = "rb"):
-        """One file of an artifact, opened where it is (a remote one is read by range, not downloaded)."""
+        """One file of an artifact, verified against its manifest, opened where it is (a remote one is read by range)."""
+        manifest = self.manifest(aid)
+        if name not in manifest["files"]:
+            raise InputError(f"artifact {aid} has no file {name!r} in its manifest")
+        path = self._path(aid, name)
+        self._verify_file(aid, name, manifest["files"][name], path if self.is_local else self.fs.unstrip_protocol(path))
         if self.is_local:
-            return open(self._path(aid, name), mode)
-        return self.fs.open(self._path(aid, name), mode)
+            return open(path, mode)
+        return self.fs.open(path, mode)
 
     def ids(self) -> list[str]:
-        """Every complete artifact (one with a manifest), oldest first."""
+        """Every complete artifact (one with a manifest), oldest first; folders not named like an artifact are not artifacts."""
         self._forget_listings()
         if not self.fs.exists(self.root):
             return []
         found = []
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if not name.startswith(".") and self.fs.exists(self._path(name, MANIFEST)):
+            if ID_PATTERN.fullmatch(name) and self.fs.exists(self._path(name, MANIFEST)):
                 found.append(self.manifest(name))
         return [m["id"] for m in sorted(found, key=lambda m: (m["created"], m["id"]))]
 
     def local_dir(self, aid: str) -> Path:
-        """A local folder holding the artifact's files (downloaded and verified once for a remote store)."""
+        """A local folder holding the artifact's files, each verified against the manifest's size and sha256.
+
+        Local store: the artifact's own folder. Remote store: a copy in the local cache, downloaded and
+        verified once. Either way every listed file is checked before the folder is handed out, cheaply:
+        a file whose size and change stamps (mtime, ctime, inode) are those it had when last hashed is
+        not hashed again (the stamp cache of `source_digest`); any write to a file moves its ctime.
+        A missing, changed or unlisted file is an InputError naming the artifact, the file and the repair.
+        """
         manifest = self.manifest(aid)
         if self.is_local:
-            return Path(self._path(aid))
+            folder = Path(self._path(aid))
+            self._verify_folder(aid, folder, manifest)
+            return folder
         target = self.cache_dir / "artifacts" / aid
         if (target / MANIFEST).is_file():
-            return target
+            try:
+                self._verify_folder(aid, target, manifest)
+                return target
+            except InputError as e:  # the cached copy changed, not the store: download it again
+                log.warning("%s; downloading it again from %s", e, self.url)
+                shutil.rmtree(target, ignore_errors=True)
         staging = target.with_name(f".{aid}.{uuid.uuid4().hex}")
         staging.mkdir(parents=True)
-        for name, meta in manifest["files"].items():
-            local = staging / name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(self._path(aid, name), str(local))
-            if file_digest(local)["sha256"] != meta["sha256"]:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise InputError(f"artifact {aid}: {name} does not match the sha256 in its manifest (store corrupted?)")
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        try:
+            for name, meta in manifest["files"].items():
+                local = staging / name  # a plain relative path: check_manifest saw to it
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get(self._path(aid, name), str(local))
+                digest = file_digest(local)
+                if digest["sha256"] != meta["sha256"]:
+                    raise InputError(self._mismatch(aid, name, f"sha256 {digest['sha256'][:16]}…, the manifest says {meta['sha256'][:16]}…"))
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _rename_into_place(staging, target)
+        for name, meta in manifest["files"].items():  # just hashed: the next use need not hash again
+            _remember_digest(_change_stamp(str(target / name)), meta)
         return target
+
+    def _mismatch(self, aid: str, name: str, detail: str) -> str:
+        return (
+            f"artifact {aid}: {name} does not match its manifest ({detail}): the store's copy is corrupted or was changed "
+            f"after publishing. Repair: `dapt artifacts rm {aid} --store {self.url}`, then re-run the command that builds it "
+            f"(a full check of every file: `dapt artifacts verify {aid} --store {self.url}`)"
+        )
+
+    def _verify_file(self, aid: str, name: str, meta: dict[str, Any], path: str) -> None:
+        try:
+            digest = source_digest(path)
+        except FileNotFoundError:
+            raise InputError(self._mismatch(aid, name, "the file is missing")) from None
+        if digest["size"] != meta["size"]:
+            raise InputError(self._mismatch(aid, name, f"{digest['size']:,} bytes, the manifest says {meta['size']:,}"))
+        if digest["sha256"] != meta["sha256"]:
+            raise InputError(self._mismatch(aid, name, f"sha256 {digest['sha256'][:16]}…, the manifest says {meta['sha256'][:16]}…"))
+
+    def _verify_folder(self, aid: str, folder: Path, manifest: dict[str, Any]) -> None:
+        for name, meta in manifest["files"].items():
+            self._verify_file(aid, name, meta, str(folder / name))
+        listed = set(manifest["files"]) | {MANIFEST}
+        for dirpath, _, filenames in os.walk(folder):
+            for filename in filenames:
+                name = (Path(dirpath) / filename).relative_to(folder).as_posix()
+                if name not in listed:
+                    raise InputError(self._mismatch(aid, name, "the file is not listed in it"))
 
     def work_dir(self, aid: str) -> Path:
         """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
         base = Path(self.root) if self.is_local else self.cache_dir
-        path = base / ".work" / aid
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self._writable_folder(base / ".work" / check_id(aid))
+
+    def staging_leftovers(self) -> list[dict[str, Any]]:
+        """Staging folders of publishes and downloads that never finished (a crash, kill -9): path, bytes, age.
+
+        `<store>/.tmp/<id>.<pid>.<random>/` (local store) and `<cache>/artifacts/.<id>.<random>/`
+        (downloads from a remote store). `age_hours` is since the last change to anything inside;
+        `pid` is the publishing process's, where the name says.
+        """
+        found = []
+        roots = [(Path(self.root) / STAGING, "")] if self.is_local else []
+        roots.append((self.cache_dir / "artifacts", "."))
+        now = time.time()
+        for root, prefix in roots:
+            if not root.is_dir():
+                continue
+            for path in sorted(root.iterdir()):
+                if not path.is_dir() or not path.name.startswith(prefix) or (prefix and (path / MANIFEST).is_file()):
+                    continue
+                size, newest = 0, path.stat().st_mtime
+                for dirpath, _, filenames in os.walk(path):
+                    newest = max(newest, os.stat(dirpath).st_mtime)
+                    for filename in filenames:
+                        with contextlib.suppress(OSError):
+                            st = os.stat(os.path.join(dirpath, filename))
+                            size, newest = size + st.st_size, max(newest, st.st_mtime)
+                parts = path.name.split(".")
+                pid = int(parts[1]) if not prefix and len(parts) == 3 and parts[1].isdigit() else None
+                found.append({"path": str(path), "bytes": size, "age_hours": (now - newest) / 3600, "pid": pid})
+        return found
 
     def shards(self, stage: str) -> ShardCache:
         """Where `stage`'s shard tasks leave their results (see ShardCache)."""
@@ -390,14 +568,15 @@ class ArtifactStore:
         sources: list[dict[str, Any]] | None = None,
     ) -> Iterator[Build]:
         """Stage an artifact; on a clean exit write the manifest and publish atomically, else discard."""
-        staging_root = Path(self._path(".tmp")) if self.is_local else Path(tempfile.mkdtemp(prefix="dapt-"))
-        staging_root.mkdir(parents=True, exist_ok=True)
+        check_id(aid)
+        staging_root = self._writable_folder(Path(self._path(STAGING))) if self.is_local else Path(tempfile.mkdtemp(prefix="dapt-"))
         staging = staging_root / f"{aid}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         build = Build(dir=staging)
         started = time.time()
         try:
             yield build
+            respect_umask(staging)
             files = {
                 p.relative_to(staging).as_posix(): file_digest(p)
                 for p in sorted(staging.rglob("*"))
@@ -420,18 +599,20 @@ class ArtifactStore:
             }
             # The manifest goes in last: its presence is what makes the artifact exist.
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-            self._publish(staging, aid)
+            self._publish(staging, aid, files)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if not self.is_local:
                 shutil.rmtree(staging_root, ignore_errors=True)
 
-    def _publish(self, staging: Path, aid: str) -> None:
+    def _publish(self, staging: Path, aid: str, files: dict[str, dict[str, Any]]) -> None:
         if self.is_local:
             final = Path(self._path(aid))
             if final.exists() and not (final / MANIFEST).exists():
                 shutil.rmtree(final)  # debris of a foreign, manifest-less folder: not an artifact
-            _rename_into_place(staging, final)
+            if _rename_into_place(staging, final):
+                for name, digest in files.items():  # just hashed: the stages that read it need not hash it again
+                    _remember_digest(_change_stamp(str(final / name)), digest)
             return
         # Object stores have no rename: upload every file, then the manifest. Readers look for the
         # manifest only, so until its single PUT lands the artifact does not exist for them.
@@ -444,8 +625,10 @@ class ArtifactStore:
         """Upload one file, retrying transient failures (OSError: network, throttling) with backoff."""
         with_io_retries(lambda: self.fs.put_file(str(local), remote), f"uploading {local.name} to {self.fs.unstrip_protocol(remote)}")
 
-    def lineage(self, aid: str) -> dict[str, Any]:
+    def lineage(self, aid: str, _below: tuple[str, ...] = ()) -> dict[str, Any]:
         """The artifact with its inputs, recursively, down to the base model and the raw source files."""
+        if aid in _below:  # content ids cannot form a circle; a tampered manifest can
+            raise InputError(f"artifact {aid}: its manifest's inputs lead back to itself ({' -> '.join((*_below, aid))}); the store was tampered with")
         m = self.manifest(aid)
         return {
             "id": m["id"],
@@ -453,7 +636,7 @@ class ArtifactStore:
             "created": m["created"],
             "sources": m.get("sources", []),
             "origin": m.get("origin"),
-            "inputs": {role: self.lineage(child) for role, child in m.get("inputs", {}).items()},
+            "inputs": {role: self.lineage(child, (*_below, aid)) for role, child in m.get("inputs", {}).items()},
         }
 
 
@@ -470,8 +653,6 @@ class ShardCache:
     def __init__(self, store: ArtifactStore, stage: str):
         self.store, self.stage = store, stage
         self.root = f"{store.root}/.shards/{stage}"
-        if store.is_local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -488,7 +669,7 @@ class ShardCache:
     def put(self, local: Path, name: str) -> None:
         """Publish a finished local file as `name` (moved, not copied, when the store is local)."""
         if self.store.is_local:
-            target = Path(self._path(name))
+            target = self.store._writable_folder(Path(self.root)) / name
             tmp = target.with_name(f".{name}.{uuid.uuid4().hex}")
             shutil.move(str(local), tmp)
             os.replace(tmp, target)
@@ -526,16 +707,40 @@ def with_io_retries(action, what: str, attempts: int = 4, first_delay_s: float =
             time.sleep(delay)
 
 
-def _rename_into_place(staging: Path, final: Path) -> None:
+def _rename_into_place(staging: Path, final: Path) -> bool:
+    """Rename `staging` to `final`; False when another process published `final` first (theirs is kept)."""
     try:
         os.rename(staging, final)
+        return True
     except OSError:
         if (final / MANIFEST).exists():
             # Another process published the same id first: same inputs, same content. Keep theirs.
             log.info("artifact %s was published concurrently; keeping the existing copy", final.name)
             shutil.rmtree(staging, ignore_errors=True)
-        else:
-            raise
+            return False
+        raise
+
+
+def respect_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` the mode the umask gives a new one (0644 and 0755 under umask 022).
+
+    Some writers create files 0600 (safetensors writes through a private temporary file), which on a
+    shared store would keep teammates from reading the weights. The mode a new file gets is read off
+    a probe file rather than by setting the process's umask, which other threads share.
+    """
+    probe = folder / f".mode-probe-{uuid.uuid4().hex}"
+    probe.touch()
+    file_mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0644 -> 0755, 0600 -> 0700
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), folder_mode)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 != file_mode:
+                os.chmod(path, file_mode)
+    os.chmod(folder, folder_mode)
 
 
 @functools.lru_cache(maxsize=1)

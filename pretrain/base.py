@@ -18,6 +18,7 @@ from pretrain.artifacts import ArtifactStore, artifact_id, file_digest
 from pretrain.config import BaseModelConfig, package_dir
 from pretrain.errors import InputError
 from pretrain.logs import get_logger
+from pretrain.modelfiles import remote_code_note, require_safetensors
 
 log = get_logger(__name__)
 
@@ -84,14 +85,8 @@ def model_files(folder: Path) -> list[Path]:
     if "config.json" not in names:
         raise InputError(f"base model {folder}: no config.json; is this a Hugging Face model folder?")
     if not any(n.endswith(".safetensors") for n in names):
-        unsafe = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        hint = (
-            f" It has {', '.join(unsafe)}: pickle-based weights are never loaded. Convert them once with "
-            "`AutoModelForMaskedLM.from_pretrained(DIR).save_pretrained(DIR)` in an environment you trust."
-            if unsafe
-            else ""
-        )
-        raise InputError(f"base model {folder}: no safetensors weights.{hint}")
+        require_safetensors(folder, "base model")  # names the pickle-based weights it has instead
+        raise InputError(f"base model {folder}: no model.safetensors (or model-*-of-*.safetensors shards)")
     if not names & set(TOKENIZER_FILES):
         raise InputError(
             f"base model {folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer "
@@ -120,11 +115,16 @@ def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
         log.info("base %s: already in the store (cache hit)", aid)
         return aid
     log.info("base %s: importing %s", aid, origin)
+    note = remote_code_note(folder, "base model")
+    if note:
+        log.warning("base %s: %s", aid, note)
     with store.build(STAGE, aid, config=config) as build:
         for f in files:
             shutil.copy2(f, build.dir / f.name)
         model_config = json.loads((folder / "config.json").read_text())
         build.extra["origin"] = {"source": cfg.source, "revision": cfg.revision, "resolved": origin}
+        if note:
+            build.extra["remote_code_ignored"] = note
         build.metrics.update(
             model_type=model_config.get("model_type"),
             vocab_size=model_config.get("vocab_size"),

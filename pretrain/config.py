@@ -29,7 +29,9 @@ ARTIFACT_ID = re.compile(r"[bmd]-[0-9a-f]{20}")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # strict: a value must already have its field's type (true is not 1, "5" is not 5); YAML and --set
+    # values are parsed as YAML, which gives real numbers and booleans, so nothing needs coercing.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class BaseModelConfig(Section):
@@ -693,11 +695,22 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part!r} in {path} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.load(value, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"override {override!r}: the value {value!r} is not valid YAML ({problem}); "
+            f"quote a string that starts with [, {{, \" or ', e.g. --set '{key.strip()}=\"{value}\"'"
+        ) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (plain YAML silently keeps the last)."""
+    """SafeLoader that rejects a key given twice in one mapping (plain YAML silently keeps the last).
+
+    It also reads `1e-4` as a number, as YAML 1.2 and JSON do (YAML 1.1 wants `1.0e-4`, and reads
+    `1e-4` as a string), so a learning rate written the usual way is a float, not a type error.
+    """
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
@@ -713,3 +726,6 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"), list("-+.0123456789")
+)

@@ -44,6 +44,7 @@ from pretrain.config import DistillConfig, student_problems, teacher_layer_count
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import MaskedLM, compiled, dynamic, mlm_parts
 from pretrain.formats import load_meta
+from pretrain.modelfiles import load_model
 from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
 
 log = get_logger(__name__)
@@ -196,7 +197,7 @@ def load_teacher(teacher_dir: Path, cfg: DistillConfig) -> nn.Module:
         raise InputError(f"distill: the teacher's config.json ({teacher_dir}) does not say how many layers it has")
     if problems := student_problems(cfg, layers):
         raise UserError("; ".join(problems))
-    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir, attn_implementation="sdpa")
+    teacher = load_model(AutoModelForMaskedLM, teacher_dir, "teacher", attn_implementation="sdpa")
     return teacher.eval().requires_grad_(False)
 
 
@@ -220,7 +221,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
     teacher_parts = mlm_parts(teacher)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
+    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
         progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)

@@ -25,6 +25,7 @@ from pretrain import registry
 from pretrain.artifacts import ArtifactStore
 from pretrain.errors import InputError, UserError
 from pretrain.logs import get_logger
+from pretrain.modelfiles import load_model, require_safetensors
 
 log = get_logger(__name__)
 
@@ -98,11 +99,12 @@ def embed(
     if problems:
         raise UserError("\n".join(problems))
     folder, model_id = _model_folder(store, model)
+    require_safetensors(folder, "model folder")
     locations, texts = read_texts(input_path, text_field, txt_mode)
     tokenizer = load_fast_tokenizer(folder)
     limit = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 512)
     length = min(max_seq_length or limit, limit)
-    encoder = AutoModel.from_pretrained(folder).eval()
+    encoder = load_model(AutoModel, folder, "model folder").eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
     # Longest first, so batches hold similar lengths (little padding) and memory peaks at once, early.

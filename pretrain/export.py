@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pretrain import registry
-from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage
+from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage, respect_umask
 from pretrain.errors import InputError, UserError
 from pretrain.logs import get_logger
 
@@ -49,11 +49,13 @@ def model_folder(store: ArtifactStore, aid: str) -> Path:
 def _ancestors(store: ArtifactStore, aid: str) -> dict[str, dict]:
     """Every artifact in the lineage of `aid` (itself included), by stage; the nearest one wins."""
     found: dict[str, dict] = {}
-    queue = [aid]
+    queue, seen = [aid], {aid}
     while queue:
         manifest = store.manifest(queue.pop(0))
         found.setdefault(manifest["stage"], manifest)
-        queue += list(manifest.get("inputs", {}).values())
+        children = [child for child in manifest.get("inputs", {}).values() if child not in seen]  # a tampered store may loop
+        seen.update(children)
+        queue += children
     return found
 
 
@@ -118,6 +120,7 @@ def export(
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
         if target.exists():
             target.rmdir()  # empty (checked above)
+        respect_umask(staging)  # copies keep the mode of files written 0600 before artifacts followed the umask
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -45,6 +45,7 @@ from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import EvaluateConfig, precision_problem
 from pretrain.errors import UserError
 from pretrain.logs import get_logger
+from pretrain.modelfiles import load_model
 from pretrain.progress import Progress, progress
 from pretrain.tasks import TaskData
 
@@ -200,7 +201,8 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
     try:
-        model = auto.from_pretrained(
+        model = load_model(
+            auto,
             model_dir,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -434,7 +436,7 @@ def load_trained(store: ArtifactStore, fid: str, device: torch.device) -> Traine
     folder = store.local_dir(fid)
     record = json.loads((folder / "run.json").read_text())
     auto = AutoModelForTokenClassification if record["type"] == "token" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(folder / "model", attn_implementation="sdpa").to(device)
+    model = load_model(auto, folder / "model", f"fine-tuned model {fid}", attn_implementation="sdpa").to(device)
     thresholds = np.array([record["thresholds"][label] for label in record["labels"]]) if "thresholds" in record else None
     return Trained(model, record["best_epoch"], record["epochs_trained"], record["validation"], record["history"], thresholds,
                    record["fallback_tag"], record["seconds"])  # fmt: skip

@@ -542,20 +542,34 @@ def _text_of(record: dict, field_name: str, where: Callable[[], str], stats: Fil
     return _MISSING
 
 
+def csv_error(path: str, e: csv.Error, record_start: int, line: int) -> str:
+    """A csv.Error as a message naming the file and line; an unterminated quote names the line it opens on."""
+    if "unexpected end of data" in str(e):
+        return (
+            f"{path}:{record_start}: a quoted field opened in the record starting on this line is never closed (it runs to "
+            "the end of the file); close the quote, or double a quote that is part of the text (\"\")"
+        )
+    return f"{path}:{line}: not valid CSV ({e})"
+
+
 def _csv_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
     csv.field_size_limit(sys.maxsize)
     lines = Lines(spec.source, stats, spec.compression, max_line_bytes=spec.max_record_bytes)
+    # strict: an unterminated quote is an error at the end of the file, not one record swallowing the rest.
     reader = csv.DictReader((line for _, line in lines(_line_limit(spec, stats, lines))),
-                            delimiter="\t" if spec.fmt == "tsv" else ",")  # fmt: skip
-    if reader.fieldnames is not None and spec.text_field not in reader.fieldnames:
-        columns = ", ".join(map(repr, reader.fieldnames[:12]))
-        stats.problem(f"{spec.source}:1: no column {spec.text_field!r} (columns: {columns}); set ingest.text_field")
-        return
+                            delimiter="\t" if spec.fmt == "tsv" else ",", strict=True)  # fmt: skip
+    start = 1
     try:
+        if reader.fieldnames is not None and spec.text_field not in reader.fieldnames:
+            columns = ", ".join(map(repr, reader.fieldnames[:12]))
+            stats.problem(f"{spec.source}:1: no column {spec.text_field!r} (columns: {columns}); set ingest.text_field")
+            return
+        start = reader.line_num + 1
         for record in reader:
             yield record.get(spec.text_field)
+            start = reader.line_num + 1
     except csv.Error as e:
-        stats.problem(f"{spec.source}:{reader.line_num}: not valid CSV ({e})")
+        stats.problem(csv_error(spec.source, e, start, reader.line_num))
 
 
 def _columnar_texts(batches: Iterator, spec: RecordSource, stats: FileStats, row: int) -> Iterator[str | None]:
@@ -664,13 +678,17 @@ def read_records(
         return
     if fmt in ("csv", "tsv"):
         csv.field_size_limit(sys.maxsize)
-        reader = csv.DictReader(text_lines(path, stats), delimiter="\t" if fmt == "tsv" else ",")
+        reader = csv.DictReader(text_lines(path, stats), delimiter="\t" if fmt == "tsv" else ",", strict=True)
+        start = 1
         try:
+            if reader.fieldnames is not None:  # reads the header: records start on the next line
+                start = reader.line_num + 1
             for record in reader:
                 stats.records += 1
                 yield f"{path}:{reader.line_num}", record
+                start = reader.line_num + 1
         except csv.Error as e:
-            raise InputError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            raise InputError(csv_error(str(path), e, start, reader.line_num)) from None
         return
     import pyarrow.parquet as pq
 

@@ -27,6 +27,7 @@ from pretrain.config import PretrainConfig
 from pretrain.extend import extend_embeddings, load_model_init
 from pretrain.mlm import MaskedLM
 from pretrain.formats import load_meta
+from pretrain.modelfiles import load_model
 from pretrain.training import EXECUTION_ONLY, TrainingError, perplexity
 
 log = get_logger(__name__)
@@ -45,9 +46,9 @@ def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
     init = load_model_init(vocab_dir)
     if init["mode"] == "replace":
         # From scratch (as PubMedBERT): the base's architecture, the domain vocabulary, no base weights.
-        config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"])
+        config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"], trust_remote_code=False)
         return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
-    model = AutoModelForMaskedLM.from_pretrained(base_dir, attn_implementation="sdpa")
+    model = load_model(AutoModelForMaskedLM, base_dir, "base model", attn_implementation="sdpa")
     extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"))
     return model
 
@@ -66,7 +67,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
 
     steps = training.total_steps(cfg)
     task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model, compile=cfg.compile), cfg, steps)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps)
+    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
         progress["perplexity_before"] = perplexity(task, evaluation, accelerator)

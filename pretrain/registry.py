@@ -26,19 +26,22 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from pretrain.artifacts import MANIFEST, ArtifactStore
+from pretrain.artifacts import ID_PATTERN, MANIFEST, ArtifactStore, check_id
 from pretrain.errors import InputError, UserError
+from pretrain.logs import get_logger
+
+log = get_logger(__name__)
 
 ALIASES = ".aliases"
 RUNS = ".runs"
 ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-ARTIFACT_ID = re.compile(r"[a-z]-[0-9a-f]{20}")
 
 
 def _now() -> str:
@@ -85,9 +88,16 @@ def _entries(store: ArtifactStore, folder: str) -> list[dict[str, Any]]:
     )
     out = []
     for name in names:
+        where = store.fs.unstrip_protocol(f"{path}/{name}")
         # One read of the whole object (one GET on S3). Not fs.open: fsspec's memory file system hands
         # every reader of a file the same file object, so concurrent readers in threads garble each other.
-        out.append(json.loads(store.fs.cat_file(f"{path}/{name}")))
+        try:
+            entry = json.loads(store.fs.cat_file(f"{path}/{name}"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{where}: not valid JSON ({e}); this entry was not written by dapt: remove it") from None
+        if not isinstance(entry, dict):
+            raise InputError(f"{where}: expected a JSON object; this entry was not written by dapt: remove it")
+        out.append(entry)
     return out
 
 
@@ -95,9 +105,10 @@ def _entries(store: ArtifactStore, folder: str) -> list[dict[str, Any]]:
 
 
 def check_alias(alias: str) -> str:
-    if not ALIAS_NAME.fullmatch(alias):
+    """`alias` if it is a valid alias name; a UserError naming it otherwise (so it can never be a path like `../x`)."""
+    if not isinstance(alias, str) or not ALIAS_NAME.fullmatch(alias) or alias in (".", ".."):
         raise UserError(f"alias {alias!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit), at most 100 characters")
-    if ARTIFACT_ID.fullmatch(alias):
+    if ID_PATTERN.fullmatch(alias):
         raise UserError(f"alias {alias!r} looks like an artifact id; pick a name such as 'production'")
     return alias
 
@@ -105,6 +116,7 @@ def check_alias(alias: str) -> str:
 def promote(store: ArtifactStore, aid: str, alias: str, note: str | None = None) -> dict[str, Any]:
     """Point `alias` at artifact `aid` (which must exist and pass verify); returns the history entry."""
     check_alias(alias)
+    check_id(aid, "promote:")
     manifest = store.manifest(aid)  # InputError naming the id when it is not in the store
     problems = verify(store, aid)
     if problems:
@@ -125,8 +137,12 @@ def promote(store: ArtifactStore, aid: str, alias: str, note: str | None = None)
 
 
 def _current(store: ArtifactStore, alias: str) -> dict[str, Any] | None:
-    entries = _entries(store, f"{ALIASES}/{alias}")
-    return entries[-1] if entries else None
+    entries = _entries(store, f"{ALIASES}/{check_alias(alias)}")
+    if not entries:
+        return None
+    # An alias file is written by anyone with access to the store: its target is checked before use.
+    check_id(entries[-1].get("id"), f"alias {alias!r} points at")
+    return entries[-1]
 
 
 def aliases(store: ArtifactStore) -> dict[str, dict[str, Any]]:
@@ -136,6 +152,9 @@ def aliases(store: ArtifactStore) -> dict[str, dict[str, Any]]:
         return {}
     out = {}
     for name in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(root, detail=False)):
+        if not ALIAS_NAME.fullmatch(name) or ID_PATTERN.fullmatch(name):
+            log.warning("%s/%s/%s: not an alias name, ignored (not made by dapt)", store.url, ALIASES, name)
+            continue
         if (current := _current(store, name)) is not None:
             out[name] = current
     return out
@@ -157,12 +176,18 @@ def _unknown_alias(store: ArtifactStore, alias: str) -> str:
 
 def resolve(store: ArtifactStore, name: str) -> str:
     """The artifact id `name` stands for: an id in the store, or the id an alias points at."""
-    if store.exists(name):
+    if ID_PATTERN.fullmatch(name):
+        store.manifest(name)  # raises when it is not in the store (naming it, and how to list them)
         return name
-    current = _current(store, name) if ALIAS_NAME.fullmatch(name) else None
+    if not ALIAS_NAME.fullmatch(name) or name in (".", ".."):
+        raise InputError(
+            f"{name!r} is neither an artifact id (a stage letter, '-' and 20 hex digits) nor an alias name "
+            "(letters, digits, '.', '_', '-'); refusing to use it as a path"
+        )
+    current = _current(store, name)
     if current is None:
-        if re.match(r"[a-z]-", name):
-            store.manifest(name)  # raises: the artifact is not in the store (naming it, and how to list them)
+        if re.match(r"[a-z]-", name):  # meant as an id, mistyped: say so rather than "no such alias"
+            raise InputError(f"artifact {name} is not in the store {store.url} (`dapt artifacts list --store {store.url}` shows what is)")
         raise InputError(_unknown_alias(store, name))
     if not store.exists(current["id"]):
         raise InputError(f"alias {name!r} points at {current['id']}, which is no longer in the store {store.url} (deleted?); promote another id")
@@ -274,6 +299,54 @@ def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) 
 
 def delete_artifact(store: ArtifactStore, aid: str) -> None:
     """Remove an artifact, manifest first: a half-deleted artifact is one that no longer exists."""
-    store.fs.rm(f"{store.root}/{aid}/{MANIFEST}")
+    check_id(aid)
+    if store.fs.exists(f"{store.root}/{aid}/{MANIFEST}"):
+        store.fs.rm(f"{store.root}/{aid}/{MANIFEST}")
     store.fs.rm(f"{store.root}/{aid}", recursive=True)
+
+
+def remove(store: ArtifactStore, aid: str, force: bool = False) -> dict[str, Any]:
+    """`dapt artifacts rm`: delete one artifact, e.g. a corrupted one, so the next run rebuilds it.
+
+    Works on an artifact whose manifest is missing or malformed too (that is often why it is removed).
+    Refuses, naming them, when aliases point at it, unless `force`. Returns what was removed.
+    """
+    check_id(aid)
+    if not store.fs.exists(f"{store.root}/{aid}"):
+        raise InputError(f"artifact {aid} is not in the store {store.url} (`dapt artifacts list --store {store.url}` shows what is)")
+    pointing = sorted(alias for alias, entry in aliases(store).items() if entry["id"] == aid)
+    if pointing and not force:
+        raise UserError(f"artifact {aid}: aliases {', '.join(pointing)} point at it; promote another id first, or add --force")
+    size = sum(info.get("size") or 0 for info in store.fs.find(f"{store.root}/{aid}", detail=True).values())
+    delete_artifact(store, aid)
+    return {"id": aid, "bytes": size, "aliases": pointing}
+
+
+def stale_staging(store: ArtifactStore, keep_hours: float = 24.0) -> list[dict[str, Any]]:
+    """Staging folders left by interrupted publishes and downloads, older than `keep_hours` and not in use.
+
+    A folder whose publishing process is still alive on this machine is kept whatever its age (an
+    evaluation may hold its staging folder open for hours); on a shared store, another machine's
+    long-running build is protected by `keep_hours` alone.
+    """
+    stale = []
+    for leftover in store.staging_leftovers():
+        if leftover["age_hours"] < keep_hours or (leftover["pid"] is not None and _alive(leftover["pid"])):
+            continue
+        stale.append(leftover)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_staging(leftover: dict[str, Any]) -> None:
+    shutil.rmtree(leftover["path"], ignore_errors=True)
 

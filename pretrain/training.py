@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import math
+import random
 import shutil
 import sys
 import time
@@ -28,17 +28,18 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import safetensors.torch
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from pretrain.logs import get_logger
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import DistributedType, broadcast, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from pretrain import flops
-from pretrain.artifacts import ArtifactStore
+from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking
@@ -278,6 +279,7 @@ def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerato
         log_with=cfg.log_with or None,
         project_dir=str(work_dir / "logs"),
     )
+    check_checkpointable(section, cfg, accelerator)
     log.info("%s: config %s", section, cfg.model_dump_json(), main_process_only=True)
     set_seed(cfg.seed)
     return accelerator, accum
@@ -319,9 +321,7 @@ def prepare(accelerator: Accelerator, task: torch.nn.Module, cfg: PretrainConfig
     """(task, optimizer, scheduler) ready to train: AdamW, linear warmup and decay, prepared by Accelerate."""
     optimizer = make_optimizer(task, cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, steps))
-    task, optimizer = accelerator.prepare(task, optimizer)
-    # Stepped by hand once per optimizer step; registered so checkpoints carry it.
-    accelerator.register_for_checkpointing(scheduler)
+    task, optimizer = accelerator.prepare(task, optimizer)  # the scheduler is stepped by hand, once per optimizer step
     return task, optimizer, scheduler
 
 
@@ -342,57 +342,225 @@ def perplexity(model: torch.nn.Module, batches: list[tuple[dict, int]], accelera
 
 
 # --- checkpoints: the one place that knows how training state is saved and restored -------------------
+#
+# Nothing in a checkpoint is pickled, so a file planted in a checkpoint folder can never run as code:
+# tensors go into safetensors files, everything else into JSON, and only the files listed in the
+# state file (with their size and sha256) are ever read. A checkpoint `step-00000400/` holds
+#   model.safetensors                    the trained module's weights (tied weights stored once)
+#   optimizer.safetensors, optimizer.json the optimizer's state tensors; its param groups and other values
+#   scheduler.json                       the learning-rate schedule's state
+#   scaler.json                          the fp16 gradient scaler's state (fp16 only)
+#   rng-<rank>.safetensors, rng-<rank>.json  each process's random states: torch CPU and CUDA
+#                                        generators (tensors), Python's and NumPy's (JSON)
+#   trainer_state.json                   progress, the accelerator's step and every file's size and
+#                                        sha256: written last, so a checkpoint is complete or absent
 
 _CHECKPOINT_PREFIX = "step-"
 _STATE_FILE = "trainer_state.json"
-# Tied decoder/embedding weights are stored once in a checkpoint and re-tied on load: expected, not news.
-logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
+_FORMAT = "dapt-checkpoint-2"
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+def _split_tensors(value, name: str, tensors: dict[str, torch.Tensor]):
+    """`value` as JSON with each tensor replaced by a reference into `tensors` (filled here under its key path)."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value.detach().to("cpu").contiguous()
+        return {_TENSOR: name}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_split_tensors(v, f"{name}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_split_tensors(v, f"{name}.{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        # Keys keep their type (optimizer state is keyed by parameter number): JSON objects would make them strings.
+        return {_ITEMS: [[k, _split_tensors(v, f"{name}.{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TrainingError(f"cannot checkpoint a {type(value).__name__} ({name}) without pickle, and checkpoints hold no pickle")
+
+
+def _join_tensors(value, tensors: dict[str, torch.Tensor]):
+    """The inverse of `_split_tensors`."""
+    if isinstance(value, list):
+        return [_join_tensors(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _TUPLE in value:
+            return tuple(_join_tensors(v, tensors) for v in value[_TUPLE])
+        return {k: _join_tensors(v, tensors) for k, v in value[_ITEMS]}
+    return value
+
+
+def _save_state(folder: Path, stem: str, state) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(state, stem, tensors)
+    if tensors:
+        safetensors.torch.save_file(tensors, str(folder / f"{stem}.safetensors"))
+    (folder / f"{stem}.json").write_text(json.dumps(skeleton))
+
+
+def _load_state(folder: Path, stem: str):
+    tensors_file = folder / f"{stem}.safetensors"
+    tensors = safetensors.torch.load_file(str(tensors_file)) if tensors_file.is_file() else {}
+    return _join_tensors(json.loads((folder / f"{stem}.json").read_text()), tensors)
+
+
+def _random_states() -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_random_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))
+
+
+def check_checkpointable(section: str, cfg: PretrainConfig, accelerator: Accelerator) -> None:
+    """A UserError, before training, when checkpoints are asked for where they cannot be written without pickle."""
+    sharded = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(accelerator.distributed_type)
+    if sharded and cfg.checkpoint_every_steps is not None:
+        raise UserError(
+            f"{section}.checkpoint_every_steps: checkpoints under {sharded} are not supported: its sharded training state "
+            "is saved with pickle, and this pipeline never unpickles anything. Train with DDP (e.g. "
+            "infra/accelerate/gpu_8.yaml) to checkpoint, or remove checkpoint_every_steps"
+        )
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Every complete checkpoint in the folder (its state file written), newest first (by step, never by time)."""
+    complete = [p for p in checkpoints.glob(f"{_CHECKPOINT_PREFIX}*") if (p / _STATE_FILE).is_file()]
+    return sorted(complete, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX) :]), reverse=True)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint in the folder (by step, never by time), or None."""
-    complete = [p for p in checkpoints.glob(f"{_CHECKPOINT_PREFIX}*") if (p / _STATE_FILE).is_file()]
-    return max(complete, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX) :]), default=None)
+    """The newest complete checkpoint in the folder, or None."""
+    return next(iter(complete_checkpoints(checkpoints)), None)
 
 
-def save_checkpoint(section: str, accelerator: Accelerator, checkpoints: Path, step: int, progress: dict, keep: int) -> None:
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a complete-looking checkpoint cannot be restored (a file truncated, changed or missing; an older format), or None."""
+    try:
+        state = json.loads((checkpoint / _STATE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{_STATE_FILE} is unreadable ({e})"
+    if not isinstance(state, dict) or state.get("format") != _FORMAT or not isinstance(state.get("files"), dict):
+        return f"{_STATE_FILE} is not a {_FORMAT} state file (written by an older version, whose checkpoints hold pickles)"
+    for name, meta in state["files"].items():
+        path = checkpoint / name
+        if not (isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")):
+            return f"{_STATE_FILE} lists {name!r}, which is not a file of the checkpoint"
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != meta["size"]:
+            return f"{name} is {path.stat().st_size:,} bytes, {meta['size']:,} when it was written (truncated?)"
+        if file_digest(path)["sha256"] != meta["sha256"]:
+            return f"{name} changed since it was written (sha256 differs)"
+    return None
+
+
+def save_checkpoint(section: str, accelerator: Accelerator, checkpoints: Path, step: int, progress: dict, keep: int,
+                    task: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:  # fmt: skip
     """Save the training state (model, optimizer, scheduler, RNG states) and `progress` atomically; keep the newest `keep`."""
     final = checkpoints / f"{_CHECKPOINT_PREFIX}{step:08d}"
     staging = checkpoints / f".tmp-{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+    rank = accelerator.process_index
+    _save_state(staging, f"rng-{rank}", _random_states())  # every process its own: dropout differs per rank
+    if accelerator.is_main_process:
+        # Under DDP every process holds the same weights and optimizer state: the main process writes them.
+        safetensors.torch.save_model(accelerator.unwrap_model(task, keep_torch_compile=False), str(staging / "model.safetensors"))
+        _save_state(staging, "optimizer", optimizer.state_dict())
+        _save_state(staging, "scheduler", scheduler.state_dict())
+        if accelerator.scaler is not None:
+            _save_state(staging, "scaler", accelerator.scaler.state_dict())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = {p.name: file_digest(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        state = {"format": _FORMAT, "processes": accelerator.num_processes, "accelerator_step": accelerator.step,
+                 "progress": progress, "files": files}  # fmt: skip
         # The state file is written last and the folder renamed: a checkpoint is complete or absent.
-        (staging / _STATE_FILE).write_text(json.dumps(progress))
+        (staging / _STATE_FILE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
-        for old in sorted(checkpoints.glob(f"{_CHECKPOINT_PREFIX}*"))[:-keep]:
+        for old in complete_checkpoints(checkpoints)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("%s: checkpoint %s", section, final)
     accelerator.wait_for_everyone()
 
 
-def restore_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict:
-    """Load a checkpoint's training state into the prepared objects; returns the progress saved with it."""
-    accelerator.load_state(str(checkpoint))
-    return json.loads((checkpoint / _STATE_FILE).read_text())
+def restore_checkpoint(accelerator: Accelerator, checkpoint: Path, task: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Load a checkpoint's training state into the prepared objects; returns the progress saved with it.
+
+    Reads only the files its state file lists (checked by `checkpoint_problem` first): weights and
+    tensors from safetensors, the rest from JSON. Nothing is unpickled.
+    """
+    state = json.loads((checkpoint / _STATE_FILE).read_text())
+    safetensors.torch.load_model(accelerator.unwrap_model(task, keep_torch_compile=False), str(checkpoint / "model.safetensors"))
+    optimizer.load_state_dict(_load_state(checkpoint, "optimizer"))
+    scheduler.load_state_dict(_load_state(checkpoint, "scheduler"))
+    if accelerator.scaler is not None and "scaler.json" in state["files"]:
+        accelerator.scaler.load_state_dict(_load_state(checkpoint, "scaler"))
+    rank = accelerator.process_index
+    if f"rng-{rank}.json" in state["files"]:
+        _set_random_states(_load_state(checkpoint, f"rng-{rank}"))
+    else:
+        log.warning("%s has no random states for process %d (it was written by %d processes): dropout will differ from an "
+                    "uninterrupted run", checkpoint, rank, state["processes"])  # fmt: skip
+    accelerator.step = state["accelerator_step"]
+    return state["progress"]
 
 
-def start_or_resume(section: str, cfg: PretrainConfig, accelerator: Accelerator, work_dir: Path, steps: int) -> tuple[Path, dict | None]:
-    """Start the trackers; restore the latest complete checkpoint if any. Returns (checkpoints folder, saved progress or None)."""
+def start_or_resume(section: str, cfg: PretrainConfig, accelerator: Accelerator, work_dir: Path, steps: int,
+                    task: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> tuple[Path, dict | None]:  # fmt: skip
+    """Start the trackers; restore the newest intact checkpoint if any. Returns (checkpoints folder, saved progress or None).
+
+    A checkpoint that cannot be restored (a file truncated or changed, e.g. by a full disk) is named,
+    set aside as `broken-step-…` (kept, not deleted) and the previous one tried; with none left the
+    run starts over, saying so.
+    """
     if cfg.log_with:
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump(exclude=EXECUTION_ONLY).items()}
         accelerator.init_trackers(section, config=hyperparameters)
     checkpoints = work_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    latest = latest_checkpoint(checkpoints)
-    if latest is None:
+    candidates = complete_checkpoints(checkpoints)
+    accelerator.wait_for_everyone()  # every process has listed them before any is set aside
+    chosen = -1
+    if accelerator.is_main_process:
+        for i, checkpoint in enumerate(candidates):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                chosen = i
+                break
+            aside = checkpoints / f"broken-{checkpoint.name}"
+            while aside.exists():
+                aside = aside.with_name(f"{aside.name}+")
+            checkpoint.rename(aside)
+            fallback = "trying the previous one" if i + 1 < len(candidates) else "no checkpoint left: starting over from step 0"
+            log.warning("%s: checkpoint %s cannot be restored: %s. Set aside as %s; %s", section, checkpoint, problem, aside.name, fallback)
+    # The main process decided; every process restores the same checkpoint.
+    chosen = int(broadcast(torch.tensor([chosen], device=accelerator.device)).item())
+    if chosen < 0:
         return checkpoints, None
-    progress = restore_checkpoint(accelerator, latest)
-    log.info("%s: resuming from %s (step %d of %d)", section, latest, progress["step"], steps, main_process_only=True)
+    progress = restore_checkpoint(accelerator, candidates[chosen], task, optimizer, scheduler)
+    log.info("%s: resuming from %s (step %d of %d)", section, candidates[chosen], progress["step"], steps, main_process_only=True)
     return checkpoints, progress
 
 
@@ -508,7 +676,7 @@ def train_loop(
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{point['tokens_per_second']:,.0f}")
         log.info("%s: step %d/%d %s", section, done, steps, json.dumps(point), main_process_only=True)
         if at_checkpoint:
-            save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints)
+            save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints, task, optimizer, scheduler)
         running.zero_()
         window_start, window_steps = time.perf_counter(), 0
     bar.close()

@@ -9,6 +9,10 @@ import pytest
 from pretrain.artifacts import MANIFEST, ArtifactStore, artifact_id, code_version, file_digest, format_lineage
 from pretrain.errors import InputError
 
+# Ids as the store requires them: a stage letter, "-" and 20 hex digits.
+C1 = "c-" + "1" * 20
+V1 = "v-" + "1" * 20
+
 
 def test_ids_are_stable_and_sensitive_to_every_input():
     reference = artifact_id("vocab", {"vocab_size": 100}, inputs={"corpus": "c-1"}, sources=[{"sha256": "aa"}])
@@ -50,24 +54,24 @@ def _publish(store, aid, content="x", inputs=None, fail=False):
 
 def test_publish_writes_manifest_with_hashes(tmp_path):
     store = ArtifactStore(tmp_path / "store")
-    _publish(store, "c-1")
-    manifest = store.manifest("c-1")
-    assert manifest["id"] == "c-1" and manifest["stage"] == "ingest"
+    _publish(store, C1)
+    manifest = store.manifest(C1)
+    assert manifest["id"] == C1 and manifest["stage"] == "ingest"
     assert set(manifest["files"]) == {"data.txt", "sub/more.txt"}
     assert manifest["files"]["data.txt"]["size"] == 1
     assert manifest["files"]["data.txt"]["sha256"] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
     assert manifest["metrics"] == {"documents": 1}
     assert {"python", "packages", "host", "git"} <= set(manifest["environment"])
-    assert store.ids() == ["c-1"]
+    assert store.ids() == [C1]
 
 
 def test_a_failed_build_leaves_no_artifact(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     with pytest.raises(RuntimeError):
-        _publish(store, "c-1", fail=True)
-    assert not store.exists("c-1")
+        _publish(store, C1, fail=True)
+    assert not store.exists(C1)
     assert store.ids() == []
-    assert not (tmp_path / "store" / "c-1").exists()
+    assert not (tmp_path / "store" / C1).exists()
 
 
 @pytest.mark.slow
@@ -78,7 +82,7 @@ def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
         import os, signal
         from pretrain.artifacts import ArtifactStore
         store = ArtifactStore({str(tmp_path / "store")!r})
-        with store.build("ingest", "c-1", config={{}}) as b:
+        with store.build("ingest", {C1!r}, config={{}}) as b:
             (b.dir / "half.bin").write_bytes(b"0" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -86,21 +90,21 @@ def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
     result = subprocess.run([sys.executable, "-c", script])
     assert result.returncode == -9
     store = ArtifactStore(tmp_path / "store")
-    assert not store.exists("c-1") and store.ids() == []
+    assert not store.exists(C1) and store.ids() == []
     assert list((tmp_path / "store" / ".tmp").iterdir())  # the debris is in staging, not at the id
-    _publish(store, "c-1")  # and a re-run publishes normally
-    assert store.exists("c-1")
+    _publish(store, C1)  # and a re-run publishes normally
+    assert store.exists(C1)
 
 
 def test_manifestless_folder_is_not_an_artifact(tmp_path):
     store = ArtifactStore(tmp_path / "store")
-    (tmp_path / "store" / "c-1").mkdir()
-    (tmp_path / "store" / "c-1" / "data.txt").write_text("partial")
-    assert not store.exists("c-1")
-    with pytest.raises(InputError, match="artifact c-1 is not in the store"):
-        store.manifest("c-1")
-    _publish(store, "c-1", content="y")
-    assert (tmp_path / "store" / "c-1" / "data.txt").read_text() == "y"
+    (tmp_path / "store" / C1).mkdir()
+    (tmp_path / "store" / C1 / "data.txt").write_text("partial")
+    assert not store.exists(C1)
+    with pytest.raises(InputError, match=f"artifact {C1} is not in the store"):
+        store.manifest(C1)
+    _publish(store, C1, content="y")
+    assert (tmp_path / "store" / C1 / "data.txt").read_text() == "y"
 
 
 @pytest.mark.slow
@@ -114,7 +118,7 @@ def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
         from pretrain.artifacts import ArtifactStore
         logging.basicConfig(level=logging.INFO)
         store, barrier, name = ArtifactStore(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-        with store.build("ingest", "c-1", config={"k": 1}) as b:
+        with store.build("ingest", "c-11111111111111111111", config={"k": 1}) as b:
             (b.dir / "data.txt").write_text(name)
             (b.dir / "sub").mkdir()
             (b.dir / "sub" / "more.txt").write_text(name * 2)
@@ -122,7 +126,7 @@ def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
             deadline = time.time() + 120
             while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
                 time.sleep(0.001)
-        print(store.manifest("c-1")["files"]["data.txt"]["sha256"])
+        print(store.manifest("c-11111111111111111111")["files"]["data.txt"]["sha256"])
         """
     )
     barrier = tmp_path / "barrier"
@@ -134,14 +138,14 @@ def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
-    assert store.ids() == ["c-1"]
-    kept = (tmp_path / "store" / "c-1" / "data.txt").read_text()
+    assert store.ids() == [C1]
+    kept = (tmp_path / "store" / C1 / "data.txt").read_text()
     assert kept in ("first", "second")
-    manifest = store.manifest("c-1")
+    manifest = store.manifest(C1)
     assert set(manifest["files"]) == {"data.txt", "sub/more.txt"}
     for name, meta in manifest["files"].items():  # one complete copy: files and manifest from the same process
-        assert file_digest(tmp_path / "store" / "c-1" / name) == {"size": meta["size"], "sha256": meta["sha256"]}, name
-    assert (tmp_path / "store" / "c-1" / "sub" / "more.txt").read_text() == kept * 2
+        assert file_digest(tmp_path / "store" / C1 / name) == {"size": meta["size"], "sha256": meta["sha256"]}, name
+    assert (tmp_path / "store" / C1 / "sub" / "more.txt").read_text() == kept * 2
     # Both processes read back the one copy; exactly one of them found it already there.
     assert {out.strip() for out, _ in outputs} == {manifest["files"]["data.txt"]["sha256"]}
     assert sum("was published concurrently; keeping the existing copy" in err for _, err in outputs) == 1
@@ -150,28 +154,28 @@ def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
 
 def test_remote_store_uploads_manifest_last_and_downloads_verified(tmp_path):
     store = ArtifactStore("memory://dapt-test-store", cache_dir=tmp_path / "cache")
-    _publish(store, "c-1")
-    assert store.exists("c-1") and not store.is_local
-    local = store.local_dir("c-1")
+    _publish(store, C1)
+    assert store.exists(C1) and not store.is_local
+    local = store.local_dir(C1)
     assert (local / "sub" / "more.txt").read_text() == "xx"
-    assert json.loads((local / MANIFEST).read_text())["id"] == "c-1"
+    assert json.loads((local / MANIFEST).read_text())["id"] == C1
     # A corrupted remote file is caught on download.
-    with store.fs.open(store._path("c-1", "data.txt"), "wb") as f:
+    with store.fs.open(store._path(C1, "data.txt"), "wb") as f:
         f.write(b"tampered")
     fresh = ArtifactStore("memory://dapt-test-store", cache_dir=tmp_path / "cache2")
-    with pytest.raises(InputError, match="data.txt does not match the sha256"):
-        fresh.local_dir("c-1")
+    with pytest.raises(InputError, match="data.txt does not match its manifest .sha256"):
+        fresh.local_dir(C1)
 
 
 def test_lineage_reaches_raw_files(tmp_path):
     store = ArtifactStore(tmp_path / "store")
-    _publish(store, "c-1")
-    with store.build("vocab", "v-1", config={}, inputs={"corpus": "c-1"}) as b:
+    _publish(store, C1)
+    with store.build("vocab", V1, config={}, inputs={"corpus": C1}) as b:
         (b.dir / "x").write_text("1")
-    tree = store.lineage("v-1")
-    assert tree["inputs"]["corpus"]["id"] == "c-1"
+    tree = store.lineage(V1)
+    assert tree["inputs"]["corpus"]["id"] == C1
     text = format_lineage(tree)
-    assert "v-1  vocab" in text and "c-1  ingest" in text and "file raw.txt" in text
-    os.remove(tmp_path / "store" / "c-1" / MANIFEST)
+    assert f"{V1}  vocab" in text and f"{C1}  ingest" in text and "file raw.txt" in text
+    os.remove(tmp_path / "store" / C1 / MANIFEST)
     with pytest.raises(InputError):
-        store.lineage("v-1")
+        store.lineage(V1)

@@ -88,3 +88,48 @@ def test_every_accelerate_config_loads():
         "gpu_8": ("MULTI_GPU", 8),
         "multinode_2x8": ("MULTI_GPU", 16),
     }
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_every_rank_and_resume_after_kill_minus_nine(tmp_path, tiny_config):
+    """Checkpoints under DDP: each rank's random states saved (dropout differs per rank), resumed after a kill -9."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+    import yaml
+
+    tiny_config["pretrain"].update(max_steps=24, global_batch_size=8, micro_batch_size=4, log_every_steps=3,
+                                   checkpoint_every_steps=3, launcher={"num_processes": 2})  # fmt: skip
+    reference, store_ref, _ = _built({**tiny_config, "store": str(tmp_path / "reference")})
+    aid = plan(reference)["pretrain"]
+    launch_pretrain(reference, on_line=lambda line: None)
+
+    config, store, _ = _built({**tiny_config, "store": str(tmp_path / "killed")})
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    command, env = launch_command(config.pretrain.launcher, config_path)
+    checkpoints = store.work_dir(aid) / "checkpoints"
+    killed = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as job:
+        for line in job.stdout:
+            if "checkpoint" in line and "step-00000006" in line:
+                # The launcher and every rank, mid-run (torchrun starts the ranks in sessions of their own).
+                killed = [*psutil.Process(job.pid).children(recursive=True), psutil.Process(job.pid)]
+                for process in killed:
+                    os.kill(process.pid, signal.SIGKILL)
+                break
+        job.wait(timeout=120)
+    psutil.wait_procs(killed, timeout=60)
+    assert killed and not store.exists(aid), "the run ended before its step-6 checkpoint"
+    written = checkpoints / "step-00000006"
+    assert {"rng-0.json", "rng-0.safetensors", "rng-1.json", "rng-1.safetensors", "model.safetensors"} <= {p.name for p in written.iterdir()}
+    assert json.loads((written / "trainer_state.json").read_text())["processes"] == 2
+
+    lines = []
+    launch_pretrain(config, on_line=lines.append)
+    assert any("resuming from" in line and "step-00000006 (step 6 of 24)" in line for line in lines), "\n".join(lines[-20:])
+    a = load_file(store_ref.local_dir(aid) / "model" / "model.safetensors")
+    b = load_file(store.local_dir(aid) / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

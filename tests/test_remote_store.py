@@ -86,12 +86,12 @@ def test_publish_uploads_the_manifest_last_and_retries_io_errors(s3_store, monke
         return real_put(local, remote, **kw)
 
     monkeypatch.setattr(store.fs, "put_file", put_file)
-    with store.build("base", "b-remote0000000000001", {"x": 1}) as b:
+    with store.build("base", "b-aaaaaaaaaaaaaaaaaaa1", {"x": 1}) as b:
         (b.dir / "weights.bin").write_bytes(os.urandom(4096))
         (b.dir / "sub").mkdir()
         (b.dir / "sub" / "config.json").write_text("{}")
     assert uploads == ["config.json", "weights.bin", MANIFEST]  # manifest last; the reset upload retried
-    assert store.ids() == ["b-remote0000000000001"]
+    assert store.ids() == ["b-aaaaaaaaaaaaaaaaaaa1"]
 
 
 def test_a_crash_before_the_manifest_leaves_no_artifact(s3_store, monkeypatch, tmp_path):
@@ -105,12 +105,12 @@ def test_a_crash_before_the_manifest_leaves_no_artifact(s3_store, monkeypatch, t
 
     monkeypatch.setattr(store.fs, "put_file", put_file)
     with pytest.raises(KeyboardInterrupt):
-        with store.build("base", "b-crashed00000000001", {}) as b:
+        with store.build("base", "b-ccccccccccccccccccc1", {}) as b:
             (b.dir / "weights.bin").write_bytes(b"half a model")
     monkeypatch.setattr(store.fs, "put_file", real_put)
-    assert store.fs.exists(f"{s3_store.removeprefix('s3://')}/b-crashed00000000001/weights.bin")  # the debris is there
+    assert store.fs.exists(f"{s3_store.removeprefix('s3://')}/b-ccccccccccccccccccc1/weights.bin")  # the debris is there
     reader = ArtifactStore(s3_store, cache_dir=tmp_path / "c2")
-    assert reader.ids() == [] and not reader.exists("b-crashed00000000001")  # and ignored
+    assert reader.ids() == [] and not reader.exists("b-ccccccccccccccccccc1")  # and ignored
 
 
 def test_the_pipeline_on_s3_publishes_lists_reads_back_and_keeps_lineage(s3_store, tiny_config, tmp_path):

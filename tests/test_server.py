@@ -45,6 +45,7 @@ def server(tmp_path_factory):
     # As root PostgreSQL runs as user postgres, which cannot enter pytest's private temporary folders.
     pgdata = Path("/tmp") / f"dapt-test-pg-{uuid.uuid4().hex[:8]}"
     prefect_port = _free_port()
+    auth = f"dapt:{uuid.uuid4().hex}"  # basic auth on, as when the server is exposed: every client below must send it
     env = {
         **os.environ,
         "DAPT_SERVER_DIR": str(state),
@@ -55,6 +56,8 @@ def server(tmp_path_factory):
         "PREFECT_HOME": str(state / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_AUTH_STRING": auth,
         "DAPT_CACHE": str(state / "cache"),
     }
     env.pop("PREFECT_PROFILES_PATH", None)
@@ -81,9 +84,9 @@ def _run_and_read(env, deployment: str) -> tuple[object, dict[str, dict]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
         run = run_deployment(deployment, timeout=900, poll_interval=2)
 
         async def stage_tables():
@@ -160,3 +163,23 @@ def test_deploy_on_postgres_server_then_scheduled_runs_are_incremental(server, t
         worker.terminate()
         worker.wait(timeout=60)
         worker_log.close()
+
+
+def test_with_basic_auth_the_api_refuses_requests_without_the_password(server):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    url = server["PREFECT_API_URL"]
+    assert urllib.request.urlopen(f"{url}/health", timeout=10).status == 200  # probes stay open
+    request = urllib.request.Request(f"{url}/flows/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    wrong = base64.b64encode(b"dapt:wrong").decode()
+    request.add_header("Authorization", f"Basic {wrong}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    request.add_header("Authorization", "Basic " + base64.b64encode(server["PREFECT_API_AUTH_STRING"].encode()).decode())
+    assert urllib.request.urlopen(request, timeout=10).status == 200
