@@ -70,11 +70,6 @@ Input = Annotated[
 ]
 
 
-def paths_of(inputs: list[str | DatasetSource]) -> list[str]:
-    """The path, folder, glob and URL inputs of a list (the datasets left out)."""
-    return [i for i in inputs if isinstance(i, str)]
-
-
 class BaseModelConfig(Section):
     """The model to adapt. Its weights are copied into the artifact store, so lineage starts from pinned files."""
 

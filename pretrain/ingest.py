@@ -43,11 +43,11 @@ import pyarrow.parquet as pq
 
 from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_version, source_digest
 from pretrain.clean import COUNTERS, Cleaner
-from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.config import DatasetSource, IngestConfig
 from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
 from pretrain.formats import SPLITS
+from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
 from pretrain.logs import get_logger
 from pretrain.progress import progress

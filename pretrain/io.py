@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from pretrain.errors import InputError
 from pretrain.hf_datasets import is_source
 from pretrain.hf_datasets import records as dataset_records
-from pretrain.errors import InputError
 
 FORMATS = {
     ".txt": "txt",

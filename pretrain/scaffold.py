@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import package_dir
+from pretrain.config import package_dir, relative_to
 from pretrain.errors import InputError, UserError
 from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records
 
@@ -186,7 +186,7 @@ def sniff_corpus(patterns: list[str]) -> CorpusFacts:
     for pattern in patterns:
         matches = expand_sources([pattern])
         if not matches:
-            raise InputError(f"--corpus {pattern}: matches no file{_relative(pattern)}")
+            raise InputError(f"--corpus {pattern}: matches no file{relative_to(pattern)}")
         supported, other = [], []
         for f in matches:
             try:
@@ -245,7 +245,7 @@ def sniff_task(pattern: str, role: str) -> TaskFacts:
     """The text and label fields, task type and delimiter of a labelled file (every row read; never tokenised)."""
     files = expand_sources([pattern])
     if not files:
-        raise InputError(f"{role} {pattern}: matches no file{_relative(pattern)}")
+        raise InputError(f"{role} {pattern}: matches no file{relative_to(pattern)}")
     path = files[0]
     fmt = file_format(path)
     if fmt not in ("jsonl", "csv", "tsv", "parquet"):
@@ -288,10 +288,6 @@ def _pick_label_field(records: list[dict]) -> str | None:
         if 2 <= distinct <= max(2, len(records) // 2) and (best_distinct is None or distinct < best_distinct):
             best, best_distinct = name, distinct
     return best
-
-
-def _relative(path: str) -> str:
-    return "" if "://" in path or os.path.isabs(path) else f" (relative to {os.getcwd()})"
 
 
 def base_facts(source: str, revision: str | None = None) -> BaseFacts:

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.artifacts import describe_sources
 from pretrain.config import DatasetSource, TaskConfig, is_bio_tag
 from pretrain.errors import InputError
+from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.io import FileStats, check_not_binary, expand_inputs, field_text, file_format, read_records, text_lines
 from pretrain.logs import get_logger
 
