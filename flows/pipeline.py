@@ -17,7 +17,7 @@ GPU hours before failing the same way (a crashed pretraining resumes from its ch
 
 Prefect artifacts, few and readable in the UI: each stage flow leaves one table on its run
 (`dapt-<stage>`: artifact id, cache hit, seconds, where it is, inputs, outputs, key metrics), and the
-pipeline run a summary table (`dapt-summary`, one row per stage) and the report (`dapt-report`, its
+pipeline run a summary table (`dapt-summary`, one row per stage) and the report (`dapt-report-page`, its
 plots embedded as images). No link artifacts: a browser does not open `file://` links from the UI.
 
 Progress of long loops goes to the run log as a line every 30 s (`pretrain.progress` in `log` mode,
@@ -345,7 +345,9 @@ def pipeline(config: PipelineConfig) -> dict | State:
     rows = summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
-    create_markdown_artifact(_inline_images(report_dir), key="dapt-report", description=f"{config.name} report")
+    # Not `dapt-report`: that key is the report stage's table, and a second artifact under a key
+    # becomes a new version of the first (the UI would show only one of them).
+    create_markdown_artifact(_inline_images(report_dir), key="dapt-report-page", description=f"{config.name} report")
     hits = sum(cached.values())
     logger.info("%d of %d stages were cache hits; report: %s", hits, len(cached), report_dir / "report.md")
     comparison = (report_dir / "comparison.txt").read_text()

@@ -50,9 +50,9 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
     # report (it was 27, 7 of them file:// links a browser will not open from the UI).
     made = asyncio.run(read_artifacts())
     assert len(made) == len(STAGES) + 2
-    assert sorted(a.key for a in made) == sorted([f"dapt-{s}" for s in STAGES] + ["dapt-summary", "dapt-report"])
+    assert sorted(a.key for a in made) == sorted([f"dapt-{s}" for s in STAGES] + ["dapt-summary", "dapt-report-page"])
     assert {a.type for a in made} == {"table", "markdown"}
-    markdown = next(a for a in made if a.key == "dapt-report").data
+    markdown = next(a for a in made if a.key == "dapt-report-page").data
     assert "file://" not in markdown and "![" in markdown
     # Images are embedded as pictures, never as a visible data-URL link line under them.
     assert all(line.startswith("![") for line in markdown.splitlines() if "data:image/png;base64," in line)
