@@ -1,5 +1,6 @@
 """`dapt`: run the pipeline, look at the plan, inspect artifacts.
 
+    dapt init --corpus docs/ --task-train labelled.csv [--task-test F] [--base MODEL] [--out my.yaml]
     dapt run configs/demo.yaml [--set pretrain.max_steps=50]
     dapt plan configs/demo.yaml
     dapt serve configs/demo.yaml --cron "0 3 * * 1"   # scheduled runs from this machine (Prefect server)
@@ -30,10 +31,21 @@ from pretrain.logs import setup_logging
 DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace, show: bool = True):
+    """The config, validated, and its task files read and checked; warnings and the task's size on stderr."""
     from pretrain.config import load_config
+    from pretrain.pipeline import preflight
 
-    config = load_config(args.config, args.overrides)  # every config problem, before Prefect starts
+    config = load_config(args.config, args.overrides)
+    lines = preflight(config)
+    if show:
+        print("\n".join(lines), file=sys.stderr)
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Every config and task-file problem, before Prefect starts; the pipeline flow logs the warnings.
+    config = _checked(args, show=False)
     setup_logging()
     from flows.pipeline import run_and_print
 
@@ -55,13 +67,32 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from pretrain.config import load_config
     from pretrain.pipeline import plan
 
-    config = load_config(args.config, args.overrides)
+    config = _checked(args)
     store = ArtifactStore(config.store)
     for stage, aid in plan(config).items():
         print(f"{stage:<9} {aid}  {'built' if store.exists(aid) else 'to build'}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.pipeline import preflight
+    from pretrain.scaffold import init
+
+    for line in init(args.corpus, args.task_train, args.task_test, args.base, args.out, force=args.force):
+        print(line)
+    print(f"checking {args.out} as `dapt plan` does:")
+    try:
+        config = load_config(args.out)
+        lines = preflight(config)
+    except UserError as e:
+        print(f"error: {e}\n{args.out} was written; fix what is named above, then `dapt plan {args.out}`", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(f"  {line}")
+    print(f"next: read {args.out}, then `dapt plan {args.out}` and `dapt run {args.out}`")
     return 0
 
 
@@ -83,10 +114,21 @@ def _artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_STAGES = ("base", "pretrain", "distill")
+
+
 def _promote(store: ArtifactStore, args: argparse.Namespace) -> int:
-    entry = registry.promote(store, args.id, args.alias, note=args.note)
+    aid = registry.resolve(store, args.id)
+    stage = store.manifest(aid)["stage"]
+    entry = registry.promote(store, aid, args.alias, note=args.note)
     before = f" (was {entry['previous']})" if entry["previous"] else ""
-    print(f"{args.alias} -> {args.id}{before}")
+    print(f"{args.alias} -> {aid}{before}")
+    if stage not in MODEL_STAGES:
+        print(
+            f"warning: {aid} is a {stage} artifact, not a model: `dapt export` and `dapt embed` cannot use {args.alias!r}; "
+            "promote an m-… (pretrained), d-… (distilled) or b-… (base) id for a model hand-off",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -103,7 +145,10 @@ def _history(store: ArtifactStore, args: argparse.Namespace) -> int:
 
 
 def _aliases(store: ArtifactStore, args: argparse.Namespace) -> int:
-    for alias, e in registry.aliases(store).items():
+    found = registry.aliases(store)
+    if not found:
+        print(f"no aliases in the store {store.url}; `dapt artifacts promote ID ALIAS` creates one")
+    for alias, e in found.items():
         print(f"{alias:<20} {e['id']}  {e['stage']:<9} since {e['time']}")
     return 0
 
@@ -123,8 +168,8 @@ def _verify(store: ArtifactStore, args: argparse.Namespace) -> int:
 
 def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
     plan = registry.gc_plan(store, keep_runs=args.keep_runs, keep_hours=args.keep_hours)
-    for aid, why in sorted(plan["roots"].items()):
-        print(f"keep    {aid}  ({why})")
+    for aid in plan["keep"]:
+        print(f"keep    {aid}  ({plan['why'][aid]})")
     print(f"keep    {len(plan['keep'])} artifacts reachable from aliases and the last {args.keep_runs} of {plan['runs_recorded']} recorded runs")
     for aid in plan["young"]:
         print(f"keep    {aid}  (younger than {args.keep_hours:g} h)")
@@ -161,7 +206,8 @@ def _export(args: argparse.Namespace) -> int:
     from pretrain.export import export
 
     setup_logging()
-    facts = export(ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
+    store = ArtifactStore(args.store)
+    facts = export(store, registry.resolve(store, args.model), args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
     print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
     if q := facts["quantization"]:
         metric, s = q["primary_metric"], q["speed"]
@@ -179,17 +225,28 @@ def _embed(args: argparse.Namespace) -> int:
     from pretrain.embed import embed
 
     setup_logging()
+    store = ArtifactStore(args.store)
+    model = args.model if os.path.isdir(args.model) else registry.resolve(store, args.model)
     result = embed(
-        ArtifactStore(args.store), args.model, args.input, args.output, pooling=args.pooling, batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length, text_field=args.text_field, txt_mode=args.txt_mode,
+        store, model, args.input, args.output, pooling=args.pooling, batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length, text_field=args.text_field, txt_mode=args.txt_mode, id_field=args.id_field,
     )  # fmt: skip
-    print(f"{result['texts']:,} embeddings ({result['dimensions']} dims, {result['pooling']} pooling, model {result['model']}) -> {args.output}")
+    ids = f", ids from {result['id_column']!r}" if result.get("id_column") else ""
+    print(f"{result['texts']:,} embeddings ({result['dimensions']} dims, {result['pooling']} pooling, model {result['model']}{ids}) -> {args.output}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapt", description="Domain-adaptive pretraining of BERT-family encoders.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="write a first config for your own files, sized for the base model and the corpus")
+    init.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="domain text: files, folders, globs or URLs")
+    init.add_argument("--task-train", metavar="FILE", help="labelled examples (JSONL, CSV, TSV or Parquet): the task's train split")
+    init.add_argument("--task-test", metavar="FILE", help="the task's test split; without it a stratified share of --task-train is held out")
+    init.add_argument("--base", default="bert-base-uncased", help="base model: a folder, pkg:module/dir or a Hub id (default bert-base-uncased)")
+    init.add_argument("--out", default="dapt.yaml", help="the config to write (default dapt.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built")):
         p = commands.add_parser(name, help=helptext)
@@ -208,21 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     actions = artifacts.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every complete artifact, oldest first")
     listing.add_argument("--stage", help="only this stage's artifacts")
+    id_help = "artifact id, a unique start of one (m-65e1), or an alias"
     show = actions.add_parser("show", help="an artifact's manifest")
-    show.add_argument("id")
+    show.add_argument("id", help=id_help)
     lineage = actions.add_parser("lineage", help="the chain from an artifact back to the base model and raw files")
-    lineage.add_argument("id")
+    lineage.add_argument("id", help=id_help)
     promote = actions.add_parser("promote", help="point an alias (e.g. production) at an artifact, after verifying it")
-    promote.add_argument("id")
-    promote.add_argument("alias")
+    promote.add_argument("id", help=id_help + " (a model: m-…, d-… or b-…, for export and embed)")
+    promote.add_argument("alias", help="the name to point at it, e.g. production")
     promote.add_argument("--note", help="why, kept in the alias history")
     resolve = actions.add_parser("resolve", help="the artifact id an alias points at")
-    resolve.add_argument("alias")
+    resolve.add_argument("alias", help="the alias, e.g. production")
     history = actions.add_parser("history", help="every promotion of an alias: what it pointed at, when, who")
-    history.add_argument("alias")
+    history.add_argument("alias", help="the alias, e.g. production")
     alias_list = actions.add_parser("aliases", help="every alias and what it points at")
     verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
-    verify.add_argument("id", help="artifact id or alias")
+    verify.add_argument("id", help=id_help)
     gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, and staging folders of interrupted publishes (dry run unless --yes)")
     gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
     gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
@@ -233,20 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc, rm):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
-    export.add_argument("model", help="model artifact id (m-…, b-…) or alias")
+    export.add_argument("model", help="model artifact id (m-…, b-…; a unique start of one) or alias")
     export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty)")
     export.add_argument("--quantize", choices=["int8"], help="measure dynamic int8 on the downstream task; figures in the card")
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
     export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     embed = commands.add_parser("embed", help="one embedding per text (CLS or mean pooling) into a Parquet file")
-    embed.add_argument("model", help="model artifact id, alias, or a model folder (e.g. an export)")
+    embed.add_argument("model", help="model artifact id (a unique start of one), alias, or a model folder (e.g. an export)")
     embed.add_argument("--input", required=True, help=".txt (one text per line), .jsonl, .csv/.tsv or .parquet, optionally compressed")
     embed.add_argument("--output", required=True, help="Parquet file to write: row, location, text, embedding")
     embed.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="[CLS] vector, or the mean over the tokens (default cls)")
     embed.add_argument("--batch-size", type=int, default=32)
     embed.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the model's limit)")
     embed.add_argument("--text-field", default="text", help="JSONL field / CSV or Parquet column with the text (default text)")
+    embed.add_argument("--id-field", help="the input's id field, written beside each embedding (default: `id` when there is one)")
     embed.add_argument("--txt-mode", choices=["line", "paragraph", "file"], default="line", help=".txt: one text per line (default), paragraph or file")
     embed.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     return parser
@@ -254,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "embed": _embed}
+    handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -15,9 +15,13 @@ model). Publishing to a remote store retries each upload inside `pretrain.artifa
 fine-tuning are never retried: a failure there is a bug or a bad setting, and a retry would only burn
 GPU hours before failing the same way (a crashed pretraining resumes from its checkpoint on the next run).
 
-Every stage flow leaves three Prefect artifacts on its run: a table (`dapt-<stage>`: artifact id,
-cache hit, seconds, inputs, outputs, key metrics), the same as Markdown (`dapt-<stage>-summary`), and a
-link to the artifact's folder in the store (`dapt-<stage>-folder`).
+Prefect artifacts, few and readable in the UI: each stage flow leaves one table on its run
+(`dapt-<stage>`: artifact id, cache hit, seconds, where it is, inputs, outputs, key metrics), and the
+pipeline run a summary table (`dapt-summary`, one row per stage) and the report (`dapt-report-page`, its
+plots embedded as images). No link artifacts: a browser does not open `file://` links from the UI.
+
+Progress of long loops goes to the run log as a line every 30 s (`pretrain.progress` in `log` mode,
+set by every flow here): Prefect captures log records, and a terminal bar's redraws would garble them.
 
 Every stage flow also runs alone (`ids` omitted: the ids of its inputs are planned from the config, and
 they must be in the store), which is what the per-stage deployments in `prefect.yaml` do.
@@ -39,22 +43,22 @@ from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults for a first run; must precede the prefect import)
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pretrain import ingest, registry, report, tokens
+from pretrain import ingest, progress, registry, report, tokens
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
 from pretrain.decontaminate import Targets
-from pretrain.pipeline import STAGES, decontamination_targets, enabled, input_ids, run_stage, stage_id
+from pretrain.pipeline import STAGES, decontamination_targets, enabled, input_ids, preflight, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
-from pretrain.summaries import run_summary, stage_markdown, stage_table, summary_rows
+from pretrain.summaries import run_summary, stage_table, summary_rows
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
@@ -132,6 +136,7 @@ def _stage_flow(stage: str):
 
         Without `ids` (the stage run alone) they are planned from the config and must be in the store.
         """
+        progress.set_mode("log")
         started = time.perf_counter()
         store = ArtifactStore(config.store)
         try:
@@ -232,17 +237,17 @@ def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str,
 
 
 def record_stage(stage: str, store: ArtifactStore, aid: str, cached: bool, seconds: float) -> None:
-    """The stage's Prefect artifacts: a table, the same as Markdown, and a link to the artifact's folder."""
+    """The stage's Prefect artifact: one table of what it read, wrote and measured, and where the artifact is."""
     manifest = store.manifest(aid)
-    create_table_artifact(stage_table(manifest, cached, seconds), key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
-    markdown = stage_markdown(manifest, cached, seconds, store.location(aid))
-    create_markdown_artifact(markdown, key=f"dapt-{stage}-summary", description=f"{stage} {aid}")
-    create_link_artifact(store.location(aid), link_text=f"{stage} {aid}", key=f"dapt-{stage}-folder", description=f"{stage}: the artifact's folder in the store")
+    rows = stage_table(manifest, cached, seconds)
+    rows.insert(1, {"field": "in the store", "value": store.location(aid)})
+    create_table_artifact(rows, key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
 
 
 @flow(name="ingest", flow_run_name="ingest", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
 def ingest_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> dict | State:
     """Plan the corpus, process the new or changed pieces as shard tasks, then deduplicate, split and publish."""
+    progress.set_mode("log")
     started = time.perf_counter()
     ids = {} if ids is None else ids
     store = ArtifactStore(config.store)
@@ -262,6 +267,7 @@ def ingest_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
 @flow(name="tokens", flow_run_name="tokens", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
 def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> dict | State:
     """Tokenise the corpus shard by shard, then publish the shards with their index."""
+    progress.set_mode("log")
     started = time.perf_counter()
     store = ArtifactStore(config.store)
     parallel = config.ingest.parallel
@@ -306,9 +312,16 @@ STAGE_FLOWS = {
 def pipeline(config: PipelineConfig) -> dict | State:
     """Ingest -> vocab -> tokens -> pretrain (-> distill) -> evaluate -> report; returns ids, cache hits and the table."""
     logger = get_run_logger()
-    # A deployment's parameters are validated by type only; the paths in them are checked here, before any work.
+    progress.set_mode("log")
+    # A deployment's parameters are validated by type only; the paths in them are checked here, before any
+    # work, and the task files are read and checked (as `dapt plan` does) before any stage runs.
     if problems := check_paths(config.model_dump(mode="json")):
         return Failed(message="config: " + "; ".join(problems))
+    try:
+        for line in preflight(config):
+            (logger.warning if line.startswith("warning: ") else logger.info)("%s", line.removeprefix("warning: "))
+    except UserError as e:
+        return Failed(message=f"evaluate.task: {e}")
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
     for stage in [s for s in STAGES if enabled(s, config)]:
@@ -333,9 +346,9 @@ def pipeline(config: PipelineConfig) -> dict | State:
     rows = summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
-    create_markdown_artifact(_inline_images(report_dir), key="dapt-report", description=f"{config.name} report")
-    for png in sorted(report_dir.glob("*.png")):
-        create_image_artifact(_data_url(png), key=f"dapt-{png.stem.replace('_', '-')}", description=f"{config.name}: {png.name}")
+    # Not `dapt-report`: that key is the report stage's table, and a second artifact under a key
+    # becomes a new version of the first (the UI would show only one of them).
+    create_markdown_artifact(_inline_images(report_dir), key="dapt-report-page", description=f"{config.name} report")
     hits = sum(cached.values())
     logger.info("%d of %d stages were cache hits; report: %s", hits, len(cached), report_dir / "report.md")
     comparison = (report_dir / "comparison.txt").read_text()

@@ -331,7 +331,8 @@ def _change_stamp(path: str) -> list | None:
             if "memory" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
                 return None
             info = fs.info(inner)
-            keys = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime", "updated")
+            # blob_id: the git blob of a file on the Hugging Face Hub (hf://), a hash of its content.
+            keys = ("ETag", "etag", "md5Hash", "generation", "blob_id", "LastModified", "last_modified", "mtime", "updated")
             marks = [str(info[k]) for k in keys if info.get(k)]
             return [path, info.get("size"), *marks] if marks else None
         path = inner
@@ -369,6 +370,9 @@ class ArtifactStore:
             self._local_folder(Path(self.root))
         # Remote artifacts are downloaded here before a stage reads them; local ones are read in place.
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        # When this process began building an artifact (its work folder was first asked for): `build`
+        # counts the manifest's duration from then, so a training stage's includes the training.
+        self._began: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -522,6 +526,7 @@ class ArtifactStore:
 
     def work_dir(self, aid: str) -> Path:
         """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
+        self._began.setdefault(aid, time.time())
         base = Path(self.root) if self.is_local else self.cache_dir
         return self._writable_folder(base / ".work" / check_id(aid))
 
@@ -566,14 +571,21 @@ class ArtifactStore:
         config: dict[str, Any],
         inputs: dict[str, str] | None = None,
         sources: list[dict[str, Any]] | None = None,
+        started: float | None = None,
     ) -> Iterator[Build]:
-        """Stage an artifact; on a clean exit write the manifest and publish atomically, else discard."""
+        """Stage an artifact; on a clean exit write the manifest and publish atomically, else discard.
+
+        `started`: when the stage began (`time.time()`), so the manifest's `duration_s` covers the
+        whole build (reading, training, ...), not only this block; default: when this process first
+        asked for the artifact's `work_dir`, else now.
+        """
         check_id(aid)
         staging_root = self._writable_folder(Path(self._path(STAGING))) if self.is_local else Path(tempfile.mkdtemp(prefix="dapt-"))
         staging = staging_root / f"{aid}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         build = Build(dir=staging)
-        started = time.time()
+        began = self._began.pop(aid, None)
+        started = started if started is not None else began if began is not None else time.time()
         try:
             yield build
             respect_umask(staging)
@@ -594,9 +606,9 @@ class ArtifactStore:
                 "files": files,
                 "metrics": build.metrics,
                 **build.extra,
-                "duration_s": round(time.time() - started, 3),
                 "environment": environment(),
             }
+            manifest["duration_s"] = round(time.time() - started, 3)
             # The manifest goes in last: its presence is what makes the artifact exist.
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
             self._publish(staging, aid, files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from pretrain.artifacts import ArtifactStore, artifact_id, file_digest
@@ -108,6 +109,7 @@ def _identity(files: list[Path]) -> tuple[str, dict]:
 
 def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
     """Copy the base model into the store (or find it there); returns its id."""
+    started = time.time()
     folder, origin = resolve_source(cfg)
     files = model_files(folder)
     aid, config = _identity(files)
@@ -118,7 +120,7 @@ def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
     note = remote_code_note(folder, "base model")
     if note:
         log.warning("base %s: %s", aid, note)
-    with store.build(STAGE, aid, config=config) as build:
+    with store.build(STAGE, aid, config=config, started=started) as build:
         for f in files:
             shutil.copy2(f, build.dir / f.name)
         model_config = json.loads((folder / "config.json").read_text())

@@ -12,13 +12,15 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pretrain.errors import ConfigError, UserError
 from pretrain.io import expand_inputs, expand_sources
@@ -32,6 +34,42 @@ class Section(BaseModel):
     # strict: a value must already have its field's type (true is not 1, "5" is not 5); YAML and --set
     # values are parsed as YAML, which gives real numbers and booleans, so nothing needs coercing.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+
+
+class DatasetSource(Section):
+    """A Hugging Face dataset as an input, read with `datasets.load_dataset(..., streaming=True)`
+    (`pip install 'dapt[datasets]'`). Its artifact id hashes the dataset's content (the Hub commit it
+    resolves to, or the bytes of a local folder's files), never where it was read from."""
+
+    dataset: str
+    """A Hub dataset id (`ORG/NAME`), or a local folder: one written by `save_to_disk`, or a folder of data
+    files in the Hub's layout (e.g. `data/train-00000-of-00001.parquet`)."""
+    split: str = "train"
+    """The split to read (`train`, `test`, ...; slices such as `train[:10%]` are not streamed: give a split name)."""
+    config: str | None = None
+    """The dataset's configuration (subset) name, when it has several."""
+    revision: str | None = None
+    """Hub branch, tag or commit; the id hashes the commit it resolves to. Ignored for local folders."""
+
+    @field_validator("dataset", "split")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if "[" in value:
+            raise ValueError(f"{value!r}: give a plain split name; slices cannot be streamed")
+        return value
+
+
+def _input_kind(value: Any) -> str:
+    return "dataset" if isinstance(value, (dict, DatasetSource)) else "path"
+
+
+# An input: a path, folder, glob or URL, or a `{dataset: ORG/NAME, split: ..., config: ..., revision: ...}` mapping.
+Input = Annotated[
+    Union[Annotated[str, Tag("path")], Annotated[DatasetSource, Tag("dataset")]],
+    Discriminator(_input_kind),
+]
 
 
 class BaseModelConfig(Section):
@@ -90,14 +128,24 @@ class ParallelConfig(Section):
     local cluster of `workers` processes; needs `pip install prefect-dask`. Default: local processes."""
 
 
+def check_delimiter(value: str | None) -> str | None:
+    """A CSV delimiter is one character other than a quote, newline or space."""
+    if value is not None and (len(value) != 1 or value in "\"\r\n "):
+        raise ValueError(f"give one character such as ',', ';', '|' or a tab (\"\\t\"), not {value!r}")
+    return value
+
+
 class IngestConfig(Section):
     """Read, clean, filter, deduplicate and split the domain corpus."""
 
-    inputs: list[str] = Field(min_length=1)
-    """Files, folders (recursive), globs or fsspec URLs: .txt, .jsonl/.json, .csv, .tsv (each optionally .gz, .zst,
-    .bz2, .xz), .parquet, .arrow, and folders written by Hugging Face `save_to_disk`."""
+    inputs: list[Input] = Field(min_length=1)
+    """Files, folders (recursive), globs or fsspec URLs (`hf://datasets/ORG/NAME/...` too): .txt, .jsonl/.json,
+    .csv, .tsv (each optionally .gz, .zst, .bz2, .xz), .parquet, .arrow, and folders written by Hugging Face
+    `save_to_disk`; or a Hugging Face dataset, `{dataset: ORG/NAME, split: train, config: ..., revision: ...}`."""
     text_field: str = "text"
-    """The field (JSONL) or column (CSV, Parquet, Arrow) holding the document text."""
+    """The field (JSONL) or column (CSV, Parquet, Arrow, dataset) holding the document text."""
+    csv_delimiter: str | None = None
+    """The field separator of .csv/.tsv inputs (one character, e.g. `;`); null: `,` for .csv, a tab for .tsv."""
     txt_mode: Literal["file", "line", "paragraph"] = "file"
     """How a .txt file splits into documents: the whole file, one per line, or one per blank-line-separated paragraph."""
     unicode_normalization: Literal["NFC", "NFKC", "none"] = "NFC"
@@ -121,6 +169,11 @@ class IngestConfig(Section):
     max_document_mb: float = Field(default=16.0, gt=0)
     """A document or line larger than this is a bad record: bounds memory whatever the input."""
     parallel: ParallelConfig = ParallelConfig()
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        return check_delimiter(value)
 
     @field_validator("strip_patterns")
     @classmethod
@@ -312,10 +365,17 @@ class TaskConfig(Section):
     type: Literal["single_label", "multi_label", "token"] = "single_label"
     """`single_label`: one class per text (softmax); `multi_label`: any number of classes per text (sigmoid,
     thresholds tuned on validation); `token`: one tag per word (NER, POS; the first sub-token of a word is labelled)."""
-    train_files: list[str] = Field(min_length=1)
-    validation_files: list[str] = []
+    train_files: list[Input] = Field(min_length=1)
+    """Files, folders or globs of the train split, or a Hugging Face dataset (`{dataset: ORG/NAME, split: train}`)."""
+    validation_files: list[Input] = []
     """Files of a validation split for model selection; empty: `evaluate.validation_fraction` of train is held out."""
-    test_files: list[str] = Field(min_length=1)
+    test_files: list[Input] = []
+    """Files of the test split. Empty: give `test_fraction` instead, and a test split is held out of train."""
+    test_fraction: float | None = Field(default=None, gt=0, lt=0.5)
+    """With no test files: the share of each label's train examples held out as the test split, chosen by a hash
+    of the text (the same example always lands on the same side, whatever the file order; equal texts together)."""
+    csv_delimiter: str | None = None
+    """The field separator of .csv/.tsv task files (one character, e.g. `;`); null: `,` for .csv, a tab for .tsv."""
     text_field: str = "text"
     """Column with the text; for token tasks in JSONL/Parquet, the column with the list of words."""
     text_pair_field: str | None = None
@@ -333,6 +393,11 @@ class TaskConfig(Section):
     conll_tag_column: int = -1
     """CoNLL files: the column holding the tag (the word is column 0; -1: the last column)."""
 
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        return check_delimiter(value)
+
     @field_validator("labels")
     @classmethod
     def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
@@ -346,6 +411,10 @@ class TaskConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskConfig:
+        if not self.test_files and self.test_fraction is None:
+            raise ValueError("give test_files, or test_fraction to hold a test split out of train_files")
+        if self.test_files and self.test_fraction is not None:
+            raise ValueError("give test_files or test_fraction, not both")
         if self.type == "token" and self.text_pair_field is not None:
             raise ValueError("token tasks take one sequence of words; remove text_pair_field")
         if self.type == "token" and self.tag_scheme == "BIO" and self.labels is not None:
@@ -510,22 +579,51 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConf
     return config
 
 
+def config_warnings(config: PipelineConfig) -> list[str]:
+    """Settings that are valid but almost certainly not meant; shown before a run, never fatal."""
+    sections: list[tuple[str, PretrainConfig]] = [("pretrain", config.pretrain)]
+    if config.distill is not None:
+        sections.append(("distill", config.distill))
+    if config.evaluate.tapt is not None:
+        sections.append(("evaluate.tapt.pretrain", config.evaluate.tapt.pretrain))
+    warnings = []
+    for name, cfg in sections:
+        # The step count the training kit derives (pretrain.training.total_steps).
+        steps = cfg.max_steps or math.ceil((cfg.max_tokens or 0) / (cfg.global_batch_size * cfg.max_seq_length))
+        if cfg.warmup_steps >= steps:
+            warnings.append(
+                f"{name}.warmup_steps ({cfg.warmup_steps:,}) is not below the run's {steps:,} steps: the learning rate only "
+                "warms up and never decays; lower warmup_steps (a few percent of the steps is usual)"
+            )
+        if cfg.log_every_steps > steps:
+            warnings.append(
+                f"{name}.log_every_steps ({cfg.log_every_steps:,}) is more than the run's {steps:,} steps: the loss is logged "
+                "once, at the end, and the loss curve has one point; lower log_every_steps"
+            )
+    return warnings
+
+
 def check_paths(raw: dict[str, Any]) -> list[str]:
     """Every input path exists, on the raw mapping so they are reported alongside type errors."""
     problems = []
     ingest = raw.get("ingest") if isinstance(raw.get("ingest"), dict) else {}
-    for i, pattern in enumerate(_str_list(ingest.get("inputs"))):
+    for i, item in _items(ingest.get("inputs")):
+        if isinstance(item, dict):
+            problems += [f"ingest.inputs[{i}]: {p}" for p in _dataset_problems(item)]
+            continue
         try:
-            if not expand_sources([pattern]):
-                problems.append(f"ingest.inputs[{i}]: {pattern!r} matches no file")
+            if not expand_sources([item]):
+                problems.append(f"ingest.inputs[{i}]: {item!r} matches no file{relative_to(item)}")
         except UserError as e:
             problems.append(f"ingest.inputs[{i}]: {e}")
     task = (raw.get("evaluate") or {}).get("task") if isinstance(raw.get("evaluate"), dict) else None
     if isinstance(task, dict):
         for key in ("train_files", "validation_files", "test_files"):
-            for i, pattern in enumerate(_str_list(task.get(key))):
-                if not expand_inputs([pattern]):
-                    problems.append(f"evaluate.task.{key}[{i}]: {pattern!r} matches no file")
+            for i, item in _items(task.get(key)):
+                if isinstance(item, dict):
+                    problems += [f"evaluate.task.{key}[{i}]: {p}" for p in _dataset_problems(item)]
+                elif not expand_inputs([item]):
+                    problems.append(f"evaluate.task.{key}[{i}]: {item!r} matches no file{relative_to(item)}")
     base = raw.get("base_model") if isinstance(raw.get("base_model"), dict) else {}
     if isinstance(base.get("source"), str):
         problem = _base_source_problem(base["source"])
@@ -584,6 +682,35 @@ def compile_problem(key: str) -> str | None:
     return None
 
 
+def relative_to(path: str) -> str:
+    """` (relative to <cwd>)` for a relative local path, so a message says where it was looked for."""
+    if "://" in path or os.path.isabs(os.path.expanduser(path)):
+        return ""
+    return f" (relative to {os.getcwd()})"
+
+
+def _items(value: Any) -> list[tuple[int, Any]]:
+    """(index, item) of the path (str) and dataset (mapping) entries of an input list."""
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, (str, dict))] if isinstance(value, list) else []
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def _dataset_problems(entry: dict) -> list[str]:
+    """A `dataset:` input: the `datasets` package is installed, and a local folder exists (Hub ids are not looked up here)."""
+    name = entry.get("dataset")
+    if not isinstance(name, str):
+        return []  # the schema reports it
+    problems = []
+    if importlib.util.find_spec("datasets") is None:
+        problems.append(f"dataset {name!r}: reading a Hugging Face dataset needs the datasets package: pip install 'dapt[datasets]'")
+    if not Path(name).expanduser().exists() and _looks_like_path(name):
+        problems.append(f"dataset {name!r}: no such folder{relative_to(name)}")
+    return problems
+
+
 def teacher_layer_count(model_config: dict[str, Any]) -> int | None:
     """Transformer layers of a model from its config.json (`n_layers` in DistilBERT's)."""
     count = model_config.get("num_hidden_layers", model_config.get("n_layers"))
@@ -640,21 +767,17 @@ def _base_source_problem(source: str) -> str | None:
     path = Path(source)
     if path.exists():
         return None if (path / "config.json").is_file() else f"{source!r}: local folder has no config.json"
-    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
-    if looks_like_path:
-        return f"{source!r}: no such folder"
+    if _looks_like_path(source):
+        return f"{source!r}: no such folder{relative_to(source)}"
     return None  # a Hub id; resolved (with network) when the base model is imported
 
 
-def _str_list(value: Any) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
 def _describe(error: dict[str, Any]) -> str:
-    loc = _key_path(error["loc"])
+    parts = _without_tags(error["loc"])
+    loc = _key_path(parts)
     if error["type"] == "extra_forbidden":
-        known = _known_keys(error["loc"][:-1])
-        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        known = _known_keys(parts[:-1])
+        hint = difflib.get_close_matches(str(parts[-1]), known, n=1)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else (f"; known keys: {', '.join(known)}" if known else "")
         return f"{loc}: unknown key{suggestion}"
     if error["type"] == "missing":
@@ -663,6 +786,11 @@ def _describe(error: dict[str, Any]) -> str:
     value = error.get("input")
     shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
     return f"{loc or 'top level'}: {message}{shown}"
+
+
+def _without_tags(loc: tuple) -> tuple:
+    """The error location without the tag pydantic adds after a list index for an `Input` (`path` or `dataset`)."""
+    return tuple(part for i, part in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and part in ("path", "dataset")))
 
 
 def _key_path(loc: tuple) -> str:
@@ -678,11 +806,21 @@ def _known_keys(loc: tuple) -> list[str]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        found = _section_types(getattr(field, "annotation", None))
+        if len(found) != 1:
             return []
-        model = annotation
+        model = found[0]
     return list(model.model_fields)
+
+
+def _section_types(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections inside a field's type (`X`, `X | None`, `list[X]`, an `Input`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in typing.get_args(annotation):
+        found += [t for t in _section_types(arg) if t not in found]
+    return found
 
 
 def _apply_override(raw: dict, override: str, path: Path) -> None:

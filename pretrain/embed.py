@@ -7,12 +7,14 @@ Inputs are read with the ingest readers (`.txt` one text per line by default, `.
 `.parquet`, each also compressed), so a bad record is named by file and line. Texts are sorted by
 length into batches (less padding), embedded with the encoder's `last_hidden_state`, pooled (`cls`:
 the [CLS] vector; `mean`: the mean over the text's tokens, padding excluded), and written back in
-input order: columns `row`, `location`, `text`, `embedding` (float32 list); the model id and pooling
+input order: columns `row`, `location`, `text`, `embedding` (float32 list), and the input's own id
+column (`id_field`, `id` by default when the input has one) under its name; the model id and pooling
 go into the file's metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -32,21 +34,47 @@ log = get_logger(__name__)
 POOLINGS = ("cls", "mean")
 
 
-def read_texts(path: str, text_field: str = "text", txt_mode: str = "line") -> tuple[list[str], list[str]]:
-    """(locations, texts) of every record of `path` with a non-empty text."""
+# Output columns; an input id column of the same name is written as `input_<name>`.
+COLUMNS = ("row", "location", "text", "embedding")
+
+
+def read_texts(path: str, text_field: str = "text", txt_mode: str = "line",
+               id_field: str | None = None) -> tuple[list[str], list[str], list | None]:  # fmt: skip
+    """(locations, texts, ids) of every record of `path` with a non-empty text.
+
+    ids: the values of `id_field` (None when not given); with the default (`id_field` None) the
+    `id` field is taken when the first record has one.
+    """
     from pretrain.io import field_text, read_records
 
     if "://" not in path and not Path(path).is_file():
         raise InputError(f"--input {path}: no such file")
-    locations, texts = [], []
+    locations, texts, ids = [], [], []
+    wanted = id_field
     for location, record in read_records(path, txt_mode=txt_mode, text_field=text_field):
+        if not locations and not ids and wanted is None and "id" in record:
+            wanted = "id"
         text = field_text(record, text_field, location, "--text-field")
+        if wanted is not None and wanted not in record:
+            fields = ", ".join(map(repr, list(record)[:12]))
+            raise InputError(f"{location}: no field {wanted!r} (fields here: {fields}); set --id-field to the field with the ids")
         if text and text.strip():
             locations.append(location)
             texts.append(text)
+            if wanted is not None:
+                ids.append(record[wanted])
     if not texts:
         raise InputError(f"--input {path}: no non-empty texts in field {text_field!r}")
-    return locations, texts
+    return locations, texts, (ids if wanted is not None else None)
+
+
+def _id_column(ids: list):
+    """The ids as one Arrow column: integers stay integers, anything else (or a mix) becomes text."""
+    import pyarrow as pa
+
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+        return pa.array(ids, pa.int64())
+    return pa.array([None if v is None else str(v) for v in ids], pa.string())
 
 
 def _model_folder(store: ArtifactStore | None, name: str) -> tuple[Path, str]:
@@ -80,12 +108,18 @@ def embed(
     text_field: str = "text",
     txt_mode: str = "line",
     progress: bool = True,
+    id_field: str | None = None,
 ) -> dict[str, Any]:
-    """Embed every text of `input_path` with `model` (artifact id, alias or folder) into `output_path` (Parquet)."""
+    """Embed every text of `input_path` with `model` (artifact id, alias or folder) into `output_path` (Parquet).
+
+    `id_field`: the input's id column, written beside each embedding (default: `id`, when there is one).
+    `progress`: show progress (pretrain.progress: a bar on a terminal, log lines elsewhere).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
     from transformers import AutoModel
+
+    from pretrain.progress import progress as show_progress
 
     from pretrain.vocab import load_fast_tokenizer
 
@@ -100,7 +134,7 @@ def embed(
         raise UserError("\n".join(problems))
     folder, model_id = _model_folder(store, model)
     require_safetensors(folder, "model folder")
-    locations, texts = read_texts(input_path, text_field, txt_mode)
+    locations, texts, ids = read_texts(input_path, text_field, txt_mode, id_field)
     tokenizer = load_fast_tokenizer(folder)
     limit = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 512)
     length = min(max_seq_length or limit, limit)
@@ -110,20 +144,29 @@ def embed(
     # Longest first, so batches hold similar lengths (little padding) and memory peaks at once, early.
     order = np.argsort([-len(t) for t in texts], kind="stable")
     vectors = np.empty((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc=f"embed {Path(input_path).name}", unit="batch", disable=not progress):
-        rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=length, return_tensors="pt").to(device)
-        states = encoder(**batch).last_hidden_state
-        vectors[rows] = pool(states, batch["attention_mask"], pooling).float().cpu().numpy()
-    table = pa.table(
-        {
-            "row": pa.array(np.arange(len(texts)), pa.int64()),
-            "location": locations,
-            "text": texts,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
-        }
-    )
-    meta = {"model": model_id, "requested_as": model, "pooling": pooling, "max_seq_length": length, "input": str(input_path)}
+    starts = range(0, len(texts), batch_size)
+    shown = show_progress(len(starts), f"embed {Path(input_path).name}", unit="batch") if progress else contextlib.nullcontext()
+    with shown as bar:
+        for start in starts:
+            rows = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=length, return_tensors="pt").to(device)
+            states = encoder(**batch).last_hidden_state
+            vectors[rows] = pool(states, batch["attention_mask"], pooling).float().cpu().numpy()
+            if bar is not None:
+                bar.update(1)
+    columns = {
+        "row": pa.array(np.arange(len(texts)), pa.int64()),
+        "location": locations,
+        "text": texts,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+    }
+    id_name = None
+    if ids is not None:
+        name = id_field or "id"
+        id_name = f"input_{name}" if name in COLUMNS else name
+        columns = {id_name: _id_column(ids), **columns}
+    table = pa.table(columns)
+    meta = {"model": model_id, "requested_as": model, "pooling": pooling, "max_seq_length": length, "input": str(input_path), "id_column": id_name}
     table = table.replace_schema_metadata({"dapt": json.dumps(meta)})
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{output_path}.tmp")

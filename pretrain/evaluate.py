@@ -31,19 +31,19 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from pretrain import base as base_stage
 from pretrain import finetune, quantize, scoring, tapt
-from pretrain.artifacts import ArtifactStore, artifact_id, describe_sources
+from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
 from pretrain.finetune import encode, format_rate, selection_metric
-from pretrain.io import expand_inputs
 from pretrain.logs import get_logger
-from pretrain.tasks import read_task
+from pretrain.tasks import read_task, task_sources
 from pretrain.vocab import load_fast_tokenizer
 
 log = get_logger(__name__)
@@ -54,8 +54,7 @@ INT8_MODELS = ("adapted", "student")
 
 
 def _task_sources(cfg: EvaluateConfig) -> list[dict]:
-    task = cfg.task
-    return describe_sources(expand_inputs(task.train_files) + expand_inputs(task.validation_files) + expand_inputs(task.test_files))
+    return task_sources(cfg.task)
 
 
 def _source_id(model: ModelSource) -> str:
@@ -134,6 +133,7 @@ def best_run(runs: list[dict], metric: str) -> dict:
 
 def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None) -> str:
     """Build (or find) the evaluation artifact; `student` is the distill stage's model, if any; returns its id."""
+    started = time.time()
     aid, inputs, sources = _identity(cfg, base, model, student)
     if store.exists(aid):
         log.info("evaluate %s: already built (cache hit)", aid)
@@ -160,7 +160,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
     notes = list(data.notes)
     int8: dict[str, dict] = {}
     built = 0
-    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models, **runs_in}, sources=sources) as out:
+    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models, **runs_in}, sources=sources, started=started) as out:
         for name, folder in folders.items():
             tokenizer = load_fast_tokenizer(folder)
             segments = configs[name].get("type_vocab_size", 1) > 1  # BERT: yes; RoBERTa, DistilBERT: no

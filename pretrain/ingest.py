@@ -31,13 +31,14 @@ How it scales to corpora larger than memory, on one machine or many:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,15 @@ import pyarrow.parquet as pq
 
 from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_version, source_digest
 from pretrain.clean import COUNTERS, Cleaner
-from pretrain.config import IngestConfig
+from pretrain.config import DatasetSource, IngestConfig
 from pretrain.decontaminate import Decontaminator, Targets, decontaminator, merge
 from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
 from pretrain.formats import SPLITS
+from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
 from pretrain.logs import get_logger
+from pretrain.progress import progress
 from pretrain.shards import report_progress, run_local
 
 log = get_logger(__name__)
@@ -67,6 +70,7 @@ _SCHEMA = pa.schema([("text", pa.string())])
 _WRITE_BATCH = 2048
 _WRITE_BYTES = 8 << 20  # also close a corpus row group at this much text (long documents)
 _PIECE_BATCH = 1024
+_PROGRESS_FILES = 20
 _HINT = " (ingest.on_error: skip skips such records, counts them and goes on)"
 
 
@@ -107,6 +111,7 @@ class IngestPlan:
     settings_key: str
     shards: list[list[Piece]]
     against: Targets | None = None  # the task texts kept out of the corpus (None: decontamination off)
+    started: float = field(default_factory=time.time)  # when the run began: the manifest's duration counts from here
 
     def names(self) -> list[str]:
         return [p.name(self.settings_key) for p in self.pieces]
@@ -155,20 +160,32 @@ def settings_key(cfg: IngestConfig, against: Targets | None = None) -> str:
     return hashlib.sha256(canonical_json([code_version(f"pretrain.{STAGE}"), settings]).encode()).hexdigest()
 
 
-def _sources(cfg: IngestConfig) -> tuple[list[str], list[dict[str, Any]]]:
-    files = expand_sources(cfg.inputs)
-    if not files:
+def _sources(cfg: IngestConfig) -> list[dict[str, Any]]:
+    """Every input, in order: files with their size and sha256, datasets with the hash of their identity."""
+    listed: dict[Any, None] = {}
+    for item in cfg.inputs:
+        for f in [item] if isinstance(item, DatasetSource) else expand_sources([item]):
+            if not isinstance(f, DatasetSource):
+                file_format(f)  # an unsupported type is named now, before any reading
+            listed.setdefault(f, None)
+    if not listed:
         raise InputError(f"ingest.inputs {cfg.inputs} match no file; check the paths and globs")
-    for f in files:
-        file_format(f)  # an unsupported type is named now, before any reading
-    return files, [{"path": f, **source_digest(f)} for f in files]
+    sources = []
+    # Hashing reads every new or changed file once (unchanged ones are remembered): minutes for a large
+    # corpus of many files. A few files are quick, and every plan lists them: no progress lines for those.
+    shown = progress(len(listed), "ingest: hashing the inputs", unit="file") if len(listed) >= _PROGRESS_FILES else contextlib.nullcontext()
+    with shown as bar:
+        for f in listed:
+            sources.append(resolve_dataset(f) if isinstance(f, DatasetSource) else {"path": f, **source_digest(f)})
+            if bar is not None:
+                bar.update(1)
+    return sources
 
 
 def stage_id(cfg: IngestConfig, against: Targets | None = None) -> str:
     """The corpus artifact id for `cfg` (hashes the input files; reads no documents). `against`: the
     task texts to keep out of the corpus (see `make_plan`)."""
-    _, sources = _sources(cfg)
-    return artifact_id(STAGE, id_config(cfg, against), sources=sources)
+    return artifact_id(STAGE, id_config(cfg, against), sources=_sources(cfg))
 
 
 def make_plan(cfg: IngestConfig, store: ArtifactStore, against: Targets | None = None) -> IngestPlan:
@@ -179,8 +196,9 @@ def make_plan(cfg: IngestConfig, store: ArtifactStore, against: Targets | None =
     `decontamination_targets`); documents overlapping them are removed unless
     `ingest.decontaminate.enabled` is false.
     """
+    started = time.time()
     against = against if decontaminating(cfg, against) else None
-    _, sources = _sources(cfg)
+    sources = _sources(cfg)
     shard_bytes = int(cfg.parallel.shard_mb * 2**20)
     pieces: list[Piece] = []
     for source in sources:
@@ -197,7 +215,7 @@ def make_plan(cfg: IngestConfig, store: ArtifactStore, against: Targets | None =
             pieces.append(Piece(path, sha, fmt, compression, 0, None, size))
     aid, key = artifact_id(STAGE, id_config(cfg, against), sources=sources), settings_key(cfg, against)
     if store.exists(aid):
-        return IngestPlan(aid, sources, pieces, key, shards=[], against=against)
+        return IngestPlan(aid, sources, pieces, key, shards=[], against=against, started=started)
     log.info("ingest %s: config %s", aid, cfg.model_dump_json())
     done = store.shards(STAGE).names()
     pending = [p for p in pieces if p.name(key) not in done]
@@ -206,7 +224,7 @@ def make_plan(cfg: IngestConfig, store: ArtifactStore, against: Targets | None =
     if against is not None:
         log.info("ingest: removing documents that overlap %s (%d texts from %s)", against.described(), len(against.texts),
                  ", ".join(f.path for f in against.files))  # fmt: skip
-    return IngestPlan(aid, sources, pieces, key, pack_shards(pending, shard_bytes), against)
+    return IngestPlan(aid, sources, pieces, key, pack_shards(pending, shard_bytes), against, started)
 
 
 def _row_group_pieces(path: str, sha: str, shard_bytes: int) -> list[Piece]:
@@ -267,7 +285,7 @@ def _process_piece(piece: Piece, cfg: IngestConfig, cleaner: Cleaner, signer: Si
                    screen: Decontaminator | None = None) -> dict[str, Any]:  # fmt: skip
     stats = FileStats(piece.source, on_error=cfg.on_error, hint=_HINT)
     spec = RecordSource(piece.source, piece.fmt, piece.compression, piece.start, piece.end, cfg.txt_mode,
-                        cfg.text_field, int(cfg.max_document_mb * 2**20))  # fmt: skip
+                        cfg.text_field, int(cfg.max_document_mb * 2**20), cfg.csv_delimiter)  # fmt: skip
     cleaner.counts = dict.fromkeys(COUNTERS, 0)
     schema = _piece_schema(signer.bands)
     kept = 0
@@ -386,7 +404,7 @@ def assemble(plan: IngestPlan, cfg: IngestConfig, store: ArtifactStore) -> str:
             raise _too_little_left(decontamination, summaries, f"{removed_share:.0%} of them, more than "
                                    f"ingest.decontaminate.max_removed_fraction={cfg.decontaminate.max_removed_fraction}")  # fmt: skip
 
-    with store.build(STAGE, plan.aid, config=manifest_config(cfg), sources=plan.sources) as build:
+    with store.build(STAGE, plan.aid, config=manifest_config(cfg), sources=plan.sources, started=plan.started) as build:
         scratch = build.dir / ".dedup"
         scratch.mkdir()
         bands = lsh_shape(cfg.dedup)[0] if cfg.dedup.near else 0
@@ -507,6 +525,7 @@ def _write_splits(files: list[Path], removed: np.ndarray, validation_fraction: f
     buffered = dict.fromkeys(SPLITS, 0)
     writers = {s: pq.ParquetWriter(folder / f"{s}.parquet", _SCHEMA, compression="zstd") for s in SPLITS}
     position = 0
+    bar = progress(len(files), "ingest: writing train and validation", unit="piece")
     try:
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=_WRITE_BATCH, columns=["text", "words"]):
@@ -529,10 +548,12 @@ def _write_splits(files: list[Path], removed: np.ndarray, validation_fraction: f
                     if len(buffers[split]) >= _WRITE_BATCH or buffered[split] >= _WRITE_BYTES:
                         writers[split].write_table(pa.table({"text": buffers[split]}, schema=_SCHEMA))
                         buffers[split], buffered[split] = [], 0
+            bar.update(1)
         for split in SPLITS:
             if buffers[split]:
                 writers[split].write_table(pa.table({"text": buffers[split]}, schema=_SCHEMA))
     finally:
+        bar.close()
         for writer in writers.values():
             writer.close()
     return kept

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from pretrain.errors import InputError
+from pretrain.hf_datasets import is_source
+from pretrain.hf_datasets import records as dataset_records
 
 FORMATS = {
     ".txt": "txt",
@@ -201,12 +203,16 @@ def open_raw(source: str | os.PathLike) -> BinaryIO:
 
 
 def compression_of(path: str | os.PathLike) -> str | None:
+    if is_source(path):
+        return None
     suffix = Path(str(path)).suffix.lower()
     return COMPRESSIONS.get(suffix)
 
 
 def file_format(path: str | os.PathLike) -> str:
-    """txt, jsonl, csv, tsv, parquet or arrow, from the file name; InputError for anything else."""
+    """txt, jsonl, csv, tsv, parquet or arrow, from the file name (`dataset` for a dataset input); InputError for anything else."""
+    if is_source(path):
+        return "dataset"
     name = Path(str(path))
     suffixes = [s.lower() for s in name.suffixes]
     compressed = bool(suffixes) and suffixes[-1] in COMPRESSIONS
@@ -420,6 +426,22 @@ class RecordSource:
     txt_mode: str = "file"
     text_field: str = "text"
     max_record_bytes: int | None = None
+    delimiter: str | None = None  # CSV/TSV; None: the format's own
+
+
+def csv_delimiter(fmt: str, delimiter: str | None) -> str:
+    """The field separator of a .csv (`,`) or .tsv (tab) file, unless one is configured."""
+    return delimiter or ("\t" if fmt == "tsv" else ",")
+
+
+def delimiter_hint(columns: list, setting: str) -> str:
+    """A hint when a CSV header read as one column holds another likely separator (`document;category`)."""
+    if len(columns) == 1 and isinstance(columns[0], str):
+        found = [d for d in (";", "\t", "|", ",") if d in columns[0]]
+        if found:
+            shown = "\\t" if found[0] == "\t" else found[0]
+            return f'; the header reads as one column holding {found[0]!r}: if that separates the fields, set {setting}: "{shown}"'
+    return ""
 
 
 def iter_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
@@ -430,9 +452,9 @@ def iter_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
     skipped under on_error: skip. A file that is not text is skipped (stats.skipped says why).
     """
     readers = {"txt": _txt_texts, "jsonl": _jsonl_texts, "csv": _csv_texts, "tsv": _csv_texts,
-               "parquet": _parquet_texts, "arrow": _arrow_texts}  # fmt: skip
+               "parquet": _parquet_texts, "arrow": _arrow_texts, "dataset": _dataset_texts}  # fmt: skip
     try:
-        if spec.fmt not in COLUMNAR:
+        if spec.fmt not in COLUMNAR and spec.fmt != "dataset":
             why = sniff_binary(spec.source, spec.compression)
             if why:
                 stats.skipped = why
@@ -557,12 +579,13 @@ def _csv_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
     lines = Lines(spec.source, stats, spec.compression, max_line_bytes=spec.max_record_bytes)
     # strict: an unterminated quote is an error at the end of the file, not one record swallowing the rest.
     reader = csv.DictReader((line for _, line in lines(_line_limit(spec, stats, lines))),
-                            delimiter="\t" if spec.fmt == "tsv" else ",", strict=True)  # fmt: skip
+                            delimiter=csv_delimiter(spec.fmt, spec.delimiter), strict=True)  # fmt: skip
     start = 1
     try:
         if reader.fieldnames is not None and spec.text_field not in reader.fieldnames:
             columns = ", ".join(map(repr, reader.fieldnames[:12]))
-            stats.problem(f"{spec.source}:1: no column {spec.text_field!r} (columns: {columns}); set ingest.text_field")
+            hint = delimiter_hint(reader.fieldnames, "ingest.csv_delimiter")
+            stats.problem(f"{spec.source}:1: no column {spec.text_field!r} (columns: {columns}); set ingest.text_field{hint}")
             return
         start = reader.line_num + 1
         for record in reader:
@@ -570,6 +593,17 @@ def _csv_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
             start = reader.line_num + 1
     except csv.Error as e:
         stats.problem(csv_error(spec.source, e, start, reader.line_num))
+
+
+def _dataset_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
+    for location, record in dataset_records(spec.source, columns=[spec.text_field]):
+        text = _text_of(record, spec.text_field, lambda: location, stats)
+        if text is _MISSING:
+            return  # every record of a dataset has the same columns: the rest would fail the same way
+        if text is not None and spec.max_record_bytes and len(text) > spec.max_record_bytes:
+            stats.problem(f"{location}: document longer than ingest.max_document_mb ({spec.max_record_bytes / 2**20:g} MiB)")
+            continue
+        yield text
 
 
 def _columnar_texts(batches: Iterator, spec: RecordSource, stats: FileStats, row: int) -> Iterator[str | None]:
@@ -653,9 +687,18 @@ def _arrow_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
 
 
 def read_records(
-    path: str | os.PathLike, stats: FileStats | None = None, txt_mode: str = "file", text_field: str = "text"
+    path: str | os.PathLike, stats: FileStats | None = None, txt_mode: str = "file", text_field: str = "text",
+    delimiter: str | None = None, columns: list[str] | None = None,
 ) -> Iterator[tuple[str, dict]]:
-    """Yield (location, record) from one file, every field kept. Text files give records {text_field: ...}."""
+    """Yield (location, record) from one file, every field kept. Text files give records {text_field: ...}.
+
+    Locations are physical lines (`file:7`, where a CSV record starts, however many lines it spans),
+    `file:row N` in Parquet, `dataset NAME (split S) record N` for a dataset input. `columns`: a Parquet
+    file or dataset reads only those, when it has them all (else every column, for the error to list).
+    """
+    if is_source(path):
+        yield from dataset_records(path, columns)
+        return
     stats = stats or FileStats(str(path))
     fmt = file_format(path)
     compression = compression_of(path)
@@ -677,18 +720,7 @@ def read_records(
                 yield f"{path}:{k}", record
         return
     if fmt in ("csv", "tsv"):
-        csv.field_size_limit(sys.maxsize)
-        reader = csv.DictReader(text_lines(path, stats), delimiter="\t" if fmt == "tsv" else ",", strict=True)
-        start = 1
-        try:
-            if reader.fieldnames is not None:  # reads the header: records start on the next line
-                start = reader.line_num + 1
-            for record in reader:
-                stats.records += 1
-                yield f"{path}:{reader.line_num}", record
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise InputError(csv_error(str(path), e, start, reader.line_num)) from None
+        yield from _csv_records(path, stats, csv_delimiter(fmt, delimiter))
         return
     import pyarrow.parquet as pq
 
@@ -698,19 +730,44 @@ def read_records(
         parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    names = parquet.schema_arrow.names
+    wanted = columns if columns and all(c in names for c in columns) else None
     row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
+    for batch in parquet.iter_batches(batch_size=4096, columns=wanted):
         for record in batch.to_pylist():
             row += 1
             stats.records += 1
             yield f"{path}:row {row}", record
 
 
+def _csv_records(path: str | os.PathLike, stats: FileStats, delimiter: str) -> Iterator[tuple[str, dict]]:
+    """Records of a CSV/TSV file under its header, each located at the physical line it starts on."""
+    csv.field_size_limit(sys.maxsize)
+    # strict: an unterminated quote is an error at the end of the file, not one record swallowing the rest.
+    reader = csv.reader(text_lines(path, stats), delimiter=delimiter, strict=True)
+    start = 1
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        start = reader.line_num + 1  # where the next record starts (the line an error in it names)
+        for row in reader:
+            first, start = start, reader.line_num + 1
+            if not row:  # a blank line
+                continue
+            stats.records += 1
+            # As csv.DictReader: a missing value is None; values beyond the header are ignored.
+            yield f"{path}:{first}", {name: row[i] if i < len(row) else None for i, name in enumerate(header)}
+    except csv.Error as e:
+        raise InputError(csv_error(str(path), e, start, reader.line_num)) from None
+
+
 def field_text(record: dict, field: str, location: str, key: str, numbers_ok: bool = False) -> str | None:
     """The string in `record[field]`, None for null; a clear error naming the config `key` otherwise."""
     if field not in record:
         fields = ", ".join(map(repr, list(record)[:12])) or "none"
-        raise InputError(f"{location}: no field {field!r} (fields here: {fields}); set {key} to the field that holds it")
+        hint = delimiter_hint(list(record), key.rsplit(".", 1)[0] + ".csv_delimiter") if "." in key else ""
+        raise InputError(f"{location}: no field {field!r} (fields here: {fields}); set {key} to the field that holds it{hint}")
     value = record[field]
     if value is None or isinstance(value, str):
         return value

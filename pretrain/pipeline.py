@@ -17,7 +17,7 @@ from pretrain.config import PipelineConfig, TaskConfig, load_config
 from pretrain.decontaminate import Targets, TaskFile
 from pretrain.errors import UserError
 from pretrain.io import expand_inputs
-from pretrain.logs import setup_logging
+from pretrain.logs import is_main_process, setup_logging
 from pretrain.tasks import read_split
 
 STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
@@ -127,6 +127,23 @@ def plan(cfg: PipelineConfig, until: str = STAGES[-1]) -> dict[str, str]:
     return ids
 
 
+def preflight(cfg: PipelineConfig) -> list[str]:
+    """The checks that read data, run before any stage: the task files are read (never tokenised) and
+    checked as the evaluate stage will (fields, labels against `task.labels`, one class only, test
+    labels never seen in train), so a bad task file fails in seconds instead of after pretraining.
+
+    Returns what the user should know (suspicious settings, fixes the task data needs, the task's
+    size), one line each; raises InputError naming every problem.
+    """
+    from pretrain.config import config_warnings
+    from pretrain.tasks import read_task
+
+    data = read_task(cfg.evaluate.task, cfg.evaluate.validation_fraction, log_notes=False)
+    lines = [f"warning: {w}" for w in config_warnings(cfg)]
+    lines += [f"warning: evaluate.task: {note}" for note in data.notes]
+    return lines + [data.describe(cfg.evaluate.task.name)]
+
+
 def input_ids(stage: str, cfg: PipelineConfig, store: ArtifactStore, how_to_build: str = "`dapt run`") -> dict[str, str]:
     """The ids of the stages before `stage`, checking that the artifacts it reads are in the store.
 
@@ -155,6 +172,9 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, args.overrides)
         if not enabled(stage, cfg):
             raise UserError(f"{stage} is off: {args.config} has no `{SECTIONS[stage]}` section")
+        lines = preflight(cfg)  # a bad task file fails now, not after the stages before evaluate
+        if is_main_process():
+            print("\n".join(lines), file=sys.stderr)
         store = ArtifactStore(cfg.store)
         ids = input_ids(stage, cfg, store, how_to_build=f"`python -m pretrain.{{first}} --config {args.config}`, or the whole chain: `dapt run {args.config}`")
         print(run_stage(stage, cfg, store, ids))

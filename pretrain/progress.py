@@ -57,12 +57,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _scaled(value: float, unit: str) -> str:
+    """`value` with an SI prefix: 950 B, 12.3 MB, 1.02 GB."""
+    for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
 class Progress:
     """`update(n)`, `set_postfix(**figures)`, `close()`; also a context manager."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0,
                  log_every_s: float | None = None, unit_scale: bool = False):  # fmt: skip
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.unit_scale = unit_scale
         self.postfix: dict[str, Any] = {}
         shown = mode() if is_main_process() else "off"
         self._bar = None
@@ -93,10 +102,15 @@ class Progress:
         """`desc: n/total unit (pct), rate, time left, figures`: what a log line says."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rate = (self.n - self._initial) / elapsed
-        parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
+        if self.unit_scale:  # bytes and the like: 12.3 MB/1.02 GB, 7.5 MB/s
+            parts = [f"{self.desc}: {_scaled(self.n, self.unit)}" + (f"/{_scaled(self.total, self.unit)}" if self.total else "")]
+            speed = f"{_scaled(rate, self.unit)}/s"
+        else:
+            parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
+            speed = f"{rate:.3g} {self.unit}/s"
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-        parts.append(f"{rate:.3g} {self.unit}/s")
+        parts.append(speed)
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"about {_duration((self.total - self.n) / rate)} left")
         elif self.n >= (self.total or math.inf):

@@ -36,12 +36,14 @@ from typing import Any
 from pretrain.artifacts import ID_PATTERN, MANIFEST, ArtifactStore, check_id
 from pretrain.errors import InputError, UserError
 from pretrain.logs import get_logger
+from pretrain.progress import progress
 
 log = get_logger(__name__)
 
 ALIASES = ".aliases"
 RUNS = ".runs"
 ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+ID_PREFIX = re.compile(r"[a-z]-[0-9a-f]{3,19}")
 
 
 def _now() -> str:
@@ -175,7 +177,8 @@ def _unknown_alias(store: ArtifactStore, alias: str) -> str:
 
 
 def resolve(store: ArtifactStore, name: str) -> str:
-    """The artifact id `name` stands for: an id in the store, or the id an alias points at."""
+    """The artifact id `name` stands for: an id in the store, the id an alias points at, or the one id
+    that starts with `name` (`m-65e1`: at least 3 hex digits; a start several ids share is an error listing them)."""
     if ID_PATTERN.fullmatch(name):
         store.manifest(name)  # raises when it is not in the store (naming it, and how to list them)
         return name
@@ -186,6 +189,13 @@ def resolve(store: ArtifactStore, name: str) -> str:
         )
     current = _current(store, name)
     if current is None:
+        if ID_PREFIX.fullmatch(name):
+            matches = [aid for aid in store.ids() if aid.startswith(name)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+                raise InputError(f"{name!r} is the start of {len(matches)} artifact ids ({shown}); give more of the id")
         if re.match(r"[a-z]-", name):  # meant as an id, mistyped: say so rather than "no such alias"
             raise InputError(f"artifact {name} is not in the store {store.url} (`dapt artifacts list --store {store.url}` shows what is)")
         raise InputError(_unknown_alias(store, name))
@@ -215,21 +225,24 @@ def verify(store: ArtifactStore, aid: str) -> list[str]:
     manifest = store.manifest(aid)
     folder = f"{store.root}/{aid}"
     problems = []
-    for name, meta in sorted(manifest["files"].items()):
-        path = f"{folder}/{name}"
-        digest, size = hashlib.sha256(), 0
-        try:
-            with store.fs.open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-        except FileNotFoundError:
-            problems.append(f"{name}: missing")
-            continue
-        if size != meta["size"]:
-            problems.append(f"{name}: {size:,} bytes, the manifest says {meta['size']:,}")
-        elif digest.hexdigest() != meta["sha256"]:
-            problems.append(f"{name}: sha256 {digest.hexdigest()[:16]}…, the manifest says {meta['sha256'][:16]}…")
+    total = sum(meta["size"] for meta in manifest["files"].values())
+    with progress(total, f"verify {aid}", unit="B", unit_scale=True) as bar:  # a model or corpus: GBs to re-hash
+        for name, meta in sorted(manifest["files"].items()):
+            path = f"{folder}/{name}"
+            digest, size = hashlib.sha256(), 0
+            try:
+                with store.fs.open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        bar.update(len(chunk))
+            except FileNotFoundError:
+                problems.append(f"{name}: missing")
+                continue
+            if size != meta["size"]:
+                problems.append(f"{name}: {size:,} bytes, the manifest says {meta['size']:,}")
+            elif digest.hexdigest() != meta["sha256"]:
+                problems.append(f"{name}: sha256 {digest.hexdigest()[:16]}…, the manifest says {meta['sha256'][:16]}…")
     listed = set(manifest["files"]) | {MANIFEST}
     present = {p[len(folder) + 1 :] for p in store.fs.find(folder)}
     problems += [f"{name}: not in the manifest" for name in sorted(present - listed)]
@@ -262,8 +275,8 @@ def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) 
     Kept: what an alias points at now; every artifact of the last `keep_runs` recorded pipeline runs;
     everything those were built from (lineage); the evaluation and report artifacts whose inputs are
     all kept (the evidence a model card quotes), with an evaluation's fine-tuning runs (`f-`); and
-    anything younger than `keep_hours`, which a
-    pipeline still running may be about to use before it records its run.
+    anything younger than `keep_hours`, which a pipeline still running may be about to use before it
+    records its run. `why` gives the reason for every kept artifact (`roots`: those kept for themselves).
     """
     manifests = {aid: store.manifest(aid) for aid in store.ids()}
     reasons: dict[str, str] = {}
@@ -289,12 +302,28 @@ def gc_plan(store: ArtifactStore, keep_runs: int = 5, keep_hours: float = 24.0) 
     return {
         "keep": sorted(keep),
         "roots": reasons,
+        "why": _why_kept(reasons, keep, manifests),
         "young": sorted(young),
         "delete": delete,
         "delete_bytes": sum(sizes[aid] for aid in delete),
         "sizes": sizes,
         "runs_recorded": len(recorded),
     }
+
+
+def _why_kept(roots: dict[str, str], keep: set[str], manifests: dict[str, dict]) -> dict[str, str]:
+    """A reason for every kept artifact: its own (an alias, a recent run), input of a kept one, or evidence."""
+    why = {aid: reason for aid, reason in roots.items() if aid in manifests}
+    queue = list(why)
+    while queue:  # breadth first: each input is explained by the nearest kept artifact that used it
+        aid = queue.pop(0)
+        for role, child in manifests[aid].get("inputs", {}).items():
+            if child in manifests and child not in why:
+                why[child] = f"{role} input of {aid}"
+                queue.append(child)
+    for aid in sorted(keep - set(why)):
+        why[aid] = f"{manifests[aid]['stage']} of kept artifacts only (the evidence a model card quotes)"
+    return why
 
 
 def delete_artifact(store: ArtifactStore, aid: str) -> None:

@@ -14,6 +14,7 @@ store alone.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,30 @@ def _colors(names: list[str]) -> dict[str, str]:
     return {name: fixed.get(name) or next(others) for name in names}
 
 
-def plot_curve(curve: list[dict], path: Path, title: str = "") -> None:
+def plot_curve(curve: list[dict], path: Path, title: str = "", objective: str | None = None,
+               teacher_perplexity: float | None = None) -> None:  # fmt: skip
+    """Training loss and validation perplexity over steps.
+
+    `objective`: what `loss` is when it is not the masked-LM loss (distillation's weighted sum); its
+    masked-LM part (`mlm_loss`) is then drawn too, comparable with pretraining's. `teacher_perplexity`:
+    a reference line on the perplexity panel.
+    """
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     train = [p for p in curve if "loss" in p]
-    left.plot([p["step"] for p in train], [p["loss"] for p in train], marker=".")
+    steps = [p["step"] for p in train]
+    left.plot(steps, [p["loss"] for p in train], marker=".", label=objective or "masked-LM loss")
+    if objective is not None and all("mlm_loss" in p for p in train):
+        left.plot(steps, [p["mlm_loss"] for p in train], marker=".", color="C2", label="its masked-LM cross-entropy")
+    if objective is not None:
+        left.legend(fontsize=8)
     left.set(xlabel="optimizer step", ylabel="training loss", title=f"{title}training loss")
     validation = [p for p in curve if "validation_perplexity" in p]
-    right.plot([p["step"] for p in validation], [p["validation_perplexity"] for p in validation], marker="o", color="C1")
+    right.plot([p["step"] for p in validation], [p["validation_perplexity"] for p in validation], marker="o", color="C1",
+               label="student" if teacher_perplexity is not None else None)  # fmt: skip
+    if teacher_perplexity is not None:
+        right.axhline(teacher_perplexity, color="black", linestyle="--", linewidth=1, label=f"teacher ({teacher_perplexity:,.1f})")
+        right.legend(fontsize=8)
     right.set(xlabel="optimizer step", ylabel="perplexity (log scale)", title=f"{title}validation perplexity", yscale="log")
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -144,13 +161,19 @@ def plot_comparison(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def class_order(results: dict, labels: list[str] | None = None) -> list[str]:
+    """The classes (or `labels`) as every table and plot of the report shows them: most test examples first, then by name."""
+    per_class = results["models"]["base"]["per_class"]
+    return sorted(per_class if labels is None else labels, key=lambda c: (-per_class.get(c, {}).get("support", 0), c))
+
+
 def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
-    """Test F1 per class (mean over seeds, ± std), most frequent classes on top."""
+    """Test F1 per class (mean over seeds, ± std), in `class_order` (most frequent on top)."""
     plt = _pyplot()
     names = list(results["models"])
     colors = _colors(names)
     per_class = {name: results["models"][name]["per_class"] for name in names}
-    classes = sorted(per_class["base"], key=lambda c: -per_class["base"][c]["support"])[:limit]
+    classes = class_order(results)[:limit]
     height = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.22 * len(classes) * len(names) + 0.3 * len(classes)))
     for j, name in enumerate(names):
@@ -195,12 +218,15 @@ def plot_confusion(results: dict, path: Path, name: str = "adapted", limit: int 
         columns, xlabel = labels, "predicted"
         shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
         colorbar = "share of the true class (row)"
-    if len(labels) > limit:  # the most frequent classes only, or the plot is unreadable
-        keep = np.argsort(-matrix.sum(1), kind="stable")[:limit]
-        labels = [labels[i] for i in keep]
-        matrix, shares = matrix[keep], shares[keep]
-        if "per_label" not in confusion:
-            matrix, shares, columns = matrix[:, keep], shares[:, keep], labels
+    per_class = results["models"]["base"]["per_class"]
+    if any(label in per_class for label in labels):  # the F1 plot's order: most test examples first
+        keep = np.array([labels.index(c) for c in class_order(results, labels)][:limit], dtype=int)
+    else:  # tags of a token task (F1 is per entity type): their own order, the most frequent if cut
+        keep = np.sort(np.argsort(-matrix.sum(1), kind="stable")[:limit])
+    labels = [labels[i] for i in keep]
+    matrix, shares = matrix[keep], shares[keep]
+    if "per_label" not in confusion:
+        matrix, shares, columns = matrix[:, keep], shares[:, keep], labels
     size = max(4.5, 0.5 * len(columns) + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.2, max(3.5, 0.45 * len(labels) + 1.8)))
     image = ax.imshow(np.clip(shares, 0, 1), cmap="Blues", vmin=0, vmax=1, aspect="auto")
@@ -303,7 +329,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "| --- " * (len(names) + 3) + "|",
     ]
     per_class = {n: results["models"][n]["per_class"] for n in names}
-    for cls in sorted(per_class["base"], key=lambda k: -per_class["base"][k]["support"]):
+    for cls in class_order(results):
         delta = per_class["adapted"][cls]["f1_mean"] - per_class["base"][cls]["f1_mean"]
         lines.append(
             f"| {cls} | {per_class['base'][cls]['support']:,} | "
@@ -341,8 +367,8 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "## Corpus and vocabulary",
         "",
         f"- {corpus['documents']:,} documents ({corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), "
-        f"{corpus['bytes'] / 1e6:.1f} MB, {corpus['words']:,} words; removed {corpus['duplicates_removed']:,} exact duplicates, "
-        f"{corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
+        f"{corpus['bytes'] / 1e6:.1f} MB, {corpus['words']:,} words; removed {corpus['duplicates_removed']:,} exact and "
+        f"{corpus.get('near_duplicates_removed', 0):,} near duplicates, {corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
         f"- Decontamination: {decontamination_sentence(manifests['ingest'])}",
         f"- Fertility on validation (tokens per word): base tokenizer {vocab['fertility_base']:.3f}, domain WordPiece "
         f"({vocab['domain_vocab_size']:,}) {vocab['fertility_domain']:.3f}. The model trains with: `{vocab['mode']}`.",
@@ -465,13 +491,14 @@ def stage_id(cfg: None, **ids: str) -> str:
 
 def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
     """Build (or find) the report artifact from the run's artifact ids, one per role in ROLES (distill optional)."""
+    started = time.time()
     ids = {role: ids[role] for role in ROLES if role in ids}
     aid = stage_id(cfg, **ids)
     if store.exists(aid):
         log.info("report %s: already built (cache hit)", aid)
         return aid
     results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
-    with store.build(STAGE, aid, config={}, inputs=ids) as build:
+    with store.build(STAGE, aid, config={}, inputs=ids, started=started) as build:
         plot_comparison(results, build.dir / "comparison.png")
         plot_per_class(results, build.dir / "per_class_f1.png")
         plot_confusion(results, build.dir / "confusion_matrix.png")
@@ -483,7 +510,11 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
             plot_curve(curve, build.dir / "tapt_curve.png", title="TAPT: ")
         if "distill" in ids:
             curve = json.loads((store.local_dir(ids["distill"]) / "curve.json").read_text())
-            plot_curve(curve, build.dir / "distill_curve.png", title="Distillation: ")
+            distill = store.manifest(ids["distill"])
+            c = distill["config"]
+            objective = f"objective: {c['alpha_distill']:g}·T²·KL + {c['alpha_mlm']:g}·MLM (T = {c['temperature']:g})"
+            plot_curve(curve, build.dir / "distill_curve.png", title="Distillation: ", objective=objective,
+                       teacher_perplexity=distill["metrics"].get("validation_perplexity_teacher"))  # fmt: skip
         plot_fertility(store.manifest(ids["vocab"])["metrics"], build.dir / "fertility.png")
         figures = sorted(p.name for p in build.dir.glob("*.png"))
         (build.dir / "report.md").write_text(render(store, ids, figures))

@@ -1,4 +1,5 @@
-"""Running shard tasks on this machine's cores, with a progress bar in MB/s.
+"""Running shard tasks on this machine's cores, with progress in MB/s (pretrain.progress: a bar on a
+terminal, a log line every 30 s elsewhere).
 
 The ingest and tokens stages cut their work into shards; run alone (`python -m pretrain.ingest`) they
 run them here: in a pool of worker processes (spawned: each imports only what its shards need), or in
@@ -15,6 +16,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from pretrain.logs import setup_logging
+from pretrain.progress import Progress, progress
 
 # Less input than this is processed in this process: starting worker processes (each importing the
 # libraries) would cost more than it saves.
@@ -40,11 +42,9 @@ def progress_to(callback: Callable[[int], None]) -> Iterator[None]:
         _progress = previous
 
 
-def progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    # disable=None: shown on a terminal, silent in logs and CI
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None, dynamic_ncols=True, mininterval=0.5)
+def progress_bar(total: int, desc: str) -> Progress:
+    """Progress of `total` bytes of input."""
+    return progress(total, desc, unit="B", unit_scale=True)
 
 
 def in_process(workers: int | None, total_bytes: int, shards: int) -> bool:

@@ -1,5 +1,5 @@
-"""What a run and its stages did, as tables and text: key figures per stage, the stage table, the
-comparison of models, and the Markdown page of one stage's artifact.
+"""What a run and its stages did, as tables and text: key figures per stage, the stage table of one
+stage's artifact, and the comparison of models.
 
 Everything here is read from artifacts (manifests, `results.json`), so the same summaries come out of
 the `dapt` CLI, the Prefect flows (their artifacts in the UI) and the report stage.
@@ -24,20 +24,22 @@ def key_figures(manifest: dict) -> str:
         return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
     if stage == "ingest":
         share = 100 * m["train_documents"] / m["documents"]
+        near = m.get("near_duplicates_removed", 0)
         overlap = f"{m['decontamination']['removed']:,} overlapping {manifest['decontamination']['against']} removed, " if "decontamination" in m else ""
         return (
-            f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB, {m['duplicates_removed']:,} exact duplicates removed, "
-            f"{m['empty_removed'] + m['short_removed']:,} filtered, {overlap}{share:.0f}/{100 - share:.0f} train/validation"
+            f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB; removed {m['duplicates_removed']:,} exact and {near:,} near duplicates, "
+            f"{overlap}{m['empty_removed'] + m['short_removed']:,} filtered; {share:.0f}/{100 - share:.0f} train/validation"
         )
     if stage == "vocab":
-        line = (
-            f"{m['base_vocab_size']:,} -> domain WordPiece {m['domain_vocab_size']:,}; fertility base "
-            f"{m['fertility_base']:.2f} -> domain {m['fertility_domain']:.2f} tokens/word (mode {m['mode']})"
-        )
+        # Short enough for a table cell: what the model trains with first, then the domain vocabulary's fit.
+        domain = f"domain WordPiece {m['domain_vocab_size']:,}: {m['fertility_domain']:.2f}"
         if m["mode"] != "keep" and "fertility_model" in m:
-            added = f"{m['added_tokens']:,} pieces added, " if "added_tokens" in m else ""
-            line += f"; model {m['model_vocab_size']:,}: {added}{m['fertility_model']:.2f} tokens/word, {m['sequence_saving_percent']:.1f}% shorter"
-        return line
+            added = f" (+{m['added_tokens']:,})" if "added_tokens" in m else ""
+            return (
+                f"{m['mode']}: {m['model_vocab_size']:,} tokens{added}, {m['fertility_model']:.2f} tokens/word, "
+                f"{m['sequence_saving_percent']:.1f}% shorter (base {m['fertility_base']:.2f}; {domain})"
+            )
+        return f"{m['mode']}: base {m['base_vocab_size']:,} tokens, {m['fertility_base']:.2f} tokens/word ({domain})"
     if stage == "tokens":
         return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
     if stage == "pretrain":
@@ -213,40 +215,6 @@ def stage_table(manifest: dict, cached: bool, seconds: float) -> list[dict]:
         {"field": "key figures", "value": key_figures(manifest)},
     ]
     return rows + [{"field": name, "value": value} for name, value in scalar_metrics(manifest).items()]
-
-
-def stage_markdown(manifest: dict, cached: bool, seconds: float, location: str) -> str:
-    """One stage's artifact as a Markdown page: key figures, inputs (raw files with their sha256),
-    outputs (each file's size and sha256) and metrics. `location`: the artifact's folder."""
-    aid, stage, files = manifest["id"], manifest["stage"], manifest["files"]
-    inputs = manifest.get("inputs", {})
-    sources = manifest.get("sources", [])
-    metrics = scalar_metrics(manifest)
-    lines = [
-        f"# {stage} `{aid}` ({'cache hit' if cached else 'built'}, {seconds:.1f} s)",
-        "",
-        key_figures(manifest),
-        "",
-        f"Folder: `{location}`; created {manifest['created']}, {manifest.get('duration_s', 0):.1f} s to build.",
-        "",
-        "## Inputs",
-        "",
-        *([f"- {role}: `{i}`" for role, i in inputs.items()] or ["- (none)"]),
-        *[f"- file `{s['path']}` sha256:{s['sha256'][:12]} {s['size']:,} B" for s in sources[:20]],
-        *([f"- ... and {len(sources) - 20} more files"] if len(sources) > 20 else []),
-        "",
-        "## Outputs",
-        "",
-        "| file | bytes | sha256 |",
-        "| --- | ---: | --- |",
-        *[f"| `{name}` | {meta['size']:,} | {meta['sha256'][:12]} |" for name, meta in list(files.items())[:40]],
-        *([f"| ... {len(files) - 40} more | | |"] if len(files) > 40 else []),
-        "",
-        "## Metrics",
-        "",
-        *([f"- {name}: {value}" for name, value in metrics.items()] or ["(none)"]),
-    ]
-    return "\n".join(lines)
 
 
 def scalar_metrics(manifest: dict) -> dict[str, Any]:

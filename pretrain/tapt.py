@@ -21,7 +21,7 @@ from pretrain.config import BaseModelConfig, IngestConfig, TaptConfig, TaskConfi
 from pretrain.errors import UserError
 from pretrain.io import expand_inputs
 from pretrain.logs import get_logger
-from pretrain.tasks import RECORD_FORMATS, file_format_or_none, read_split
+from pretrain.tasks import RECORD_FORMATS, file_format_or_none, hold_out_test, read_split
 
 log = get_logger(__name__)
 
@@ -52,14 +52,17 @@ def build(cfg: TaptConfig, task: TaskConfig, store: ArtifactStore, *, base: str,
 
 def _corpus(cfg: TaptConfig, task: TaskConfig, store: ArtifactStore) -> str:
     """The task's train text as a corpus artifact, without labels."""
-    plain = task.type != "token" and task.text_pair_field is None and all(
-        file_format_or_none(p) in RECORD_FORMATS + ("csv", "tsv") for p in expand_inputs(task.train_files)
-    )
+    # With test_fraction the test split is part of the train files: it must not be pretrained on.
+    plain = task.type != "token" and task.text_pair_field is None and task.test_fraction is None and all(
+        isinstance(p, str) for p in task.train_files
+    ) and all(file_format_or_none(p) in RECORD_FORMATS + ("csv", "tsv") for p in expand_inputs(task.train_files))
     settings = {"min_words": 1, "validation_fraction": cfg.validation_fraction}
     if plain:  # ingest reads the task files itself: the corpus' lineage names them
-        return ingest.run(IngestConfig(inputs=task.train_files, text_field=task.text_field, **settings), store)
+        return ingest.run(IngestConfig(inputs=task.train_files, text_field=task.text_field, csv_delimiter=task.csv_delimiter, **settings), store)
     # Word lists and sentence pairs become one document per example.
     rows = read_split(task, task.train_files, "train_files", notes=[])
+    if task.test_fraction is not None:
+        rows = hold_out_test(task, rows, notes=[])[0]
     if task.type == "token":
         texts = [" ".join(words) for words in rows.texts]
     elif rows.pairs is not None:

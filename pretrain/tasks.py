@@ -1,7 +1,7 @@
 """Downstream task data: read the labelled splits, check them, hold out validation, encode for a model.
 
-Classification rows come from JSONL/CSV/TSV/Parquet (a text column, optionally a second text column for
-sentence pairs, and a label column). Token tasks come from CoNLL files (one word per line, the tag in a
+Classification rows come from JSONL/CSV/TSV/Parquet or a Hugging Face dataset (a text column,
+optionally a second text column for sentence pairs, and a label column). Token tasks come from CoNLL files (one word per line, the tag in a
 column, a blank line between sentences, `-DOCSTART-` lines skipped) or JSONL/Parquet rows holding a
 list of words and a list of tags.
 
@@ -9,18 +9,27 @@ Every problem in the data is an InputError naming the file and line, or a warned
 ends up in `results.json` (`notes`): empty texts are dropped, a stratified validation split that is
 impossible falls back to a random one. What could make a metric silently wrong is an error: a label
 outside `task.labels`, a test label never seen in train, a word without a tag.
+
+`read_task` is also what `dapt plan`, `dapt run` and a stage run alone call before any stage runs
+(`pretrain.pipeline.preflight`): it reads the files (every row, texts included, since empty texts are
+dropped and counted) and never tokenises, so a bad task file fails in seconds, not after pretraining.
+With `test_fraction` and no test files, the test split is held out of train here (`hold_out_test`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pretrain.config import TaskConfig, is_bio_tag
+from pretrain.artifacts import describe_sources
+from pretrain.config import DatasetSource, TaskConfig, is_bio_tag
 from pretrain.errors import InputError
+from pretrain.hf_datasets import resolve as resolve_dataset
 from pretrain.io import FileStats, check_not_binary, expand_inputs, field_text, file_format, read_records, text_lines
 from pretrain.logs import get_logger
 
@@ -58,6 +67,13 @@ class TaskData:
     validation_from: str
     notes: list[str] = field(default_factory=list)
 
+    def describe(self, name: str) -> str:
+        """`task NAME: single_label, 3 labels; 135 train, 15 validation (...), 60 test examples`."""
+        return (
+            f"task {name}: {self.kind}, {len(self.labels)} labels; {len(self.train):,} train, {len(self.validation):,} "
+            f"validation ({self.validation_from}), {len(self.test):,} test examples"
+        )
+
     def gold(self, split: str):
         """The split's labels in the form `pretrain.scoring` takes."""
         rows = getattr(self, split)
@@ -72,30 +88,72 @@ class TaskData:
         return [list(tags) for tags in rows.labels]
 
 
-def read_task(cfg: TaskConfig, validation_fraction: float) -> TaskData:
-    """Read and check every split; hold out validation from train when no validation files are given."""
+def read_task(cfg: TaskConfig, validation_fraction: float, log_notes: bool = True) -> TaskData:
+    """Read and check every split; hold out test (with `test_fraction`) and validation from train when not given.
+
+    Problems in several files are raised together, one InputError listing each. The fixes made
+    (`notes`) are logged as warnings unless `log_notes` is false (the caller shows them).
+    """
     notes: list[str] = []
-    train = read_split(cfg, cfg.train_files, "train_files", notes)
-    test = read_split(cfg, cfg.test_files, "test_files", notes)
-    given = read_split(cfg, cfg.validation_files, "validation_files", notes) if cfg.validation_files else None
+    problems: list[str] = []
+
+    def read(patterns: list, key: str) -> Split | None:
+        try:
+            return read_split(cfg, patterns, key, notes) if patterns else None
+        except InputError as e:
+            problems.append(str(e))
+            return None
+
+    train = read(cfg.train_files, "train_files")
+    test = read(cfg.test_files, "test_files")
+    given = read(cfg.validation_files, "validation_files")
+    problems = list(dict.fromkeys(problems))  # one file given as two splits: its problem once
+    if problems:
+        raise InputError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    assert train is not None
+    if test is None:
+        train, test = hold_out_test(cfg, train, notes)
     labels = label_set(cfg, {"train_files": train, "validation_files": given, "test_files": test}, notes)
     if given is not None:
         validation, validation_from = given, "validation_files"
     else:
         train, validation, validation_from = hold_out(cfg, train, validation_fraction, notes)
-    for note in notes:
-        log.warning("evaluate: %s", note)
+    if log_notes:
+        for note in notes:
+            log.warning("evaluate: %s", note)
     return TaskData(cfg.type, labels, train, validation, test, validation_from, notes)
 
 
-def read_split(cfg: TaskConfig, patterns: list[str], key: str, notes: list[str]) -> Split:
-    files = expand_inputs(patterns)
+def split_sources(patterns: list) -> list:
+    """The files (Paths) and datasets (source strings) of a split's entries, in order."""
+    found: list = []
+    for item in patterns:
+        if isinstance(item, DatasetSource):
+            found.append(resolve_dataset(item)["path"])  # pinned: the commit the id hashes
+        else:
+            found += [f for f in expand_inputs([item]) if f not in found]
+    return found
+
+
+def task_sources(cfg: TaskConfig) -> list[dict[str, Any]]:
+    """What the task's artifact ids hash: every file's size and sha256, every dataset's identity."""
+    sources = []
+    for item in [*cfg.train_files, *cfg.validation_files, *cfg.test_files]:
+        if isinstance(item, DatasetSource):
+            sources.append(resolve_dataset(item))
+        else:
+            sources += describe_sources(expand_inputs([item]))
+    return sources
+
+
+def read_split(cfg: TaskConfig, patterns: list, key: str, notes: list[str]) -> Split:
+    files = split_sources(patterns)
     if not files:
         raise InputError(f"evaluate.task.{key}: {patterns} match no file")
     split = Split(pairs=[] if cfg.text_pair_field else None)
     dropped = 0
     for path in files:
-        if cfg.type == "token" and file_format_or_none(path) not in RECORD_FORMATS:
+        if cfg.type == "token" and file_format_or_none(path) not in RECORD_FORMATS + ("dataset",):
             rows = _read_conll(path, cfg)
         else:
             rows = _read_rows(path, cfg)
@@ -124,7 +182,8 @@ def file_format_or_none(path) -> str | None:
 
 
 def _read_rows(path, cfg: TaskConfig):
-    for location, record in read_records(path):
+    columns = [c for c in (cfg.text_field, cfg.text_pair_field, cfg.label_field) if c]
+    for location, record in read_records(path, delimiter=cfg.csv_delimiter, columns=columns):
         text_key = "evaluate.task.text_field"
         if cfg.type == "token":
             words = _string_list(record, cfg.text_field, location, text_key)
@@ -265,6 +324,49 @@ def _as_list(labels) -> list:
 
 def _tag_order(tag: str) -> tuple:
     return (tag != "O", tag[2:], tag[:2]) if is_bio_tag(tag) else (True, tag, "")
+
+
+def _text_key(text, pair) -> bytes:
+    joined = " ".join(text) if isinstance(text, list) else text
+    payload = joined + ("\0" + pair if pair is not None else "")
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8, person=b"dapt-test").digest()
+
+
+def hold_out_test(cfg: TaskConfig, train: Split, notes: list[str]) -> tuple[Split, Split]:
+    """(train, test): `test_fraction` of train held out as the test split, stratified by label, by a hash of the text.
+
+    Within each label (single-label tasks; one group otherwise), the distinct texts with the smallest
+    hashes go to test, round(test_fraction x their number), at least one and never all: so the split
+    depends on the texts alone, not on file order, and equal texts (duplicates) land on the same side.
+    A label with one distinct text stays in train (and is noted).
+    """
+    fraction = cfg.test_fraction
+    assert fraction is not None
+    keys = [_text_key(t, p) for t, p in zip(train.texts, train.pairs or [None] * len(train))]
+    strata: dict[Any, list[bytes]] = defaultdict(list)
+    stratum_of: dict[bytes, Any] = {}
+    for key, label in zip(keys, train.labels):
+        if key not in stratum_of:
+            stratum_of[key] = label if cfg.type == "single_label" else None
+            strata[stratum_of[key]].append(key)
+    test_keys: set[bytes] = set()
+    alone = []
+    for stratum, members in strata.items():
+        members.sort()
+        if len(members) < 2:
+            alone.append(stratum)
+            continue
+        test_keys.update(members[: min(max(round(fraction * len(members)), 1), len(members) - 1)])
+    held = [i for i, key in enumerate(keys) if key in test_keys]
+    kept = [i for i, key in enumerate(keys) if key not in test_keys]
+    if not held:
+        raise InputError(f"evaluate.task.train_files: {len(train)} examples, too few to hold out a test split; give test_files")
+    how = "stratified by label, " if cfg.type == "single_label" else ""
+    notes.append(f"test_files: none given; {len(held):,} of {len(train):,} train examples held out as the test split "
+                 f"(test_fraction {fraction:g}, {how}by a hash of the text)")  # fmt: skip
+    if alone:
+        notes.append(f"train_files: labels {sorted(map(str, alone))[:10]} have a single distinct text, kept in train: they have no test examples")
+    return train.subset(kept), train.subset(held)
 
 
 def hold_out(cfg: TaskConfig, train: Split, fraction: float, notes: list[str]) -> tuple[Split, Split, str]:

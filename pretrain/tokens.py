@@ -24,7 +24,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -128,6 +128,7 @@ class TokenPlan:
     shards: list[TokenShard]
     pending: list[TokenShard]  # not yet in the shard cache
     encoding: Encoding
+    started: float = field(default_factory=time.time)  # when the run began: the manifest's duration counts from here
 
 
 def make_plan(cfg: ParallelConfig | None, store: ArtifactStore, *, corpus: str, vocab: str) -> TokenPlan:
@@ -265,7 +266,7 @@ def assemble(store: ArtifactStore, plan: TokenPlan, corpus: str, vocab: str) -> 
     """Move the finished shards into the tokens artifact and write its index."""
     cache = store.shards(STAGE)
     aid, shards, encoding = plan.aid, plan.shards, plan.encoding
-    with store.build(STAGE, aid, config={}, inputs={"corpus": corpus, "vocab": vocab}) as build:
+    with store.build(STAGE, aid, config={}, inputs={"corpus": corpus, "vocab": vocab}, started=plan.started) as build:
         meta: dict[str, Any] = {"dtype": encoding.dtype, "vocab_size": encoding.vocab_size, "special_ids": encoding.special, "splits": {}}
         for split in SPLITS:
             meta["splits"][split] = {"tokens": 0, "documents": 0, "shards": []}

@@ -22,7 +22,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -36,13 +35,13 @@ from pretrain.logs import get_logger
 from accelerate.utils import DistributedType, broadcast, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from pretrain import flops
 from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking
+from pretrain.progress import progress as show_progress
 from pretrain.formats import TokenStream, load_meta
 
 log = get_logger(__name__)
@@ -609,9 +608,8 @@ def train_loop(
     loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=accelerator.device.type == "cuda", generator=torch.Generator())  # fmt: skip
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
-    # A live bar on a terminal; in a log file the per-step log lines say the same with less noise.
-    quiet = not accelerator.is_main_process or not sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=progress["step"], desc=section, unit="step", disable=quiet)
+    # A live bar on a terminal, a line every 30 s in a log (between the per-step log lines); main process only.
+    bar = show_progress(steps, section, unit="step", initial=progress["step"])
     running = torch.zeros(len(loss_names), device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
     device = flops.device_name(accelerator.device)

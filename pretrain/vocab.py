@@ -16,8 +16,10 @@ Output (vocab artifact `v-...`):
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -27,6 +29,7 @@ from pretrain.errors import InputError
 from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
 from pretrain.formats import read_split
 from pretrain.logs import get_logger
+from pretrain.progress import Progress, progress
 
 log = get_logger(__name__)
 
@@ -147,8 +150,16 @@ def measure_fit(name: str, backend: Tokenizer, texts: list[str]) -> dict:
     }
 
 
+def _counted(batches: Iterator[list[str]], bar: Progress) -> Iterator[list[str]]:
+    """The batches, counting their documents on `bar` as they are consumed."""
+    for batch in batches:
+        yield batch
+        bar.update(len(batch))
+
+
 def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> str:
     """Build (or find) the vocab artifact; returns its id."""
+    started = time.time()
     aid = stage_id(cfg, corpus=corpus, base=base)
     if store.exists(aid):
         log.info("vocab %s: already built (cache hit)", aid)
@@ -160,8 +171,9 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
     base_backend = plain_backend(base_tokenizer)
     n_train = store.manifest(corpus)["metrics"]["train_documents"]
 
-    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={"corpus": corpus, "base": base}) as build:
-        domain = train_wordpiece(read_split(corpus_dir, "train"), cfg, length=n_train)
+    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={"corpus": corpus, "base": base}, started=started) as build:
+        with progress(n_train, "vocab: training the domain WordPiece", unit="doc") as bar:
+            domain = train_wordpiece(_counted(read_split(corpus_dir, "train"), bar), cfg, length=n_train)
         if domain.get_vocab_size() <= len(SPECIAL_TOKENS):
             raise InputError(f"vocab: the corpus {corpus} gave an empty domain vocabulary; lower vocab.min_frequency")
         save_as_transformers(domain, build.dir / "domain_tokenizer", cfg.lowercase)
@@ -170,9 +182,11 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
         if cfg.mode == "keep":
             model_backend, model_tokenizer = base_backend, base_tokenizer
         elif cfg.mode == "extend":
-            new_tokens = choose_new_tokens(
-                domain, base_backend, read_split(corpus_dir, "train"), cfg.max_new_tokens, cfg.allow_digits_punctuation, cfg.min_token_count
-            )
+            with progress(n_train, "vocab: choosing domain pieces", unit="doc") as bar:
+                new_tokens = choose_new_tokens(
+                    domain, base_backend, _counted(read_split(corpus_dir, "train"), bar), cfg.max_new_tokens, cfg.allow_digits_punctuation,
+                    cfg.min_token_count,
+                )  # fmt: skip
             if not new_tokens:
                 raise InputError(
                     f"vocab: no domain piece of the {domain.get_vocab_size():,}-piece domain vocabulary would shorten the corpus "

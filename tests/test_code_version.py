@@ -17,14 +17,14 @@ DISTILL = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_ba
 # artifacts.NOT_CODE_DEPENDENCIES instead of here.
 DEPENDENCIES = {
     "base": {"base", "modelfiles"},
-    "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "shards"},
+    "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
     "vocab": {"vocab", "extend", "formats"},
     "tokens": {"tokens", "vocab", "extend", "formats", "shards"},
     "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
     "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
     "evaluate": {"evaluate", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
-                 "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "shards", "modelfiles", "__init__"},  # fmt: skip
+                 "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles", "__init__"},  # fmt: skip
     "report": {"report", "summaries"},
 }
 

@@ -68,3 +68,29 @@ def test_auto_is_log_lines_when_stderr_is_not_a_terminal(monkeypatch):
     assert progress_module.mode() == "off"
     with pytest.raises(ValueError, match="not one of"):
         set_mode("loud")
+
+
+def test_the_loops_of_verify_and_embed_show_progress_in_both_modes(tmp_path, tiny_base, caplog, capsys, monkeypatch):
+    """Real loops, not the helper alone: byte counts scaled (verify re-hashes GBs), batches counted (embed)."""
+    from pretrain import registry
+    from pretrain.artifacts import ArtifactStore
+    from pretrain.embed import embed
+
+    store = ArtifactStore(tmp_path / "store")
+    aid = "m-" + "4" * 20
+    with store.build("pretrain", aid, config={}) as build:
+        (build.dir / "weights.bin").write_bytes(b"\0" * 3_000_000)
+    monkeypatch.setenv("DAPT_PROGRESS_EVERY_S", "0")
+    set_mode("log")
+    with caplog.at_level(logging.INFO, logger="pretrain.progress"):
+        assert registry.verify(store, aid) == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "pretrain.progress"]
+    assert lines[0].startswith(f"verify {aid}: 1.05 MB/3 MB (35%)") and "MB/s" in lines[0]
+    assert lines[-1].startswith(f"verify {aid}: 3 MB/3 MB (100%)")
+
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(f"text number {i} about grain and crude" for i in range(5)) + "\n")
+    set_mode("bar")
+    embed(None, str(tiny_base), str(source), str(tmp_path / "o.parquet"), batch_size=2)
+    err = capsys.readouterr().err
+    assert "embed in.txt" in err and "3/3" in err and "batch" in err

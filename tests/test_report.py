@@ -41,9 +41,10 @@ def test_key_figures_show_the_vocabulary_change_and_per_word_perplexity():
     vocab = {"stage": "vocab", "metrics": {"mode": "extend", "base_vocab_size": 30522, "domain_vocab_size": 16000, "model_vocab_size": 33522,
                                            "added_tokens": 3000, "fertility_base": 1.3332, "fertility_domain": 1.2742,
                                            "fertility_model": 1.2604, "sequence_saving_percent": 5.46}}  # fmt: skip
-    assert key_figures(vocab).endswith("model 33,522: 3,000 pieces added, 1.26 tokens/word, 5.5% shorter")
+    assert key_figures(vocab) == "extend: 33,522 tokens (+3,000), 1.26 tokens/word, 5.5% shorter (base 1.33; domain WordPiece 16,000: 1.27)"
     keep = {"stage": "vocab", "metrics": {**vocab["metrics"], "mode": "keep"}}
-    assert "added" not in key_figures(keep)
+    assert key_figures(keep) == "keep: base 30,522 tokens, 1.33 tokens/word (domain WordPiece 16,000: 1.27)"
+    assert max(len(key_figures(vocab)), len(key_figures(keep))) <= 110  # a Prefect table cell shows it whole
     trained = {"stage": "pretrain", "metrics": {"validation_perplexity_before": 4927.8, "validation_perplexity_after": 39.6, "steps": 600,
                                                 "tokens_per_second": 9526.2, "validation_word_perplexity_before": 9000.0,
                                                 "validation_word_perplexity_after": 80.25}}  # fmt: skip
