@@ -51,6 +51,7 @@ PREFIXES = {
     "pretrain": "m",
     "distill": "d",
     "evaluate": "e",
+    "finetune": "f",
     "report": "r",
 }
 _PACKAGE_DIR = Path(__file__).resolve().parent
