@@ -231,7 +231,9 @@ def measure_onnx(folder: Path, aid: str, run: dict, int8: bool) -> dict[str, Any
     encoded = encode(tokenizer, data, "test", run["max_seq_length"], config.get("type_vocab_size", 1) > 1)
     auto = AutoModelForTokenClassification if task.type == "token" else AutoModelForSequenceClassification
     model = auto.from_pretrained(folder, use_safetensors=True).eval()
-    quantize.export_onnx(model, folder / quantize.ONNX_FILE)
+    # Sentence pairs were fine-tuned with segment ids: the graph takes them even if the tokenizer's defaults leave them out.
+    inputs = list(tokenizer.model_input_names) + (["token_type_ids"] if task.text_pair_field else [])
+    quantize.export_onnx(model, folder / quantize.ONNX_FILE, inputs)
     if int8:
         quantize.quantize_int8(folder / quantize.ONNX_FILE, folder / quantize.INT8_FILE)
     thresholds = run.get("thresholds")

@@ -42,9 +42,10 @@ PARITY_TOLERANCE = 1e-4  # max |logit difference| ORT fp32 may have from PyTorch
 ENGINES = {"fp32": "PyTorch fp32", "onnx_fp32": "ORT fp32", "int8": "ORT int8"}
 
 
-def onnx_input_names(model: torch.nn.Module) -> list[str]:
-    """The inputs the ONNX graph takes: segments only for models that have token type embeddings."""
-    segments = getattr(model.config, "type_vocab_size", 1) > 1
+def onnx_input_names(model: torch.nn.Module, tokenizer_inputs: list[str] | None = None) -> list[str]:
+    """The inputs the ONNX graph takes: segments only for models with token type embeddings whose tokenizer
+    returns them, so that `session.run(None, dict(tokenizer(texts, return_tensors="np")))` just works."""
+    segments = getattr(model.config, "type_vocab_size", 1) > 1 and (tokenizer_inputs is None or "token_type_ids" in tokenizer_inputs)
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if segments else [])
 
 
@@ -72,11 +73,13 @@ def _quiet_tools():
             onnx_log.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write `model` (a Hugging Face classifier, fp32) to `path` as ONNX; batch and sequence length dynamic."""
+def export_onnx(model: torch.nn.Module, path: str | Path, tokenizer_inputs: list[str] | None = None) -> Path:
+    """Write `model` (a Hugging Face classifier, fp32) to `path` as ONNX; batch and sequence length dynamic.
+
+    `tokenizer_inputs` (the tokenizer's `model_input_names`) decides whether the graph takes `token_type_ids`."""
     path = Path(path)
     model = model.cpu().eval()
-    names = onnx_input_names(model)
+    names = onnx_input_names(model, tokenizer_inputs)
     example = {name: torch.ones((2, 8), dtype=torch.long) if name != "token_type_ids" else torch.zeros((2, 8), dtype=torch.long) for name in names}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     started = time.perf_counter()

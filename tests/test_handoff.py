@@ -22,7 +22,7 @@ def handoff(tmp_path_factory, corpus_file, task_files, tiny_base):
     the runs, and the adapted model's best run promoted to `production`."""
     raw = make_tiny_config(tmp_path_factory.mktemp("handoff") / "store", corpus_file, task_files, tiny_base)
     _, store, ids = build_until(raw, "pretrain")
-    cfg = task_config(task_files, seeds=[0, 1], num_epochs=6)
+    cfg = task_config(task_files, seeds=[0, 1], num_epochs=4)
     runs = {name: [publish_task_model(store, ids[stage], cfg, seed) for seed in cfg.seeds] for name, stage in (("base", "base"), ("adapted", "pretrain"))}
     ids["evaluate"] = publish_evaluation(store, cfg, runs)
     best = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())["models"]["adapted"]["best_run"]
