@@ -166,7 +166,7 @@ def test_predict_reproduces_the_runs_test_score(handoff, task_files, tmp_path, e
     run = json.loads((store.local_dir(best) / "run.json").read_text())
     q = json.loads((folder / "onnx.json").read_text())
     expected = q["int8"]["accuracy"] if engine == "model.int8.onnx" else run["test"]["accuracy"]
-    assert accuracy == pytest.approx(expected, abs=1e-6)
+    assert accuracy == pytest.approx(expected, abs=1e-5)  # the scores are kept to 5 decimals
     assert all(abs(sum(r["scores"].values()) - 1) < 1e-4 for r in table)
 
 
