@@ -10,7 +10,8 @@
     dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
     dapt artifacts rm ID                   # e.g. a corrupted artifact: the next run rebuilds it
-    dapt export ID_OR_ALIAS --to DIR [--quantize int8] [--push-to-hub REPO]
+    dapt export ID_OR_ALIAS --to DIR [--format onnx [--quantize int8]] [--overwrite] [--push-to-hub REPO]
+    dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
@@ -203,21 +204,28 @@ REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _histor
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pretrain.export import export
+    from pretrain.export import export, measurement_table
 
     setup_logging()
-    store = ArtifactStore(args.store)
-    facts = export(store, registry.resolve(store, args.model), args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public)
+    facts = export(
+        ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public,
+        format=args.format, overwrite=args.overwrite,
+    )  # fmt: skip
     print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
-    if q := facts["quantization"]:
-        metric, s = q["primary_metric"], q["speed"]
-        print(
-            f"int8 vs fp32 on {q['task']} test: {metric} {q['fp32'][metric]:.4f} -> {q['int8'][metric]:.4f} ({q['delta'][metric]:+.4f}), "
-            f"accuracy {q['delta']['accuracy']:+.4f}; CPU throughput at batch 32 x{s['throughput_speedup_batch32']:.2f}, "
-            f"latency at batch 1 x{s['latency_speedup_batch1']:.2f}"
-        )
+    if q := facts["onnx"]:
+        print("\n".join(measurement_table(q)))
     if facts.get("hub_url"):
         print(f"pushed to {facts['hub_url']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pretrain.predict import predict
+
+    setup_logging()
+    result = predict(args.model, args.input, args.out, text_field=args.text_field, id_field=args.id_field, batch_size=args.batch_size,
+                     max_seq_length=args.max_seq_length)  # fmt: skip
+    print(f"{result['texts']:,} texts labelled ({result['runtime']}; {len(result['labels'])} labels; id field {result['id_field'] or 'file:line'}) -> {result['out']}")
     return 0
 
 
@@ -291,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc, rm):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
-    export.add_argument("model", help="model artifact id (m-…, b-…; a unique start of one) or alias")
-    export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty)")
-    export.add_argument("--quantize", choices=["int8"], help="measure dynamic int8 on the downstream task; figures in the card")
+    export.add_argument("model", help="task model (f-…), encoder (m-…, d-…, b-…; a unique start of an id) or an alias of one")
+    export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty, unless --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder (once the new export is complete)")
+    export.add_argument("--format", choices=["onnx"], help="task models: also write model.onnx (fp32), measured against PyTorch on the task's test set")
+    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: also write model.int8.onnx (ONNX Runtime dynamic int8), measured")
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
     export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
@@ -308,12 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--id-field", help="the input's id field, written beside each embedding (default: `id` when there is one)")
     embed.add_argument("--txt-mode", choices=["line", "paragraph", "file"], default="line", help=".txt: one text per line (default), paragraph or file")
     embed.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
+    predict = commands.add_parser("predict", help="label a file of texts with an exported task model (folder or .onnx) into JSONL/Parquet")
+    predict.add_argument("model", help="an export folder of a task model (dapt export f-…), or model.onnx / model.int8.onnx in one")
+    predict.add_argument("--input", required=True, help=".jsonl, .csv/.tsv, .parquet or .txt (one text per line), optionally compressed")
+    predict.add_argument("--out", required=True, help="OUT.jsonl or OUT.parquet: id, label, scores (one row per input row, in order)")
+    predict.add_argument("--text-field", default="text", help="field / column with the text (default text)")
+    predict.add_argument("--id-field", default=None, help="field / column with the row's id (default: id if present, else file:line)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the fine-tuning run's limit)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "embed": _embed}
+    handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -462,8 +462,8 @@ class EvaluateConfig(Section):
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
     """One fine-tuning run per model and seed (head initialisation, data order, dropout)."""
     int8: bool = False
-    """Also measure int8 (PyTorch dynamic quantization of the Linear layers) on the first seed's fine-tuned
-    classifier of `adapted` (and `student`): test-score change and CPU speed against fp32, in the report."""
+    """Also measure int8 (the classifier exported to ONNX, ONNX Runtime dynamic int8) on the first seed's fine-tuned
+    classifier of `adapted` (and `student`): test-score change and CPU speed against PyTorch fp32, in the report."""
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     """Share of the task's train split held out (stratified) for model selection, when no validation_files are given."""
     max_seq_length: int = Field(default=128, ge=8, le=8192)

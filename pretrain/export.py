@@ -1,16 +1,19 @@
 """Export: hand a model artifact over as a standalone Hugging Face folder with a model card.
 
-    dapt export production --to exported/reuters-bert
-    dapt export m-722717eccb734486a6b7 --to exported/int8 --quantize int8
-    dapt export production --to exported/reuters-bert --push-to-hub my-org/reuters-bert
+    dapt export production --to exported/reuters-classifier                     # a task model (f-…) or an encoder
+    dapt export f-154b8b6a876cce9423e0 --to exported/onnx --format onnx --quantize int8
+    dapt export m-722717eccb734486a6b7 --to exported/encoder --push-to-hub my-org/reuters-bert
 
-The folder holds `config.json`, `model.safetensors` and the tokenizer files, copied byte for byte from
-the (verified) artifact, so `AutoModel.from_pretrained(folder)` and
-`AutoModelForSequenceClassification.from_pretrained(folder)` load it with no project code; plus
-`README.md` (the model card: base model, corpus, vocabulary, pretraining budget, downstream results
-against the base model, intended use and limits, the full lineage) and `dapt_export.json` (the same
-facts for machines). With `--quantize int8` the int8 model is measured on the downstream task and the
-figures go into the card and `quantization.json` (see `pretrain/quantize.py`).
+A task model (finetune artifact, `f-…`: a classifier fine-tuned on the evaluation's task) is what a
+team deploys: its folder loads with `AutoModelForSequenceClassification` (or `...ForTokenClassification`)
+with its label names set. An encoder (`m-…`, `d-…`, `b-…`) is a starting point for fine-tuning.
+Either way the folder holds `config.json`, `model.safetensors` and the tokenizer files, copied byte
+for byte from the (verified) artifact, so plain `transformers` loads it with no project code; plus
+`README.md` (the model card: task and scores, or corpus, vocabulary and pretraining budget; the
+comparison with the base model; intended use and limits; the full lineage) and `dapt_export.json`
+(the same facts for machines). With `--format onnx` a task model also gets `model.onnx`, and with
+`--quantize int8` `model.int8.onnx`, measured on the task's test set (`pretrain/quantize.py`): the
+figures go into the card and `onnx.json`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage, respect_umask
 from pretrain.errors import InputError, UserError
@@ -29,18 +34,21 @@ from pretrain.logs import get_logger
 
 log = get_logger(__name__)
 
-MODEL_STAGES = ("base", "pretrain", "distill")
+MODEL_STAGES = ("base", "pretrain", "distill")  # encoders
+TASK_STAGE = "finetune"  # a classifier or tagger fine-tuned on the task: what a team deploys
 CARD = "README.md"
 FACTS = "dapt_export.json"
-QUANTIZATION = "quantization.json"
+MEASUREMENTS = "onnx.json"
+FORMATS = ("onnx",)
 
 
 def model_folder(store: ArtifactStore, aid: str) -> Path:
-    """The Hugging Face folder inside a model artifact."""
+    """The Hugging Face folder inside a model artifact (an encoder, or a task model's classifier)."""
     stage = store.manifest(aid)["stage"]
-    if stage not in MODEL_STAGES:
+    if stage not in (*MODEL_STAGES, TASK_STAGE):
         raise InputError(
-            f"artifact {aid} is a {stage} artifact, not a model; export a pretrain (m-…), distill (d-…) or base (b-…) artifact or an alias of one"
+            f"artifact {aid} is a {stage} artifact, not a model; export a task model (f-…), a pretrain (m-…), "
+            "distill (d-…) or base (b-…) artifact or an alias of one"
         )
     folder = store.local_dir(aid)
     return folder if stage == "base" else folder / "model"
@@ -69,9 +77,52 @@ def evaluation_of(store: ArtifactStore, aid: str) -> dict | None:
     return found
 
 
+def _mentions(value: Any, aid: str) -> bool:
+    if isinstance(value, dict):
+        return any(_mentions(v, aid) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions(v, aid) for v in value)
+    return value == aid
+
+
+def best_run_id(entry: dict) -> str | None:
+    """The f- id of the run an evaluation chose for a model on validation (`best_run` in its results)."""
+    best = entry.get("best_run")
+    return best.get("finetune") if isinstance(best, dict) else best
+
+
+def evaluation_naming(store: ArtifactStore, run_id: str) -> tuple[dict, dict, str] | None:
+    """The newest evaluation whose results name the fine-tuning run `run_id`: (manifest, results, the model's name there)."""
+    found = None
+    for other in store.ids():  # oldest first: the last match is the newest
+        manifest = store.manifest(other)
+        if manifest["stage"] != "evaluate":
+            continue
+        results = json.loads((store.local_dir(other) / "results.json").read_text())
+        for name, entry in results.get("models", {}).items():
+            if _mentions(entry.get("runs", []), run_id) or best_run_id(entry) == run_id:
+                found = (manifest, results, name)
+    return found
+
+
 def _role_in(evaluation: dict, aid: str) -> str:
     inputs = evaluation["inputs"]
     return "adapted" if inputs.get("adapted") == aid else next(role for role, value in inputs.items() if value == aid)
+
+
+def _check_request(store: ArtifactStore, aid: str, stage: str, fmt: str | None, quantize: str | None) -> None:
+    """Refuse what cannot be exported, before anything is copied or loaded."""
+    model_folder(store, aid)  # not a model at all: says so
+    if fmt is not None and stage != TASK_STAGE:
+        raise UserError(
+            f"--format {fmt}: artifact {aid} is an encoder ({stage}), with no task head to run; export one of its task models "
+            f"(finetune artifacts, f-…: `dapt artifacts list --stage finetune --store {store.url}`), or leave out --format"
+        )
+    if quantize is not None and fmt != "onnx":
+        raise UserError(
+            f"--quantize {quantize} quantizes the ONNX export (model.int8.onnx by ONNX Runtime): add --format onnx, "
+            f"e.g. `dapt export {aid} --to DIR --format onnx --quantize {quantize}`"
+        )
 
 
 def export(
@@ -82,15 +133,30 @@ def export(
     push_to_hub: str | None = None,
     private: bool = True,
     hf_api_factory: Callable[..., Any] | None = None,
+    format: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the export folder for artifact or alias `name`; returns the export facts (dapt_export.json)."""
+    """Write the export folder for artifact or alias `name`; returns the export facts (dapt_export.json).
+
+    `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on
+    the task's test set; `overwrite` replaces a non-empty `to` folder (once the new one is complete).
+    """
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
+    if format not in (None, *FORMATS):
+        raise UserError(f"--format {format}: only {', '.join(FORMATS)} is supported")
     target = Path(to)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{target} already exists and is not an empty folder; choose another --to or remove it")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--to {target}: exists and is a file, not a folder; choose another --to")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"--to {target}: the folder exists and is not empty; choose another --to, or pass --overwrite to replace it")
     aid = registry.resolve(store, name)
+    stage = store.manifest(aid)["stage"]
+    _check_request(store, aid, stage, format, quantize)
     folder = model_folder(store, aid)
+    run = json.loads((store.local_dir(aid) / "run.json").read_text()) if stage == TASK_STAGE else None
+    if format is not None:
+        task_test_files(aid, run)  # the measurement needs them: fail now, not after the copy
     problems = registry.verify(store, aid)
     if problems:
         raise InputError(f"artifact {aid} fails verification, not exporting it:\n  " + "\n  ".join(problems))
@@ -102,26 +168,23 @@ def export(
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "manifest.json":
                 shutil.copy2(path, staging / path.name)
-        evaluation = evaluation_of(store, aid)
-        results = json.loads((store.local_dir(evaluation["id"]) / "results.json").read_text()) if evaluation else None
-        quantization = None
-        if quantize == "int8":
-            if evaluation is None:
-                raise InputError(
-                    f"--quantize int8 measures the int8 model on the downstream task of an evaluation of {aid}, and the store "
-                    f"{store.url} has none; run the evaluate stage on this model first (`dapt run CONFIG`)"
-                )
-            from pretrain.quantize import measure
-
-            quantization = {"evaluation": evaluation["id"], **measure(staging, evaluation["config"])}
-            (staging / QUANTIZATION).write_text(json.dumps(quantization, indent=1) + "\n")
-        facts = _facts(store, aid, name, staging, evaluation, quantization)
-        (staging / CARD).write_text(model_card(store, aid, name, evaluation, results, quantization))
+        measured = None
+        if stage == TASK_STAGE:
+            named = evaluation_naming(store, aid)
+            if format == "onnx":
+                measured = measure_onnx(staging, aid, run, int8=quantize == "int8")
+                (staging / MEASUREMENTS).write_text(json.dumps(measured, indent=1) + "\n")
+            evaluation = named[0] if named else None
+            card = task_model_card(store, aid, name, run, named, measured)
+        else:
+            evaluation = evaluation_of(store, aid)
+            results = json.loads((store.local_dir(evaluation["id"]) / "results.json").read_text()) if evaluation else None
+            card = model_card(store, aid, name, evaluation, results)
+        facts = _facts(store, aid, name, staging, evaluation, measured, run)
+        (staging / CARD).write_text(card)
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
-        if target.exists():
-            target.rmdir()  # empty (checked above)
         respect_umask(staging)  # copies keep the mode of files written 0600 before artifacts followed the umask
-        os.rename(staging, target)
+        _replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
@@ -129,7 +192,116 @@ def export(
     return facts
 
 
-def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: dict | None, quantization: dict | None) -> dict[str, Any]:
+def _replace(staging: Path, target: Path) -> None:
+    """Put the complete `staging` folder at `target`; an old `target` goes only once the new one is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def task_test_files(aid: str, run: dict) -> list[Path]:
+    """The test files named in a task model's run (`run.json` task section); a clear error if they are gone."""
+    from pretrain.io import expand_inputs
+
+    patterns = run["task"]["test_files"]
+    files = expand_inputs(patterns)
+    if not files:
+        raise InputError(
+            f"the test files of {aid}'s task ({run['task']['name']}: task.test_files {patterns} in its run.json) are gone; "
+            "the ONNX export is measured on them: restore them, or export without --format"
+        )
+    return files
+
+
+def measure_onnx(folder: Path, aid: str, run: dict, int8: bool) -> dict[str, Any]:
+    """Write model.onnx (and model.int8.onnx) for the classifier in `folder`; measure them on its task's test set."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from pretrain import quantize
+    from pretrain.config import TaskConfig
+    from pretrain.finetune import encode
+    from pretrain.modelfiles import load_model
+    from pretrain.tasks import Split, TaskData, read_split
+    from pretrain.vocab import load_fast_tokenizer
+
+    task = TaskConfig.model_validate(run["task"])
+    config = json.loads((folder / "config.json").read_text())
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    notes: list[str] = []
+    test = read_split(task, task.test_files, "test_files", notes)
+    unknown = sorted({label for row in test.labels for label in (row if isinstance(row, list) else [row])} - set(labels))
+    if unknown:
+        raise InputError(f"{task.test_files}: labels {unknown} are not among the model's labels {labels}; is this the task {aid} was fine-tuned on?")
+    data = TaskData(task.type, labels, Split(), Split(), test, "n/a")
+    tokenizer = load_fast_tokenizer(folder)
+    encoded = encode(tokenizer, data, "test", run["max_seq_length"], config.get("type_vocab_size", 1) > 1)
+    auto = AutoModelForTokenClassification if task.type == "token" else AutoModelForSequenceClassification
+    model = load_model(auto, folder, f"task model {aid}").eval()
+    # Sentence pairs were fine-tuned with segment ids: the graph takes them even if the tokenizer's defaults leave them out.
+    inputs = list(tokenizer.model_input_names) + (["token_type_ids"] if task.text_pair_field else [])
+    quantize.export_onnx(model, folder / quantize.ONNX_FILE, inputs)
+    if int8:
+        quantize.quantize_int8(folder / quantize.ONNX_FILE, folder / quantize.INT8_FILE)
+    thresholds = run.get("thresholds")
+    result = quantize.compare(
+        model, folder, data, encoded, thresholds=np.array([thresholds[label] for label in labels]) if thresholds else None,
+        fallback_tag=run.get("fallback_tag", "O"), tag_scheme=task.tag_scheme, batch_size=run.get("batch_size", 32),
+        pad_id=tokenizer.pad_token_id or 0,
+    )  # fmt: skip
+    parity = result["parity"]
+    if not parity["within_tolerance"]:
+        raise UserError(
+            f"export {aid}: the ONNX model's logits differ from PyTorch's by up to {parity['max_abs_logit_diff']:.2e} "
+            f"(tolerance {parity['tolerance']:g}) on {task.name} test; not writing an ONNX model that disagrees "
+            "(export without --format onnx, and report this with the model's config.json)"
+        )
+    metric = run.get("selection_metric") or ("micro_f1" if task.type == "token" else "macro_f1")
+    result.update(artifact=aid, task=task.name, seed=run.get("seed"), primary_metric=metric, max_seq_length=run["max_seq_length"],
+                  run_test={m: run["test"][m] for m in ("accuracy", metric) if m in run.get("test", {})})  # fmt: skip
+    return result
+
+
+def measurement_table(q: dict) -> list[str]:
+    """The ONNX measurement as Markdown lines: parity, then scores and CPU speed of each engine side by side."""
+    from pretrain.quantize import ENGINES
+
+    metric, s = q["primary_metric"], q["speed"]
+    engines = [e for e in ENGINES if e in q]
+    label = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
+    metrics = [metric] + [m for m in ("accuracy",) if m != metric]
+    lines = [
+        f"ONNX fp32 vs PyTorch fp32, max |logit difference| over the {q['test_examples']:,} test examples: "
+        f"{q['parity']['max_abs_logit_diff']:.2e} (tolerance {q['parity']['tolerance']:g})",
+    ]
+    if "agreement" in q:
+        lines.append(f"ORT int8 vs PyTorch fp32: the same prediction on {100 * q['agreement']['int8_vs_fp32']:.2f}% of the test examples; "
+                     f"{label[metric]} {q['delta'][metric]:+.4f}, accuracy {q['delta']['accuracy']:+.4f}")  # fmt: skip
+    lines += [
+        "",
+        "| engine | file | " + " | ".join(f"test {label[m]}" for m in metrics) + " | latency, batch 1 (ms/example) | throughput, batch 32 (examples/s) | vs PyTorch fp32 |",
+        "| --- | --- | " + "--- | " * (len(metrics) + 3),
+    ]
+    files = {"fp32": "model.safetensors", "onnx_fp32": "model.onnx", "int8": "model.int8.onnx"}
+    for e in engines:
+        ratio = s[f"{e}_throughput_batch32"] / s["fp32_throughput_batch32"]
+        lines.append(
+            f"| {ENGINES[e]} | {files[e]} | " + " | ".join(f"{q[e][m]:.4f}" for m in metrics)
+            + f" | {s[f'{e}_latency_ms_batch1']:.2f} | {s[f'{e}_throughput_batch32']:,.1f} | x{ratio:.2f} throughput, "
+            f"x{s['fp32_latency_ms_batch1'] / s[f'{e}_latency_ms_batch1']:.2f} latency |"
+        )
+    lines += [
+        "",
+        f"CPU, {s['threads']} threads, up to {q['max_seq_length']} tokens; the engines timed alternately in one process, median of "
+        f"{s['rounds']} rounds; batch 1 over {s['batch1_examples']} test examples, batch 32 over {s['batch32_examples']}.",
+    ]
+    return lines
+
+
+def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: dict | None, measured: dict | None, run: dict | None) -> dict[str, Any]:
     return {
         "artifact": aid,
         "requested_as": name,
@@ -137,7 +309,8 @@ def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: 
         "stage": store.manifest(aid)["stage"],
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()},
         "evaluation": evaluation["id"] if evaluation else None,
-        "quantization": quantization,
+        "run": run,
+        "onnx": measured,
         "lineage": store.lineage(aid),
         "exported_with": {"git": environment()["git"], "packages": environment()["packages"]},
     }
@@ -150,7 +323,7 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | None, results: dict | None, quantization: dict | None) -> str:
+def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | None, results: dict | None) -> str:
     """README.md for the export folder, from the manifests in the artifact's lineage."""
     chain = _ancestors(store, aid)
     manifest = chain[model_stage := store.manifest(aid)["stage"]]
@@ -248,8 +421,7 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
             "",
         ]
     lines += _downstream(aid, evaluation, results)
-    if quantization:
-        lines += quantization_section(quantization)
+    lines += pooler_section(model_folder(store, aid), task_model=False)
     lines += [
         "## Intended use and limits",
         "",
@@ -308,37 +480,123 @@ def _downstream(aid: str, evaluation: dict | None, results: dict | None) -> list
     return lines + [""]
 
 
-def quantization_section(q: dict) -> list[str]:
-    s = q["speed"]
-    metrics = list(q["fp32"])
+def pooler_section(folder: Path, task_model: bool) -> list[str]:
+    """What `pooler_output` of this model is: trained (and by what), or absent."""
+    from safetensors import safe_open
+
+    config = json.loads((folder / "config.json").read_text())
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        has_pooler = any(".pooler." in f".{key}" for key in f.keys())
+    classifier = task_model and "ForSequenceClassification" in " ".join(config.get("architectures", []))
+    if has_pooler and classifier:
+        what = ("`pooler_output` is the `[CLS]` state through a dense layer and tanh, trained with the classifier in fine-tuning: "
+                "it is exactly what the classification head reads. `AutoModel` loads the encoder and this pooler (the head is left out).")  # fmt: skip
+    elif has_pooler:
+        what = ("`pooler_output` is the `[CLS]` state through a dense layer and tanh, with the pooler weights in this checkpoint "
+                "(from the base model's pretraining, not updated by masked-LM adaptation, which does not use it). "
+                "For embeddings prefer `last_hidden_state` (CLS or mean pooled).")  # fmt: skip
+    else:
+        what = ("This checkpoint has no pooler weights (masked-LM training does not use one): `AutoModel` adds a randomly initialised "
+                "pooler and lists it as MISSING in its load report, so `pooler_output` means nothing; use `last_hidden_state` "
+                "(CLS or mean pooled). A sequence classifier fine-tuned from this model trains its pooler with its head.")  # fmt: skip
+    return ["## The pooler", "", what, ""]
+
+
+def task_model_card(store: ArtifactStore, aid: str, name: str, run: dict, named: tuple[dict, dict, str] | None, measured: dict | None) -> str:
+    """README.md for a task model's export folder: the task, its scores, the comparison, ONNX figures, lineage."""
+    manifest = store.manifest(aid)
+    encoder = manifest["inputs"]["model"]
+    chain = _ancestors(store, aid)
+    base = chain.get("base")
+    base_name = ((base or {}).get("origin") or {}).get("source", "unknown")
+    folder = store.local_dir(aid) / "model"
+    config = json.loads((folder / "config.json").read_text())
+    task = run["task"]
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    token = task["type"] == "token"
+    auto = "AutoModelForTokenClassification" if token else "AutoModelForSequenceClassification"
+    metric = run.get("selection_metric") or ("micro_f1" if token else "macro_f1")
     label = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
-    return [
-        "## int8 (CPU)",
+    encoder_stage = store.manifest(encoder)["stage"]
+    kind = {"pretrain": "domain-adapted encoder", "distill": "distilled student", "base": "base model"}.get(encoder_stage, encoder_stage)
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {'token-classification' if token else 'text-classification'}",
+        "tags: [bert, domain-adaptation, dapt]",
+        "---",
         "",
-        f"Dynamic int8 quantization of every Linear layer ({q['linear_parameter_share']:.0%} of the parameters): `{q['method']}`. "
-        "It is a pure function of the fp32 weights in this folder, so apply it after loading:",
+        f"# {aid}" + (f" ({name})" if name != aid else ""),
+        "",
+        f"A {task['type'].replace('_', '-')} {'tagger' if token else 'classifier'} for {task['name']} ({len(labels)} labels: "
+        f"{', '.join(labels)}), fine-tuned by dapt from the {kind} `{encoder}` (itself from `{base_name}`), seed {run['seed']}, "
+        f"the epoch chosen on validation {label.get(metric, metric)}.",
         "",
         "```python",
-        "import torch",
-        "from transformers import AutoModelForSequenceClassification",
-        'model = AutoModelForSequenceClassification.from_pretrained("FINE_TUNED_FOLDER").eval()',
-        "int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)",
+        f"from transformers import {auto}, AutoTokenizer",
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+        f'model = {auto}.from_pretrained("THIS_FOLDER").eval()',
+        f"batch = tokenizer(texts, truncation=True, max_length={run['max_seq_length']}, padding=True, return_tensors=\"pt\")",
+        "labels = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]",
         "```",
         "",
-        f"Measured on {q['task']} ({q['test_examples']:,} test examples), with this model fine-tuned once (seed {q['seed']}, the "
-        f"evaluation `{q['evaluation']}`'s settings) and then quantized:",
+        "`dapt predict THIS_FOLDER --input FILE --out OUT.jsonl` does the same over a file (JSONL, CSV, Parquet, text) and keeps its id column.",
         "",
-        "| | " + " | ".join(f"test {label[m]}" for m in metrics) + " | latency, batch 1 (ms/example) | throughput, batch 32 (examples/s) |",
-        "| --- | " + "--- | " * (len(metrics) + 2),
-        "| fp32 | " + " | ".join(f"{q['fp32'][m]:.4f}" for m in metrics) + f" | {s['fp32_latency_ms_batch1']:.2f} | {s['fp32_throughput_batch32']:,.0f} |",
-        "| int8 | " + " | ".join(f"{q['int8'][m]:.4f}" for m in metrics) + f" | {s['int8_latency_ms_batch1']:.2f} | {s['int8_throughput_batch32']:,.0f} |",
-        "| int8 vs fp32 | " + " | ".join(f"{q['delta'][m]:+.4f}" for m in metrics)
-        + f" | x{s['latency_speedup_batch1']:.2f} speed-up | x{s['throughput_speedup_batch32']:.2f} |",
+        "## Task and training",
         "",
-        f"CPU, {s['threads']} threads, max {q['max_seq_length']} tokens; fp32 and int8 timed alternately in one process, median of "
-        f"{s['rounds']} rounds (batch-32 ratio per round: {', '.join(f'{r:.2f}' for r in s['throughput_speedup_batch32_per_round'])}).",
+        f"- task `{task['name']}` ({task['type']}): text field `{task['text_field']}`, label field `{task['label_field']}`; "
+        f"train files {task['train_files']}, test files {task['test_files']}",
+        f"- fine-tuned with seed {run['seed']}, learning rate {run['learning_rate']:g}, best epoch {run['best_epoch']}"
+        + (f" of {run['epochs_trained']} trained" if "epochs_trained" in run else "") + f", inputs up to {run['max_seq_length']} tokens",
+        "",
+        "## Test scores",
+        "",
+        "This model (one seed): " + ", ".join(f"{label.get(m, m)} {v:.4f}" for m, v in run["test"].items() if isinstance(v, (int, float)))
+        + "; validation " + ", ".join(f"{label.get(m, m)} {v:.4f}" for m, v in run["validation"].items() if m in label) + ".",
         "",
     ]
+    if named is None:
+        lines += ["No evaluation in the store names this run, so there is no mean over seeds or comparison with the base model here.", ""]
+    else:
+        evaluation, results, model_name = named
+        entry = results["models"][model_name]
+        best = best_run_id(entry)
+        lines += [
+            f"Evaluation `{evaluation['id']}` fine-tuned every compared model the same way with seeds {results['seeds']}; this run is "
+            f"`{model_name}` seed {run['seed']}" + (" and the best of its seeds on validation (what is handed over)." if best == aid else
+                                                   f"; the best of its seeds on validation is `{best}`." if best else "."),
+            "",
+        ]
+        lines += _downstream(entry["artifact"], evaluation, results)[2:]
+    lines += pooler_section(folder, task_model=True)
+    if measured:
+        lines += ["## ONNX and int8 (CPU)", "",
+                  f"`model.onnx` is the fp32 graph ({measured['exporter']})"
+                  + (f"; `model.int8.onnx` its ONNX Runtime dynamic int8 quantization (`{measured['method']}`)." if "int8" in measured else "."),
+                  "Measured at export on the task's test set:", "", *measurement_table(measured), "",
+                  "```python", "import onnxruntime as ort",
+                  'session = ort.InferenceSession("THIS_FOLDER/model.int8.onnx")  # or model.onnx',
+                  f"logits = session.run([\"logits\"], dict(tokenizer(texts, truncation=True, max_length={run['max_seq_length']}, padding=True, return_tensors=\"np\")))[0]",
+                  "```", ""]  # fmt: skip
+    lines += [
+        "## Intended use and limits",
+        "",
+        f"- Intended: {'tagging words of' if token else 'labelling'} texts like those of the task above ({task['name']}) with its "
+        f"{len(labels)} labels; anything else is outside what it was trained and measured on.",
+        "- The test scores hold for the test set named above only; run `dapt predict` on a labelled sample of your own data before relying on it.",
+        f"- Inputs longer than {run['max_seq_length']} tokens are truncated (as in training and testing).",
+        "- Biases of the domain corpus and of the task's labelling carry over.",
+        "",
+        "## Lineage",
+        "",
+        "Every artifact this model was built from, back to the raw files (`dapt artifacts lineage ID` prints it from the store):",
+        "",
+        "```",
+        format_lineage(store.lineage(aid)),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------------

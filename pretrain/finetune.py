@@ -405,8 +405,10 @@ def build(
         folder = out.dir / "model"
         trained.model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        description = {"model": model, "task": cfg.task.name, "type": data.kind, "labels": data.labels, "selection_metric": metric,
-                       "fallback_tag": trained.fallback_tag}  # fmt: skip
+        # The task section and input settings too: `dapt export` and `dapt predict` re-read the test files with them.
+        description = {"model": model, "task": cfg.task.model_dump(mode="json"), "type": data.kind, "labels": data.labels,
+                       "selection_metric": metric, "fallback_tag": trained.fallback_tag, "max_seq_length": cfg.max_seq_length,
+                       "batch_size": cfg.batch_size}  # fmt: skip
         (out.dir / "run.json").write_text(json.dumps({**description, **record}, indent=1))
         gold = data.gold("test")
         (out.dir / "predictions.json").write_text(json.dumps({
