@@ -688,7 +688,7 @@ def _arrow_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
 
 def read_records(
     path: str | os.PathLike, stats: FileStats | None = None, txt_mode: str = "file", text_field: str = "text",
-    delimiter: str | None = None, columns: list[str] | None = None,
+    delimiter: str | None = None, columns: list[str] | None = None, delimiter_key: str = "csv_delimiter",
 ) -> Iterator[tuple[str, dict]]:
     """Yield (location, record) from one file, every field kept. Text files give records {text_field: ...}.
 
@@ -720,7 +720,7 @@ def read_records(
                 yield f"{path}:{k}", record
         return
     if fmt in ("csv", "tsv"):
-        yield from _csv_records(path, stats, csv_delimiter(fmt, delimiter))
+        yield from _csv_records(path, stats, csv_delimiter(fmt, delimiter), delimiter_key)
         return
     import pyarrow.parquet as pq
 
@@ -740,12 +740,13 @@ def read_records(
             yield f"{path}:row {row}", record
 
 
-def _csv_records(path: str | os.PathLike, stats: FileStats, delimiter: str) -> Iterator[tuple[str, dict]]:
-    """Records of a CSV/TSV file under its header, each located at the physical line it starts on."""
+def _csv_records(path: str | os.PathLike, stats: FileStats, delimiter: str, delimiter_key: str = "csv_delimiter") -> Iterator[tuple[str, dict]]:
+    """Records of a CSV/TSV file under its header, each located at the physical line it starts on.
+    `delimiter_key`: the setting an error suggests when the header looks split by another separator."""
     csv.field_size_limit(sys.maxsize)
     # strict: an unterminated quote is an error at the end of the file, not one record swallowing the rest.
     reader = csv.reader(text_lines(path, stats), delimiter=delimiter, strict=True)
-    start = 1
+    start, header = 1, None
     try:
         header = next(reader, None)
         if header is None:
@@ -759,7 +760,9 @@ def _csv_records(path: str | os.PathLike, stats: FileStats, delimiter: str) -> I
             # As csv.DictReader: a missing value is None; values beyond the header are ignored.
             yield f"{path}:{first}", {name: row[i] if i < len(row) else None for i, name in enumerate(header)}
     except csv.Error as e:
-        raise InputError(csv_error(str(path), e, start, reader.line_num)) from None
+        # A `;`-separated file read with `,` often fails on a quote before its field check could say why.
+        hint = delimiter_hint(header, delimiter_key) if header else ""
+        raise InputError(csv_error(str(path), e, start, reader.line_num) + hint) from None
 
 
 def field_text(record: dict, field: str, location: str, key: str, numbers_ok: bool = False) -> str | None:

@@ -183,7 +183,7 @@ def file_format_or_none(path) -> str | None:
 
 def _read_rows(path, cfg: TaskConfig):
     columns = [c for c in (cfg.text_field, cfg.text_pair_field, cfg.label_field) if c]
-    for location, record in read_records(path, delimiter=cfg.csv_delimiter, columns=columns):
+    for location, record in read_records(path, delimiter=cfg.csv_delimiter, columns=columns, delimiter_key="evaluate.task.csv_delimiter"):
         text_key = "evaluate.task.text_field"
         if cfg.type == "token":
             words = _string_list(record, cfg.text_field, location, text_key)

@@ -31,7 +31,7 @@ DEPENDENCIES = {
 
 # A fine-tuning run (`f-`, built by the evaluate stage, not a stage of the chain) counts the recipe, the
 # task reader and the scores; not the comparison, TAPT or int8 code that evaluate also imports.
-FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io"}
+FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles"}
 
 
 def test_the_exclusion_list_names_real_modules():
