@@ -94,6 +94,7 @@ NOT_CODE_DEPENDENCIES = {
     "pretrain.pipeline": "the chain of stages and their command line: which stage runs, not what it computes",
     "pretrain.logs": "log lines: what a stage says, not what it writes",
     "pretrain.progress": "progress bars and lines: what a stage shows while it runs",
+    "pretrain.runpool": "which process builds a fine-tuning run: each run is the same `finetune.build` call wherever it runs",
 }
 
 

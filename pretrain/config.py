@@ -410,6 +410,10 @@ class EvaluateConfig(Section):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples of the test set for the confidence interval of the difference to the base model."""
+    parallel_runs: int | None = Field(default=None, gt=0)
+    """Fine-tuning runs built at once, each in a worker process of its own (`pretrain/runpool.py`); null: one per
+    visible CUDA device, 1 without CUDA (in this process). Above 1 on a CPU: that many processes sharing the cores.
+    Where a run is built cannot change it: not part of any artifact id."""
 
     @field_validator("seeds")
     @classmethod
