@@ -2,13 +2,18 @@
 
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import build_until
+from conftest import ROOT, build_until, write_config
 from pretrain import evaluate, finetune, runpool
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import validate_config
@@ -101,3 +106,31 @@ def test_a_failing_run_is_named_and_the_runs_built_before_it_stay(two_stores):
     assert "runs that finished are kept in the store: a re-run builds only the rest" in message
     kept = [store.manifest(a) for a in store.ids() if a.startswith("f-")]
     assert sorted((m["inputs"]["model"], m["config"]["seed"]) for m in kept) == [(ids["base"], 0), (ids["base"], 1)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_leaves_no_half_built_run(two_stores, tiny_config, tmp_path):
+    config, store, _, ids = two_stores
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 50, "patience_epochs": None, "parallel_runs": 2}}
+    path = write_config(tmp_path / "c.yaml", raw)
+    # Its own session, so the signal reaches the parent and its workers as a terminal's Ctrl-C does.
+    job = subprocess.Popen([sys.executable, "-m", "pretrain.evaluate", "--config", str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
+    lines = []
+    try:
+        for line in job.stderr:  # both workers are fine-tuning once each has shown progress
+            lines.append(line)
+            if len({w for w in ("[worker 1 · evaluate", "[worker 2 · evaluate") if any(w in seen and "batch (" in seen for seen in lines)}) == 2:
+                break
+        os.killpg(job.pid, signal.SIGINT)
+        rest, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0, "".join(lines) + rest
+    left = subprocess.run(["ps", "-o", "pid,stat,args", "--no-headers", "-s", str(job.pid)], capture_output=True, text=True).stdout
+    # Z: exited, waiting to be reaped (by this container's init, which may never do it): not running.
+    running = [line for line in left.splitlines() if line.split()[1][0] != "Z"]
+    assert not running, f"processes outlived the parent:\n{left}"  # no worker (or anything else it started)
+    assert not [a for a in store.ids() if a.startswith("f-")]  # nothing half-built was published...
+    assert not list((Path(store.root) / ".tmp").glob("f-*"))  # ...or left behind
