@@ -12,7 +12,9 @@ pretraining, `pretrain/tapt.py`), and `evaluate.models`.
 
 Each (model, learning rate, seed) run is a `finetune` artifact (`f-...`) of its own, found in the store
 or built: a later comparison that fine-tunes the same model with the same task and settings reuses
-it. With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
+it. With several workers (`parallel_runs`; default one per visible GPU) the runs not in the store are
+built first, in worker processes (`pretrain/runpool.py`), and then read back like cached ones.
+With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
 score over seeds. Each model is then compared with the base, and the student also with its teacher
 (`adapted`): the difference per seed (paired: same seed, same head initialisation and data order),
 an interval from a paired bootstrap over seeds and test examples together, which alone decides the

@@ -9,8 +9,9 @@ CUDA device), the runs not yet in the store are built here, in spawned worker pr
 - every worker gets the task as the parent read it and tokenises it for each model with the same
   code, then calls `finetune.build` as the sequential path does: same seeds, same data order, same
   weights (on a CPU, for the same thread count: the order of parallel float reductions depends on it,
-  so 1 and 2 threads give weights that differ in the last bits); it publishes the run through the store (content-addressed and atomic) and the parent then
-  reads every run back and aggregates in the usual order, so the evaluation is the same either way;
+  so 1 and 2 threads give weights that differ in the last bits); it publishes the run through the
+  store (content-addressed and atomic), and the parent then reads every run back and aggregates in
+  the usual order, so the evaluation is the same either way;
 - a failed run is raised in the parent naming the run and carrying the worker's error; the runs in
   flight are finished first and every published run stays cached, so a re-run builds only the rest;
   Ctrl-C (or any error in the parent) interrupts the workers, whose half-built runs are discarded;
@@ -102,7 +103,10 @@ def build_runs(cfg: EvaluateConfig, store: ArtifactStore, jobs: list[Job], data:
     the same `f-` id (two names for one model) are built once. Raises InputError (the worker's error
     was the user's to fix) or RunFailed naming the run; every run published before that stays.
     """
-    jobs = list({job.fid: job for job in jobs}.values())
+    unique: dict[str, Job] = {}
+    for job in jobs:
+        unique.setdefault(job.fid, job)  # one job per run, under the first name it has
+    jobs = list(unique.values())
     workers = max(1, min(workers, len(jobs)))
     devices = worker_devices(workers)
     threads = worker_threads(workers)
@@ -244,7 +248,7 @@ def _work(index: int, device: str | None, threads: int, shown: str, level: int, 
                 if fid != job.fid:
                     raise RuntimeError(f"built {fid}, but the evaluation planned {job.fid}: the worker's settings differ from the parent's")
                 results.put((index, fid, None))
-            except Exception as e:  # reported to the parent, which names the run; this worker can take no more
+            except Exception as e:  # the parent names the run, and hands out no more
                 results.put((index, job.fid, (type(e).__name__, str(e), isinstance(e, UserError), traceback.format_exc())))
             prefix.run = ""
     except KeyboardInterrupt:

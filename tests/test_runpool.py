@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, build_until, write_config
 from pretrain import evaluate, finetune, runpool
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
+from pretrain.config import ModelSource, validate_config
 from pretrain.errors import ConfigError
 
 
@@ -60,9 +60,11 @@ def _run_files(store: ArtifactStore, fid: str) -> dict:
 
 
 @pytest.mark.slow
-def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, caplog):
+def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, tiny_base, caplog):
     config, sequential, spread, ids = two_stores
-    cfg = config.evaluate.model_copy(update={"seeds": [0, 1], "num_epochs": 3})
+    # tiny-copy is the base's files, so the base's artifact: its runs are the base's, built once.
+    copy = ModelSource(name="tiny-copy", source=str(tiny_base))
+    cfg = config.evaluate.model_copy(update={"seeds": [0, 1], "num_epochs": 3, "models": [copy]})
     # A CPU run's bits depend on its thread count (the order of parallel reductions), not only on its seed:
     # the sequential loop runs with the threads each of the 2 workers gets, and must then match bit for bit.
     threads = torch.get_num_threads()
@@ -74,8 +76,9 @@ def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, capl
     with caplog.at_level(logging.INFO, logger="pretrain.runpool"):
         two = evaluate.run(cfg.model_copy(update={"parallel_runs": 2}), spread, base=ids["base"], model=ids["pretrain"])
     assert one == two
-    runs = sorted(fid for fid in sequential.manifest(one)["inputs"].values() if fid.startswith("f-"))
-    assert len(runs) == 4 and sorted(fid for fid in spread.manifest(two)["inputs"].values() if fid.startswith("f-")) == runs
+    runs = sorted({fid for fid in sequential.manifest(one)["inputs"].values() if fid.startswith("f-")})
+    assert len(runs) == 4 and sorted({fid for fid in spread.manifest(two)["inputs"].values() if fid.startswith("f-")}) == runs
+    assert sorted(a for a in spread.ids() if a.startswith("f-")) == runs
     for fid in runs:
         assert _run_files(spread, fid) == _run_files(sequential, fid), f"run {fid} differs between 2 workers and the sequential loop"
     # The evaluation built on them is the same too (its run records carry each run's seconds: left out).
@@ -85,9 +88,9 @@ def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, capl
             for run in model["runs"]:
                 run.pop("seconds")
     assert results[0] == results[1]
-    assert spread.manifest(two)["metrics"]["finetune_runs_built"] == 4
+    assert spread.manifest(two)["metrics"]["finetune_runs_built"] == sequential.manifest(one)["metrics"]["finetune_runs_built"] == 4
     # Both workers built runs, and the parent said which built which.
-    builders = {m.group(1) for m in (re.search(r"(worker \d) \(CPU\) built \w+ lr 3e-3 seed \d", r.getMessage()) for r in caplog.records) if m}
+    builders = {m.group(1) for m in (re.search(r"(worker \d) \(CPU\) built (base|adapted) lr 3e-3 seed \d", r.getMessage()) for r in caplog.records) if m}
     assert builders == {"worker 1", "worker 2"}
 
 
