@@ -153,6 +153,7 @@ NOT_CODE_DEPENDENCIES = {
     "pretrain.logs": "log lines: what a stage says, not what it writes",
     "pretrain.progress": "progress bars and lines: what a stage shows while it runs",
     "pretrain.flops": "device peaks and MFU arithmetic: a measurement of speed, like tokens/s",
+    "pretrain.runpool": "which process builds a fine-tuning run: each run is the same `finetune.build` call wherever it runs",
 }
 
 

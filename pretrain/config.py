@@ -489,6 +489,10 @@ class EvaluateConfig(Section):
     """Autocast precision of the fine-tunes' forward pass and loss, as in `pretrain` (`fp16` with a gradient scaler, needs CUDA)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples of the test set for the confidence interval of the difference to the base model."""
+    parallel_runs: int | None = Field(default=None, gt=0)
+    """Fine-tuning runs built at once, each in a worker process of its own (`pretrain/runpool.py`); null: one per
+    visible CUDA device, 1 without CUDA (in this process). Above 1 on a CPU: that many processes sharing the cores.
+    Where a run is built cannot change it: not part of any artifact id."""
 
     @field_validator("seeds")
     @classmethod

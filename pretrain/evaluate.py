@@ -12,7 +12,9 @@ pretraining, `pretrain/tapt.py`), and `evaluate.models`.
 
 Each (model, learning rate, seed) run is a `finetune` artifact (`f-...`) of its own, found in the store
 or built: a later comparison that fine-tunes the same model with the same task and settings reuses
-it. With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
+it. With several workers (`parallel_runs`; default one per visible GPU) the runs not in the store are
+built first, in worker processes (`pretrain/runpool.py`), and then read back like cached ones.
+With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
 score over seeds. Each model is then compared with the base, and the student also with its teacher
 (`adapted`): the difference per seed (paired: same seed, same head initialisation and data order),
 an interval from a paired bootstrap over seeds and test examples together, which alone decides the
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 
 from pretrain import base as base_stage
-from pretrain import finetune, quantize, scoring, tapt
+from pretrain import finetune, quantize, runpool, scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
@@ -51,6 +53,8 @@ log = get_logger(__name__)
 STAGE = "evaluate"
 # With `int8: true`, the models measured quantized: the ones a team would deploy.
 INT8_MODELS = ("adapted", "student")
+# Settings that say where the work runs, not what it computes: not in the id or the manifest's config.
+EXECUTION_ONLY = {"parallel_runs"}
 
 
 def _task_sources(cfg: EvaluateConfig) -> list[dict]:
@@ -69,7 +73,7 @@ def _identity(cfg: EvaluateConfig, base: str, model: str, student: str | None) -
     inputs = {"base": base, "adapted": model, **({"student": student} if student else {}), **{m.name: _source_id(m) for m in cfg.models}}
     # The TAPT model is not an input here: it is built inside this stage from the inputs above and
     # cfg.tapt, so it is determined by them (its id goes into the manifest's inputs for lineage).
-    return artifact_id(STAGE, cfg.model_dump(), inputs=inputs, sources=sources), inputs, sources
+    return artifact_id(STAGE, cfg.model_dump(exclude=EXECUTION_ONLY), inputs=inputs, sources=sources), inputs, sources
 
 
 def stage_id(cfg: EvaluateConfig, *, base: str, model: str, student: str | None = None) -> str:
@@ -155,15 +159,17 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
     planned = {(name, rate, seed): finetune.stage_id(cfg, model=models[name], learning_rate=rate, seed=seed, sources=sources)
                for name in models for rate in rates for seed in cfg.seeds}  # fmt: skip
     runs_in = {run_role(*key): fid for key, fid in planned.items()}
+    spread = _build_in_workers(cfg, store, data, sources, models, folders, configs, planned)
     results: dict[str, dict] = {}
     predictions: dict[str, dict[str, object]] = {}
     notes = list(data.notes)
     int8: dict[str, dict] = {}
-    built = 0
-    with store.build(STAGE, aid, config=cfg.model_dump(), inputs={**inputs, **models, **runs_in}, sources=sources, started=started) as out:
+    built, counted = 0, set()  # a listed model with the base's files shares the base's runs: each is built once
+    with store.build(STAGE, aid, config=cfg.model_dump(exclude=EXECUTION_ONLY), inputs={**inputs, **models, **runs_in}, sources=sources,
+                     started=started) as out:
         for name, folder in folders.items():
             tokenizer = load_fast_tokenizer(folder)
-            segments = configs[name].get("type_vocab_size", 1) > 1  # BERT: yes; RoBERTa, DistilBERT: no
+            segments = has_segments(configs[name])
             encoded = {split: encode(tokenizer, data, split, cfg.max_seq_length, segments) for split in ("train", "validation", "test")}
             if data.kind == "token":
                 notes += _lost_words(cfg, name, encoded)
@@ -172,10 +178,14 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             for rate in rates:
                 by_rate[rate], predicted[rate] = [], {}
                 for seed in cfg.seeds:
-                    fid, new = finetune.build(cfg, store, model=models[name], model_dir=folder, learning_rate=rate, seed=seed, data=data,
-                                              encoded=encoded, tokenizer=tokenizer, sources=sources, device=device, name=name)  # fmt: skip
+                    if planned[(name, rate, seed)] in spread:
+                        fid, new = planned[(name, rate, seed)], True
+                    else:
+                        fid, new = finetune.build(cfg, store, model=models[name], model_dir=folder, learning_rate=rate, seed=seed, data=data,
+                                                  encoded=encoded, tokenizer=tokenizer, sources=sources, device=device, name=name)  # fmt: skip
                     assert fid == planned[(name, rate, seed)]
-                    built += new
+                    built += new and fid not in counted
+                    counted.add(fid)
                     record, predicted[rate][str(seed)] = finetune.load_run(store, fid)
                     by_rate[rate].append({"finetune": fid, **{k: v for k, v in record.items() if k in RUN_FIELDS}})
                     log.info(
@@ -254,6 +264,23 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
                 out.metrics[f"{key}_verdict"] = c["verdict"]
     log.info("evaluate %s: %d fine-tuning runs, %d built now, %d reused", aid, len(planned), built, len(planned) - built)
     return aid
+
+
+def has_segments(config: dict) -> bool:
+    """Whether a model has token type embeddings (BERT: yes; RoBERTa, DistilBERT: no)."""
+    return config.get("type_vocab_size", 1) > 1
+
+
+def _build_in_workers(cfg: EvaluateConfig, store: ArtifactStore, data, sources: list[dict], models: dict[str, str],
+                      folders: dict[str, Path], configs: dict[str, dict], planned: dict[tuple, str]) -> dict[str, str]:  # fmt: skip
+    """With several workers (`parallel_runs`, default one per GPU), build the runs not in the store in worker
+    processes; returns f- id -> the worker that built it. One worker: nothing here, the loop builds them."""
+    workers = runpool.worker_count(cfg.parallel_runs)
+    jobs = [runpool.Job(name, models[name], folders[name], has_segments(configs[name]), rate, seed, fid)
+            for (name, rate, seed), fid in planned.items() if not store.exists(fid)]  # fmt: skip
+    if workers < 2 or len({job.fid for job in jobs}) < 2:
+        return {}
+    return runpool.build_runs(cfg, store, jobs, data, sources, workers)
 
 
 # What an evaluation keeps of each run record (the rest, such as the fallback tag, stays in its f- artifact).
