@@ -433,6 +433,14 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
         f"- Inputs longer than {config.get('max_position_embeddings', 512)} tokens must be truncated or split.",
         "- The downstream figures hold for the task and test set named above only; measure on yours before relying on it.",
         "",
+        *lineage_section(store, aid),
+    ]
+    return "\n".join(lines)
+
+
+def lineage_section(store: ArtifactStore, aid: str) -> list[str]:
+    """The model card's lineage: every artifact the model was built from, back to the raw files."""
+    return [
         "## Lineage",
         "",
         "Every artifact this model was built from, back to the raw files (`dapt artifacts lineage ID` prints it from the store):",
@@ -442,7 +450,6 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _downstream(aid: str, evaluation: dict | None, results: dict | None) -> list[str]:
@@ -587,14 +594,7 @@ def task_model_card(store: ArtifactStore, aid: str, name: str, run: dict, named:
         f"- Inputs longer than {run['max_seq_length']} tokens are truncated (as in training and testing).",
         "- Biases of the domain corpus and of the task's labelling carry over.",
         "",
-        "## Lineage",
-        "",
-        "Every artifact this model was built from, back to the raw files (`dapt artifacts lineage ID` prints it from the store):",
-        "",
-        "```",
-        format_lineage(store.lineage(aid)),
-        "```",
-        "",
+        *lineage_section(store, aid),
     ]
     return "\n".join(lines)
 
