@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT, build_until, write_config
 from pretrain import evaluate, finetune, runpool
-from pretrain.artifacts import ArtifactStore
+from pretrain.artifacts import ArtifactStore, MANIFEST, file_digest
 from pretrain.config import ModelSource, validate_config
 from pretrain.errors import ConfigError
 
@@ -98,9 +98,14 @@ def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, tiny
 def test_a_failing_run_is_named_and_the_runs_built_before_it_stay(two_stores):
     config, _, store, ids = two_stores
     cfg = config.evaluate.model_copy(update={"seeds": [0, 1], "num_epochs": 2, "parallel_runs": 2})
-    # The adapted model's weights are damaged in the store: only a worker loads them, so only a worker fails.
-    weights = evaluate.model_dir(store, ids["pretrain"]) / "model.safetensors"
+    # The adapted model's weights are truncated and its manifest rewritten to match (a broken upload that
+    # verifies): only a worker loads the weights, so only a worker fails.
+    folder = store.local_dir(ids["pretrain"])
+    weights = folder / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["model/model.safetensors"] = file_digest(weights)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(runpool.RunFailed) as failed:
         evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
     message = str(failed.value)
