@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import shlex
 import sys
 import time
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pretrain.artifacts import ArtifactStore  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from pretrain.pipeline import STAGES, run_stage  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 # Name -> overrides; budget, task and seeds come from the config and --set, the same for all.
 RECIPES = {
@@ -53,14 +53,6 @@ DEFAULT_RECIPES = ["keep", "extend", "keep+wwm"]
 STAGES_BUILT = [s for s in STAGES if s not in ("distill", "report")]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
