@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
     export.add_argument("model", help="task model (f-…), encoder (m-…, d-…, b-…; a unique start of an id) or an alias of one")
     export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty, unless --overwrite)")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder (once the new export is complete)")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --to (a folder holding only what dapt export wrote), once the new one is complete")
     export.add_argument("--format", choices=["onnx"], help="task models: also write model.onnx (fp32), measured against PyTorch on the task's test set")
     export.add_argument("--quantize", choices=["int8"], help="with --format onnx: also write model.int8.onnx (ONNX Runtime dynamic int8), measured")
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")

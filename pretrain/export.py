@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pretrain import registry
-from pretrain.artifacts import ArtifactStore, environment, file_digest, format_lineage, respect_umask
+from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, format_lineage, respect_umask
 from pretrain.errors import InputError, UserError
 from pretrain.logs import get_logger
 
@@ -40,6 +40,9 @@ CARD = "README.md"
 FACTS = "dapt_export.json"
 MEASUREMENTS = "onnx.json"
 FORMATS = ("onnx",)
+EXPORT_MARKER = 1  # `dapt_export` in dapt_export.json: the folder is an export (the format's version)
+# What only a store (or an artifact in one) holds: a folder with any of these is never replaced.
+STORE_FOLDERS = (registry.ALIASES, registry.RUNS, STAGING, ".work", ".shards")
 
 
 def model_folder(store: ArtifactStore, aid: str) -> Path:
@@ -139,17 +142,22 @@ def export(
     """Write the export folder for artifact or alias `name`; returns the export facts (dapt_export.json).
 
     `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on
-    the task's test set; `overwrite` replaces a non-empty `to` folder (once the new one is complete).
+    the task's test set; `overwrite` replaces a previous export at `to` (once the new one is complete), and
+    nothing else (`check_replaceable`).
     """
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
     if format not in (None, *FORMATS):
         raise UserError(f"--format {format}: only {', '.join(FORMATS)} is supported")
-    target = Path(to)
+    target = Path(os.path.abspath(Path(to).expanduser()))
+    if target.is_symlink():
+        raise UserError(f"--to {target}: is a symbolic link (to {os.path.realpath(target)}); give a real folder as --to")
     if target.exists() and not target.is_dir():
         raise UserError(f"--to {target}: exists and is a file, not a folder; choose another --to")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise UserError(f"--to {target}: the folder exists and is not empty; choose another --to, or pass --overwrite to replace it")
+    if target.exists():
+        check_replaceable(target, store)
     aid = registry.resolve(store, name)
     stage = store.manifest(aid)["stage"]
     _check_request(store, aid, stage, format, quantize)
@@ -190,6 +198,56 @@ def export(
     if push_to_hub:
         facts["hub_url"] = push(target, push_to_hub, aid, private=private, api_factory=hf_api_factory)
     return facts
+
+
+def check_replaceable(target: Path, store: ArtifactStore) -> None:
+    """Refuse, in one line naming the folder and why, to replace `target` unless it is a previous export.
+
+    `--overwrite` deletes the old folder once the new export is in place, so it may only ever delete what
+    an export wrote: a folder whose `dapt_export.json` is an export's marker and which holds nothing that
+    marker does not list. Never the store, a folder holding it (or the home or current folder), or `/`.
+    """
+    real = target.resolve()
+    why = f"--to {target}: not replacing it with --overwrite"
+    protected = [("the root folder /", Path("/")), ("your home folder", Path.home()), ("the current folder", Path.cwd())]
+    if store.is_local:
+        protected.insert(0, (f"the artifact store {store.url}", Path(store.root)))
+    protected = [(name, folder.resolve()) for name, folder in protected]
+    for name, folder in protected:
+        if real == folder:
+            raise UserError(f"{why}: it is {name}; choose a new or empty folder for the export")
+    for name, folder in protected:
+        if real in folder.parents:
+            raise UserError(f"{why}: it holds {name} ({folder}); choose a new or empty folder for the export")
+    entries = {entry.name: entry for entry in real.iterdir()}
+    store_like = sorted(n for n in entries if n in STORE_FOLDERS or n == MANIFEST or (entries[n] / MANIFEST).is_file())
+    if store_like:
+        raise UserError(f"{why}: it holds an artifact store or artifacts ({', '.join(store_like[:3])}); choose another --to")
+    listed = export_files(real)
+    if listed is None:
+        raise UserError(
+            f"{why}: it is not a previous dapt export (no valid {FACTS} marker in it), and --overwrite replaces only those; "
+            "choose a new or empty folder, or empty this one yourself"
+        )
+    foreign = sorted(set(entries) - listed)
+    if foreign:
+        raise UserError(
+            f"{why}: it holds files the export did not write ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}), "
+            "which --overwrite would delete; move them out, or choose another --to"
+        )
+
+
+def export_files(folder: Path) -> set[str] | None:
+    """The names a previous export wrote into `folder` (per its dapt_export.json marker); None if it is not an export."""
+    try:
+        facts = json.loads((folder / FACTS).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("files"), dict):
+        return None
+    if facts.get("dapt_export") != EXPORT_MARKER and not {"artifact", "lineage", "exported_with"} <= facts.keys():  # before the marker
+        return None
+    return {str(name) for name in facts["files"]} | {CARD, FACTS}
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -303,6 +361,7 @@ def measurement_table(q: dict) -> list[str]:
 
 def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: dict | None, measured: dict | None, run: dict | None) -> dict[str, Any]:
     return {
+        "dapt_export": EXPORT_MARKER,  # the marker --overwrite looks for: only a folder carrying it is ever replaced
         "artifact": aid,
         "requested_as": name,
         "store": store.url,

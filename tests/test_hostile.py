@@ -601,3 +601,90 @@ def test_a_read_only_store_can_be_listed_and_planned_and_refuses_builds_in_one_l
     assert "base      b-" in planning and "to build" in planning and "rc=0" in planning
     assert f"store {store.root}: cannot write into {store.root}/.tmp (Read-only file system); building needs a writable store" in building
     assert "rc=2" in building and "Traceback" not in out
+
+
+# --- issue 22: `export --overwrite` replaces a previous export and nothing else --------------------------------
+
+
+@pytest.fixture
+def base_store(tmp_path, corpus_file, task_files, tiny_base):
+    """A store with the base model artifact, an alias and a recorded run, a file beside it, and a first export of it."""
+    raw = make_tiny_config(tmp_path / "home" / "work" / "store", corpus_file, task_files, tiny_base)
+    _, store, ids = build_until(raw, "base")
+    registry.promote(store, ids["base"], "production")
+    registry.record_run(store, "tiny", ids)
+    (tmp_path / "home" / "work" / "notes.txt").write_text("a file beside the store")
+    return store, ids["base"]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _refused_overwrite(capsys, store, to: str, words: str) -> None:
+    before = _tree(Path(store.root).parents[2])
+    code, out, err = _cli(capsys, "export", "production", "--to", to, "--overwrite", "--store", store.url)
+    assert code == 2 and "exported" not in out and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "not replacing it with --overwrite" in err
+    assert words in err
+    assert _tree(Path(store.root).parents[2]) == before  # nothing deleted, nothing written (no staging folder either)
+
+
+def test_export_overwrite_never_replaces_the_store(base_store, capsys):
+    store, _ = base_store
+    _refused_overwrite(capsys, store, store.root, f"--to {store.root}: not replacing it with --overwrite: it is the artifact store {store.url}")
+    assert store.ids() and registry.aliases(store)
+
+
+def test_export_overwrite_never_replaces_a_folder_holding_the_store(base_store, capsys):
+    store, _ = base_store
+    parent = Path(store.root).parent
+    _refused_overwrite(capsys, store, str(parent), f"--to {parent}: not replacing it with --overwrite: it holds the artifact store")
+    assert (parent / "notes.txt").read_text() == "a file beside the store"
+
+
+def test_export_overwrite_never_replaces_home_cwd_or_root(base_store, capsys, monkeypatch, tmp_path):
+    store, _ = base_store
+    home = Path(store.root).parents[1]
+    monkeypatch.setenv("HOME", str(home))
+    _refused_overwrite(capsys, store, "~", f"--to {home}: not replacing it with --overwrite: it is your home folder")
+    _refused_overwrite(capsys, store, str(home), f"--to {home}: not replacing it with --overwrite: it is your home folder")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(elsewhere / "me"))
+    _refused_overwrite(capsys, store, str(elsewhere), f"--to {elsewhere}: not replacing it with --overwrite: it holds your home folder")
+    monkeypatch.setenv("HOME", str(elsewhere))
+    monkeypatch.chdir(elsewhere)
+    _refused_overwrite(capsys, store, ".", f"--to {elsewhere}: not replacing it with --overwrite: it is your home folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+    _refused_overwrite(capsys, store, ".", f"--to {elsewhere}: not replacing it with --overwrite: it is the current folder")
+    _refused_overwrite(capsys, store, "/", "--to /: not replacing it with --overwrite: it is the root folder /")
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+
+
+def test_export_overwrite_replaces_only_a_previous_export_holding_nothing_else(base_store, capsys, tmp_path):
+    store, aid = base_store
+    out = tmp_path / "out"
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(out), "--store", store.url)
+    assert code == 0 and f"exported {aid}" in printed
+    assert json.loads((out / "dapt_export.json").read_text())["dapt_export"] == 1  # the marker
+    (out / "model.safetensors").write_bytes(b"stale")
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(out), "--overwrite", "--store", store.url)
+    assert code == 0 and (out / "model.safetensors").read_bytes() != b"stale"  # a previous export: replaced
+
+    (out / "my-notes.txt").write_text("not the export's")
+    _refused_overwrite(capsys, store, str(out), f"--to {out}: not replacing it with --overwrite: it holds files the export did not write (my-notes.txt)")
+    (out / "my-notes.txt").unlink()
+    (out / "dapt_export.json").write_text('{"files": {}}')  # not an export's marker
+    _refused_overwrite(capsys, store, str(out), f"--to {out}: not replacing it with --overwrite: it is not a previous dapt export (no valid dapt_export.json")
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "data.csv").write_text("a,b\n")
+    _refused_overwrite(capsys, store, str(plain), f"--to {plain}: not replacing it with --overwrite: it is not a previous dapt export")
+    other_store = tmp_path / "other"
+    (other_store / ".aliases").mkdir(parents=True)
+    (other_store / "dapt_export.json").write_text('{"dapt_export": 1, "files": {}}')  # even with a marker
+    _refused_overwrite(capsys, store, str(other_store), f"--to {other_store}: not replacing it with --overwrite: it holds an artifact store or artifacts (.aliases)")
