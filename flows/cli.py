@@ -11,7 +11,7 @@
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
     dapt artifacts rm ID                   # e.g. a corrupted artifact: the next run rebuilds it
     dapt export ID_OR_ALIAS --to DIR [--format onnx [--quantize int8]] [--overwrite] [--push-to-hub REPO]
-    dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id]
+    dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id] [--on-empty skip|fail]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
 User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
@@ -224,8 +224,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     setup_logging()
     result = predict(args.model, args.input, args.out, text_field=args.text_field, id_field=args.id_field, batch_size=args.batch_size,
-                     max_seq_length=args.max_seq_length)  # fmt: skip
+                     max_seq_length=args.max_seq_length, on_empty=args.on_empty)  # fmt: skip
     print(f"{result['texts']:,} texts labelled ({result['runtime']}; {len(result['labels'])} labels; id field {result['id_field'] or 'file:line'}) -> {result['out']}")
+    if skipped := result["skipped"]:
+        print(f"skipped {len(skipped):,} rows with no text (not labelled): {', '.join(skipped[:10])}{', …' if len(skipped) > 10 else ''}")
     return 0
 
 
@@ -326,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--id-field", default=None, help="field / column with the row's id (default: id if present, else file:line)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the fine-tuning run's limit)")
+    predict.add_argument("--on-empty", choices=["skip", "fail"], default="skip", help="a row with no text: leave it out, counted (default), or stop")
     return parser
 
 
