@@ -688,3 +688,57 @@ def test_export_overwrite_replaces_only_a_previous_export_holding_nothing_else(b
     (other_store / ".aliases").mkdir(parents=True)
     (other_store / "dapt_export.json").write_text('{"dapt_export": 1, "files": {}}')  # even with a marker
     _refused_overwrite(capsys, store, str(other_store), f"--to {other_store}: not replacing it with --overwrite: it holds an artifact store or artifacts (.aliases)")
+
+
+# --- issue 22: silently wrong -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def classifier(tiny_base, tmp_path):
+    """An untrained two-label classifier folder (what `dapt predict` takes)."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "clf"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, folder / name)
+    return folder
+
+
+def test_predict_never_labels_a_row_without_text(classifier, tmp_path, capsys):
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,oil prices rose\n2,\n3,"   "\n4,net profit up\n')
+    out = tmp_path / "o.jsonl"
+    code, printed, _ = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(out))
+    assert code == 0
+    assert "2 texts labelled" in printed and f"skipped 2 rows with no text (not labelled): {source}:3, {source}:4" in printed
+    assert [json.loads(line)["id"] for line in out.open()] == ["1", "4"]  # no invented label for rows 2 and 3
+    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(tmp_path / "f.jsonl"), "--on-empty", "fail")
+    assert code == 2 and f"error: {source}:3: no text in 'text' (empty); remove the row, or pass --on-empty skip" in err
+    assert not (tmp_path / "f.jsonl").exists()
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text('{"text": null}\n{"text": ""}\n')
+    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(nulls), "--out", str(tmp_path / "n.jsonl"))
+    assert code == 2 and f"--input {nulls}: no records to label (all 2 have no text in 'text')" in err
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "1", "'true'", '"false"'])
+def test_booleans_are_only_true_or_false_in_the_file_and_in_set(tmp_path, tiny_config, word):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    shown = {"'true'": "'true'", '"false"': "'false'", "1": "1"}.get(word, repr(word))
+    words = f"vocab.lowercase: Input should be a valid boolean (got {shown}); write true or false"
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, [f"vocab.lowercase={word}"])
+    assert words in str(refused.value)
+    path.write_text(path.read_text().replace("vocab:\n", f"vocab:\n  lowercase: {word}\n"))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert words in str(refused.value)
+
+
+def test_true_and_false_still_read_as_booleans_and_no_is_a_string(tmp_path, tiny_config):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    config = load_config(path, ["vocab.lowercase=false", "ingest.dedup.near=False", "pretrain.mixed_precision=no"])
+    assert config.vocab.lowercase is False and config.ingest.dedup.near is False and config.pretrain.mixed_precision == "no"
