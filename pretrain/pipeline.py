@@ -136,9 +136,10 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     size), one line each; raises InputError naming every problem.
     """
     from pretrain.config import config_warnings
-    from pretrain.tasks import read_task
+    from pretrain.tasks import check_held_out, read_task
 
     data = read_task(cfg.evaluate.task, cfg.evaluate.validation_fraction, log_notes=False)
+    check_held_out(data)  # a test or validation file that is train data is an error, a few shared examples a warning
     lines = [f"warning: {w}" for w in config_warnings(cfg)]
     lines += [f"warning: evaluate.task: {note}" for note in data.notes]
     return lines + [data.describe(cfg.evaluate.task.name)]

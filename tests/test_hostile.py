@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, build_until, make_tiny_config, write_config
+from conftest import ROOT, build_until, make_tiny_config, write_config, write_jsonl
 from flows.cli import main
 from pretrain import registry, training
 from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest
@@ -742,3 +742,45 @@ def test_true_and_false_still_read_as_booleans_and_no_is_a_string(tmp_path, tiny
     path = write_config(tmp_path / "c.yaml", tiny_config)
     config = load_config(path, ["vocab.lowercase=false", "ingest.dedup.near=False", "pretrain.mixed_precision=no"])
     assert config.vocab.lowercase is False and config.ingest.dedup.near is False and config.pretrain.mixed_precision == "no"
+
+
+def _task_run(tmp_path, tiny_config, train_rows, held_rows, key="test_files"):
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    write_jsonl(train, [{"text": t, "label": label} for t, label in train_rows])
+    write_jsonl(held, [{"text": t, "label": label} for t, label in held_rows])
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "task": {"name": "T", "train_files": [str(train)], key: [str(held)]}}}
+    return raw, train, held
+
+
+def _labelled(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [(f"Story number {i} about {'oil' if i % 2 else 'grain'} prices and trade", "crude" if i % 2 else "grain") for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("key", ["test_files", "validation_files"])
+def test_a_test_or_validation_file_that_is_the_train_file_is_refused_at_plan_time(tmp_path, tiny_config, capsys, key):
+    raw, train, _ = _task_run(tmp_path, tiny_config, _labelled(40), _labelled(10))
+    raw["evaluate"]["task"][key] = [str(train)]
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    use = "scored on" if key == "test_files" else "have their epoch chosen on"
+    assert code == 2 and "Traceback" not in err
+    assert f"evaluate.task.{key}: {train} is the same file as the train file {train} (identical bytes): the models would be {use} their own training data" in err
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(train, copy)  # another name, the same bytes
+    raw["evaluate"]["task"][key] = [str(copy)]
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 2 and f"{copy} is the same file as the train file {train}" in err
+
+
+def test_test_examples_shared_with_train_are_an_error_above_a_small_share_and_a_warning_below(tmp_path, tiny_config, capsys):
+    train_rows = _labelled(100)
+    held = _labelled(50, start=1000)
+    raw, train, test = _task_run(tmp_path, tiny_config, train_rows, held[:45] + [(t.upper() + "  ", label) for t, label in train_rows[:5]])
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 2  # 5 of 50 (10%): not a held-out test set
+    assert "evaluate.task.test_files: 5 of 50 examples (10.0%) have the same text as a train example (case and spacing aside)" in err
+    assert f"e.g. {test}:46 = {train}:1 ('STORY NUMBER 0 ABOUT GRAIN" in err and "(more than 5%)" in err
+
+    raw, train, test = _task_run(tmp_path, tiny_config, train_rows, held + [train_rows[7]])
+    code, out, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 0
+    assert f"warning: evaluate.task: test_files: 1 of 51 examples (2.0%) have the same text as a train example (case and spacing aside), e.g. {test}:51 = {train}:8" in err
