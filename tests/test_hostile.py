@@ -784,3 +784,24 @@ def test_test_examples_shared_with_train_are_an_error_above_a_small_share_and_a_
     code, out, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
     assert code == 0
     assert f"warning: evaluate.task: test_files: 1 of 51 examples (2.0%) have the same text as a train example (case and spacing aside), e.g. {test}:51 = {train}:8" in err
+
+
+def test_init_says_when_the_corpus_files_are_not_text(tmp_path, tiny_base, monkeypatch, capsys):
+    from test_init import _user_files
+
+    monkeypatch.chdir(tmp_path)
+    docs, _ = _user_files(tmp_path, stories=5, examples=60)
+    noise = os.urandom(200_000)
+    (docs / "story002.txt").write_bytes(noise)
+    (docs / "story003.txt").write_bytes(bytes(b | 0x80 for b in noise[:20_000]))  # no NUL byte, but not UTF-8
+    code, out, _ = _cli(capsys, "init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml")
+    assert code == 0
+    assert "warning: 2 of the 5 corpus files sampled are not text (docs/story002.txt: a binary file (NUL bytes in the first 8 KiB), not text; " in out
+    assert "docs/story003.txt: not UTF-8 text (" in out and "ingest stops at the first one; remove them from the corpus, or set ingest.on_error: skip in my.yaml" in out
+
+    only = tmp_path / "binary"
+    only.mkdir()
+    (only / "random.txt").write_bytes(noise)
+    code, out, err = _cli(capsys, "init", "--corpus", "binary", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "b.yaml")
+    assert code == 2 and "Traceback" not in err and "next:" not in out and not (tmp_path / "b.yaml").exists()
+    assert "error: --corpus binary: none of the 1 text files sampled is text (e.g. binary/random.txt: a binary file (NUL bytes" in err
