@@ -181,7 +181,14 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
         print(f"{'delete' if args.yes else 'would delete'}  {leftover['path']}  {leftover['bytes'] / 1e6:,.1f} MB  "
               f"(staging folder of an interrupted publish, untouched for {leftover['age_hours']:,.0f} h)")  # fmt: skip
     staged = sum(leftover["bytes"] for leftover in stale)
-    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB, and {len(stale)} staging folders, {staged / 1e6:,.1f} MB"
+    work = registry.abandoned_work(store, keep_hours=args.keep_hours)
+    for folder in work:
+        why = f"{folder['id']} is built since" if folder["built"] else f"a re-run with {folder['id']}'s settings would resume from them"
+        print(f"{'delete' if args.yes else 'would delete'}  {folder['path']}  {folder['bytes'] / 1e6:,.1f} MB  "
+              f"(checkpoints of a build untouched for {folder['age_hours']:,.0f} h; {why})")  # fmt: skip
+    checkpoints = sum(folder["bytes"] for folder in work)
+    total = (f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB, {len(stale)} staging folders, {staged / 1e6:,.1f} MB, "
+             f"and {len(work)} checkpoint folders, {checkpoints / 1e6:,.1f} MB")  # fmt: skip
     if not args.yes:
         print(f"dry run: would delete {total}; run again with --yes to delete")
         return 0
@@ -189,7 +196,9 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
         registry.delete_artifact(store, aid)
     for leftover in stale:
         registry.remove_staging(leftover)
-    print(f"deleted {total}; freed {(plan['delete_bytes'] + staged) / 1e6:,.1f} MB")
+    for folder in work:
+        registry.remove_staging(folder)
+    print(f"deleted {total}; freed {(plan['delete_bytes'] + staged + checkpoints) / 1e6:,.1f} MB")
     return 0
 
 
@@ -291,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = actions.add_parser("aliases", help="every alias and what it points at")
     verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
     verify.add_argument("id", help=id_help)
-    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, and staging folders of interrupted publishes (dry run unless --yes)")
+    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, staging folders of interrupted publishes and old checkpoints (dry run unless --yes)")
     gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
     gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
     gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")

@@ -528,8 +528,11 @@ class ArtifactStore:
     def work_dir(self, aid: str) -> Path:
         """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
         self._began.setdefault(aid, time.time())
-        base = Path(self.root) if self.is_local else self.cache_dir
-        return self._writable_folder(base / ".work" / check_id(aid))
+        return self._writable_folder(self.work_root() / check_id(aid))
+
+    def work_root(self) -> Path:
+        """The folder of the work folders: in a local store, else in the local cache (`dapt artifacts gc` collects old ones)."""
+        return (Path(self.root) if self.is_local else self.cache_dir) / ".work"
 
     def staging_leftovers(self) -> list[dict[str, Any]]:
         """Staging folders of publishes and downloads that never finished (a crash, kill -9): path, bytes, age.

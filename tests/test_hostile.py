@@ -805,3 +805,45 @@ def test_init_says_when_the_corpus_files_are_not_text(tmp_path, tiny_base, monke
     code, out, err = _cli(capsys, "init", "--corpus", "binary", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "b.yaml")
     assert code == 2 and "Traceback" not in err and "next:" not in out and not (tmp_path / "b.yaml").exists()
     assert "error: --corpus binary: none of the 1 text files sampled is text (e.g. binary/random.txt: a binary file (NUL bytes" in err
+
+
+def test_gc_lists_and_collects_abandoned_checkpoints_past_keep_hours(tmp_path, capsys):
+    store = ArtifactStore(tmp_path / "store")
+    old = store.work_dir(M) / "checkpoints" / "step-00000004"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"0" * 2_000_000)
+    young = store.work_dir("m-" + "8" * 20) / "checkpoints"
+    young.mkdir(parents=True)
+    (young / "model.safetensors").write_bytes(b"0" * 1000)
+    hours_ago = time.time() - 30 * 3600
+    for path in [*old.parents[1].rglob("*"), old.parents[1]]:
+        os.utime(path, (hours_ago, hours_ago))
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--store", store.root)
+    folder = Path(store.root) / ".work" / M
+    assert code == 0
+    assert f"would delete  {folder}  2.0 MB  (checkpoints of a build untouched for 30 h; a re-run with {M}'s settings would resume from them)" in out
+    assert "and 1 checkpoint folders, 2.0 MB; run again with --yes" in out and "8888" not in out and folder.is_dir()
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--yes", "--keep-hours", "48", "--store", store.root)
+    assert code == 0 and folder.is_dir() and "0 checkpoint folders" in out  # younger than --keep-hours: kept
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--yes", "--store", store.root)
+    assert code == 0 and "freed 2.0 MB" in out and not folder.exists() and young.is_dir()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    from accelerate import Accelerator
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pretrain.config import PretrainConfig
+    from pretrain.mlm import MaskedLM
+
+    previous = os.umask(0o022)
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+        task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), PretrainConfig(max_steps=4), 4)
+        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
+        checkpoint = training.latest_checkpoint(tmp_path / "checkpoints")
+        assert {p.name: p.stat().st_mode & 0o777 for p in checkpoint.iterdir()} == {p.name: 0o644 for p in checkpoint.iterdir()}
+        assert "model.safetensors" in {p.name for p in checkpoint.iterdir()} and checkpoint.stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(previous)
