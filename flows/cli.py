@@ -14,14 +14,19 @@
     dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id] [--on-empty skip|fail]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
-User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
+User mistakes (bad config, unreadable input, unknown id) and errors a user can act on (a read-only or full
+disk, a permission, a refused connection, no network) print one message and exit with status 2;
+`dapt --debug ...` shows the traceback. SIGTERM and SIGINT stop `dapt run` with everything it started
+(flows/lifecycle.py) and exit with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 
 from pretrain import registry
@@ -257,6 +262,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapt", description="Domain-adaptive pretraining of BERT-family encoders.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also DAPT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     init = commands.add_parser("init", help="write a first config for your own files, sized for the base model and the corpus")
@@ -344,11 +350,60 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
+    if argv is None and args.command == "run":  # the process is `dapt run` (not a caller's main([...])): it owns its signals
+        from flows.lifecycle import start_watchdog, stop_on_signals
+
+        start_watchdog()
+        stop_on_signals()
+    debug = args.debug or os.environ.get("DAPT_DEBUG") == "1"
     try:
         return handlers[args.command](args)
     except UserError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        line = os_error_line(e)
+        if debug or line is None:
+            raise
+        print(f"error: {line} (`dapt --debug ...` shows where)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        done = (": the run, its workers and the temporary Prefect server are stopped, nothing half-built was published; re-run the "
+                "same command to go on (finished stages are cache hits, pretraining resumes from its last checkpoint)")  # fmt: skip
+        print(f"error: stopped by {signal.Signals(signum).name}{done if args.command == 'run' else ''}", file=sys.stderr)
+        return 128 + signum
+
+
+# What a user can act on, by errno: the words after the path or URL in the one-line error.
+ACTIONABLE = {
+    errno.EROFS: "read-only file system; choose a writable place",
+    errno.ENOSPC: "no space left on the device; free some, or choose another place",
+    errno.EDQUOT: "disk quota exceeded; free some space, or choose another place",
+    errno.EACCES: "permission denied; check who owns it, or choose another place",
+    errno.EPERM: "operation not permitted; check who owns it, or choose another place",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ECONNREFUSED: "connection refused; is the server running, and is the address right?",
+    errno.ETIMEDOUT: "the connection timed out; check the network and the address",
+    errno.EHOSTUNREACH: "host unreachable; check the network and the address",
+    errno.ENETUNREACH: "network unreachable; check the network",
+}
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line for an OSError a user can act on (read-only, full, permission, not found, refused, DNS), naming the path or URL; else None."""
+    import socket
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    if isinstance(e, socket.gaierror):
+        return f"{where or 'a host name'}: cannot resolve the host name ({e.strerror or e}); check the URL and the network (no network here?)"
+    code = e.errno if e.errno is not None else getattr(e.__cause__ or e.__context__, "errno", None)
+    if code not in ACTIONABLE:
+        return None
+    return f"{where or str(e)}: {ACTIONABLE[code]}" if where else f"{e}: {ACTIONABLE[code]}"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pretrain import registry, training
 from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest
 from pretrain.config import load_config, validate_config
 from pretrain.errors import ConfigError, InputError, UserError
-from pretrain.pipeline import run_stage, stage_id
+from pretrain.pipeline import plan, run_stage, stage_id
 
 class _Payload:
     """Unpickled, it creates the file named in it: an observable side effect."""
@@ -847,3 +847,151 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
         assert "model.safetensors" in {p.name for p in checkpoint.iterdir()} and checkpoint.stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(previous)
+
+
+# --- issue 22 item 7 / issue 21 item 5: `dapt run` stops everything it started ------------------------------------
+
+# `dapt run` as the console script runs it (the watchdog and the signal handlers are the process entry's), with
+# each training step slowed down so that a signal lands mid-pretraining.
+SLOW_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from pretrain.mlm import MaskedLM
+    forward = MaskedLM.forward
+    def slow_forward(self, *args, **kwargs):
+        if self.training:
+            time.sleep(0.2)
+        return forward(self, *args, **kwargs)
+    MaskedLM.forward = slow_forward
+    from flows.cli import main
+    sys.argv = ["dapt", "run", sys.argv[1]]
+    sys.exit(main())
+    """
+)
+
+
+@pytest.fixture
+def slow_run(tmp_path, corpus_file, task_files, tiny_base):
+    """A config pretraining 60 slowed steps with a checkpoint every 5, and a function that starts `dapt run` on it
+    (its own PREFECT_HOME) and returns (the process, its descendants so far) once the temporary Prefect server
+    is among them and, with `checkpoint=True`, pretraining has written a checkpoint."""
+    import psutil
+
+    raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, tiny_base)
+    raw["pretrain"].update(max_steps=60, checkpoint_every_steps=5, keep_checkpoints=2, log_every_steps=5)
+    path = write_config(tmp_path / "c.yaml", raw)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+
+    def start(checkpoints: Path | None = None):
+        process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        seen: dict[int, psutil.Process] = {}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+            server = any("prefect.server.api.server" in " ".join(_cmdline(p)) for p in seen.values())
+            if server and (checkpoints is None or (checkpoints.is_dir() and any(checkpoints.glob("step-*")))):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[0]
+        return process, list(seen.values())
+
+    return start, raw
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _all_gone(processes, seconds: float) -> list:
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return [(p.pid, _cmdline(p)) for p in alive]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_pretraining_stops_the_server_and_workers_publishes_nothing_and_the_rerun_resumes(slow_run, caplog):
+    import signal
+
+    start, raw = slow_run
+    config, store, ids = build_until(raw, "tokens")
+    aid = stage_id("pretrain", config, ids)
+    process, children = start(checkpoints=store.work_root() / aid / "checkpoints")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "error: stopped by SIGTERM: the run, its workers and the temporary Prefect server are stopped" in output
+    assert "Traceback" not in output
+    assert _all_gone(children, 15) == []  # no uvicorn (nor any worker) outlives the run
+    assert not store.exists(aid) and not list((Path(store.root) / ".tmp").glob(f"{aid}.*"))  # nothing half-built
+    assert any((store.work_root() / aid / "checkpoints").glob("step-*"))  # kept for the re-run
+    with caplog.at_level("INFO", logger="pretrain"):
+        assert run_stage("pretrain", config, store, ids) == aid
+    assert "pretrain: resuming from" in caplog.text and store.exists(aid)
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_of_dapt_run_leaves_no_orphan_server(slow_run):
+    import signal
+
+    start, _ = slow_run
+    process, children = start()
+    time.sleep(2)  # the watchdog notes the run's processes every 0.5 s: a server younger than that is not yet on its list
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate(timeout=60)[0]  # the watchdog shares the output pipe: this waits for it too
+    assert process.returncode == -signal.SIGKILL
+    assert _all_gone(children, 20) == []  # the watchdog stopped the server and the rest
+    assert f"dapt: the run (pid {process.pid}) ended without stopping" in output and "temporary Prefect server (pid" in output
+
+
+def test_a_temporary_server_that_does_not_start_is_retried_then_one_line_saying_what_to_do(monkeypatch, tmp_path, tiny_config, capsys):
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import lifecycle
+
+    tries, waits = [], []
+
+    def overloaded(self, timeout=None):
+        tries.append(self)
+        raise httpx.ReadTimeout("timed out")  # what the health check of a server on a loaded machine raised
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", overloaded)
+    monkeypatch.setattr(lifecycle.time, "sleep", waits.append)
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        code, _, err = _cli(capsys, "run", str(path))
+    assert code == 2 and len(tries) == 3 and waits == [5, 10] and "Traceback" not in err
+    *retried, last = err.strip().splitlines()
+    assert len(retried) == 2 and all("the temporary Prefect server did not start (ReadTimeout: timed out); trying again in" in r for r in retried)
+    assert last.startswith("error: the temporary Prefect server did not start in 3 tries (ReadTimeout: timed out): the machine is probably overloaded")
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last and "PREFECT_API_URL=http://127.0.0.1:4200/api" in last
+
+
+def test_an_api_call_that_still_times_out_after_prefects_retries_is_one_line(monkeypatch, tmp_path, tiny_config, capsys):
+    import httpx
+
+    import flows.pipeline
+
+    def timing_out(**kwargs):
+        raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(flows.pipeline, "start_api_server", lambda: None)
+    monkeypatch.setattr(flows.pipeline, "pipeline", timing_out)
+    code, _, err = _cli(capsys, "run", str(write_config(tmp_path / "c.yaml", tiny_config)))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "did not answer (ReadTimeout: timed out) after Prefect's retries: the machine is overloaded or the server stopped. Re-run the same command" in err
