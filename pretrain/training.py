@@ -468,6 +468,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"{name} is {path.stat().st_size:,} bytes, {meta['size']:,} when it was written (truncated?)"
         if file_digest(path)["sha256"] != meta["sha256"]:
             return f"{name} changed since it was written (sha256 differs)"
+        if name.endswith(".json"):  # a state file whose hashes were forged to match: still only JSON is ever read
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+                return f"{name} is not JSON"
     return None
 
 

@@ -995,3 +995,29 @@ def test_an_api_call_that_still_times_out_after_prefects_retries_is_one_line(mon
     code, _, err = _cli(capsys, "run", str(write_config(tmp_path / "c.yaml", tiny_config)))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "did not answer (ReadTimeout: timed out) after Prefect's retries: the machine is overloaded or the server stopped. Re-run the same command" in err
+
+
+def test_a_forged_checkpoint_whose_scheduler_json_is_not_json_is_set_aside_not_a_traceback(tmp_path, caplog):
+    from accelerate import Accelerator
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pretrain.config import PretrainConfig
+    from pretrain.mlm import MaskedLM
+
+    accelerator = Accelerator(cpu=True)
+    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=2)
+    model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, 4)
+    for step in (2, 4):
+        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 2, task, optimizer, scheduler)
+    newest = training.latest_checkpoint(tmp_path / "checkpoints")
+    forged = b"\xff\xfe not json \x00\x81"
+    (newest / "scheduler.json").write_bytes(forged)
+    state = json.loads((newest / "trainer_state.json").read_text())
+    state["files"]["scheduler.json"] = {"size": len(forged), "sha256": file_digest_bytes(forged)}  # hashes forged to match
+    (newest / "trainer_state.json").write_text(json.dumps(state))
+    assert training.checkpoint_problem(newest) == "scheduler.json is not JSON"
+    with caplog.at_level("WARNING", logger="pretrain"):
+        _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
+    assert progress == {"step": 2}  # the previous checkpoint, as for a truncated one
+    assert f"checkpoint {newest} cannot be restored: scheduler.json is not JSON. Set aside as broken-step-00000004" in caplog.text
