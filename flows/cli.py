@@ -23,7 +23,6 @@ disk, a permission, a refused connection, no network) print one message and exit
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ import sys
 
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
-from pretrain.errors import UserError
+from pretrain.errors import UserError, os_error_line, unreachable
 from pretrain.logs import setup_logging
 
 DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
@@ -363,10 +362,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        line = os_error_line(e)
-        if debug or line is None:
+    except Exception as e:  # what a user can act on: a remote store or service out of reach, a read-only or full disk, ...
+        if debug:
             raise
+        if why := unreachable(e):
+            where = f"store {args.store}" if getattr(args, "store", None) else "a remote file or service"
+            line = f"{where}: cannot reach it: {why}"
+        elif not isinstance(e, OSError) or (line := os_error_line(e)) is None:
+            raise
+        elif args.command == "artifacts":
+            line = f"store {args.store}: {line}"
         print(f"error: {line} (`dapt --debug ...` shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -375,35 +380,6 @@ def main(argv: list[str] | None = None) -> int:
                 "same command to go on (finished stages are cache hits, pretraining resumes from its last checkpoint)")  # fmt: skip
         print(f"error: stopped by {signal.Signals(signum).name}{done if args.command == 'run' else ''}", file=sys.stderr)
         return 128 + signum
-
-
-# What a user can act on, by errno: the words after the path or URL in the one-line error.
-ACTIONABLE = {
-    errno.EROFS: "read-only file system; choose a writable place",
-    errno.ENOSPC: "no space left on the device; free some, or choose another place",
-    errno.EDQUOT: "disk quota exceeded; free some space, or choose another place",
-    errno.EACCES: "permission denied; check who owns it, or choose another place",
-    errno.EPERM: "operation not permitted; check who owns it, or choose another place",
-    errno.ENOENT: "no such file or folder",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.ECONNREFUSED: "connection refused; is the server running, and is the address right?",
-    errno.ETIMEDOUT: "the connection timed out; check the network and the address",
-    errno.EHOSTUNREACH: "host unreachable; check the network and the address",
-    errno.ENETUNREACH: "network unreachable; check the network",
-}
-
-
-def os_error_line(e: OSError) -> str | None:
-    """One line for an OSError a user can act on (read-only, full, permission, not found, refused, DNS), naming the path or URL; else None."""
-    import socket
-
-    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-    if isinstance(e, socket.gaierror):
-        return f"{where or 'a host name'}: cannot resolve the host name ({e.strerror or e}); check the URL and the network (no network here?)"
-    code = e.errno if e.errno is not None else getattr(e.__cause__ or e.__context__, "errno", None)
-    if code not in ACTIONABLE:
-        return None
-    return f"{where or str(e)}: {ACTIONABLE[code]}" if where else f"{e}: {ACTIONABLE[code]}"
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pretrain.errors import InputError
+from pretrain.errors import InputError, unreachable
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -363,7 +363,16 @@ class ArtifactStore:
 
     def __init__(self, url: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         self.url = str(url)
-        self.fs, root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+        except ImportError as e:  # an fsspec backend that is not installed
+            raise InputError(f"store {self.url}: its file system needs a package that is not installed ({e})") from None
+        except ValueError as e:  # an unknown protocol
+            raise InputError(f"store {self.url}: not a folder or a usable fsspec URL ({e}); give a folder, or s3://, gs://, ... with its package") from None
+        except Exception as e:  # a file system that connects when created (ftp://, sftp://)
+            if (why := unreachable(e)) is None:
+                raise
+            raise InputError(f"store {self.url}: cannot reach it: {why}") from None
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
         if self.is_local:

@@ -18,6 +18,7 @@ figures go into the card and `onnx.json`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 
 from pretrain import registry
 from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, format_lineage, respect_umask
-from pretrain.errors import InputError, UserError
+from pretrain.errors import InputError, UserError, os_error_line, unreachable
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -40,6 +41,7 @@ CARD = "README.md"
 FACTS = "dapt_export.json"
 MEASUREMENTS = "onnx.json"
 FORMATS = ("onnx",)
+WRITE_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)  # a --to that cannot take the export
 EXPORT_MARKER = 1  # `dapt_export` in dapt_export.json: the folder is an export (the format's version)
 # What only a store (or an artifact in one) holds: a folder with any of these is never replaced.
 STORE_FOLDERS = (registry.ALIASES, registry.RUNS, STAGING, ".work", ".shards")
@@ -171,8 +173,8 @@ def export(
     log.info("export %s (%s) -> %s", aid, name, target)
 
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "manifest.json":
                 shutil.copy2(path, staging / path.name)
@@ -193,6 +195,10 @@ def export(
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
         respect_umask(staging)  # copies keep the mode of files written 0600 before artifacts followed the umask
         _replace(staging, target)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        raise UserError(f"--to {target}: cannot write the export there: {os_error_line(e)}; nothing was left behind") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
@@ -673,7 +679,12 @@ def push(folder: Path, repo: str, aid: str, private: bool = True, api_factory: C
         url = api.create_repo(repo_id=repo, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model", commit_message=f"dapt export of {aid}")
     except (OSError, ValueError) as e:  # HfHubHTTPError is an OSError subclass; no network is a ConnectionError
-        raise UserError(f"--push-to-hub {repo}: {type(e).__name__}: {_without(str(e), token)}") from None
+        why = unreachable(e) or f"{type(e).__name__}: {e}"
+        raise UserError(f"--push-to-hub {repo}: {_without(why, token)}; the export in {folder} is complete, push it again later") from None
+    except Exception as e:  # huggingface_hub's client raises httpx errors for a network out of reach
+        if (why := unreachable(e)) is None:
+            raise
+        raise UserError(f"--push-to-hub {repo}: cannot reach the Hub: {_without(why, token)}; the export in {folder} is complete, push it again later") from None
     log.info("export %s: pushed to %s", aid, repo)
     return str(url)
 

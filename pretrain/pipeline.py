@@ -15,7 +15,7 @@ from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, 
 from pretrain.artifacts import ArtifactStore, source_digest
 from pretrain.config import PipelineConfig, TaskConfig, load_config
 from pretrain.decontaminate import Targets, TaskFile
-from pretrain.errors import UserError
+from pretrain.errors import UserError, os_error_line
 from pretrain.io import expand_inputs
 from pretrain.logs import is_main_process, setup_logging
 from pretrain.tasks import read_split
@@ -181,4 +181,9 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         print(run_stage(stage, cfg, store, ids))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a read-only or full disk, a permission: one line naming the path, as `dapt` prints it
+        if (line := os_error_line(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)

@@ -96,9 +96,17 @@ def load(model: str) -> tuple[Any, str]:
     """(engine, runtime): a Hugging Face classifier, or an ONNX Runtime session for a .onnx file."""
     path = Path(model)
     if path.suffix == ".onnx":
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+
         from pretrain.quantize import OrtClassifier
 
-        return OrtClassifier(path), f"onnxruntime {path.name}"
+        try:
+            return OrtClassifier(path), f"onnxruntime {path.name}"
+        except (InvalidProtobuf, InvalidGraph, NoSuchFile, Fail) as e:
+            raise InputError(
+                f"{model}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is not a (complete) ONNX "
+                "model: export it again with `dapt export f-… --to DIR --format onnx`, or give the export folder instead"
+            ) from None
     from transformers import AutoModelForSequenceClassification
 
     from pretrain.modelfiles import load_model

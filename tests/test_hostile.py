@@ -9,6 +9,7 @@ The kill -9 variants of the checkpoint cases are in test_resume.py.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -1021,3 +1022,175 @@ def test_a_forged_checkpoint_whose_scheduler_json_is_not_json_is_set_aside_not_a
         _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
     assert progress == {"step": 2}  # the previous checkpoint, as for a truncated one
     assert f"checkpoint {newest} cannot be restored: scheduler.json is not JSON. Set aside as broken-step-00000004" in caplog.text
+
+
+@pytest.mark.slow
+def test_fine_tuning_workers_killed_by_kill_minus_nine_are_one_message_without_a_traceback(tiny_config, tmp_path):
+    import signal
+
+    import psutil
+
+    build_until(tiny_config, "pretrain")
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 50, "patience_epochs": None, "parallel_runs": 2}}
+    path = write_config(tmp_path / "c.yaml", raw)
+    job = subprocess.Popen([sys.executable, "-m", "pretrain.evaluate", "--config", str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
+    lines = []
+    try:
+        for line in job.stderr:  # both workers are fine-tuning once each has shown progress
+            lines.append(line)
+            if len({w for w in ("[worker 1 · evaluate", "[worker 2 · evaluate") if any(w in seen and "batch (" in seen for seen in lines)}) == 2:
+                break
+        for worker in psutil.Process(job.pid).children():
+            if "spawn_main" in " ".join(worker.cmdline()):  # the workers (not multiprocessing's resource tracker)
+                worker.send_signal(signal.SIGKILL)  # what the kernel's out-of-memory killer does
+        _, rest = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 2, "".join(lines) + rest
+    assert "Traceback" not in rest and "RunFailed" not in rest
+    assert re.search(r"error: evaluate: worker [12] \(CPU\) died \(exit code -9\) while fine-tuning (base|adapted) lr 3e-3 seed [01]", rest), rest
+    assert "killed for memory? its log lines above say how far it got; with memory short, lower evaluate.parallel_runs" in rest
+
+
+# --- issue 22: one line, not a traceback ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No credentials and no reachable Hub: every remote failure here is fast and local (.invalid names, closed ports)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup for credentials
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("s3://nobucket/p", "store s3://nobucket/p: cannot reach it: no credentials (NoCredentialsError); set AWS_ACCESS_KEY_ID"),
+        ("hf://datasets/x/y", "store hf://datasets/x/y: cannot reach it: the host name does not resolve"),
+        ("ftp://127.0.0.1:1/x", "store ftp://127.0.0.1:1/x: cannot reach it: the connection was refused (ConnectionRefusedError)"),
+        ("nosuchproto://x", "store nosuchproto://x: not a folder or a usable fsspec URL (Protocol not known: nosuchproto)"),
+    ],
+)
+def test_a_store_url_that_cannot_be_used_is_one_line(offline, capsys, url, words):
+    code, _, err = _cli(capsys, "artifacts", "list", "--store", url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and words in err
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("https://corpus.invalid/corpus.jsonl", "the host name does not resolve (ClientConnectorDNSError)"),
+        ("http://127.0.0.1:1/corpus.jsonl", "the connection was refused (ClientConnectorError)"),
+        ("hf://datasets/nobody/corpus", "the host name does not resolve"),
+    ],
+)
+def test_a_remote_corpus_input_without_network_is_one_line_naming_it(offline, tmp_path, tiny_config, capsys, url, words):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    code, _, err = _cli(capsys, "plan", str(path), "--set", f"ingest.inputs=[{url}]")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {path}: 1 problem:") and f"  - ingest.inputs[0]: {url}: cannot read it: {words}" in err
+    assert "check the URL, and that" in err
+
+
+def test_export_to_a_read_only_or_full_folder_is_one_line_and_leaves_nothing(base_store, capsys, tmp_path, monkeypatch):
+    import errno
+
+    from pretrain import export as export_module
+
+    store, _ = base_store
+    real = shutil.copy2
+    for code_, words in ((errno.EROFS, "read-only file system; choose a writable place"), (errno.ENOSPC, "no space left on the device; free some")):
+        def failing(src, dst, *args, code_=code_, **kwargs):
+            if Path(dst).name == "model.safetensors":
+                raise OSError(code_, os.strerror(code_), str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(export_module.shutil, "copy2", failing)
+        code, _, err = _cli(capsys, "export", "production", "--to", str(tmp_path / "out"), "--store", store.url)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert f"error: --to {tmp_path / 'out'}: cannot write the export there: {tmp_path}/.out." in err and words in err
+        assert "nothing was left behind" in err and not [p for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
+
+
+def test_promote_and_rm_on_a_read_only_store_are_one_line(base_store, capsys, monkeypatch):
+    import errno
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    store, aid = base_store
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    code, _, err = _cli(capsys, "artifacts", "promote", aid, "staging", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"error: store {store.url}: {store.root}/.aliases/staging/." in err and "read-only file system" in err
+    monkeypatch.setattr(LocalFileSystem, "rm", lambda self, path, *a, **k: read_only(path))
+    code, _, err = _cli(capsys, "artifacts", "rm", aid, "--force", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and f"error: store {store.url}: " in err and "read-only file system" in err
+    assert store.exists(aid)
+
+
+def test_the_base_stage_on_a_full_disk_is_one_line(tmp_path, tiny_config, monkeypatch, capsys):
+    import errno
+
+    from pretrain import base
+    from pretrain.pipeline import stage_main
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(base.shutil, "copy2", full)
+    with pytest.raises(SystemExit) as exited:
+        stage_main("base", ["--config", str(write_config(tmp_path / "c.yaml", tiny_config))])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert "error: " in err and "no space left on the device; free some, or choose another place" in err
+    assert not list((Path(tiny_config["store"]) / ".tmp").iterdir())  # the staging folder went with the failure
+
+
+def test_push_to_hub_without_network_is_one_line_and_the_token_stays_secret(base_store, offline, capsys, tmp_path, monkeypatch):
+    secret = "hf_SECRETtoken1234567890abcdef"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    store, aid = base_store
+    code, out, err = _cli(capsys, "export", "production", "--to", str(tmp_path / "out"), "--push-to-hub", "org/model", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "error: --push-to-hub org/model: cannot reach the Hub: the host name does not resolve" in err
+    assert f"the export in {tmp_path / 'out'} is complete, push it again later" in err and (tmp_path / "out" / "model.safetensors").is_file()
+    assert secret not in out + err
+
+
+def test_predict_on_a_file_that_is_not_onnx_is_one_line(classifier, tmp_path, capsys):
+    (classifier / "model.onnx").write_bytes(b"this is not a protobuf \x00\x01\x02")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "oil prices rose"}\n')
+    code, _, err = _cli(capsys, "predict", str(classifier / "model.onnx"), "--input", str(source), "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"error: {classifier / 'model.onnx'}: ONNX Runtime cannot load it (InvalidProtobuf" in err and "--format onnx" in err
+
+
+def test_csv_errors_name_the_line_where_the_quote_opens(tmp_path):
+    from pretrain import ingest
+    from pretrain.config import IngestConfig
+    from pretrain.io import read_records
+
+    task = tmp_path / "task.csv"  # the quote opens on line 11 and closes on line 12, followed by more text
+    task.write_text("text,label\n" + "".join(f"row {i},a\n" for i in range(2, 11)) + '"open quote,b\nnext" and more,c\nlast,a\n')
+    with pytest.raises(InputError) as refused:
+        list(read_records(task))
+    assert str(refused.value).startswith(f"{task}:11: not valid CSV in the record starting on this line (',' expected after '\"', on line 12)")
+
+    corpus = tmp_path / "corpus.csv"  # a blank line, then the quote opens on line 52 and is never closed
+    good = "".join(f'{i},"document number {i} about grain and oil prices"\n' for i in range(1, 50))
+    corpus.write_text(f'id,text\n{good}\n51,"an unterminated quote\n52,the rows that follow\n')
+    settings = {"inputs": [str(corpus)], "min_words": 1, "validation_fraction": 0.3, "dedup": {"near": False}}
+    with pytest.raises(InputError, match=f"{corpus}:52: a quoted field opened in the record starting on this line is never closed"):
+        ingest.run(IngestConfig(**settings), ArtifactStore(tmp_path / "store"))
