@@ -18,11 +18,14 @@ prefect.server.api.server`), and its stages start workers (shard tasks, fine-tun
 
 On a loaded machine the temporary server can be slow to answer its first health check (Prefect waits
 for a connection, but a read timeout on that check aborts the start). `start_api_server` starts it
-before the flow, retrying with back-off, and ends in one line naming the cause and what to do.
+before the flow, retrying with back-off, and ends in one line naming the cause and what to do. It
+starts it in a session of its own, so that a terminal's Ctrl-C reaches the run and its workers but not
+the server, which the run still needs to record how it ended (it is stopped at exit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,7 +150,8 @@ def start_api_server(tries: int = SERVER_TRIES) -> str | None:
     for attempt in range(1, tries + 1):
         server = SubprocessASGIServer()
         try:
-            server.start()
+            with _own_session():
+                server.start()
             return server.api_url
         except (httpx.HTTPError, RuntimeError, OSError) as e:  # a health check that timed out; no answer in time; no port
             server.stop()
@@ -162,6 +166,35 @@ def start_api_server(tries: int = SERVER_TRIES) -> str | None:
         f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()}), or run a server once and point runs at it "
         "(`make server`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
     )
+
+
+class _NewSessionSubprocess:
+    """The `subprocess` module, except that Popen starts the process in a session of its own."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802  (the name it stands in for)
+        return subprocess.Popen(*args, **{**kwargs, "start_new_session": True})
+
+
+@contextlib.contextmanager
+def _own_session():
+    """Prefect's server module starts the temporary server in this process's session: Ctrl-C on a terminal would
+    then stop the server at once, and the run, unwinding, would retry its last API calls for a minute before
+    exiting with tracebacks. Started in a session of its own, the server outlives the signal until this process
+    stops it at exit (Prefect's atexit). If Prefect stops importing `subprocess` there, this changes nothing."""
+    import prefect.server.api.server as module
+
+    if getattr(module, "subprocess", None) is not subprocess:
+        yield
+        return
+    module.subprocess = _NewSessionSubprocess()
+    try:
+        yield
+    finally:
+        module.subprocess = subprocess
 
 
 def api_failure(error: BaseException) -> str | None:

@@ -884,9 +884,9 @@ def slow_run(tmp_path, corpus_file, task_files, tiny_base):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
 
-    def start(checkpoints: Path | None = None):
+    def start(checkpoints: Path | None = None, session: bool = False):
         process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=session)  # fmt: skip
         seen: dict[int, psutil.Process] = {}
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
@@ -1194,3 +1194,21 @@ def test_csv_errors_name_the_line_where_the_quote_opens(tmp_path):
     settings = {"inputs": [str(corpus)], "min_words": 1, "validation_fraction": 0.3, "dedup": {"near": False}}
     with pytest.raises(InputError, match=f"{corpus}:52: a quoted field opened in the record starting on this line is never closed"):
         ingest.run(IngestConfig(**settings), ArtifactStore(tmp_path / "store"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_terminal_stops_the_run_in_seconds_with_one_line(slow_run):
+    import signal
+
+    start, _ = slow_run
+    process, children = start(session=True)  # a session of its own: the signal reaches it as a terminal's Ctrl-C does
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGINT)  # the whole foreground group: the run, its watchdog and workers
+    stopped = time.monotonic()
+    output = process.communicate(timeout=120)[0]
+    # The temporary server is in a session of its own: it outlives the signal so the run can record how it
+    # ended, instead of retrying its API calls for a minute, and is stopped at exit.
+    assert time.monotonic() - stopped < 60 and process.returncode == 128 + signal.SIGINT, output
+    assert "error: stopped by SIGINT: the run, its workers and the temporary Prefect server are stopped" in output
+    assert "Traceback" not in output
+    assert _all_gone(children, 15) == []
