@@ -224,7 +224,7 @@ def _export(args: argparse.Namespace) -> int:
         ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public,
         format=args.format, overwrite=args.overwrite,
     )  # fmt: skip
-    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
+    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(os.path.expanduser(args.to)))))
     if q := facts["onnx"]:
         print("\n".join(measurement_table(q)))
     if facts.get("hub_url"):
