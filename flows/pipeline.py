@@ -50,6 +50,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows.lifecycle import api_failure, start_api_server
 from pretrain import ingest, progress, registry, report, tokens
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
@@ -371,10 +372,18 @@ def run_and_print(config: PipelineConfig) -> None:
     report's path on stdout. A failed run raises: a UserError with the run's message when the input
     was at fault, else the bug's own exception (with its traceback)."""
     started = time.perf_counter()
-    state = pipeline(config=config, return_state=True)
+    start_api_server()  # before the flow: a slow start on a loaded machine is retried, and a failure is one line
+    try:
+        state = pipeline(config=config, return_state=True)
+    except Exception as e:  # the engine's own calls to the Prefect API, after Prefect's retries
+        if line := api_failure(e):
+            raise UserError(line) from e
+        raise
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, BaseException):
+            if line := api_failure(error):
+                raise UserError(line) from error
             raise error  # a bug, not a user mistake: keep the traceback
         raise UserError(state.message)
     result = state.result()

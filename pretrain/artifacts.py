@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pretrain.errors import InputError
+from pretrain.errors import InputError, unreachable
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -363,7 +363,16 @@ class ArtifactStore:
 
     def __init__(self, url: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         self.url = str(url)
-        self.fs, root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+        except ImportError as e:  # an fsspec backend that is not installed
+            raise InputError(f"store {self.url}: its file system needs a package that is not installed ({e})") from None
+        except ValueError as e:  # an unknown protocol
+            raise InputError(f"store {self.url}: not a folder or a usable fsspec URL ({e}); give a folder, or s3://, gs://, ... with its package") from None
+        except Exception as e:  # a file system that connects when created (ftp://, sftp://)
+            if (why := unreachable(e)) is None:
+                raise
+            raise InputError(f"store {self.url}: cannot reach it: {why}") from None
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
         if self.is_local:
@@ -528,8 +537,11 @@ class ArtifactStore:
     def work_dir(self, aid: str) -> Path:
         """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
         self._began.setdefault(aid, time.time())
-        base = Path(self.root) if self.is_local else self.cache_dir
-        return self._writable_folder(base / ".work" / check_id(aid))
+        return self._writable_folder(self.work_root() / check_id(aid))
+
+    def work_root(self) -> Path:
+        """The folder of the work folders: in a local store, else in the local cache (`dapt artifacts gc` collects old ones)."""
+        return (Path(self.root) if self.is_local else self.cache_dir) / ".work"
 
     def staging_leftovers(self) -> list[dict[str, Any]]:
         """Staging folders of publishes and downloads that never finished (a crash, kill -9): path, bytes, age.

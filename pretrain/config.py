@@ -789,6 +789,8 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    if error["type"] == "bool_type":
+        shown += "; write true or false"
     return f"{loc or 'top level'}: {message}{shown}"
 
 
@@ -851,8 +853,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping (plain YAML silently keeps the last).
 
     It also reads `1e-4` as a number, as YAML 1.2 and JSON do (YAML 1.1 wants `1.0e-4`, and reads
-    `1e-4` as a string), so a learning rate written the usual way is a float, not a type error.
+    `1e-4` as a string), so a learning rate written the usual way is a float, not a type error; and
+    only `true` and `false` as booleans, as YAML 1.2 does: YAML 1.1 also reads yes/no/on/off/y/n, so
+    `lowercase: on` would pass where `lowercase: 1` is refused, and `mixed_precision: no` would be False.
+    Such words stay strings, which a boolean key refuses by name.
     """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
@@ -868,6 +878,7 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"), list("-+.0123456789")
 )

@@ -15,7 +15,7 @@ from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, 
 from pretrain.artifacts import ArtifactStore, source_digest
 from pretrain.config import PipelineConfig, TaskConfig, load_config
 from pretrain.decontaminate import Targets, TaskFile
-from pretrain.errors import UserError
+from pretrain.errors import UserError, os_error_line
 from pretrain.io import expand_inputs
 from pretrain.logs import is_main_process, setup_logging
 from pretrain.tasks import read_split
@@ -136,9 +136,10 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     size), one line each; raises InputError naming every problem.
     """
     from pretrain.config import config_warnings
-    from pretrain.tasks import read_task
+    from pretrain.tasks import check_held_out, read_task
 
     data = read_task(cfg.evaluate.task, cfg.evaluate.validation_fraction, log_notes=False)
+    check_held_out(data)  # a test or validation file that is train data is an error, a few shared examples a warning
     lines = [f"warning: {w}" for w in config_warnings(cfg)]
     lines += [f"warning: evaluate.task: {note}" for note in data.notes]
     return lines + [data.describe(cfg.evaluate.task.name)]
@@ -180,4 +181,9 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         print(run_stage(stage, cfg, store, ids))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a read-only or full disk, a permission: one line naming the path, as `dapt` prints it
+        if (line := os_error_line(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)

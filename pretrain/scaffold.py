@@ -39,7 +39,7 @@ from typing import Any
 
 from pretrain.config import package_dir, relative_to
 from pretrain.errors import InputError, UserError
-from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records
+from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records, sniff_binary
 
 # Passes over the corpus in the token budget: enough for the domain's words to be seen several times,
 # few enough not to memorise a small corpus (Gururangan et al. 2020 trained DAPT for about 1-10 passes).
@@ -50,6 +50,11 @@ EXPANSION = {"gzip": 3.5, "zstd": 3.5, "bz2": 4.0, "xz": 4.0, "parquet": 2.5, "a
 TEXT_NAMES = ("text", "content", "body", "document", "article", "abstract", "passage", "sentence", "review", "description")
 LABEL_NAMES = ("label", "labels", "category", "categories", "class", "target", "tag", "topic", "intent", "sentiment", "y")
 SAMPLE_RECORDS = 200
+# Corpus files opened to see that they are text: enough to catch a folder of binaries, few enough to be instant.
+SNIFF_FILES = 50
+SNIFF_BYTES = 8192
+TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv")  # Parquet and Arrow are binary by design
+UNDECODABLE_SHARE = 0.1  # more than this share of U+FFFD in a file's head: not UTF-8 (accented Latin-1 text stays under it)
 TASK_TEST_FRACTION = 0.2
 DELIMITERS = (",", ";", "\t", "|")
 
@@ -95,6 +100,8 @@ class CorpusFacts:
     delimiter: str | None = None
     skipped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    not_text: list[tuple[str, str]] = field(default_factory=list)  # sampled files that are not text: (file, why)
+    sampled: int = 0
 
     @property
     def tokens(self) -> int:
@@ -210,6 +217,14 @@ def sniff_corpus(patterns: list[str]) -> CorpusFacts:
         expansion = EXPANSION.get(fmt if fmt in EXPANSION else compression_of(f) or "", 1.0)
         size += int(file_size(f) * expansion)
     facts = CorpusFacts(inputs, len(files), size, Counter(fmt for _, fmt in files), skipped=skipped)
+    sample = _spread([f for f, fmt in files if fmt in TEXT_FORMATS], SNIFF_FILES)
+    facts.sampled, facts.not_text = len(sample), [(f, why) for f in sample if (why := not_text(f))]
+    if sample and len(facts.not_text) == len(sample):
+        f, why = facts.not_text[0]
+        raise InputError(
+            f"--corpus {' '.join(patterns)}: none of the {len(sample)} text files sampled is text (e.g. {f}: {why}); "
+            "point --corpus at the domain's text"
+        )
     structured = [(f, fmt) for f, fmt in files if fmt in ("jsonl", "csv", "tsv", "parquet")]
     if structured:
         f, fmt = structured[0]
@@ -227,6 +242,27 @@ def sniff_corpus(patterns: list[str]) -> CorpusFacts:
         # Many files: each is a document. A few large ones are books or dumps: one document per paragraph.
         facts.txt_mode = "paragraph" if len(txt) < 10 and mean_size > 1 << 20 else "file"
     return facts
+
+
+def _spread(items: list, n: int) -> list:
+    """At most `n` of `items`, evenly spread (the first and the last included)."""
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+def not_text(path: str) -> str | None:
+    """Why a corpus file is not text, from its first few KiB (as ingest sniffs it, and undecodable as UTF-8), or None."""
+    why = sniff_binary(path, compression_of(path))
+    if why:
+        return why
+    with open_text_stream(path, compression_of(path)) as f:
+        head = f.read(SNIFF_BYTES)
+    decoded = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # the last character may be cut in two
+    bad = decoded.count("\ufffd")
+    if decoded and bad / len(decoded) > UNDECODABLE_SHARE:
+        return f"not UTF-8 text ({bad / len(decoded):.0%} of its first {len(head) // 1024 or 1} KiB does not decode)"
+    return None
 
 
 def _suffix(path: str) -> str:
@@ -490,4 +526,9 @@ def init(corpus: list[str], task_train: str | None, task_test: str | None, base:
     ]
     if corpus_facts.skipped:
         said.append(f"left out of the corpus (not a supported type): {', '.join(f'{n} {s}' for s, n in corpus_facts.skipped.most_common())}")
+    if bad := corpus_facts.not_text:
+        said.append(
+            f"warning: {len(bad)} of the {corpus_facts.sampled} corpus files sampled are not text ({'; '.join(f'{f}: {why}' for f, why in bad[:3])}"
+            f"{'; …' if len(bad) > 3 else ''}): ingest stops at the first one; remove them from the corpus, or set ingest.on_error: skip in {out}"
+        )
     return said + [f"wrote {out}"]

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain import flops
-from pretrain.artifacts import ArtifactStore, file_digest
+from pretrain.artifacts import ArtifactStore, file_digest, respect_umask
 from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking
@@ -468,6 +468,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"{name} is {path.stat().st_size:,} bytes, {meta['size']:,} when it was written (truncated?)"
         if file_digest(path)["sha256"] != meta["sha256"]:
             return f"{name} changed since it was written (sha256 differs)"
+        if name.endswith(".json"):  # a state file whose hashes were forged to match: still only JSON is ever read
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+                return f"{name} is not JSON"
     return None
 
 
@@ -496,6 +501,7 @@ def save_checkpoint(section: str, accelerator: Accelerator, checkpoints: Path, s
                  "progress": progress, "files": files}  # fmt: skip
         # The state file is written last and the folder renamed: a checkpoint is complete or absent.
         (staging / _STATE_FILE).write_text(json.dumps(state))
+        respect_umask(staging)  # safetensors writes 0600; a teammate on a shared store must be able to resume
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         for old in complete_checkpoints(checkpoints)[keep:]:

@@ -98,7 +98,7 @@ def test_a_change_to_the_masking_changes_pretrain_and_everything_downstream_only
 def test_a_fix_in_the_csv_reader_changes_what_reads_records_but_not_the_base_model(config, edit):
     # io.py is imported by config.py, which every stage imports; it counts only where a stage reads records.
     before = plan(config)
-    edit("io", "            yield record.get(spec.text_field)", "            yield record.get(spec.text_field) or None")
+    edit("io", "                yield row[column] if column < len(row) else None", "                yield (row[column] if column < len(row) else None) or None")
     assert _changed(before, plan(config)) == set(STAGES) - {"base"}
 
 
