@@ -226,6 +226,8 @@ def check_replaceable(target: Path, store: ArtifactStore) -> None:
         if real in folder.parents:
             raise UserError(f"{why}: it holds {name} ({folder}); choose a new or empty folder for the export")
     entries = {entry.name: entry for entry in real.iterdir()}
+    if not entries:
+        return  # an empty folder the user made for the export: nothing in it to lose
     store_like = sorted(n for n in entries if n in STORE_FOLDERS or n == MANIFEST or (entries[n] / MANIFEST).is_file())
     if store_like:
         raise UserError(f"{why}: it holds an artifact store or artifacts ({', '.join(store_like[:3])}); choose another --to")

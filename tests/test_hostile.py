@@ -681,6 +681,11 @@ def test_export_overwrite_replaces_only_a_previous_export_holding_nothing_else(b
     (out / "dapt_export.json").write_text('{"files": {}}')  # not an export's marker
     _refused_overwrite(capsys, store, str(out), f"--to {out}: not replacing it with --overwrite: it is not a previous dapt export (no valid dapt_export.json")
 
+    empty = tmp_path / "empty"  # an empty folder made for the export: used, with or without --overwrite
+    empty.mkdir()
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(empty), "--store", store.url)
+    assert code == 0 and (empty / "dapt_export.json").is_file()
+
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "data.csv").write_text("a,b\n")
