@@ -124,7 +124,7 @@ def test_fp16_without_cuda_is_refused_naming_each_key(tiny_config, monkeypatch):
     assert "4 problems" in message
     for key in ("pretrain", "distill", "evaluate", "evaluate.tapt.pretrain"):
         assert f"  - {key}.mixed_precision: fp16 needs a CUDA GPU" in message
-    assert "use bf16 (also runs on a CPU, slowly) or no" in message
+    assert "use auto, bf16 (on a CPU: fast with bf16 units, emulated and slow without) or no" in message
 
 
 def test_fp16_without_cuda_is_refused_by_the_stages_themselves(tiny_config, monkeypatch, tmp_path):
