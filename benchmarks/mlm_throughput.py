@@ -155,6 +155,9 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
             seconds[key] += time.perf_counter() - started
         steps += args.steps_per_round
 
+    if args.profile:
+        profile_steps(name, contestants, steps=args.profile, start=2 + args.rounds * args.steps_per_round, device=device)
+
     tokens = steps * args.batch_size * args.seq_length
     on_cpu = device.type == "cpu"
     results = []
@@ -196,6 +199,20 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
     return results
 
 
+def profile_steps(name: str, contestants: dict, steps: int, start: int, device: torch.device, rows: int = 15) -> None:
+    """torch.profiler's top operators (self time) of each contestant over `steps` more steps, on stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for (who, precision), step in contestants.items():
+        with profile(activities=activities) as profiler:
+            for i in range(steps):
+                step(start + i)
+        table = profiler.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=40)
+        print(f"\n== {name} {who} {precision}: top {rows} operators over {steps} steps ==\n{table}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -210,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="precisions to measure, side by side (auto: what `mixed_precision: auto` picks on this machine)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our step as `pretrain.compile: true` does (the baseline stays eager)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile STEPS more steps of each contestant with torch.profiler (top operators on stderr)")
     parser.add_argument("--tokenizer", default="pkg:cognition/model", help="a BERT tokenizer folder (default: the demo model's)")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
