@@ -202,7 +202,6 @@ def test_a_bf16_run_follows_the_float32_loss_curve_over_50_steps(tiny_config):
         curves[name] = [p["loss"] for p in json.loads((store.local_dir(aid) / "curve.json").read_text()) if "loss" in p]
     fp32, bf16 = curves["no"], curves["bf16"]
     assert len(fp32) == len(bf16) == 5 and fp32 != bf16  # bf16 really ran, and rounds differently
-    print("float32", fp32, "bf16", bf16)
     assert fp32[-1] < 0.95 * fp32[0] and bf16[-1] < 0.95 * bf16[0], (fp32, bf16)  # both learn
     for step, (a, b) in enumerate(zip(fp32, bf16), start=1):
-        assert abs(a - b) <= 0.02 * a, f"step {10 * step}: bf16 loss {b:.4f} vs float32 {a:.4f}"
+        assert abs(a - b) <= 0.01 * a, f"step {10 * step}: bf16 loss {b:.4f} vs float32 {a:.4f}"  # measured: within 1e-4
