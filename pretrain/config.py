@@ -268,9 +268,10 @@ class PretrainConfig(Section):
     whole_word_mask: bool = False
     """Select whole words (all their tokens together) instead of single tokens."""
     seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     """Autocast precision of the forward pass (weights and optimizer stay float32): `bf16` on GPUs from
-    Ampere on (and, slowly, on a CPU), `fp16` with a gradient scaler (needs CUDA), `no` for float32."""
+    Ampere on and on CPUs with bf16 units, `fp16` with a gradient scaler (needs CUDA), `no` for float32,
+    `auto` for the fastest of these the machine computes natively (`pretrain/precision.py`)."""
     compile: bool = False
     """Train with `torch.compile` (the training step only; validation runs eagerly). Part of the artifact
     id: compiled kernels round differently, so the weights differ slightly from an eager run. Pays off on
@@ -485,8 +486,8 @@ class EvaluateConfig(Section):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     """Share of the steps of num_epochs spent warming up linearly; then linear decay to 0."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast precision of the fine-tunes' forward pass and loss, as in `pretrain` (`fp16` with a gradient scaler, needs CUDA)."""
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    """Autocast precision of the fine-tunes' forward pass and loss, as in `pretrain` (`fp16` with a gradient scaler, needs CUDA; `auto`)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples of the test set for the confidence interval of the difference to the base model."""
     parallel_runs: int | None = Field(default=None, gt=0)
@@ -661,12 +662,12 @@ def machine_problems(config: PipelineConfig) -> list[str]:
 
 def precision_problem(key: str, precision: str) -> str | None:
     """Why this machine cannot train in `precision` (the value of `key`), or None."""
-    if precision == "no":
+    if precision in ("no", "auto"):  # auto picks only what the machine has (pretrain/precision.py)
         return None
     import torch  # only when a precision needs checking: reading a config stays light
 
     if precision == "fp16" and not torch.cuda.is_available():
-        return f"{key}: fp16 needs a CUDA GPU (it trains with a gradient scaler) and none is visible here; use bf16 (also runs on a CPU, slowly) or no"
+        return f"{key}: fp16 needs a CUDA GPU (it trains with a gradient scaler) and none is visible here; use auto, bf16 (on a CPU: fast with bf16 units, emulated and slow without) or no"
     if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return f"{key}: this GPU ({torch.cuda.get_device_name()}) has no bf16 support (it needs Ampere or newer); use fp16 or no"
     return None

@@ -264,7 +264,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         "global_batch_size": cfg.global_batch_size,
         "processes": accelerator.num_processes,
         "device": accelerator.device.type,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision,  # what `auto` resolved to on this machine
         "validation_perplexity_teacher": round(progress["perplexity_teacher"], 3),
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),

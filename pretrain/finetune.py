@@ -46,6 +46,7 @@ from pretrain.config import EvaluateConfig, precision_problem
 from pretrain.errors import UserError
 from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model
+from pretrain.precision import resolve as resolve_precision
 from pretrain.progress import Progress, progress
 from pretrain.tasks import TaskData
 
@@ -219,6 +220,7 @@ def mixed_precision(precision: str, device: torch.device) -> tuple[torch.autocas
     """The autocast context of `evaluate.mixed_precision` and its gradient scaler (active for fp16 only)."""
     if problem := precision_problem("evaluate.mixed_precision", precision):
         raise UserError(problem)
+    precision, _ = resolve_precision(precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -95,7 +95,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         "processes": accelerator.num_processes,
         "ranks_in_sync": in_sync,
         "device": accelerator.device.type,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision,  # what `auto` resolved to on this machine
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),
         # per word (whole words masked): comparable across vocabularies, unlike per-token perplexity

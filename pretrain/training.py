@@ -41,6 +41,7 @@ from pretrain.artifacts import ArtifactStore, file_digest, respect_umask
 from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
 from pretrain.mlm import Masking
+from pretrain.precision import resolve as resolve_precision
 from pretrain.progress import progress as show_progress
 from pretrain.formats import TokenStream, load_meta
 
@@ -267,19 +268,22 @@ def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerato
     """The Accelerator of a training run and its gradient accumulation steps; logs the config, seeds every RNG."""
     check_trackers(section, cfg.log_with)
     check_machine(section, cfg)
-    accum = accumulation_steps(section, cfg, process_state().num_processes)
+    state = process_state()
+    accum = accumulation_steps(section, cfg, state.num_processes)
+    precision, why = resolve_precision(cfg.mixed_precision, state.device)
     # Accelerate keeps one state per process and refuses a second Accelerator with another precision;
     # stages run one after another in one process (the pipeline, TAPT inside evaluate) may differ.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=accum,
         log_with=cfg.log_with or None,
         project_dir=str(work_dir / "logs"),
     )
     check_checkpointable(section, cfg, accelerator)
     log.info("%s: config %s", section, cfg.model_dump_json(), main_process_only=True)
+    log.info("%s: training in %s (%s)", section, flops.PRECISION_NAMES[precision], why, main_process_only=True)
     set_seed(cfg.seed)
     return accelerator, accum
 
@@ -619,7 +623,7 @@ def train_loop(
     running = torch.zeros(len(loss_names), device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
     device = flops.device_name(accelerator.device)
-    peak = flops.peak_flops(device, cfg.mixed_precision)
+    peak = flops.peak_flops(device, accelerator.mixed_precision)
     # FLOPs are counted once per run, on the first micro-batch (a resumed run kept the count).
     count = "flops_per_step" not in progress
     batches = iter(loader)
@@ -641,7 +645,7 @@ def train_loop(
                 count = False
                 progress["flops_per_step"] = counter.get_total_flops() * accum
                 log.info("%s: %.4g model FLOPs per optimizer step per process (counted on the first micro-batch); %s", section,
-                         progress["flops_per_step"], flops.describe_peak(device, cfg.mixed_precision), main_process_only=True)  # fmt: skip
+                         progress["flops_per_step"], flops.describe_peak(device, accelerator.mixed_precision), main_process_only=True)  # fmt: skip
             running += losses.detach() / accum
         scheduler.step()
         window_steps += 1
@@ -695,7 +699,7 @@ def utilisation(cfg: PretrainConfig, accelerator: Accelerator, progress: dict) -
         return {}
     steps = progress["tokens"] / (cfg.global_batch_size * cfg.max_seq_length)
     return flops.utilisation(progress["flops_per_step"], steps, progress["train_seconds"], accelerator.num_processes,
-                             flops.device_name(accelerator.device), cfg.mixed_precision)  # fmt: skip
+                             flops.device_name(accelerator.device), accelerator.mixed_precision)  # fmt: skip
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:

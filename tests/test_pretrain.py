@@ -50,9 +50,11 @@ def test_pretrain_lowers_validation_perplexity_and_saves_a_loadable_model(upstre
     assert not store.work_dir(aid).joinpath("checkpoints").exists()  # cleaned after publishing
 
 
-def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch):
+# Resume is exact within a precision: bf16 autocast (what `auto` picks on a CPU with bf16 units) too.
+@pytest.mark.parametrize("precision", ["no", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch, precision):
     config, store, ids = upstream
-    reference = _with(config, max_steps=8, checkpoint_every_steps=4, seed=3)
+    reference = _with(config, max_steps=8, checkpoint_every_steps=4, seed=3, mixed_precision=precision)
     first = store.local_dir(run_stage("pretrain", reference, store, ids)) / "model" / "model.safetensors"
     expected = load_file(first)
 
