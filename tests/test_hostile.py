@@ -25,9 +25,9 @@ from conftest import ROOT, build_until, make_tiny_config, write_config
 from flows.cli import main
 from pretrain import registry, training
 from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest
-from pretrain.config import load_config, validate_config
+from pretrain.chain import run_stage, stage_id
+from pretrain.configfile import load_config, validate_config
 from pretrain.errors import ConfigError, InputError, UserError
-from pretrain.pipeline import run_stage, stage_id
 
 class _Payload:
     """Unpickled, it creates the file named in it: an observable side effect."""
