@@ -215,7 +215,7 @@ def test_no_import_circles():
 
 
 TABLE = "pretrain.chain"
-# The modules that may import the stage table: the stage command line (inside `main`), and `flows/`.
+# The one module of `pretrain/` that imports the stage table (inside `main`); `flows/` reads it too.
 TABLE_READERS = {"pretrain.stage_cli"}
 
 
