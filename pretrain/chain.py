@@ -88,7 +88,8 @@ def _report_arguments(cfg: PipelineConfig) -> dict[str, Any]:
     return {"key_figures": key_figures()}
 
 
-TAPT = "evaluate.tapt"
+# The TAPT stages run when this key is set.
+TAPT_ON = "evaluate.tapt"
 TABLE: tuple[Stage, ...] = (
     Stage("base", "base_model", {}, base.stage_id, base.run, base_figures),
     Stage("ingest", "ingest", {}, ingest.stage_id, ingest.run, corpus_figures, arguments=_ingest_arguments),
@@ -99,11 +100,11 @@ TABLE: tuple[Stage, ...] = (
     Stage("distill", "distill", {"teacher": "pretrain", "tokens": "tokens"}, distill.stage_id, distill.run, student_figures, when="distill"),
     # Task-adaptive pretraining (pretrain/tapt.py): the task's train text, the starting model's own
     # tokenizer, its tokens, and the starting model pretrained on them.
-    Stage("tapt-corpus", "evaluate", {}, tapt.corpus_id, tapt.build_corpus, corpus_figures, when=TAPT),
-    Stage("tapt-vocab", None, {"corpus": "tapt-corpus", "base": tapt_start}, tapt.vocab_id, tapt.build_vocab, vocab_figures, when=TAPT),
-    Stage("tapt-tokens", None, {"corpus": "tapt-corpus", "vocab": "tapt-vocab"}, tapt.tokens_id, tapt.build_tokens, tokens_figures, when=TAPT),
+    Stage("tapt-corpus", "evaluate", {}, tapt.corpus_id, tapt.build_corpus, corpus_figures, when=TAPT_ON),
+    Stage("tapt-vocab", None, {"corpus": "tapt-corpus", "base": tapt_start}, tapt.vocab_id, tapt.build_vocab, vocab_figures, when=TAPT_ON),
+    Stage("tapt-tokens", None, {"corpus": "tapt-corpus", "vocab": "tapt-vocab"}, tapt.tokens_id, tapt.build_tokens, tokens_figures, when=TAPT_ON),
     Stage("tapt", "evaluate.tapt.pretrain", {"base": tapt_start, "vocab": "tapt-vocab", "tokens": "tapt-tokens"}, tapt.model_id,
-          tapt.build_model, model_figures, when=TAPT),  # fmt: skip
+          tapt.build_model, model_figures, when=TAPT_ON),  # fmt: skip
     Stage("evaluate", "evaluate", {"base": "base", "model": "pretrain", "student": "distill", "tapt": "tapt"}, evaluate.stage_id, evaluate.run,
           evaluation_figures),  # fmt: skip
     Stage("report", None, {name: name for name in ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "tapt-corpus", "tapt-vocab",
