@@ -10,14 +10,13 @@
 Everything is built in `--work` from this repository alone (no hub access): a random-weight model of
 the bert-base shape (bert-tiny-ish with `--cpu-smoke`) with the demo model's tokenizer
 (`pkg:cognition/model`), a slice of the demo corpus, and a slice of R8 as the task. The stages run as
-they do in the pipeline (`python -m pretrain.<stage>` or `pipeline.run_stage`), so the check measures
+they do in the pipeline (`python -m pretrain.<stage>` or `chain.run_stage`), so the check measures
 the product, not a copy of it. A check that fails prints its error in its JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py)
 PYTHON = sys.executable
 REUTERS = ROOT / "data" / "reuters"
 
@@ -63,18 +64,6 @@ def resolved_precision() -> tuple[str, str]:
     from pretrain.precision import resolve
 
     return resolve(PRECISION, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def read_jsonl_gz(path: Path, keep=lambda record: True, limit: int | None = None) -> list[dict]:
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if keep(record):
-                out.append(record)
-                if limit is not None and len(out) >= limit:
-                    break
-    return out
 
 
 def write_jsonl(path: Path, records: list[dict]) -> str:
@@ -135,8 +124,8 @@ def prepare(work: Path, size: dict) -> Path:
 def build(config_path: Path, until: str, overrides: list[str] | None = None) -> tuple[object, object, dict[str, str]]:
     """Build the config's stages up to `until` in this process (cached ones are found, not rebuilt)."""
     from pretrain.artifacts import ArtifactStore
-    from pretrain.config import load_config
-    from pretrain.pipeline import plan, run_stage
+    from pretrain.chain import plan, run_stage
+    from pretrain.configfile import load_config
 
     config = load_config(config_path, overrides)
     store = ArtifactStore(config.store)
@@ -203,7 +192,7 @@ def check_resume(work: Path, size: dict) -> dict:
     """Pretrain (`auto` precision) with checkpoints; SIGKILL the process right after its first checkpoint; re-run it to the end."""
     config_path = prepare(work, size)
     config, store, ids = build(config_path, until="tokens")
-    from pretrain.pipeline import plan
+    from pretrain.chain import plan
 
     aid = plan(config, until="pretrain")["pretrain"]
     if store.exists(aid):

@@ -44,12 +44,8 @@ from pretrain.precision import resolve as resolve_precision  # noqa: E402
 from pretrain.config import PretrainConfig, package_dir  # noqa: E402
 from pretrain.mlm import Masking, MaskedLM  # noqa: E402
 from pretrain.training import counting_flops, make_optimizer  # noqa: E402
+from machine import SHAPES  # noqa: E402  (benchmarks/machine.py)
 
-SHAPES = {
-    "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
-    "L6-H384": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
-    "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-}
 
 
 def reuters_blocks(tokenizer, count: int, seq_length: int) -> torch.Tensor:

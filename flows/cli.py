@@ -38,8 +38,8 @@ DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
 def _checked(args: argparse.Namespace, show: bool = True):
     """The config, validated, and its task files read and checked; warnings and the task's size on stderr."""
-    from pretrain.config import load_config
-    from pretrain.pipeline import preflight
+    from pretrain.chain import preflight
+    from pretrain.configfile import load_config
 
     config = load_config(args.config, args.overrides)
     lines = preflight(config)
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pretrain.config import load_config
+    from pretrain.configfile import load_config
 
     config = load_config(args.config, args.overrides)
     setup_logging()
@@ -72,18 +72,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from pretrain.pipeline import plan
+    from pretrain.chain import plan
 
     config = _checked(args)
     store = ArtifactStore(config.store)
-    for stage, aid in plan(config).items():
-        print(f"{stage:<9} {aid}  {'built' if store.exists(aid) else 'to build'}")
+    ids = plan(config)
+    width = max(9, *map(len, ids))
+    for stage, aid in ids.items():
+        print(f"{stage:<{width}} {aid}  {'built' if store.exists(aid) else 'to build'}")
     return 0
 
 
 def _init(args: argparse.Namespace) -> int:
-    from pretrain.config import load_config
-    from pretrain.pipeline import preflight
+    from pretrain.chain import preflight
+    from pretrain.configfile import load_config
     from pretrain.scaffold import init
 
     for line in init(args.corpus, args.task_train, args.task_test, args.base, args.out, force=args.force):

@@ -15,9 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from pretrain.artifacts import ArtifactStore, artifact_id, file_digest
+from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.config import BaseModelConfig, package_dir
 from pretrain.errors import InputError
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
 from pretrain.modelfiles import remote_code_note, require_safetensors
 
@@ -139,6 +140,6 @@ def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

@@ -39,11 +39,12 @@ from pretrain.logs import get_logger
 from torch import nn
 
 from pretrain import training
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import DistillConfig, student_problems, teacher_layer_count
 from pretrain.errors import InputError, UserError
-from pretrain.mlm import MaskedLM, compiled, dynamic, mlm_parts
 from pretrain.formats import load_meta
+from pretrain.ids import artifact_id
+from pretrain.mlm import MaskedLM, compiled, dynamic, mlm_parts
 from pretrain.modelfiles import load_model
 from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
 
@@ -303,15 +304,10 @@ def run(cfg: DistillConfig, store: ArtifactStore, *, teacher: str, tokens: str) 
     def train_in(work_dir: Path) -> dict:
         return train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
 
-    def summary(m: dict) -> str:
-        return (f"{m['student_layers']}-layer student, {m['parameter_ratio']:.0%} of the teacher's parameters, validation perplexity "
-                f"{m['validation_perplexity_after']:.1f} (teacher {m['validation_perplexity_teacher']:.1f}), "
-                f"{m['cpu_speedup']:.2f}x the teacher's CPU throughput")  # fmt: skip
-
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in, summary)
+    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

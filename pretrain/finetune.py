@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from pretrain import scoring
-from pretrain.artifacts import ArtifactStore, artifact_id
-from pretrain.config import EvaluateConfig, precision_problem
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import EvaluateConfig
+from pretrain.configfile import precision_problem
 from pretrain.errors import UserError
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model
 from pretrain.precision import resolve as resolve_precision

@@ -1,7 +1,8 @@
 """Loading a Hugging Face model folder without running anything from it: safetensors weights only, no remote code.
 
-Every place that loads model weights from a folder (the pretrain and distill stages, fine-tuning in
-evaluate and TAPT, `dapt embed` on an artifact or any folder) calls `load_model`. A folder with only
+Every place that loads model weights from a folder (the pretrain and distill stages, TAPT, fine-tuning
+in evaluate, `dapt embed` on an artifact or any folder) calls `load_model`; `model_folder` finds the
+folder of a model artifact, whichever stage built it. A folder with only
 pickle-based weights (`pytorch_model.bin`, `*.pt`) is refused with how to convert it; `auto_map`
 (custom model code) is never imported: the folder loads as the built-in transformers class of its
 `model_type`, and `remote_code_note` says so when a model is imported.
@@ -31,6 +32,17 @@ def require_safetensors(folder: Path, what: str = "model") -> None:
         else ""
     )
     raise InputError(f"{what} {folder}: no safetensors weights.{hint}")
+
+
+def model_folder(store: Any, aid: str, what: str) -> Path:
+    """The Hugging Face folder of a model artifact in `store` (an `ArtifactStore`): an imported base model
+    (`b-`), a pretrained (`m-`) or a distilled (`d-`) one; an InputError naming `what` for any other artifact."""
+    stage = store.manifest(aid)["stage"]
+    if stage == "base":
+        return store.local_dir(aid)
+    if stage in ("pretrain", "distill"):
+        return store.local_dir(aid) / "model"
+    raise InputError(f"{what}: artifact {aid} is a {stage} artifact, not a model; give a b-..., m-... or d-... id")
 
 
 def load_model(auto_class: Any, folder: Path, what: str = "model", **kwargs: Any):

@@ -22,12 +22,13 @@ from pathlib import Path
 from pretrain.logs import get_logger
 
 from pretrain import training
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import PretrainConfig
 from pretrain.extend import extend_embeddings, load_model_init
-from pretrain.mlm import MaskedLM
 from pretrain.formats import load_meta
-from pretrain.modelfiles import load_model
+from pretrain.ids import artifact_id
+from pretrain.mlm import MaskedLM
+from pretrain.modelfiles import load_model, model_folder
 from pretrain.training import EXECUTION_ONLY, TrainingError, perplexity
 
 log = get_logger(__name__)
@@ -111,20 +112,19 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
 
 
 def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tokens: str) -> str:
-    """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
+    """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes.
+
+    `base`: the model training starts from, any model artifact (the base model; the adapted one for TAPT).
+    """
     inputs = {"base": base, "vocab": vocab, "tokens": tokens}
 
     def train_in(work_dir: Path) -> dict:
-        return train(cfg, store.local_dir(base), store.local_dir(vocab), store.local_dir(tokens), work_dir)
+        return train(cfg, model_folder(store, base, "pretrain: base"), store.local_dir(vocab), store.local_dir(tokens), work_dir)
 
-    def summary(m: dict) -> str:
-        return (f"validation perplexity {m['validation_perplexity_before']:.1f} -> {m['validation_perplexity_after']:.1f} "
-                f"({m['steps']} steps, {m['tokens_per_second']:.0f} tokens/s)")  # fmt: skip
-
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in, summary)
+    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

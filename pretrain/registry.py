@@ -33,8 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pretrain.artifacts import ID_PATTERN, MANIFEST, ArtifactStore, check_id
+from pretrain.artifacts import MANIFEST, ArtifactStore
 from pretrain.errors import InputError, UserError
+from pretrain.ids import ID_PATTERN, check_id
 from pretrain.logs import get_logger
 from pretrain.progress import progress
 

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import package_dir, relative_to
+from pretrain.config import package_dir
+from pretrain.configfile import relative_to
 from pretrain.errors import InputError, UserError
 from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records, sniff_binary
 

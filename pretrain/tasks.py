@@ -11,7 +11,7 @@ impossible falls back to a random one. What could make a metric silently wrong i
 outside `task.labels`, a test label never seen in train, a word without a tag.
 
 `read_task` is also what `dapt plan`, `dapt run` and a stage run alone call before any stage runs
-(`pretrain.pipeline.preflight`): it reads the files (every row, texts included, since empty texts are
+(`pretrain.chain.preflight`): it reads the files (every row, texts included, since empty texts are
 dropped and counted) and never tokenises, so a bad task file fails in seconds, not after pretraining.
 With `test_fraction` and no test files, the test split is held out of train here (`hold_out_test`).
 """
@@ -201,7 +201,7 @@ def overlap_with_train(cfg: TaskConfig, key: str, split: Split | None, train: Sp
 def check_held_out(data: TaskData) -> None:
     """Refuse a given test or validation file that is not held out: the train file itself, or mostly train examples.
 
-    At plan time (`pretrain.pipeline.preflight`): scoring a model on what it was trained on says nothing.
+    At plan time (`pretrain.chain.preflight`): scoring a model on what it was trained on says nothing.
     A few shared examples are a warning (in `data.notes`), not an error.
     """
     problems = [o.problem() for o in data.overlaps if o.fatal]

@@ -38,17 +38,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain import flops
 from pretrain.artifacts import ArtifactStore, file_digest, respect_umask
-from pretrain.config import PretrainConfig, compile_problem, precision_problem
+from pretrain.config import PretrainConfig
+from pretrain.configfile import compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
+from pretrain.formats import TokenStream, load_meta
 from pretrain.mlm import Masking
 from pretrain.precision import resolve as resolve_precision
 from pretrain.progress import progress as show_progress
-from pretrain.formats import TokenStream, load_meta
 
 log = get_logger(__name__)
 
-# Where and how the job runs, not what it computes: left out of the artifact id.
-EXECUTION_ONLY = {"launcher", "num_workers"}
+# Where and how the job runs, not what it computes: left out of the artifact id. Checkpoints are
+# where a run can resume from, not part of what it computes (the loss curve does not depend on them
+# either): a run whose only change is how often it checkpoints resumes from the checkpoints it has.
+EXECUTION_ONLY = {"launcher", "num_workers", "checkpoint_every_steps", "keep_checkpoints"}
 
 
 class TrainingError(UserError):
@@ -621,7 +624,10 @@ def train_loop(
     # A live bar on a terminal, a line every 30 s in a log (between the per-step log lines); main process only.
     bar = show_progress(steps, section, unit="step", initial=progress["step"])
     running = torch.zeros(len(loss_names), device=accelerator.device)
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, window_seconds = time.perf_counter(), 0, 0.0
+    if "window" in progress:  # resumed from a checkpoint between two log steps: its window goes on
+        running = torch.tensor(progress["window"]["losses"], dtype=running.dtype, device=accelerator.device)
+        window_steps, window_seconds = progress["window"]["steps"], progress["window"]["seconds"]
     device = flops.device_name(accelerator.device)
     peak = flops.peak_flops(device, accelerator.mixed_precision)
     # FLOPs are counted once per run, on the first micro-batch (a resumed run kept the count).
@@ -658,14 +664,24 @@ def train_loop(
         if not (at_log or at_eval or at_checkpoint):
             continue
         # The only host syncs: at log/eval/checkpoint steps, never every step.
-        means = [value / window_steps for value in accelerator.reduce(running, reduction="mean").tolist()]
+        sums = accelerator.reduce(running, reduction="mean").tolist()
+        means = [value / window_steps for value in sums]
         mean_loss = means[0]
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"{section}: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
                 f"the last good checkpoint is kept in {checkpoints}. Lower {section}.learning_rate or use fp32/bf16."
             )
-        seconds = time.perf_counter() - window_start
+        seconds = window_seconds + time.perf_counter() - window_start
+        if not (at_log or at_eval):
+            # A checkpoint between two log steps: the loss window goes on, and the checkpoint carries it, so
+            # the curve (the artifact) is the same however often the run checkpoints and wherever it resumed.
+            progress["step"] = done
+            progress["window"] = {"steps": window_steps, "losses": sums, "seconds": seconds}
+            save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints, task, optimizer, scheduler)
+            window_start, window_seconds = time.perf_counter(), seconds  # the checkpoint's own time is not training time
+            continue
+        progress.pop("window", None)
         progress["train_seconds"] += seconds
         progress["tokens"] += window_steps * tokens_per_step
         point = {
@@ -686,7 +702,7 @@ def train_loop(
         if at_checkpoint:
             save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints, task, optimizer, scheduler)
         running.zero_()
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_seconds = time.perf_counter(), 0, 0.0
     bar.close()
 
 
@@ -732,11 +748,11 @@ def write_model(accelerator: Accelerator, task: torch.nn.Module, cfg: PretrainCo
 
 
 def build_artifact(stage: str, cfg: PretrainConfig, store: ArtifactStore, aid: str, inputs: dict[str, str],
-                   train: Callable[[Path], dict], summary: Callable[[dict], str]) -> str:  # fmt: skip
+                   train: Callable[[Path], dict]) -> str:  # fmt: skip
     """Build (or find) the model artifact `aid`; under `accelerate launch` every process trains, rank 0 publishes.
 
     `train(work_dir)` trains (resuming from the work folder's checkpoints), leaves the artifact's files
-    in `work_dir/output` and returns the metrics; `summary(metrics)` is the line logged when it is published.
+    in `work_dir/output` and returns the metrics.
     """
     state = process_state()
     if store.exists(aid):
@@ -750,7 +766,6 @@ def build_artifact(stage: str, cfg: PretrainConfig, store: ArtifactStore, aid: s
             build.metrics.update(metrics)
         # Published: the checkpoints have served their purpose.
         shutil.rmtree(work_dir, ignore_errors=True)
-        log.info("%s %s: %s", stage, aid, summary(metrics), main_process_only=True)
     state.wait_for_everyone()
     if state.use_distributed:
         state.destroy_process_group()

@@ -23,12 +23,14 @@ from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import VocabConfig
 from pretrain.errors import InputError
 from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
 from pretrain.formats import read_split
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
+from pretrain.modelfiles import model_folder
 from pretrain.progress import Progress, progress
 
 log = get_logger(__name__)
@@ -158,14 +160,15 @@ def _counted(batches: Iterator[list[str]], bar: Progress) -> Iterator[list[str]]
 
 
 def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> str:
-    """Build (or find) the vocab artifact; returns its id."""
+    """Build (or find) the vocab artifact; returns its id. `base`: the model whose tokenizer it starts from
+    (any model artifact: the base model; the adapted one for TAPT)."""
     started = time.time()
     aid = stage_id(cfg, corpus=corpus, base=base)
     if store.exists(aid):
         log.info("vocab %s: already built (cache hit)", aid)
         return aid
     log.info("vocab %s: config %s", aid, cfg.model_dump_json())
-    corpus_dir, base_dir = store.local_dir(corpus), store.local_dir(base)
+    corpus_dir, base_dir = store.local_dir(corpus), model_folder(store, base, "vocab: base")
     base_tokenizer = load_fast_tokenizer(base_dir)
     _check_base(base_tokenizer, base_dir, cfg)
     base_backend = plain_backend(base_tokenizer)
@@ -232,6 +235,6 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

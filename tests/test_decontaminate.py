@@ -15,13 +15,14 @@ import pytest
 from conftest import REUTERS, read_jsonl_gz, write_jsonl
 from pretrain import decontaminate, ingest
 from pretrain.artifacts import ArtifactStore
+from pretrain.chain import decontamination_targets, plan, run_stage
 from pretrain.clean import Cleaner
-from pretrain.config import ConfigError, IngestConfig, validate_config
+from pretrain.config import IngestConfig
+from pretrain.configfile import validate_config
 from pretrain.decontaminate import Decontaminator, Targets, TaskFile
-from pretrain.errors import InputError
-from pretrain.pipeline import decontamination_targets, plan, run_stage
+from pretrain.errors import ConfigError, InputError
 from pretrain.report import decontamination_sentence
-from pretrain.summaries import key_figures
+from pretrain.summaries import corpus_figures
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -90,7 +91,7 @@ def test_planted_overlap_is_removed_and_counted_and_the_rest_kept(tmp_path, tiny
     assert corpus_texts(store_off, aid_off) - corpus_texts(store, aid) == {cleaner(t)[0] for t in planted}
 
     # The counts reach the stage table and the report.
-    assert "3 overlapping the R8-3 test set removed" in key_figures(manifest)
+    assert "3 overlapping the R8-3 test set removed" in corpus_figures(manifest)
     assert decontamination_sentence(manifest).startswith(
         "Removed 3 documents overlapping the R8-3 test set (1 exact copies, 1 near duplicates, 1 containing a task text)"
     )

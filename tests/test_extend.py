@@ -10,7 +10,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from conftest import build_until, read_jsonl_gz
 from pretrain import base, extend, formats, ingest, vocab
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig, validate_config
+from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, InputError
 
 

@@ -16,10 +16,10 @@ from transformers import AutoModelForMaskedLM
 from transformers.models.bert import modeling_bert
 
 from conftest import build_until
-from pretrain import evaluate, finetune, precision, training
-from pretrain.config import validate_config
+from pretrain import finetune, precision, training
+from pretrain.chain import run_stage
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, UserError
-from pretrain.pipeline import run_stage
 
 SHORT = {"max_steps": 4, "log_every_steps": 2, "max_eval_blocks": 8, "mixed_precision": "bf16"}
 
@@ -95,7 +95,9 @@ def test_tapt_and_the_fine_tunes_train_in_bf16(tiny_config, head_dtypes, monkeyp
         return original(kind, logits, labels)
 
     monkeypatch.setattr(finetune, "loss_fn", recording)
-    aid = evaluate.run(config.evaluate, store, base=ids["base"], model=ids["pretrain"])
+    for stage in ("tapt-corpus", "tapt-vocab", "tapt-tokens", "tapt", "evaluate"):
+        ids[stage] = run_stage(stage, config, store, ids)
+    aid = ids["evaluate"]
 
     assert len(head_dtypes) == 4 and set(head_dtypes) == {torch.bfloat16}  # TAPT's 4 steps
     assert logits_dtypes and set(logits_dtypes) == {torch.bfloat16}  # every fine-tuning step of the 3 models

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import ROOT, read_jsonl_gz, write_config
 from flows.cli import main
-from pretrain.config import TaskConfig, validate_config
+from pretrain.chain import preflight
+from pretrain.config import TaskConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import InputError
-from pretrain.pipeline import preflight
 from pretrain.tasks import read_task
 
 

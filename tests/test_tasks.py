@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import write_jsonl
-from pretrain.config import EvaluateConfig, TaskConfig, validate_config
+from pretrain.config import EvaluateConfig, TaskConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, InputError
 from pretrain.finetune import IGNORE, encode
 from pretrain.tasks import read_task
