@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.errors import InputError
+from pretrain.families import attention_implementation
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -34,8 +35,16 @@ def require_safetensors(folder: Path, what: str = "model") -> None:
 
 
 def load_model(auto_class: Any, folder: Path, what: str = "model", **kwargs: Any):
-    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder."""
+    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder.
+
+    The attention implementation, unless given, is the model's fastest that transformers supports for
+    it (`pretrain.families.attention_implementation`: SDPA, else the model's own).
+    """
     require_safetensors(folder, what)
+    if "attn_implementation" not in kwargs:
+        from transformers import AutoConfig
+
+        kwargs["attn_implementation"] = attention_implementation(AutoConfig.from_pretrained(folder, trust_remote_code=False))
     return auto_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)
 
 

@@ -25,6 +25,7 @@ from pretrain import training
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import PretrainConfig
 from pretrain.extend import extend_embeddings, load_model_init
+from pretrain.families import attention_implementation
 from pretrain.mlm import MaskedLM
 from pretrain.formats import load_meta
 from pretrain.modelfiles import load_model
@@ -47,8 +48,8 @@ def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
     if init["mode"] == "replace":
         # From scratch (as PubMedBERT): the base's architecture, the domain vocabulary, no base weights.
         config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"], trust_remote_code=False)
-        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
-    model = load_model(AutoModelForMaskedLM, base_dir, "base model", attn_implementation="sdpa")
+        return AutoModelForMaskedLM.from_config(config, attn_implementation=attention_implementation(config))
+    model = load_model(AutoModelForMaskedLM, base_dir, "base model")
     extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"))
     return model
 
