@@ -50,7 +50,7 @@ def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
         config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"], trust_remote_code=False)
         return AutoModelForMaskedLM.from_config(config, attn_implementation=attention_implementation(config))
     model = load_model(AutoModelForMaskedLM, base_dir, "base model")
-    extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"))
+    extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"), init.get("base_vocab_size"))
     return model
 
 
