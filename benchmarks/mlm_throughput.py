@@ -3,10 +3,13 @@
     python benchmarks/mlm_throughput.py                                   # CPU: bert-tiny and 6L/384 shapes
     python benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 --batch-size 64   # a GPU
     python benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 --compile         # ours compiled
+    python benchmarks/mlm_throughput.py --models L6-H384 --family bert roberta xlm-roberta deberta-v2 modernbert electra distilbert
 
-Baseline, as in transformers' `run_mlm_no_trainer.py`: BertForMaskedLM with labels (the full-vocabulary
-head at every position), DataCollatorForLanguageModeling masking each batch, torch.optim.AdamW with its
-defaults. Ours: the pretrain stage's step: `Masking` on the same blocks, `MaskedLM` (head on the masked
+Baseline, as in transformers' `run_mlm_no_trainer.py`: the family's *ForMaskedLM with labels (the
+full-vocabulary head at every position), DataCollatorForLanguageModeling masking each batch,
+torch.optim.AdamW with its defaults. `--family` picks the families (benchmarks/encoder_shapes.py: the
+same shape, each family's own architecture; the demo's WordPiece ids for all, since what is measured
+is the model), both with the attention the pretrain stage chooses (SDPA, or eager where the model has none). Ours: the pretrain stage's step: `Masking` on the same blocks, `MaskedLM` (head on the masked
 positions only), gradient clipping, the fused AdamW from `make_optimizer`. Same model shape and
 initial weights, same batch of real Reuters text, same sequence length and threads. The two run
 alternately in one process (rounds of a few steps each) so machine noise hits both alike.
@@ -38,6 +41,9 @@ from pretrain.config import PretrainConfig, package_dir  # noqa: E402
 from pretrain.mlm import Masking, MaskedLM  # noqa: E402
 from pretrain.training import counting_flops, make_optimizer  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
+
 SHAPES = {
     "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
     "L6-H384": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -59,13 +65,19 @@ def reuters_blocks(tokenizer, count: int, seq_length: int) -> torch.Tensor:
     return torch.from_numpy(blocks)
 
 
-def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.device) -> dict:
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.device, family: str = "bert") -> dict:
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **SHAPES[name])
+    from pretrain.families import attention_implementation
+
+    shape = SHAPES[name]
+    config = encoder_config(family, len(tokenizer), layers=shape["num_hidden_layers"], hidden=shape["hidden_size"],
+                            heads=shape["num_attention_heads"], intermediate=shape["intermediate_size"], max_positions=512,
+                            pad_id=tokenizer.pad_token_id, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id)  # fmt: skip
+    attention = attention_implementation(config)  # what the pretrain stage uses, for both
     torch.manual_seed(0)
-    ours_model = BertForMaskedLM(config).to(device)
-    base_model = BertForMaskedLM(config).to(device)
+    ours_model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention).to(device)
+    base_model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention).to(device)
     base_model.load_state_dict(ours_model.state_dict())
     for model in (ours_model, base_model):
         model.train()
@@ -78,6 +90,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         vocab_size=len(tokenizer),
     )  # fmt: skip
     ours = MaskedLM(ours_model, compile=args.compile)
+    head = "masked-only" if ours._head.project is not None else "full-vocabulary (fallback)"
     ours_optimizer = make_optimizer(ours, cfg, device)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     base_optimizer = torch.optim.AdamW(base_model.parameters(), lr=1e-4)  # the example script's optimizer
@@ -136,7 +149,10 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
     tokens = steps * args.batch_size * args.seq_length
     result = {
         "benchmark": "mlm_throughput",
+        "family": family,
         "model": name,
+        "attention": attention,
+        "ours_head": head,
         "parameters": sum(p.numel() for p in ours_model.parameters()),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bert-tiny", "L6-H384"], choices=list(SHAPES))
+    parser.add_argument("--family", nargs="+", default=["bert"], choices=list(FAMILIES),
+                        help="model families (benchmarks/encoder_shapes.py) at each shape; one JSON line per family and shape")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of ours/baseline")
@@ -186,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     needed = args.batch_size * (args.rounds * args.steps_per_round + 2)
     blocks = reuters_blocks(tokenizer, min(needed, 4096), args.seq_length)
-    for name in args.models:
-        print(json.dumps(bench_shape(name, args, tokenizer, blocks, device)), flush=True)
+    for family in args.family:
+        for name in args.models:
+            print(json.dumps(bench_shape(name, args, tokenizer, blocks, device, family)), flush=True)
 
 
 if __name__ == "__main__":

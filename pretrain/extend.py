@@ -257,16 +257,16 @@ def load_model_init(vocab_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def extend_embeddings(model, new_tokens: list[dict], init: str, base_vocab_size: int | None = None) -> None:
+def extend_embeddings(model, new_tokens: list[dict], init: str, head_of, base_vocab_size: int | None = None) -> None:
     """Give `new_tokens` embedding rows in a masked-LM model; with `subword_mean`, each is its base pieces' mean.
 
     New ids follow the base tokenizer's; a model with more embedding rows than its tokenizer has
     tokens (DeBERTa-v3, ModernBERT: padded to a round number) uses those spare rows first, and grows
     only past them. The decoder stays tied to the input embeddings; the MLM output bias of a new token
-    is likewise the mean of its pieces' biases. Rows of existing ids are untouched.
+    is likewise the mean of its pieces' biases. Rows of existing ids are untouched. `head_of(model)`
+    gives the model's encoder and vocabulary-sized output bias (`pretrain.mlm.mlm_head`; passed in, so that the
+    vocab stage, which imports this module, does not depend on the training code).
     """
-    from pretrain.mlm import mlm_head
-
     if not new_tokens:
         return
     old_rows = model.get_input_embeddings().weight.shape[0]
@@ -285,9 +285,9 @@ def extend_embeddings(model, new_tokens: list[dict], init: str, base_vocab_size:
         else:
             # The output layer transformers reports is not vocabulary-sized (DeBERTa-v2's non-legacy head
             # multiplies by the word embeddings itself): resize the encoder's embeddings alone.
-            mlm_head(model, check=False).encoder.resize_token_embeddings(needed, mean_resizing=init == "resize_default")
+            head_of(model, check=False).encoder.resize_token_embeddings(needed, mean_resizing=init == "resize_default")
             model.config.vocab_size = needed
-    bias = mlm_head(model, check=False).output_bias
+    bias = head_of(model, check=False).output_bias
     if bias is not None and bias.numel() < needed:
         bias = _grow(model, bias, needed)
     if init != "subword_mean":

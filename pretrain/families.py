@@ -94,6 +94,30 @@ def attention_implementation(config) -> str:
     return choice
 
 
+# Families whose learned positions start after the padding id (RoBERTa's fairseq heritage): 514 rows hold 512 tokens.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl"}
+
+
+def max_sequence_length(model_config: dict[str, Any]) -> int | None:
+    """The longest input (special tokens included) a model takes, from its config.json; None when it does not say."""
+    limit = model_config.get("max_position_embeddings")
+    if not isinstance(limit, int):
+        return None
+    if model_config.get("model_type") in OFFSET_POSITIONS:
+        return limit - (model_config.get("pad_token_id") or 0) - 1
+    return limit
+
+
+def uses_token_types(model_config: dict[str, Any]) -> bool:
+    """Whether a model has token type (segment) embeddings: BERT, ELECTRA yes; RoBERTa, XLM-R, DeBERTa-v3, ModernBERT, DistilBERT no."""
+    return (model_config.get("type_vocab_size") or 1) > 1
+
+
+def model_inputs(batch: dict, model_config: dict[str, Any]) -> dict:
+    """A tokenizer's output without `token_type_ids` for a model that has no segment embeddings (ModernBERT's forward rejects them)."""
+    return batch if uses_token_types(model_config) else {k: v for k, v in batch.items() if k != "token_type_ids"}
+
+
 def tokenizer_kind(folder: Path) -> str | None:
     """The tokenizer model of a model folder (`WordPiece`, `BPE`, `Unigram`, `WordLevel`, ...) from its files; None when unknown."""
     folder = Path(folder)

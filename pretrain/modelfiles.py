@@ -48,6 +48,20 @@ def load_model(auto_class: Any, folder: Path, what: str = "model", **kwargs: Any
     return auto_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)
 
 
+def new_mlm_weights(folder: Path) -> list[str]:
+    """The weights `AutoModelForMaskedLM` initialises at random when loading `folder` (its MLM head, when the checkpoint has none)."""
+    import transformers
+    from transformers import AutoModelForMaskedLM
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists them: this function returns them instead
+    try:
+        _, info = load_model(AutoModelForMaskedLM, folder, "base model", output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return sorted(info.get("missing_keys") or [])
+
+
 def remote_code_note(folder: Path, what: str = "model") -> str | None:
     """What to tell the user when `folder`'s config or tokenizer config asks for custom code (`auto_map`), else None.
 

@@ -21,7 +21,8 @@ def key_figures(manifest: dict) -> str:
     m = manifest["metrics"]
     stage = manifest["stage"]
     if stage == "base":
-        return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+        line = f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+        return line + ("; no MLM head in the checkpoint: a new one, randomly initialised" if m.get("mlm_head", "").startswith("new") else "")
     if stage == "ingest":
         share = 100 * m["train_documents"] / m["documents"]
         near = m.get("near_duplicates_removed", 0)
@@ -43,8 +44,9 @@ def key_figures(manifest: dict) -> str:
     if stage == "tokens":
         return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
     if stage == "pretrain":
+        random = " (a random MLM head's, not the base model's)" if m.get("mlm_head_before") == "random" else ""
         return (
-            f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
+            f"validation perplexity {m['validation_perplexity_before']:,.1f}{random} -> {m['validation_perplexity_after']:,.1f} "
             f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
         ) + (
             f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"

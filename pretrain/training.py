@@ -40,6 +40,7 @@ from pretrain import flops
 from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.config import PretrainConfig, compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
+from pretrain.families import max_sequence_length
 from pretrain.mlm import Masking
 from pretrain.progress import progress as show_progress
 from pretrain.formats import TokenStream, load_meta
@@ -286,9 +287,9 @@ def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerato
 
 def check_fits(section: str, cfg: PretrainConfig, model: torch.nn.Module, meta: dict, role: str) -> None:
     """A UserError/InputError when the sequence length or the tokens' vocabulary does not fit the model (`role`: what it is)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_sequence_length(model.config.to_dict())
     if limit is not None and cfg.max_seq_length > limit:
-        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {role}'s max_position_embeddings ({limit})")
+        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {role} takes (its max_position_embeddings)")
     rows = model.get_input_embeddings().num_embeddings
     if rows < meta["vocab_size"]:
         raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the {role}'s embedding matrix ({rows} rows)")

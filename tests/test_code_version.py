@@ -16,22 +16,23 @@ DISTILL = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_ba
 # A new import changes this: if the module cannot change what the stage writes, add it to
 # artifacts.NOT_CODE_DEPENDENCIES instead of here.
 DEPENDENCIES = {
-    "base": {"base", "modelfiles"},
+    "base": {"base", "modelfiles", "families"},
     "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
-    "vocab": {"vocab", "extend", "formats"},
-    "tokens": {"tokens", "vocab", "extend", "formats", "shards"},
-    "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
-    "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
+    "vocab": {"vocab", "extend", "formats", "families"},
+    "tokens": {"tokens", "vocab", "extend", "formats", "shards", "families"},
+    "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles", "families"},
+    "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles", "families"},
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
     "evaluate": {"evaluate", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
-                 "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles", "__init__"},  # fmt: skip
+                 "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles",
+                 "families", "__init__"},  # fmt: skip
     "report": {"report", "summaries"},
 }
 
 
 # A fine-tuning run (`f-`, built by the evaluate stage, not a stage of the chain) counts the recipe, the
 # task reader and the scores; not the comparison, TAPT or int8 code that evaluate also imports.
-FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles"}
+FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles", "families"}
 
 
 def test_the_exclusion_list_names_real_modules():

@@ -9,6 +9,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from conftest import build_until, read_jsonl_gz
 from pretrain import base, extend, formats, ingest, vocab
+from pretrain.mlm import mlm_head
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig, validate_config
 from pretrain.errors import ConfigError, InputError
@@ -91,7 +92,7 @@ def test_extended_model_keeps_base_outputs_and_starts_new_rows_at_their_pieces(b
     spec = json.loads((folder / "model_init.json").read_text())
     original = AutoModelForMaskedLM.from_pretrained(tiny_base).eval()
     extended = AutoModelForMaskedLM.from_pretrained(tiny_base).eval()
-    extend.extend_embeddings(extended, spec["new_tokens"], "subword_mean")
+    extend.extend_embeddings(extended, spec["new_tokens"], "subword_mean", mlm_head)
 
     rows = extended.get_input_embeddings().weight
     bias = extended.cls.predictions.bias
@@ -120,7 +121,7 @@ def test_resize_default_init_is_the_fallback(built, tiny_base):
     spec = json.loads((store.local_dir(_extend(store, corpus, base_id)) / "model_init.json").read_text())
     original = AutoModelForMaskedLM.from_pretrained(tiny_base)
     model = AutoModelForMaskedLM.from_pretrained(tiny_base)
-    extend.extend_embeddings(model, spec["new_tokens"], "resize_default")
+    extend.extend_embeddings(model, spec["new_tokens"], "resize_default", mlm_head)
     rows, old_rows = model.get_input_embeddings().weight, original.get_input_embeddings().weight
     old = old_rows.shape[0]
     assert rows.shape[0] == old + len(spec["new_tokens"]) == model.cls.predictions.bias.shape[0]

@@ -1,0 +1,192 @@
+"""Every supported encoder family through every stage: a tiny model of each, with its own kind of tokenizer.
+
+Each family's model is built in-process at 2 layers x 64 (benchmarks/encoder_shapes.py: DeBERTa-v3's
+relative attention, ModernBERT's alternating attention, ELECTRA's generator, ...) with a tokenizer of
+its family's kind trained offline with `tokenizers` on a few hundred demo stories: WordPiece (BERT,
+ELECTRA, DistilBERT), byte-level BPE (RoBERTa with <s>/</s>, ModernBERT with [CLS]/[SEP]) and
+SentencePiece Unigram (XLM-R with <s>/</s>, DeBERTa-v3 with [CLS]/[SEP]). DeBERTa-v3 and ModernBERT
+get more embedding rows than tokens, as the released checkpoints have.
+
+The fast matrix runs base -> ingest -> vocab (extend) -> tokens -> pretrain -> evaluate (base and
+adapted, 1 seed) -> export (ONNX, int8) -> predict -> embed for each family; distill, TAPT, resume
+and the 2-process launcher per family are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, build_until, make_tiny_config, read_jsonl_gz, write_jsonl
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
+
+# The tokenizer each family's released checkpoints use, and the special tokens around a sequence.
+TOKENIZERS = {
+    "bert": "wordpiece", "electra": "wordpiece", "distilbert": "wordpiece",
+    "roberta": "bpe-roberta", "modernbert": "bpe-bert", "xlm-roberta": "unigram-roberta", "deberta-v2": "unigram-bert",
+}  # fmt: skip
+ROBERTA_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4: RoBERTa's and XLM-R's order
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Families whose releases have no token type embeddings take no token_type_ids from their tokenizer.
+NO_SEGMENTS = {"roberta", "xlm-roberta", "modernbert", "distilbert"}
+SEGMENTS = {"bert", "electra"}  # the families with token type embeddings (DeBERTa-v3's tokenizer gives them; its model has none)
+PADDED_ROWS = {"deberta-v2", "modernbert"}  # embedding rows rounded up past the tokenizer's size
+
+
+def _texts(corpus_file, limit=300):
+    return [r["text"] for r in read_jsonl_gz(corpus_file, limit=limit)]
+
+
+def build_tokenizer(kind: str, texts: list[str], folder, vocab_size: int = 700, no_segments: bool = False):
+    """A fast tokenizer of `kind` trained on `texts`, saved in `folder` as transformers loads it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pretrain.config import VocabConfig
+    from pretrain.vocab import train_wordpiece
+
+    if kind == "wordpiece":
+        tokenizer = train_wordpiece(texts, VocabConfig(vocab_size=vocab_size, min_frequency=1))
+        special = BERT_SPECIAL
+    else:
+        special = ROBERTA_SPECIAL if kind.endswith("roberta") else BERT_SPECIAL
+        if kind.startswith("bpe"):
+            tokenizer = Tokenizer(models.BPE())
+            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tokenizer.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+        else:
+            tokenizer = Tokenizer(models.Unigram())
+            tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+            tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+            tokenizer.decoder = decoders.Metaspace()
+            trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token=special[special.index("<unk>" if "<unk>" in special else "[UNK]")], show_progress=False)  # fmt: skip
+        tokenizer.train_from_iterator(texts, trainer)
+        first, last = (special[0], special[2]) if kind.endswith("roberta") else ("[CLS]", "[SEP]")
+        ids = {t: tokenizer.token_to_id(t) for t in (first, last)}
+        if kind.endswith("roberta"):  # <s> A </s></s> B </s>
+            tokenizer.post_processor = processors.RobertaProcessing((last, ids[last]), (first, ids[first]), trim_offsets=kind.startswith("bpe"))
+        else:
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{first} $A {last}", pair=f"{first} $A {last} $B:1 {last}:1", special_tokens=list(ids.items())
+            )
+    names = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), BERT_SPECIAL)) if special == BERT_SPECIAL else {
+        "bos_token": "<s>", "cls_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "sep_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}  # fmt: skip
+    inputs = ["input_ids", "attention_mask"] if no_segments else ["input_ids", "token_type_ids", "attention_mask"]
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=512, model_input_names=inputs, **names)
+    wrapped.save_pretrained(folder)
+    return wrapped
+
+
+def build_base(family: str, folder, texts: list[str]):
+    """A 2-layer x 64 masked-LM model of `family` with its tokenizer, saved as a base model folder."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = build_tokenizer(TOKENIZERS[family], texts, folder, no_segments=family in NO_SEGMENTS)
+    rows = len(tokenizer)
+    if family in PADDED_ROWS:
+        rows = -(-rows // 64) * 64 + (64 if rows % 64 == 0 else 0)
+    config = encoder_config(family, rows, layers=2, hidden=64, heads=2, intermediate=128, max_positions=64,
+                            pad_id=tokenizer.pad_token_id, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def family_bases(tmp_path_factory, corpus_file):
+    """family -> a base model folder (built once, on first use)."""
+    built = {}
+    texts = _texts(corpus_file)
+
+    def get(family: str):
+        if family not in built:
+            built[family] = build_base(family, tmp_path_factory.mktemp(f"base-{family}"), texts)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_store(tmp_path_factory):
+    """One store for the whole matrix: the corpus is ingested once, each family's artifacts sit beside the others."""
+    return tmp_path_factory.mktemp("families") / "store"
+
+
+def family_config(family, store, corpus_file, task_files, base_folder, **vocab) -> dict:
+    raw = make_tiny_config(store, corpus_file, task_files, base_folder)
+    raw["vocab"].update(vocab or {"mode": "keep"})
+    raw["pretrain"].update(max_steps=6, log_every_steps=3, max_eval_blocks=16)
+    raw["evaluate"].update(num_epochs=2, patience_epochs=2)
+    return raw
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_stage_runs_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path, caplog):
+    from pretrain import embed as embed_module
+    from pretrain import predict as predict_module
+    from pretrain.families import model_inputs
+    from taskmodel import evaluate_models, task_config
+
+    caplog.set_level(logging.INFO)
+    base_folder = family_bases(family)
+    extend = {"mode": "extend", "vocab_size": 600, "min_frequency": 2, "max_new_tokens": 60, "min_token_count": 3}
+    raw = family_config(family, family_store, corpus_file, task_files, base_folder, **extend)
+    config, store, ids = build_until(raw, "pretrain")
+
+    assert store.manifest(ids["base"])["metrics"]["model_type"] == family
+    vocab = store.manifest(ids["vocab"])["metrics"]
+    assert vocab["added_tokens"] > 10, vocab
+    assert vocab["validation_words_changed"] == 0  # a word changes only by using a new token
+    assert vocab["fertility_model"] < vocab["fertility_base"]
+    pretrained = store.manifest(ids["pretrain"])["metrics"]
+    assert pretrained["steps"] == 6 and np.isfinite(pretrained["validation_perplexity_after"])
+    assert "full-vocabulary head" not in caplog.text  # every family trains on the masked positions only
+    expected_attention = "eager" if family == "deberta-v2" else "SDPA"
+    assert expected_attention in caplog.text
+
+    cfg = task_config(task_files, seeds=[0], num_epochs=2, patience_epochs=2, learning_rate=3e-3)
+    eid, runs = evaluate_models(store, cfg, ids["base"], ids["pretrain"])
+    results = json.loads((store.local_dir(eid) / "results.json").read_text())
+    for name in ("base", "adapted"):
+        assert 0 <= results["models"][name]["runs"][0]["test"]["accuracy"] <= 1
+    run_id = runs["adapted"][0]
+
+    # The handoff: the task model as ONNX and int8 (what `dapt export --format onnx --quantize int8` writes,
+    # without its timing passes: those run in the slow test below), then predict and embed.
+    from transformers import AutoModelForSequenceClassification
+
+    from pretrain.export import model_folder
+    from pretrain.modelfiles import load_model
+    from pretrain.quantize import OrtClassifier, export_onnx, quantize_int8
+    from pretrain.vocab import load_fast_tokenizer
+
+    out = tmp_path / "export"
+    shutil.copytree(model_folder(store, run_id), out)
+    tokenizer = load_fast_tokenizer(out)
+    classifier = load_model(AutoModelForSequenceClassification, out).eval()
+    export_onnx(classifier, out / "model.onnx", list(tokenizer.model_input_names))
+    quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+    fp32 = OrtClassifier(out / "model.onnx")
+    assert ("token_type_ids" in fp32.input_names) == (family in SEGMENTS)
+    rows = [json.loads(line) for line in open(task_files[1])][:20]
+    batch = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        reference = classifier(**model_inputs(batch, classifier.config.to_dict())).logits
+    assert (fp32(**batch).logits - reference).abs().max() <= 1e-4
+
+    source = write_jsonl(tmp_path / "texts.jsonl", rows)
+    for engine in (out, out / "model.int8.onnx"):
+        result = predict_module.predict(str(engine), str(source), str(tmp_path / "p.jsonl"))
+        assert result["texts"] == 20
+    embedded = embed_module.embed(store, ids["pretrain"], str(source), str(tmp_path / "e.parquet"), pooling="mean", progress=False)
+    assert embedded["texts"] == 20 and embedded["dimensions"] == 64
