@@ -43,6 +43,7 @@ from pretrain.training import counting_flops, make_optimizer  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 SHAPES = {
     "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
@@ -155,6 +156,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         "ours_head": head,
         "parameters": sum(p.numel() for p in ours_model.parameters()),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "mixed_precision": args.mixed_precision,
         "compile": args.compile,

@@ -27,7 +27,7 @@ import torch
 from conftest import ROOT, build_until, make_tiny_config, read_jsonl_gz, write_jsonl
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
+from encoder_shapes import FAMILIES, VARIANTS, encoder_config  # noqa: E402
 
 # The tokenizer each family's released checkpoints use, and the special tokens around a sequence.
 TOKENIZERS = {
@@ -191,6 +191,39 @@ def test_every_stage_runs_for_the_family(family, family_bases, family_store, cor
         assert result["texts"] == 20
     embedded = embed_module.embed(store, ids["pretrain"], str(source), str(tmp_path / "e.parquet"), pooling="mean", progress=False)
     assert embedded["texts"] == 20 and embedded["dimensions"] == 64
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+def test_new_rows_start_at_their_pieces_mean_after_the_spare_rows(kind):
+    """Extension in every family and head variant: spare rows first (296 tokens, 300 rows), then growth; rows
+    and output biases of new tokens are their pieces' means, old ones untouched, the masked-only head intact."""
+    from transformers import AutoModelForMaskedLM
+
+    from pretrain.extend import extend_embeddings
+    from pretrain.mlm import MaskedLM, mlm_head
+
+    torch.manual_seed(0)
+    config = encoder_config(kind, 300, layers=1, hidden=32, heads=2, intermediate=64, max_positions=64, pad_id=0, cls_id=2, sep_id=3)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    bias = mlm_head(model).output_bias
+    with torch.no_grad():
+        bias.normal_()
+    old_rows = model.get_input_embeddings().weight.detach().clone()
+    old_bias = bias.detach().clone()
+    new = [{"id": 296 + i, "base_pieces": [10 + i, 20 + i, 30]} for i in range(8)]
+    extend_embeddings(model, new, "subword_mean", mlm_head, base_vocab_size=296)
+    rows = model.get_input_embeddings().weight
+    head = mlm_head(model)
+    assert rows.shape[0] == 304 and head.output_bias.numel() == 304
+    torch.testing.assert_close(rows[:296], old_rows[:296])
+    torch.testing.assert_close(head.output_bias[:296], old_bias[:296])
+    for token in new:
+        torch.testing.assert_close(rows[token["id"]], old_rows[token["base_pieces"]].mean(0))
+        torch.testing.assert_close(head.output_bias[token["id"]], old_bias[token["base_pieces"]].mean())
+    assert head.project is not None  # still the family's masked-only head, and it still reproduces the logits
+    ids = torch.tensor([[5, 297, 303, 7]])
+    assert model(input_ids=ids).logits.shape[-1] == 304
+    assert torch.isfinite(MaskedLM(model)(ids, torch.tensor([1, 2]), torch.tensor([297, 303])))
 
 
 # --- the rest of the stages, per family (slow) -----------------------------------------------------------
