@@ -226,6 +226,36 @@ def test_new_rows_start_at_their_pieces_mean_after_the_spare_rows(kind):
     assert torch.isfinite(MaskedLM(model)(ids, torch.tensor([1, 2]), torch.tensor([297, 303])))
 
 
+def test_dapt_init_names_the_family_and_sizes_for_it(tmp_path):
+    """ModernBERT: its own fine-tuning rate and long inputs; ELECTRA: its higher rate; RoBERTa: 512 usable positions of 514."""
+    from collections import Counter
+
+    import yaml
+
+    from pretrain.scaffold import CorpusFacts, TaskFacts, base_facts, render
+
+    corpus = CorpusFacts(["corpus/"], 10, 50_000_000, Counter({"jsonl": 10}))
+    task = TaskFacts("train.jsonl", 1000, ["text", "label"], "text", "label", "single_label", Counter({"a": 500, "b": 500}), None, 2000)
+    configs = {}
+    for model_type, positions in (("bert", 512), ("modernbert", 8192), ("electra", 512), ("roberta", 514), ("deberta-v2", 512)):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 768, "num_hidden_layers": 12,
+                                                        "max_position_embeddings": positions, "pad_token_id": 1}))  # fmt: skip
+        facts = base_facts(str(folder))
+        text = render(corpus, task, None, facts, "x")
+        configs[model_type] = yaml.safe_load(text)
+        assert f"model_type {model_type}" in text
+    assert "ModernBERT family" in render(corpus, task, None, base_facts(str(tmp_path / "modernbert")), "x")
+    rates = {name: c["evaluate"]["learning_rate"] for name, c in configs.items()}
+    assert rates == {"bert": 2e-5, "modernbert": 8e-5, "electra": 1e-4, "roberta": 2e-5, "deberta-v2": 2e-5}
+    assert configs["modernbert"]["pretrain"]["max_seq_length"] == 1024 and configs["modernbert"]["evaluate"]["max_seq_length"] == 1024
+    assert configs["bert"]["evaluate"]["max_seq_length"] == 256  # 2,000-word texts, capped by the class
+    assert configs["roberta"]["pretrain"]["max_seq_length"] <= 512 and configs["roberta"]["evaluate"]["max_seq_length"] <= 512
+    # the same tokens per micro-batch at the longer length
+    assert configs["modernbert"]["pretrain"]["micro_batch_size"] * 1024 == configs["bert"]["pretrain"]["micro_batch_size"] * 256
+
+
 # --- the rest of the stages, per family (slow) -----------------------------------------------------------
 
 
