@@ -219,8 +219,8 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
             model_backend = extend_backend(base_backend, new_tokens)
             model_tokenizer = _wrap(model_backend, base_tokenizer)
             extension = {"extended_tokenizer_model": kind, "added_as": "pieces" if kind == "WordPiece" else "whole words"}
-            unreachable = unreachable_base_tokens(base_backend)
             if kind == "BPE":
+                unreachable = unreachable_base_tokens(base_backend)
                 extension["unreachable_base_tokens"] = len(unreachable)
                 if unreachable:
                     log.warning("vocab: %d tokens of the base BPE vocabulary are never produced by its own merges (e.g. %s); as whole words "

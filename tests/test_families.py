@@ -144,13 +144,15 @@ def test_every_stage_runs_for_the_family(family, family_bases, family_store, cor
     raw = family_config(family, family_store, corpus_file, task_files, base_folder, **extend)
     config, store, ids = build_until(raw, "pretrain")
 
-    assert store.manifest(ids["base"])["metrics"]["model_type"] == family
+    base = store.manifest(ids["base"])["metrics"]
+    assert base["model_type"] == family and base["mlm_head"] == "pretrained"
     vocab = store.manifest(ids["vocab"])["metrics"]
     assert vocab["added_tokens"] > 10, vocab
     assert vocab["validation_words_changed"] == 0  # a word changes only by using a new token
     assert vocab["fertility_model"] < vocab["fertility_base"]
     pretrained = store.manifest(ids["pretrain"])["metrics"]
     assert pretrained["steps"] == 6 and np.isfinite(pretrained["validation_perplexity_after"])
+    assert pretrained["mlm_head_before"] == "pretrained"  # tied decoders and padded rows load as the base's
     assert "full-vocabulary head" not in caplog.text  # every family trains on the masked positions only
     expected_attention = "eager" if family == "deberta-v2" else "SDPA"
     assert expected_attention in caplog.text
