@@ -4,6 +4,12 @@ The usual recipe (BertForMaskedLM with labels) projects every position onto the 
 then ignores ~85% of them in the loss. `MaskedLM` runs the encoder, gathers the masked positions
 (known on the host when the batch is built, so no device sync) and runs the head on those alone. The
 loss is the same cross-entropy over the same positions; the decoder stays the tied input embeddings.
+
+Each family's head is taken apart by an adapter (`HEADS`, by `model_type`: BERT's `cls`, RoBERTa's
+and XLM-R's `lm_head`, DeBERTa-v2's `cls.predictions` or `lm_predictions`, ModernBERT's `head` +
+`decoder`, ELECTRA's generator head, DistilBERT's `vocab_*` layers); another family's recognisable
+head is found generically; either is checked against the model's own logits before it is used
+(`mlm_head`), and only a model with neither trains on the full-vocabulary head, with a warning.
 """
 
 from __future__ import annotations
