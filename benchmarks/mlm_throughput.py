@@ -3,10 +3,14 @@
     python benchmarks/mlm_throughput.py                                   # CPU: bert-tiny and 6L/384, fp32 and auto
     python benchmarks/mlm_throughput.py --models bert-base --mixed-precision auto --batch-size 64   # a GPU
     python benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 --compile         # ours compiled
+    python benchmarks/mlm_throughput.py --models L6-H384 --family bert roberta xlm-roberta deberta-v2 modernbert electra distilbert
 
-Baseline, as in transformers' `run_mlm_no_trainer.py`: BertForMaskedLM with labels (the full-vocabulary
-head at every position), DataCollatorForLanguageModeling masking each batch, torch.optim.AdamW with its
-defaults. Ours: the pretrain stage's step: `Masking` on the same blocks, `MaskedLM` (head on the masked
+Baseline, as in transformers' `run_mlm_no_trainer.py`: the family's *ForMaskedLM with labels (the
+full-vocabulary head at every position), DataCollatorForLanguageModeling masking each batch,
+torch.optim.AdamW with its defaults. `--family` picks the families (benchmarks/encoder_shapes.py: the
+same shape, each family's own architecture; the demo's WordPiece ids for all, since what is measured
+is the model), both with the attention the pretrain stage chooses (SDPA, or eager where the model has
+none). Ours: the pretrain stage's step: `Masking` on the same blocks, `MaskedLM` (head on the masked
 positions only), gradient clipping, the fused AdamW from `make_optimizer`. Same model shape and
 initial weights, same batch of real Reuters text, same sequence length and threads. Each runs in every
 precision asked for (default: float32 and `auto`, which is bf16 on a CPU with bf16 units, float32 on
@@ -45,6 +49,7 @@ from pretrain.config import PretrainConfig, package_dir  # noqa: E402
 from pretrain.mlm import Masking, MaskedLM  # noqa: E402
 from pretrain.training import counting_flops, make_optimizer  # noqa: E402
 from machine import SHAPES  # noqa: E402  (benchmarks/machine.py)
+from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
 
 
 
@@ -62,15 +67,22 @@ def reuters_blocks(tokenizer, count: int, seq_length: int) -> torch.Tensor:
     return torch.from_numpy(blocks)
 
 
-def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.device) -> list[dict]:
+def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.device, family: str = "bert") -> list[dict]:
     """One result per requested precision: ours and the baseline in it, and against the float32 baseline."""
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **SHAPES[name])
+    from pretrain.families import attention_implementation
+
+    shape = SHAPES[name]
+    config = encoder_config(family, len(tokenizer), layers=shape["num_hidden_layers"], hidden=shape["hidden_size"],
+                            heads=shape["num_attention_heads"], intermediate=shape["intermediate_size"], max_positions=512,
+                            pad_id=tokenizer.pad_token_id, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id)  # fmt: skip
+    attention = attention_implementation(config)  # what the pretrain stage uses, for both
     resolved = {requested: resolve_precision(requested, device)[0] for requested in args.mixed_precision}
     precisions = list(dict.fromkeys(resolved.values()))  # each precision measured once (auto may be one of the others)
     torch.manual_seed(0)
-    initial = BertForMaskedLM(config).state_dict()
+    initial = AutoModelForMaskedLM.from_config(config, attn_implementation=attention).state_dict()
+    heads = set()
 
     cfg = PretrainConfig(max_steps=1, max_seq_length=args.seq_length, global_batch_size=args.batch_size,
                          micro_batch_size=args.batch_size, learning_rate=1e-4)  # fmt: skip
@@ -88,7 +100,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         return blocks[start : start + args.batch_size]
 
     def fresh_model():
-        model = BertForMaskedLM(config).to(device)
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention).to(device)
         model.load_state_dict(initial)
         return model.train()
 
@@ -99,6 +111,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
 
     def ours_step_fn(precision: str):
         ours = MaskedLM(fresh_model(), compile=args.compile)
+        heads.add("masked-only" if ours._head.project is not None else "full-vocabulary (fallback)")
         optimizer = make_optimizer(ours, cfg, device)
 
         def step(i: int) -> None:
@@ -161,7 +174,10 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
         ours, base = seconds[("ours", precision)], seconds[("baseline", precision)]
         result = {
             "benchmark": "mlm_throughput",
+            "family": family,
             "model": name,
+            "attention": attention,
+            "ours_head": ", ".join(sorted(heads)),
             "parameters": sum(p.numel() for p in initial.values()),
             "device": torch.cuda.get_device_name(device) if not on_cpu else "cpu",
             **({"cpu": cpu_model(), "cpu_bf16_units": cpu_bf16_units()} if on_cpu else {}),
@@ -215,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bert-tiny", "L6-H384"], choices=list(SHAPES))
+    parser.add_argument("--family", nargs="+", default=["bert"], choices=list(FAMILIES),
+                        help="model families (benchmarks/encoder_shapes.py) at each shape; JSON lines per family and shape")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of ours/baseline")
@@ -235,9 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     needed = args.batch_size * (args.rounds * args.steps_per_round + 2)
     blocks = reuters_blocks(tokenizer, min(needed, 4096), args.seq_length)
-    for name in args.models:
-        for result in bench_shape(name, args, tokenizer, blocks, device):
-            print(json.dumps(result), flush=True)
+    for family in args.family:
+        for name in args.models:
+            for result in bench_shape(name, args, tokenizer, blocks, device, family):
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

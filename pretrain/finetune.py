@@ -210,7 +210,6 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            attn_implementation="sdpa",
             **extra,
         )
     finally:
@@ -442,7 +441,7 @@ def load_trained(store: ArtifactStore, fid: str, device: torch.device) -> Traine
     folder = store.local_dir(fid)
     record = json.loads((folder / "run.json").read_text())
     auto = AutoModelForTokenClassification if record["type"] == "token" else AutoModelForSequenceClassification
-    model = load_model(auto, folder / "model", f"fine-tuned model {fid}", attn_implementation="sdpa").to(device)
+    model = load_model(auto, folder / "model", f"fine-tuned model {fid}").to(device)
     thresholds = np.array([record["thresholds"][label] for label in record["labels"]]) if "thresholds" in record else None
     return Trained(model, record["best_epoch"], record["epochs_trained"], record["validation"], record["history"], thresholds,
                    record["fallback_tag"], record["seconds"])  # fmt: skip

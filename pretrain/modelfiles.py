@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.errors import InputError
+from pretrain.families import attention_implementation
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -46,9 +47,35 @@ def model_folder(store: Any, aid: str, what: str) -> Path:
 
 
 def load_model(auto_class: Any, folder: Path, what: str = "model", **kwargs: Any):
-    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder."""
+    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder.
+
+    The attention implementation, unless given, is the model's fastest that transformers supports for
+    it (`pretrain.families.attention_implementation`: SDPA, else the model's own).
+    """
     require_safetensors(folder, what)
+    if "attn_implementation" not in kwargs:
+        from transformers import AutoConfig
+
+        kwargs["attn_implementation"] = attention_implementation(AutoConfig.from_pretrained(folder, trust_remote_code=False))
     return auto_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)
+
+
+def new_mlm_weights(folder: Path) -> list[str]:
+    """The weights `AutoModelForMaskedLM` initialises at random when loading `folder` (its MLM head, when the checkpoint has none)."""
+    import transformers
+    from transformers import AutoModelForMaskedLM
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists them: this function returns them instead
+    try:
+        _, info = load_model(AutoModelForMaskedLM, folder, "base model", output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"base model {folder}: transformers cannot load it as a masked-LM model ({first}); "
+                         "are config.json and the weights from the same model?") from None  # fmt: skip
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return sorted(info.get("missing_keys") or [])
 
 
 def remote_code_note(folder: Path, what: str = "model") -> str | None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pretrain.errors import InputError, UserError
+from pretrain.families import max_sequence_length, model_inputs
 from pretrain.logs import get_logger
 from pretrain.progress import progress
 
@@ -147,7 +148,7 @@ def predict(
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     multi = config.get("problem_type") == "multi_label_classification"
     facts = _export_facts(model)
-    length = min(max_seq_length or facts.get("max_seq_length") or 512, config.get("max_position_embeddings", 512))
+    length = min(max_seq_length or facts.get("max_seq_length") or 512, max_sequence_length(config) or 512)
     thresholds = np.array([facts["thresholds"][label] for label in labels]) if multi and facts.get("thresholds") else 0.5
     order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths per batch: little padding
     scores = np.empty((len(texts), len(labels)), dtype=np.float32)
@@ -155,7 +156,7 @@ def predict(
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=length, return_tensors="pt")
-            logits = engine(**batch).logits.float()
+            logits = engine(**model_inputs(batch, config)).logits.float()
             scores[rows] = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy()
             bar.update(len(rows))
     decided = scores >= thresholds if multi else scores.argmax(-1)

@@ -354,6 +354,9 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
         f"{model['validation_perplexity_after']:,.1f}** after {model['steps']:,} steps "
         f"({model['tokens']:,} tokens, global batch {model['global_batch_size']}, {model['processes']} × {model['device']}, "
         f"{model['tokens_per_second']:,.0f} tokens/s{utilisation(model)}).",
+        *(["", "The perplexity before training is that of a randomly initialised MLM head (the base checkpoint has none, or the "
+           "vocabulary was replaced), not the base model's: only the perplexity after training measures the model."]
+          if model.get("mlm_head_before") == "random" else []),
         "",
         "![pretraining curve](pretrain_curve.png)",
         "",

@@ -27,7 +27,8 @@ ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "mi
 def base_figures(manifest: dict) -> str:
     """An imported base model: its shape and vocabulary."""
     m = manifest["metrics"]
-    return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+    line = f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+    return line + ("; no MLM head in the checkpoint: a new one, randomly initialised" if m.get("mlm_head", "").startswith("new") else "")
 
 
 def corpus_figures(manifest: dict) -> str:
@@ -64,8 +65,9 @@ def tokens_figures(manifest: dict) -> str:
 def model_figures(manifest: dict) -> str:
     """A pretrained model (DAPT or TAPT): validation perplexity before and after, per token and per word."""
     m = manifest["metrics"]
+    random = " (a random MLM head's, not the base model's)" if m.get("mlm_head_before") == "random" else ""
     return (
-        f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
+        f"validation perplexity {m['validation_perplexity_before']:,.1f}{random} -> {m['validation_perplexity_after']:,.1f} "
         f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
     ) + (
         f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"

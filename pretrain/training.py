@@ -41,6 +41,7 @@ from pretrain.artifacts import ArtifactStore, file_digest, respect_umask
 from pretrain.config import PretrainConfig
 from pretrain.configfile import compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
+from pretrain.families import max_sequence_length
 from pretrain.formats import TokenStream, load_meta
 from pretrain.mlm import Masking
 from pretrain.precision import resolve as resolve_precision
@@ -293,9 +294,9 @@ def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerato
 
 def check_fits(section: str, cfg: PretrainConfig, model: torch.nn.Module, meta: dict, role: str) -> None:
     """A UserError/InputError when the sequence length or the tokens' vocabulary does not fit the model (`role`: what it is)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_sequence_length(model.config.to_dict())
     if limit is not None and cfg.max_seq_length > limit:
-        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {role}'s max_position_embeddings ({limit})")
+        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {role} takes (its max_position_embeddings)")
     rows = model.get_input_embeddings().num_embeddings
     if rows < meta["vocab_size"]:
         raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the {role}'s embedding matrix ({rows} rows)")

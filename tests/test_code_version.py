@@ -21,16 +21,16 @@ AFTER_DAPT = {"pretrain", "distill", "tapt-vocab", "tapt-tokens", "tapt", "evalu
 # A new import changes this: if the module cannot change what the stage writes, add it to
 # codeversion.NOT_CODE_DEPENDENCIES instead of here.
 DEPENDENCIES = {
-    "base": {"base", "modelfiles"},
+    "base": {"base", "modelfiles", "families"},
     "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
-    "vocab": {"vocab", "extend", "formats", "modelfiles"},
-    "tokens": {"tokens", "vocab", "extend", "formats", "shards", "modelfiles"},
-    "pretrain": {"__init__", "pretrain", "training", "mlm", "precision", "extend", "formats", "modelfiles"},
-    "distill": {"__init__", "distill", "training", "mlm", "precision", "formats", "modelfiles"},
+    "vocab": {"vocab", "extend", "formats", "modelfiles", "families"},
+    "tokens": {"tokens", "vocab", "extend", "formats", "shards", "modelfiles", "families"},
+    "pretrain": {"__init__", "pretrain", "training", "mlm", "precision", "extend", "formats", "modelfiles", "families"},
+    "distill": {"__init__", "distill", "training", "mlm", "precision", "formats", "modelfiles", "families"},
     # The models it compares are its inputs (TAPT is stages of its own): fine-tuning, scoring, int8, and
     # importing a listed model (base) with its tokenizer (vocab).
     "evaluate": {"__init__", "evaluate", "finetune", "quantize", "scoring", "tasks", "precision", "base", "modelfiles", "vocab", "extend", "formats", "io",
-                 "hf_datasets"},  # fmt: skip
+                 "hf_datasets", "families"},  # fmt: skip
     "report": {"report", "summaries"},
 }
 

@@ -96,7 +96,7 @@ def test_masked_only_loss_equals_the_loss_on_full_model_outputs():
     positions = torch.tensor([1, 4, 13, 20])
     labels = torch.tensor([7, 8, 9, 10])
     task = distill.Distillation(student, temperature=2.0, alpha_distill=5.0, alpha_mlm=2.0)
-    teacher_logits = distill.masked_logits(teacher, distill.mlm_parts(teacher), input_ids, positions)
+    teacher_logits = distill.mlm_head(teacher).masked_logits(input_ids, positions)
     got = task(input_ids, positions, labels, teacher_logits=teacher_logits)
     with torch.no_grad():
         full_student = student(input_ids=input_ids).logits.reshape(-1, 50)[positions]
