@@ -37,7 +37,7 @@ DEPENDENCIES = {
 
 # A fine-tuning run (`f-`, built by the evaluate stage, not a stage of the chain) counts the recipe, the
 # task reader and the scores; not the comparison, TAPT or int8 code that evaluate also imports.
-FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles", "precision"}
+FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles", "precision", "families"}
 
 
 def test_the_exclusion_list_names_real_modules():
@@ -142,8 +142,8 @@ def test_the_text_of_log_calls_and_exception_messages_changes_no_id(config, edit
     # An exception's message: a plain string and the text of an f-string.
     edit("training", 'raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")',
          'raise InputError(f"validation split: under {cfg.max_seq_length} tokens (raise ingest.validation_fraction)")')
-    edit("evaluate", 'raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {name} model',
-         'raise InputError(f"evaluate.max_seq_length {cfg.max_seq_length} is more than the {name} model')
+    edit("evaluate", 'raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {name} model',
+         'raise InputError(f"evaluate.max_seq_length {cfg.max_seq_length} is more than the {limit} tokens the {name} model')
     assert plan(config) == before
 
 
