@@ -203,7 +203,9 @@ def plot_label_budgets(results: dict, path: Path) -> None:
             right.annotate(c["verdict"], (x, c["interval"]["high"]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
                            color=colors[name])  # fmt: skip
     ticks = [budget_label(e).replace(" (", "\n(") for e in entries]
+    right.margins(y=0.15)  # room for the verdicts above the intervals
     for ax in (left, right):
+        ax.margins(x=0.08)
         ax.set_xscale("log")
         ax.set_xticks(xs, ticks)
         ax.minorticks_off()
@@ -238,14 +240,13 @@ def budget_section(results: dict, label) -> list[str]:
     for entry in results["label_budgets"]:
         c = budget_comparison(entry, results)
         cells = [f"{c['difference']:+.3f}", f"[{c['interval']['low']:+.3f}, {c['interval']['high']:+.3f}]", c["verdict"]] if c else ["-"] * 3
-        lines.append(f"| {budget_label(entry)} | {entry['train']:,} | " + " | ".join(mean_std(entry["models"][n]["summary"][primary]) for n in names)
+        lines.append(f"| {entry['name']} | {entry['train']:,} | " + " | ".join(mean_std(entry["models"][n]["summary"][primary]) for n in names)
                      + " | " + " | ".join(cells) + " |")  # fmt: skip
-    capped = [e for e in results["label_budgets"] if e["capped"]]
-    for entry in capped:
-        which = ", ".join(f"{c} ({n:,})" for c, n in entry["capped"].items())
-        lines.append("")
-        lines.append(f"The budget of {entry['labels_per_class']} per class was capped for {which}: "
-                     f"{'that class has' if len(entry['capped']) == 1 else 'these classes have'} fewer train examples, and keep all of them.")  # fmt: skip
+    for entry in (e for e in results["label_budgets"] if e["capped"]):
+        which = ", ".join(f"{c} ({n:,} train example{'s' if n != 1 else ''})" for c, n in entry["capped"].items())
+        one = len(entry["capped"]) == 1
+        lines += ["", f"At {entry['labels_per_class']} labels per class the budget was capped for {which}: "
+                      f"{'it keeps all its examples' if one else 'they keep all their examples'}."]  # fmt: skip
     return lines + [""]
 
 

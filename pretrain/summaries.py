@@ -261,7 +261,7 @@ def format_budgets(results: dict) -> list[str]:
     for entry in results["label_budgets"]:
         c = budget_comparison(entry, results)
         cells = [f"{c['difference']:+.3f} [{c['interval']['low']:+.3f}, {c['interval']['high']:+.3f}]", c["verdict"]] if c else ["-", "-"]
-        rows.append([budget_label(entry), f"{entry['train']:,}", *[mean_std(entry["models"][n]["summary"][primary]) for n in names], *cells])
+        rows.append([entry["name"], f"{entry['train']:,}", *[mean_std(entry["models"][n]["summary"][primary]) for n in names], *cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"test {label} by label budget (labels per class; validation and test the same for every budget):"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
