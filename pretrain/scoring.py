@@ -224,8 +224,8 @@ def interval_method(samples: int, confidence: float = 0.95) -> str:
     """One sentence saying how the verdict's interval is computed (the report quotes it)."""
     return (
         f"The {confidence:.0%} interval is a t-interval on the mean of the per-seed differences whose variance adds two parts: "
-        "the seed-to-seed variance of the differences (over the number of seeds) and the test-sampling variance of their mean "
-        f"(a paired bootstrap over test examples, {samples:,} resamples, the same draw for both models and every seed); "
+        "the seed-to-seed variance of the differences (over the number of seeds) and the test-sampling variance the seeds share "
+        f"(from a paired bootstrap over test examples, {samples:,} resamples, the same draw for both models and every seed); "
         "Student's t on seeds − 1 degrees of freedom keeps its coverage with as few as 3 seeds. "
         f"A verdict needs it to exclude 0 and at least {MIN_SEEDS_FOR_VERDICT} seeds."
     )
@@ -242,15 +242,15 @@ def seed_and_test_interval(differences: list[float], test_variance: float, confi
     """The verdict's interval for the mean of per-seed differences (model − baseline, one per seed).
 
     Two things would move the mean on a rerun: other seeds and another test set. Their variances add:
-    `s²/k` (s: the standard deviation of the k differences, n − 1 in the denominator) and
-    `test_variance`, the test-sampling variance of the seed-averaged difference (a bootstrap over test
-    examples estimates it, `paired_comparison`). The quantile is Student's t on k − 1 degrees of
-    freedom: the seed part is estimated from k values, the test part from thousands of examples, and
-    the Welch-Satterthwaite degrees of freedom of the sum are never fewer than k − 1; so the interval is
-    never narrower than the paired t-interval over seeds alone (whose verdict it cannot contradict) and
-    keeps its coverage at 3-10 seeds, where a percentile bootstrap over seeds is too narrow (it drops
-    the k/(k − 1) factor and the t tails). With one seed the seed part is unknown: the interval is the
-    test part alone (normal quantile) and `verdict` gives none.
+    `s²/k` (s: the standard deviation of the k differences, n − 1 in the denominator; it holds each
+    seed's own luck on these test examples too) and `test_variance`, the part of the test-sampling
+    variance that every seed shares (`shared_test_variance`). The quantile is Student's t on k − 1
+    degrees of freedom: the seed part is estimated from k values, the test part from thousands of
+    examples, and the Welch-Satterthwaite degrees of freedom of the sum are never fewer than k − 1; so
+    the interval is never narrower than the paired t-interval over seeds alone (whose verdict it cannot
+    contradict) and keeps its coverage at 3-10 seeds, where a percentile bootstrap over seeds is too
+    narrow (it drops the k/(k − 1) factor and the t tails). With one seed the seed part is unknown: the
+    interval is the test part alone (normal quantile) and `verdict` gives none.
     """
     from scipy import stats
 
@@ -273,6 +273,23 @@ def seed_and_test_interval(differences: list[float], test_variance: float, confi
     }
 
 
+def shared_test_variance(per_seed: np.ndarray) -> float:
+    """The test-sampling variance of a seed-averaged difference that more seeds would not average away.
+
+    `per_seed` (resamples x seeds): each seed's difference on each bootstrap resample of the test
+    examples. A seed's variance over resamples is the shared part (how lucky this test set is for the
+    model) plus the seed's own luck on these examples; the second already shows in the spread between
+    seeds (`seed_and_test_interval`'s s²), and counting it twice would make the interval needlessly
+    wide. The covariance between two seeds' differences holds the shared part alone: its mean over
+    pairs of seeds (never below 0). One seed: its whole variance.
+    """
+    k = per_seed.shape[1]
+    if k < 2:
+        return float(np.var(per_seed[:, 0], ddof=1))
+    covariance = np.cov(per_seed, rowvar=False)
+    return max(float((covariance.sum() - np.trace(covariance)) / (k * (k - 1))), 0.0)
+
+
 def paired_comparison(
     model: list[Counts], baseline: list[Counts], model_scores: list[float], baseline_scores: list[float],
     metric: str, samples: int, confidence: float = 0.95, seed: int = 0,
@@ -281,11 +298,11 @@ def paired_comparison(
 
     Runs are paired by seed (same seed: same head initialisation and data order for both models), and
     the two lists are in the same seed order. `interval` (with `verdict`) covers seed variance and test
-    sampling together (`seed_and_test_interval`): the test part is the variance, over resamples of the
-    test examples (the same examples for both models and every seed), of model − baseline averaged
-    over the seeds. Secondary: a paired t-test over seeds (seed variance only), and `bootstrap`, the
-    test-only percentile interval from the same resamples: how much the seed-averaged difference could
-    move with another test set, not with another seed.
+    sampling together (`seed_and_test_interval`): the test part comes from resamples of the test
+    examples (the same examples for both models and every seed), `shared_test_variance`. Secondary: a
+    paired t-test over seeds (seed variance only), and `bootstrap`, the test-only percentile interval
+    of the seed-averaged difference from the same resamples: how much it could move with another test
+    set, not with another seed.
     """
     from scipy import stats
 
@@ -298,7 +315,7 @@ def paired_comparison(
     # (samples, seeds): each seed's paired difference on each test resample.
     per_seed = np.stack([metrics_from_counts(a, weights)[metric] - metrics_from_counts(b, weights)[metric] for a, b in zip(model, baseline)], axis=1)
     test_only = per_seed.mean(1)
-    interval = seed_and_test_interval(differences, float(np.var(test_only, ddof=1)), confidence)
+    interval = seed_and_test_interval(differences, shared_test_variance(per_seed), confidence)
     tail = (1 - confidence) / 2
     p_value = None
     if len(differences) > 1 and np.ptp(differences) > 0:
@@ -311,7 +328,7 @@ def paired_comparison(
         "better_in_seeds": int(sum(d > 0 for d in differences)),
         "verdict": verdict(interval["low"], interval["high"], k),
         "interval": {
-            "method": "t-interval over seeds, test-sampling variance added (bootstrap over test examples)",
+            "method": "t-interval over seeds, the test-sampling variance the seeds share added (bootstrap over test examples)",
             "samples": samples,
             "confidence": confidence,
             "seeds": k,

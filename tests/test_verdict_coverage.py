@@ -68,6 +68,16 @@ def test_the_issue_example_no_longer_says_helped():
     assert scoring.seed_and_test_interval(differences, 0.0)["p_value"] == pytest.approx(0.0516, abs=1e-3)  # the paired t-test's
 
 
+def test_the_test_part_is_what_the_seeds_share():
+    # Each seed's difference over test resamples: a part every seed shares (variance 4e-4) and each seed's own
+    # luck on the examples (variance 9e-4), which the spread between seeds already holds: only the shared part counts.
+    rng = np.random.default_rng(0)
+    shared, own = rng.normal(0, 0.02, (20000, 1)), rng.normal(0, 0.03, (20000, 5))
+    assert scoring.shared_test_variance(shared + own) == pytest.approx(4e-4, rel=0.05)
+    assert scoring.shared_test_variance(own - own.mean(1, keepdims=True)) == 0  # negatively correlated seeds: never below 0
+    assert scoring.shared_test_variance(own[:, :1]) == pytest.approx(9e-4, rel=0.05)  # one seed: all of its variance
+
+
 def _benchmark():
     spec = importlib.util.spec_from_file_location("verdict_coverage", ROOT / "benchmarks" / "verdict_coverage.py")
     module = importlib.util.module_from_spec(spec)
