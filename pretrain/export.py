@@ -542,7 +542,9 @@ def _downstream(aid: str, evaluation: dict | None, results: dict | None) -> list
         cells = [f"{r['summary'][m]['mean']:.3f} ± {r['summary'][m]['std']:.3f}" for m in metrics]
         lines.append(f"| {model}{' (this model)' if r['artifact'] == aid else ''} | `{r['artifact']}` | " + " | ".join(cells) + " |")
     seed_aware = all("interval" in c for c in results["comparisons"])  # evaluations before it have the test-only interval alone
-    method = "95% interval from a paired bootstrap over seeds and test examples, and its verdict" if seed_aware else "95% paired-bootstrap interval over test examples"
+    # The evaluation says how its interval was computed (older ones: a bootstrap over seeds and test examples; now a t-interval).
+    how = next((c["interval"].get("method") for c in results["comparisons"] if seed_aware), None)
+    method = f"95% interval over seeds and test examples ({how}), and its verdict" if seed_aware else "95% paired-bootstrap interval over test examples"
     lines += ["", f"Differences to the base model (paired by seed; {method}):", ""]
     for c in results["comparisons"]:
         if c["metric"] in metrics:

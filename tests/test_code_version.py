@@ -29,7 +29,7 @@ DEPENDENCIES = {
     "distill": {"__init__", "distill", "training", "mlm", "precision", "formats", "modelfiles", "families"},
     # The models it compares are its inputs (TAPT is stages of its own): fine-tuning, scoring, int8, and
     # importing a listed model (base) with its tokenizer (vocab).
-    "evaluate": {"__init__", "evaluate", "finetune", "quantize", "scoring", "tasks", "precision", "base", "modelfiles", "vocab", "extend", "formats", "io",
+    "evaluate": {"__init__", "evaluate", "budgets", "finetune", "quantize", "scoring", "tasks", "precision", "base", "modelfiles", "vocab", "extend", "formats", "io",
                  "hf_datasets", "families"},  # fmt: skip
     "report": {"report", "summaries"},
 }
