@@ -3,6 +3,7 @@
     dapt init --corpus docs/ --task-train labelled.csv [--task-test F] [--base MODEL] [--out my.yaml]
     dapt run configs/demo.yaml [--set pretrain.max_steps=50]
     dapt plan configs/demo.yaml
+    dapt assess configs/demo.yaml                     # will the configured pretraining pay off? (minutes)
     dapt serve configs/demo.yaml --cron "0 3 * * 1"   # scheduled runs from this machine (Prefect server)
     dapt artifacts list [--store artifacts] [--stage pretrain]
     dapt artifacts show ID
@@ -74,6 +75,22 @@ def _plan(args: argparse.Namespace) -> int:
     store = ArtifactStore(config.store)
     for stage, aid in plan(config).items():
         print(f"{stage:<9} {aid}  {'built' if store.exists(aid) else 'to build'}")
+    return 0
+
+
+def _assess(args: argparse.Namespace) -> int:
+    """Build (or find) base, corpus, vocab and tokens, then the assessment; print its signals and estimate."""
+    import json
+
+    from pretrain.pipeline import run_through, with_assess
+    from pretrain.assess import describe
+
+    config = with_assess(_checked(args))
+    setup_logging()
+    store = ArtifactStore(config.store)
+    aid = run_through("assess", config, store)["assess"]
+    result = json.loads((store.local_dir(aid) / "assessment.json").read_text())
+    print(describe(result, name=f"{config.name}, assessment {aid}"))
     return 0
 
 
@@ -256,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default="dapt.yaml", help="the config to write (default dapt.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
-    for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built")):
+    for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built"),
+                           ("assess", "before pretraining: will it pay off? signals measured on your data, and the estimate")):  # fmt: skip
         p = commands.add_parser(name, help=helptext)
         p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -331,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
+    handlers = {"init": _init, "run": _run, "plan": _plan, "assess": _assess, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
     try:
         return handlers[args.command](args)
     except UserError as e:

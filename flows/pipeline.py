@@ -292,6 +292,7 @@ def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
 SHARDED = {"ingest", "tokens"}
 base_flow = _stage_flow("base")
 vocab_flow = _stage_flow("vocab")
+assess_flow = _stage_flow("assess")
 pretrain_flow = _stage_flow("pretrain")
 distill_flow = _stage_flow("distill")
 evaluate_flow = _stage_flow("evaluate")
@@ -301,6 +302,7 @@ STAGE_FLOWS = {
     "ingest": ingest_flow,
     "vocab": vocab_flow,
     "tokens": tokens_flow,
+    "assess": assess_flow,
     "pretrain": pretrain_flow,
     "distill": distill_flow,
     "evaluate": evaluate_flow,
@@ -343,7 +345,7 @@ def pipeline(config: PipelineConfig) -> dict | State:
 
     store = ArtifactStore(config.store)
     registry.record_run(store, config.name, ids)  # `dapt artifacts gc` keeps the last runs' artifacts
-    rows = summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
+    rows = summary_rows(store, {s: ids[s] for s in STAGES if s in ids and s != "report"}, cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
     # Not `dapt-report`: that key is the report stage's table, and a second artifact under a key

@@ -11,7 +11,7 @@ import argparse
 import functools
 import sys
 
-from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, vocab
+from pretrain import assess, base, distill, evaluate, ingest, pretrain, report, tokens, vocab
 from pretrain.artifacts import ArtifactStore, source_digest
 from pretrain.config import PipelineConfig, TaskConfig, load_config
 from pretrain.decontaminate import Targets, TaskFile
@@ -20,40 +20,60 @@ from pretrain.io import expand_inputs
 from pretrain.logs import is_main_process, setup_logging
 from pretrain.tasks import read_split
 
-STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
+STAGES = ("base", "ingest", "vocab", "tokens", "assess", "pretrain", "distill", "evaluate", "report")
 # Each stage's input artifacts: role -> producing stage.
 INPUTS = {
     "base": {},
     "ingest": {},
     "vocab": {"corpus": "ingest", "base": "base"},
     "tokens": {"corpus": "ingest", "vocab": "vocab"},
+    "assess": {"base": "base", "corpus": "ingest", "vocab": "vocab", "tokens": "tokens"},
     "pretrain": {"base": "base", "vocab": "vocab", "tokens": "tokens"},
     "distill": {"teacher": "pretrain", "tokens": "tokens"},
     "evaluate": {"base": "base", "model": "pretrain", "student": "distill"},
     "report": {role: role for role in report.ROLES},
 }
-# Stages that run only when their config section is given; an input from one is left out when it is off.
-OPTIONAL = {"distill"}
+# Stages that run only when their config section is given (assess: when `pretrain.assess` is true); an
+# input from one is left out when it is off.
+OPTIONAL = {"distill", "assess"}
 
 
-MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "pretrain": pretrain, "distill": distill,
-           "evaluate": evaluate, "report": report}  # fmt: skip
-# The config section each stage reads (report has no settings; tokens only where its shards run).
-SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "tokens": "ingest.parallel", "pretrain": "pretrain",
-            "distill": "distill", "evaluate": "evaluate"}  # fmt: skip
+MODULES = {"base": base, "ingest": ingest, "vocab": vocab, "tokens": tokens, "assess": assess, "pretrain": pretrain,
+           "distill": distill, "evaluate": evaluate, "report": report}  # fmt: skip
+# The config section each stage reads (report has no settings; tokens only where its shards run; assess
+# the whole config: the pretraining it judges and the task).
+SECTIONS = {"base": "base_model", "ingest": "ingest", "vocab": "vocab", "tokens": "ingest.parallel", "assess": "",
+            "pretrain": "pretrain", "distill": "distill", "evaluate": "evaluate"}  # fmt: skip
 
 
 def section_of(stage: str, cfg: PipelineConfig) -> object:
     """The config (sub)section a stage reads, or None."""
     section: object = cfg
-    for name in SECTIONS[stage].split(".") if stage in SECTIONS else ():
+    for name in filter(None, SECTIONS[stage].split(".")) if stage in SECTIONS else ():
         section = getattr(section, name)
     return section if stage in SECTIONS else None
 
 
 def enabled(stage: str, cfg: PipelineConfig) -> bool:
     """Whether `stage` runs under this config (an optional stage runs when its section is given)."""
+    if stage == "assess":
+        return cfg.pretrain.assess
     return stage not in OPTIONAL or section_of(stage, cfg) is not None
+
+
+def with_assess(cfg: PipelineConfig) -> PipelineConfig:
+    """The config with `pretrain.assess` on (`dapt assess` runs the stage whatever the config says; no other
+    stage's id depends on the flag)."""
+    return cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"assess": True})})
+
+
+def run_through(stage: str, cfg: PipelineConfig, store: ArtifactStore) -> dict[str, str]:
+    """Build (or find) every stage that runs up to and including `stage`, in this process; their ids."""
+    ids: dict[str, str] = {}
+    for name in STAGES[: STAGES.index(stage) + 1]:
+        if enabled(name, cfg):
+            ids[name] = run_stage(name, cfg, store, ids)
+    return ids
 
 
 def inputs_of(stage: str, cfg: PipelineConfig) -> dict[str, str]:
@@ -170,6 +190,8 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)
+        if stage == "assess":
+            cfg = with_assess(cfg)
         if not enabled(stage, cfg):
             raise UserError(f"{stage} is off: {args.config} has no `{SECTIONS[stage]}` section")
         lines = preflight(cfg)  # a bad task file fails now, not after the stages before evaluate

@@ -42,6 +42,9 @@ def key_figures(manifest: dict) -> str:
         return f"{m['mode']}: base {m['base_vocab_size']:,} tokens, {m['fertility_base']:.2f} tokens/word ({domain})"
     if stage == "tokens":
         return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
+    if stage == "assess":
+        shift = f"domain shift x{m['domain_shift']:,.2f}, " if "domain_shift" in m else "no masked-LM head: no perplexity signals, "
+        return f"{shift}{100 * m['split3_share_corpus']:.1f}% of words in 3+ pieces; estimate: {m['estimate']}"
     if stage == "pretrain":
         return (
             f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "

@@ -46,8 +46,9 @@ from pretrain.formats import TokenStream, load_meta
 
 log = get_logger(__name__)
 
-# Where and how the job runs, not what it computes: left out of the artifact id.
-EXECUTION_ONLY = {"launcher", "num_workers"}
+# Where and how the job runs, and what runs before it (`assess`: the go/no-go estimate), not what it
+# computes: left out of the artifact id.
+EXECUTION_ONLY = {"launcher", "num_workers", "assess"}
 
 
 class TrainingError(UserError):

@@ -20,6 +20,8 @@ DEPENDENCIES = {
     "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
     "vocab": {"vocab", "extend", "formats"},
     "tokens": {"tokens", "vocab", "extend", "formats", "shards"},
+    # The pilot is the pretrain stage's own training; fertility is the vocab stage's; the task reader counts classes.
+    "assess": {"__init__", "assess", "pretrain", "training", "mlm", "extend", "formats", "modelfiles", "vocab", "tasks", "io", "hf_datasets"},
     "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
     "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
@@ -69,7 +71,7 @@ def edit(tmp_path, monkeypatch):
 
 @pytest.fixture
 def config(tiny_config):
-    return validate_config({**tiny_config, "distill": DISTILL})
+    return validate_config({**tiny_config, "distill": DISTILL, "pretrain": {**tiny_config["pretrain"], "assess": True}})
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -92,7 +94,8 @@ def test_docstrings_comments_and_formatting_change_no_id(config, edit):
 def test_a_change_to_the_masking_changes_pretrain_and_everything_downstream_only(config, edit):
     before = plan(config)
     edit("mlm", "to_mask = action < self.mask_replace_prob", "to_mask = action <= self.mask_replace_prob")
-    assert _changed(before, plan(config)) == {"pretrain", "distill", "evaluate", "report"}
+    # assess runs the pretrain stage's training as its pilot.
+    assert _changed(before, plan(config)) == {"assess", "pretrain", "distill", "evaluate", "report"}
 
 
 def test_a_fix_in_the_csv_reader_changes_what_reads_records_but_not_the_base_model(config, edit):

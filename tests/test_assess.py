@@ -1,0 +1,86 @@
+"""`dapt assess`: every signal measured on a tiny model and corpus, the no-MLM-head case, the estimate's wording."""
+
+import json
+
+import pytest
+
+from conftest import build_until, write_config
+
+from pretrain import assess
+from pretrain.config import validate_config
+from pretrain.pipeline import plan
+
+
+@pytest.fixture
+def assessed(tiny_config):
+    raw = {**tiny_config, "pretrain": {**tiny_config["pretrain"], "assess": True}}
+    config, store, ids = build_until(raw, "assess")
+    return config, store, ids, json.loads((store.local_dir(ids["assess"]) / "assessment.json").read_text())
+
+
+def test_assess_measures_and_prints_every_signal(assessed):
+    config, store, ids, result = assessed
+    s = result["signals"]
+    assert s["mlm_head"] is True
+    # The domain shift is the ratio of the two per-word perplexities, each over real words.
+    assert s["words_scored_corpus"] > 0 and s["words_scored_reference"] > 0
+    assert s["domain_shift"] == pytest.approx(s["word_perplexity_corpus"] / s["word_perplexity_reference"], rel=1e-3)
+    # The pilot starts from the base model on the same windows and masks: its "before" is the corpus signal.
+    assert s["pilot"]["word_perplexity_before"] == pytest.approx(s["word_perplexity_corpus"], rel=1e-6)
+    assert s["pilot"]["steps"] == 1 and s["pilot"]["budget_steps"] == 12  # 5% of 12 steps, at least one
+    for share in ("split3_share_corpus", "split3_share_reference", "top_words_whole", "domain_wordpiece_overlap"):
+        assert 0 <= s[share] <= 1, share
+    # 50 per label in the file; evaluate holds 10% of them out for validation (no validation_files), as assess counts.
+    assert result["task"]["train_per_class"] == {"acq": 45, "crude": 45, "earn": 45}
+    text = assess.describe(result)
+    for signal in ("per-word perplexity of the base model", "domain shift x", "3+ pieces", "vocabulary overlap", "pilot: 1 of 12 steps",
+                   "task R8-3: 135 train examples, 3 classes", "label budgets", "estimate:", "=>", "how the estimate was calibrated"):  # fmt: skip
+        assert signal in text, signal
+    # The stage's manifest carries the key figures for the stage table.
+    metrics = store.manifest(ids["assess"])["metrics"]
+    assert metrics["domain_shift"] == s["domain_shift"] and metrics["estimate"] == result["summary"]
+
+
+def test_assess_is_no_part_of_the_pretrain_id(tiny_config):
+    off = plan(validate_config(tiny_config))
+    on = plan(validate_config({**tiny_config, "pretrain": {**tiny_config["pretrain"], "assess": True}}))
+    assert "assess" not in off and "assess" in on
+    assert {stage: on[stage] for stage in off} == off
+
+
+def test_a_base_without_an_mlm_head_says_so_and_measures_no_perplexity(tiny_config, tiny_base, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "encoder"
+    BertModel(BertConfig.from_pretrained(tiny_base)).save_pretrained(folder)  # a sentence-encoder-like base: no head
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_base / name).read_bytes())
+    raw = {**tiny_config, "base_model": {"source": str(folder)}, "pretrain": {**tiny_config["pretrain"], "assess": True}}
+    _, store, ids = build_until(raw, "assess")
+    result = json.loads((store.local_dir(ids["assess"]) / "assessment.json").read_text())
+    s = result["signals"]
+    assert s["mlm_head"] is False and "no masked-LM head" in s["unavailable"] and "cls.predictions" in s["unavailable"]
+    assert not {"word_perplexity_corpus", "domain_shift", "pilot"} & set(s)
+    assert 0 <= s["split3_share_corpus"] <= 1  # the tokenizer signals do not need the head
+    text = assess.describe(result)
+    assert "perplexity signals: unavailable" in text and "pilot: not run (no masked-LM head)" in text
+
+
+def test_dapt_assess_prints_the_assessment(tiny_config, tmp_path, capsys):
+    from flows.cli import main
+
+    path = write_config(tmp_path / "tiny.yaml", tiny_config)  # pretrain.assess off: `dapt assess` runs it anyway
+    assert main(["assess", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "signals (tiny, assessment a-" in out and "domain shift x" in out and "estimate:" in out
+
+
+def test_the_summary_sentence_names_the_largest_helped_and_the_smallest_unlikely_budget():
+    rows = [
+        {"budget": 10, "labels_per_class": 10, "estimate": "likely to help", "why": ""},
+        {"budget": 50, "labels_per_class": 50, "estimate": "likely to help", "why": ""},
+        {"budget": None, "labels_per_class": 2000, "estimate": "unlikely to help", "why": ""},
+    ]
+    assert assess.summary_sentence(rows) == "likely to help at <= 50 labels per class; unlikely with all 2,000 labels per class"
+    rows[1]["estimate"] = "unlikely to help"
+    assert assess.summary_sentence(rows) == "likely to help at 10 labels per class; unlikely at 50 labels per class or more"
