@@ -497,7 +497,12 @@ class EvaluateConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast precision of the fine-tunes' forward pass and loss, as in `pretrain` (`fp16` with a gradient scaler, needs CUDA)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
-    """Resamples of the test set for the confidence interval of the difference to the base model."""
+    """Resamples of the test set that estimate the test-sampling part of the verdict's interval (and the test-only interval)."""
+    label_budgets: list[int | None] | None = None
+    """Compare the models at several label budgets, a learning curve: labels per class, e.g. `[10, 50, 200, null]`
+    (`null`: the whole train split). Each budget is a subset of the train split, stratified and chosen by a hash
+    of the text, nested (the 10 are among the 50); validation and test are the same for every budget. Every
+    budget costs a full comparison (models x learning rates x seeds). Null: the whole train split only."""
     parallel_runs: int | None = Field(default=None, gt=0)
     """Fine-tuning runs built at once, each in a worker process of its own (`pretrain/runpool.py`); null: one per
     visible CUDA device, 1 without CUDA (in this process). Above 1 on a CPU: that many processes sharing the cores.
@@ -509,6 +514,20 @@ class EvaluateConfig(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
+
+    @field_validator("label_budgets")
+    @classmethod
+    def _label_budgets(cls, budgets: list[int | None] | None) -> list[int | None] | None:
+        if budgets is None:
+            return None
+        if not budgets:
+            raise ValueError("give at least one budget (labels per class, or null for all), or remove the key")
+        bad = [b for b in budgets if b is not None and b < 1]
+        if bad:
+            raise ValueError(f"budgets are labels per class: positive whole numbers, or null for the whole train split (got {bad})")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"budgets must be distinct (got {budgets})")
+        return budgets
 
     @field_validator("learning_rates")
     @classmethod

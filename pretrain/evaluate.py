@@ -17,10 +17,18 @@ built first, in worker processes (`pretrain/runpool.py`), and then read back lik
 With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
 score over seeds. Each model is then compared with the base, and the student also with its teacher
 (`adapted`): the difference per seed (paired: same seed, same head initialisation and data order),
-an interval from a paired bootstrap over seeds and test examples together, which alone decides the
-verdict (`helped`/`hurt` when it excludes 0, with at least 3 seeds), and as secondary figures a
-paired t-test over seeds and the test-only bootstrap interval (`pretrain/scoring.py`). Runs whose
-best epoch is their last allowed one are warned about ("raise evaluate.num_epochs").
+a t-interval over seeds whose variance adds the test-sampling variance (a paired bootstrap over test
+examples), which alone decides the verdict (`helped`/`hurt` when it excludes 0, with at least 3
+seeds), and as secondary figures a paired t-test over seeds and the test-only bootstrap interval
+(`pretrain/scoring.py`). Runs whose best epoch is their last allowed one are warned about ("raise
+evaluate.num_epochs").
+
+With `evaluate.label_budgets` (a learning curve), all of the above is done once per budget: each is
+a nested, stratified subset of the train split (`pretrain/budgets.py`), validation and test stay the
+same, and a budget's runs are `f-` artifacts whose ids name the subset (a later, longer list of
+budgets reuses the runs of the budgets built before). The comparison at the most labels is the
+headline (`models`, `comparisons`, int8, `predictions.json`); `label_budgets` in `results.json` holds
+every budget's.
 
 Output (evaluation artifact `e-...`; its manifest inputs name every `f-` run, for lineage and gc):
 `results.json` (per model: the chosen learning rate, every run with its `f-` id, best epoch,
@@ -39,6 +47,7 @@ from pathlib import Path
 import torch
 
 from pretrain import base as base_stage
+from pretrain import budgets as label_budgets
 from pretrain import finetune, quantize, runpool, scoring, tapt
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
@@ -120,9 +129,10 @@ def learning_rates(cfg: EvaluateConfig) -> list[float]:
     return list(cfg.learning_rates) if cfg.learning_rates else [cfg.learning_rate]
 
 
-def run_role(name: str, rate: float, seed: int) -> str:
-    """A fine-tuning run's role among the evaluation's inputs (its lineage)."""
-    return f"{name} lr {format_rate(rate)} seed {seed}"
+def run_role(name: str, rate: float, seed: int, budget: label_budgets.Budget | None = None) -> str:
+    """A fine-tuning run's role among the evaluation's inputs (its lineage); a label budget's runs say which."""
+    at = f" labels/class {budget.name}" if budget is not None and budget.run_key is not None else ""
+    return f"{name} lr {format_rate(rate)} seed {seed}{at}"
 
 
 def choose_learning_rate(by_rate: dict[float, list[dict]], metric: str) -> float:
@@ -148,6 +158,12 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
         "evaluate: %s (%s): %d labels; %d train, %d validation (%s), %d test examples",
         cfg.task.name, data.kind, len(data.labels), len(data.train), len(data.validation), data.validation_from, len(data.test),
     )  # fmt: skip
+    budgets = label_budgets.plan(data, cfg.label_budgets, cfg.task.tag_scheme)
+    notes = list(data.notes)
+    for budget in budgets:
+        if note := label_budgets.capped_note(budget):
+            notes.append(note)
+            log.warning("evaluate: %s", note)
     models = _compared_models(cfg, store, inputs)
     folders = {name: model_dir(store, artifact) for name, artifact in models.items()}
     configs = {name: _model_config(cfg, name, folder) for name, folder in folders.items()}
@@ -156,70 +172,36 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
     metric = selection_metric(cfg)
     rates = learning_rates(cfg)
     # Every run's f- id is known before anything trains: the manifest names them all (lineage, gc).
-    planned = {(name, rate, seed): finetune.stage_id(cfg, model=models[name], learning_rate=rate, seed=seed, sources=sources)
-               for name in models for rate in rates for seed in cfg.seeds}  # fmt: skip
-    runs_in = {run_role(*key): fid for key, fid in planned.items()}
-    spread = _build_in_workers(cfg, store, data, sources, models, folders, configs, planned)
-    results: dict[str, dict] = {}
-    predictions: dict[str, dict[str, object]] = {}
-    notes = list(data.notes)
-    int8: dict[str, dict] = {}
+    planned = {(budget.name, name, rate, seed): finetune.stage_id(cfg, model=models[name], learning_rate=rate, seed=seed, sources=sources,
+                                                                  train_subset=budget.run_key)
+               for budget in budgets for name in models for rate in rates for seed in cfg.seeds}  # fmt: skip
+    runs_in = {run_role(name, rate, seed, budget): planned[(budget.name, name, rate, seed)]
+               for budget in budgets for name in models for rate in rates for seed in cfg.seeds}  # fmt: skip
     built, counted = 0, set()  # a listed model with the base's files shares the base's runs: each is built once
+    measured: list[dict] = []
     with store.build(STAGE, aid, config=cfg.model_dump(exclude=EXECUTION_ONLY), inputs={**inputs, **models, **runs_in}, sources=sources,
                      started=started) as out:
-        for name, folder in folders.items():
-            tokenizer = load_fast_tokenizer(folder)
-            segments = has_segments(configs[name])
-            encoded = {split: encode(tokenizer, data, split, cfg.max_seq_length, segments) for split in ("train", "validation", "test")}
-            if data.kind == "token":
-                notes += _lost_words(cfg, name, encoded)
-            by_rate: dict[float, list[dict]] = {}
-            predicted: dict[float, dict[str, object]] = {}
-            for rate in rates:
-                by_rate[rate], predicted[rate] = [], {}
-                for seed in cfg.seeds:
-                    if planned[(name, rate, seed)] in spread:
-                        fid, new = planned[(name, rate, seed)], True
-                    else:
-                        fid, new = finetune.build(cfg, store, model=models[name], model_dir=folder, learning_rate=rate, seed=seed, data=data,
-                                                  encoded=encoded, tokenizer=tokenizer, sources=sources, device=device, name=name)  # fmt: skip
-                    assert fid == planned[(name, rate, seed)]
-                    built += new and fid not in counted
-                    counted.add(fid)
-                    record, predicted[rate][str(seed)] = finetune.load_run(store, fid)
-                    by_rate[rate].append({"finetune": fid, **{k: v for k, v in record.items() if k in RUN_FIELDS}})
-                    log.info(
-                        "evaluate: %s seed %d lr %s: best epoch %d of %d; test accuracy %.4f macro-F1 %.4f micro-F1 %.4f (%.0f s%s)",
-                        name, seed, format_rate(rate), record["best_epoch"], record["epochs_trained"], record["test"]["accuracy"],
-                        record["test"]["macro_f1"], record["test"]["micro_f1"], record["seconds"], "" if new else ", cached",
-                    )  # fmt: skip
-                    if not record["converged"]:
-                        log.warning(
-                            "evaluate: %s seed %d lr %s: the best validation %s came at the last allowed epoch (%d); the run may not "
-                            "have converged: raise evaluate.num_epochs", name, seed, format_rate(rate), metric, cfg.num_epochs,
-                        )  # fmt: skip
-            chosen = choose_learning_rate(by_rate, metric)
-            runs = by_rate[chosen]
-            predictions[name] = predicted[chosen]
-            best = best_run(runs, metric)
-            results[name] = {
-                "artifact": models[name],
-                "learning_rate": chosen,
-                "runs": runs,
-                "best_run": {"seed": best["seed"], "learning_rate": chosen, "finetune": best["finetune"], f"validation_{metric}": best["validation"][metric]},
-                "summary": summarise(runs),
-                "per_class": per_class_summary(runs),
-                "learning_rates": {format_rate(rate): _rate_summary(by_rate[rate], metric, rate == chosen) for rate in rates},
-            }
-            if cfg.int8 and name in INT8_MODELS:
-                # The first seed's run at the chosen rate, as fine-tuned (read back from its f- artifact).
-                first = next(r for r in runs if r["seed"] == cfg.seeds[0])
-                trained = finetune.load_trained(store, first["finetune"], device)
-                int8[name] = quantize.measure_trained(trained, data, encoded["test"], cfg, tokenizer.pad_token_id or 0, cfg.seeds[0])
-                del trained
-        convergence = convergence_summary(cfg, results, rates)
-        notes += convergence["notes"]
-        comparisons = compare(cfg, data, predictions, results)
+        for budget in budgets:
+            headline = budget is budgets[-1]  # the most labels: the comparison the report, export and int8 take
+            task = label_budgets.subset(data, budget)
+            if cfg.label_budgets:
+                log.info("evaluate: label budget %s per class: %d train examples", budget.name, len(task.train))
+            runs = {key[1:]: fid for key, fid in planned.items() if key[0] == budget.name}
+            spread = _build_in_workers(cfg, store, task, sources, models, folders, configs, runs, budget.run_key)
+            m = _measure(cfg, store, task, sources, budget, models, folders, configs, runs, spread, device, int8=cfg.int8 and headline,
+                         lost_words=notes if headline else [])  # fmt: skip
+            for fid, new in m.pop("fids"):
+                built += new and fid not in counted
+                counted.add(fid)
+            m["comparisons"] = compare(cfg, task, m["predictions"], m["results"])
+            m["convergence"] = convergence_summary(cfg, m["results"], rates, budget.name if cfg.label_budgets else None)
+            measured.append(m)
+        top = measured[-1]
+        results, comparisons, int8 = top["results"], top["comparisons"], top["int8"]
+        convergence = {"num_epochs": cfg.num_epochs, "runs": sum(m["convergence"]["runs"] for m in measured),
+                       "not_converged": sum(m["convergence"]["not_converged"] for m in measured)}  # fmt: skip
+        notes += [note for m in measured for note in m["convergence"]["notes"]]
+        curve = [budget_entry(budget, m, len(data.train)) for budget, m in zip(budgets, measured)] if cfg.label_budgets else None
         output = {
             "task": cfg.task.name,
             "type": data.kind,
@@ -228,21 +210,22 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             "primary_metric": metric,
             "seeds": cfg.seeds,
             "learning_rates": rates,
-            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            "sizes": {"train": len(top["task"].train), "validation": len(data.validation), "test": len(data.test)},
             "validation_from": data.validation_from,
             "notes": notes,
-            "convergence": {k: v for k, v in convergence.items() if k != "notes"},
+            "convergence": convergence,
             "interval_method": scoring.interval_method(cfg.bootstrap_samples),
             "min_seeds_for_verdict": scoring.MIN_SEEDS_FOR_VERDICT,
             "models": results,
             "comparisons": comparisons,
+            **({"label_budgets": curve} if curve is not None else {}),
             **({"int8": int8} if int8 else {}),
         }
         (out.dir / "results.json").write_text(json.dumps(output, indent=1))
         gold = data.gold("test")
         (out.dir / "predictions.json").write_text(json.dumps({
             "labels": data.labels, "gold": scoring.to_plain(data.kind, gold),
-            "models": {n: {s: scoring.to_plain(data.kind, p) for s, p in runs.items()} for n, runs in predictions.items()},
+            "models": {n: {s: scoring.to_plain(data.kind, p) for s, p in runs.items()} for n, runs in top["predictions"].items()},
         }))  # fmt: skip
         out.metrics.update(task=cfg.task.name, type=data.kind, primary_metric=metric, seeds=len(cfg.seeds), **output["sizes"],
                            finetune_runs=len(planned), finetune_runs_built=built, runs_not_converged=convergence["not_converged"])  # fmt: skip
@@ -255,15 +238,116 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
         for name, q in int8.items():
             out.metrics[f"{name}_int8_{metric}_delta"] = q["delta"][metric]
             out.metrics[f"{name}_int8_throughput_speedup_batch32"] = q["speed"]["throughput_speedup_batch32"]
-        for key, name, baseline in (("adapted_minus_base", "adapted", "base"), ("student_minus_adapted", "student", "adapted")):
-            c = next((c for c in comparisons if c["model"] == name and c["baseline"] == baseline and c["metric"] == metric), None)
-            if c is not None:
-                out.metrics[key] = round(c["difference"], 6)
-                out.metrics[f"{key}_low"] = round(c["interval"]["low"], 6)
-                out.metrics[f"{key}_high"] = round(c["interval"]["high"], 6)
-                out.metrics[f"{key}_verdict"] = c["verdict"]
+        out.metrics.update(headline_metrics(comparisons, metric))
+        if curve is not None:
+            out.metrics["label_budgets"] = {entry["name"]: budget_metrics(entry, metric) for entry in curve}
     log.info("evaluate %s: %d fine-tuning runs, %d built now, %d reused", aid, len(planned), built, len(planned) - built)
     return aid
+
+
+def headline_metrics(comparisons: list[dict], metric: str) -> dict:
+    """adapted − base (and student − adapted) on the primary metric: difference, interval and verdict, for the manifest."""
+    out = {}
+    for key, name, baseline in (("adapted_minus_base", "adapted", "base"), ("student_minus_adapted", "student", "adapted")):
+        c = next((c for c in comparisons if c["model"] == name and c["baseline"] == baseline and c["metric"] == metric), None)
+        if c is not None:
+            out[key] = round(c["difference"], 6)
+            out[f"{key}_low"] = round(c["interval"]["low"], 6)
+            out[f"{key}_high"] = round(c["interval"]["high"], 6)
+            out[f"{key}_verdict"] = c["verdict"]
+    return out
+
+
+def budget_entry(budget: label_budgets.Budget, measured: dict, train_examples: int) -> dict:
+    """One point of the label-budget curve in `results.json`: the subset, each model's runs and the comparisons."""
+    return {
+        "name": budget.name,
+        "labels_per_class": budget.labels_per_class,
+        "train": len(budget.indices),
+        "train_of": train_examples,
+        "class_counts": budget.class_counts,
+        "capped": budget.capped,
+        "models": measured["results"],
+        "comparisons": measured["comparisons"],
+        "convergence": {k: v for k, v in measured["convergence"].items() if k != "notes"},
+    }
+
+
+def budget_metrics(entry: dict, metric: str) -> dict:
+    """A budget's figures for the manifest (the stage table flattens them: `label_budgets.10.adapted_minus_base_verdict`)."""
+    figures = {"train_examples": entry["train"]}
+    for name, r in entry["models"].items():
+        figures[f"{name}_{metric}_mean"] = round(r["summary"][metric]["mean"], 4)
+    return {**figures, **headline_metrics(entry["comparisons"], metric)}
+
+
+def _measure(cfg: EvaluateConfig, store: ArtifactStore, data, sources: list[dict], budget: label_budgets.Budget, models: dict[str, str],
+             folders: dict[str, Path],
+             configs: dict[str, dict], planned: dict[tuple, str], spread: dict[str, str], device: torch.device, *, int8: bool,
+             lost_words: list[str]) -> dict:  # fmt: skip
+    """Fine-tune (or find) every model's runs on `data` (the task, its train split cut to `budget`) and summarise them.
+
+    Returns the results per model, the test predictions at each model's chosen rate, int8 measurements
+    (with `int8`), the task, and each run's (f- id, whether it was built now). Token tasks' lost-word
+    notes are appended to `lost_words`.
+    """
+    metric, rates = selection_metric(cfg), learning_rates(cfg)
+    results: dict[str, dict] = {}
+    predictions: dict[str, dict[str, object]] = {}
+    measured_int8: dict[str, dict] = {}
+    fids = []
+    for name, folder in folders.items():
+        tokenizer = load_fast_tokenizer(folder)
+        segments = has_segments(configs[name])
+        encoded = {split: encode(tokenizer, data, split, cfg.max_seq_length, segments) for split in ("train", "validation", "test")}
+        if data.kind == "token":
+            lost_words += _lost_words(cfg, name, encoded)
+        by_rate: dict[float, list[dict]] = {}
+        predicted: dict[float, dict[str, object]] = {}
+        for rate in rates:
+            by_rate[rate], predicted[rate] = [], {}
+            for seed in cfg.seeds:
+                if planned[(name, rate, seed)] in spread:
+                    fid, new = planned[(name, rate, seed)], True
+                else:
+                    fid, new = finetune.build(cfg, store, model=models[name], model_dir=folder, learning_rate=rate, seed=seed, data=data,
+                                              encoded=encoded, tokenizer=tokenizer, sources=sources,
+                                              device=device, name=name, train_subset=budget.run_key)  # fmt: skip
+                assert fid == planned[(name, rate, seed)]
+                fids.append((fid, new))
+                record, predicted[rate][str(seed)] = finetune.load_run(store, fid)
+                by_rate[rate].append({"finetune": fid, **{k: v for k, v in record.items() if k in RUN_FIELDS}})
+                at = f" labels/class {budget.name}" if cfg.label_budgets else ""
+                log.info(
+                    "evaluate: %s seed %d lr %s%s: best epoch %d of %d; test accuracy %.4f macro-F1 %.4f micro-F1 %.4f (%.0f s%s)",
+                    name, seed, format_rate(rate), at, record["best_epoch"], record["epochs_trained"], record["test"]["accuracy"],
+                    record["test"]["macro_f1"], record["test"]["micro_f1"], record["seconds"], "" if new else ", cached",
+                )  # fmt: skip
+                if not record["converged"]:
+                    log.warning(
+                        "evaluate: %s seed %d lr %s%s: the best validation %s came at the last allowed epoch (%d); the run may not "
+                        "have converged: raise evaluate.num_epochs", name, seed, format_rate(rate), at, metric, cfg.num_epochs,
+                    )  # fmt: skip
+        chosen = choose_learning_rate(by_rate, metric)
+        runs = by_rate[chosen]
+        predictions[name] = predicted[chosen]
+        best = best_run(runs, metric)
+        results[name] = {
+            "artifact": models[name],
+            "learning_rate": chosen,
+            "runs": runs,
+            "best_run": {"seed": best["seed"], "learning_rate": chosen, "finetune": best["finetune"], f"validation_{metric}": best["validation"][metric]},
+            "summary": summarise(runs),
+            "per_class": per_class_summary(runs),
+            "learning_rates": {format_rate(rate): _rate_summary(by_rate[rate], metric, rate == chosen) for rate in rates},
+        }
+        if int8 and name in INT8_MODELS:
+            # The first seed's run at the chosen rate, as fine-tuned (read back from its f- artifact).
+            first = next(r for r in runs if r["seed"] == cfg.seeds[0])
+            trained = finetune.load_trained(store, first["finetune"], device)
+            measured_int8[name] = quantize.measure_trained(trained, data, encoded["test"], cfg, tokenizer.pad_token_id or 0, cfg.seeds[0])
+            del trained
+    return {"results": results, "predictions": predictions, "int8": measured_int8, "task": data, "fids": fids}
 
 
 def has_segments(config: dict) -> bool:
@@ -272,11 +356,12 @@ def has_segments(config: dict) -> bool:
 
 
 def _build_in_workers(cfg: EvaluateConfig, store: ArtifactStore, data, sources: list[dict], models: dict[str, str],
-                      folders: dict[str, Path], configs: dict[str, dict], planned: dict[tuple, str]) -> dict[str, str]:  # fmt: skip
+                      folders: dict[str, Path], configs: dict[str, dict], planned: dict[tuple, str], train_subset: dict | None) -> dict[str, str]:  # fmt: skip
     """With several workers (`parallel_runs`, default one per GPU), build the runs not in the store in worker
-    processes; returns f- id -> the worker that built it. One worker: nothing here, the loop builds them."""
+    processes; returns f- id -> the worker that built it. One worker: nothing here, the loop builds them.
+    `data` is the task cut to one label budget (`train_subset`, None: the whole train split)."""
     workers = runpool.worker_count(cfg.parallel_runs)
-    jobs = [runpool.Job(name, models[name], folders[name], has_segments(configs[name]), rate, seed, fid)
+    jobs = [runpool.Job(name, models[name], folders[name], has_segments(configs[name]), rate, seed, fid, train_subset)
             for (name, rate, seed), fid in planned.items() if not store.exists(fid)]  # fmt: skip
     if workers < 2 or len({job.fid for job in jobs}) < 2:
         return {}
@@ -299,9 +384,11 @@ def _rate_summary(runs: list[dict], metric: str, chosen: bool) -> dict:
     }
 
 
-def convergence_summary(cfg: EvaluateConfig, results: dict[str, dict], rates: list[float]) -> dict:
-    """Runs whose best epoch was their last allowed one, over every model, rate and seed, with one note per model and rate."""
+def convergence_summary(cfg: EvaluateConfig, results: dict[str, dict], rates: list[float], budget: str | None = None) -> dict:
+    """Runs whose best epoch was their last allowed one, over every model, rate and seed, with one note per model and rate
+    (naming the label budget, when one is given)."""
     total, late, notes = 0, 0, []
+    within = "" if budget is None else " with all labels" if budget == "all" else f" at {budget} labels per class"
     for name, r in results.items():
         for rate, summary in r["learning_rates"].items():
             seeds = summary["not_converged_seeds"]
@@ -311,7 +398,7 @@ def convergence_summary(cfg: EvaluateConfig, results: dict[str, dict], rates: li
                 which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
                 at = f" at lr {rate}" if len(rates) > 1 else ""
                 notes.append(
-                    f"{name}{at}: {which} chose the last allowed epoch ({cfg.num_epochs}): not converged, more epochs might score "
+                    f"{name}{at}{within}: {which} chose the last allowed epoch ({cfg.num_epochs}): not converged, more epochs might score "
                     f"better; raise evaluate.num_epochs"
                 )
     return {"num_epochs": cfg.num_epochs, "runs": total, "not_converged": late, "notes": notes}

@@ -372,34 +372,43 @@ def converged(best_epoch: int, cfg: EvaluateConfig) -> bool:
 # --- the finetune artifact ---------------------------------------------------------------------------
 
 
-def run_config(cfg: EvaluateConfig, learning_rate: float, seed: int) -> dict:
-    """The settings of one run: what its artifact id hashes and its manifest records."""
-    return {**cfg.model_dump(include=set(RUN_SETTINGS)), "learning_rate": learning_rate, "seed": seed}
+def run_config(cfg: EvaluateConfig, learning_rate: float, seed: int, train_subset: dict | None = None) -> dict:
+    """The settings of one run: what its artifact id hashes and its manifest records.
+
+    `train_subset`: the label budget's subset of the train split (`budgets.Budget.run_key`), only when
+    one applies: a run on the whole train split has the id it always had.
+    """
+    subset = {"train_subset": train_subset} if train_subset is not None else {}
+    return {**cfg.model_dump(include=set(RUN_SETTINGS)), "learning_rate": learning_rate, "seed": seed, **subset}
 
 
-def stage_id(cfg: EvaluateConfig, *, model: str, learning_rate: float, seed: int, sources: list[dict]) -> str:
-    """The id of fine-tuning model artifact `model` with these settings, rate and seed on the task whose files are `sources`."""
-    return artifact_id(STAGE, run_config(cfg, learning_rate, seed), inputs={"model": model}, sources=sources)
+def stage_id(cfg: EvaluateConfig, *, model: str, learning_rate: float, seed: int, sources: list[dict], train_subset: dict | None = None) -> str:
+    """The id of fine-tuning model artifact `model` with these settings, rate and seed on the task whose files are `sources`
+    (on the subset `train_subset` of its train split, when a label budget applies)."""
+    return artifact_id(STAGE, run_config(cfg, learning_rate, seed, train_subset), inputs={"model": model}, sources=sources)
 
 
 def build(
     cfg: EvaluateConfig, store: ArtifactStore, *, model: str, model_dir: Path, learning_rate: float, seed: int, data: TaskData,
     encoded: dict[str, Encoded], tokenizer, sources: list[dict], device: torch.device, name: str = "model",
+    train_subset: dict | None = None,
 ) -> tuple[str, bool]:  # fmt: skip
     """Find or build the run's `f-` artifact; returns (its id, whether it was built now).
 
     `data`, `encoded` and `tokenizer` are the task read (`tasks.read_task`) and encoded (`encode`) for
     the model at `model_dir` (artifact `model`); `sources` the task files' digests; `name` is the
-    model's name in the comparison, for log lines.
+    model's name in the comparison, for log lines. With a label budget, `data` and `encoded` hold its
+    subset of the train split and `train_subset` says which (`budgets.Budget.run_key`).
     """
-    fid = stage_id(cfg, model=model, learning_rate=learning_rate, seed=seed, sources=sources)
-    desc = f"evaluate {name} seed {seed} lr {format_rate(learning_rate)}"
+    fid = stage_id(cfg, model=model, learning_rate=learning_rate, seed=seed, sources=sources, train_subset=train_subset)
+    budget = f" labels/class {train_subset['labels_per_class']}" if train_subset is not None else ""
+    desc = f"evaluate {name} seed {seed} lr {format_rate(learning_rate)}{budget}"
     if store.exists(fid):
         log.info("%s: fine-tune %s already built (cache hit)", desc, fid)
         return fid, False
     log.info("%s: fine-tuning %s into %s", desc, model, fid)
     metric = selection_metric(cfg)
-    config = run_config(cfg, learning_rate, seed)
+    config = run_config(cfg, learning_rate, seed, train_subset)
     with store.build(STAGE, fid, config=config, inputs={"model": model}, sources=sources) as out:
         record, predicted, trained = finetune(model_dir, data, encoded, cfg, seed, tokenizer.pad_token_id or 0, device, learning_rate, desc)
         folder = out.dir / "model"
@@ -415,7 +424,8 @@ def build(
             "type": data.kind, "labels": data.labels, "gold": scoring.to_plain(data.kind, gold), "predicted": scoring.to_plain(data.kind, predicted),
         }))  # fmt: skip
         out.metrics.update(
-            task=cfg.task.name, type=data.kind, seed=seed, learning_rate=learning_rate, best_epoch=record["best_epoch"],
+            task=cfg.task.name, type=data.kind, seed=seed, learning_rate=learning_rate, best_epoch=record["best_epoch"], train_examples=len(data.train),
+            **({"labels_per_class": train_subset["labels_per_class"]} if train_subset is not None else {}),
             epochs_trained=record["epochs_trained"], converged=record["converged"], selection_metric=metric,
             **{f"validation_{metric}": round(record["validation"][metric], 6), "test_accuracy": round(record["test"]["accuracy"], 6),
                f"test_{metric}": round(record["test"][metric], 6)},

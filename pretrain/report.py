@@ -23,6 +23,9 @@ from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.flops import PRECISION_NAMES
 from pretrain.logs import get_logger
 from pretrain.summaries import (
+    budget_comparison,
+    budget_label,
+    budget_sentence,
     decontamination_sentence,
     format_comparison,
     format_p,
@@ -38,7 +41,7 @@ log = get_logger(__name__)
 STAGE = "report"
 # distill is optional: a report of a run without it has no such input.
 ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate")
-FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
+FIGURES = ("comparison.png", "label_budgets.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
 
 
 def _pyplot():
@@ -112,11 +115,15 @@ def headline_text(results: dict, label) -> list[str]:
         f"[{i['low']:+.3f}, {i['high']:+.3f}]."
     )
     said = verdict(c)
+    scope = ""
+    if results.get("label_budgets"):  # the headline is the comparison at the most labels
+        last = results["label_budgets"][-1]
+        scope = f" with all {last['train']:,} train examples" if last["labels_per_class"] is None else f" at {last['labels_per_class']} labels per class"
     if said is None:
-        first = (f"**No verdict on {results['task']}** with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
+        first = (f"**No verdict on {results['task']}{scope}** with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
                  f"{results['min_seeds_for_verdict']}: list more in `evaluate.seeds`): {figures}")  # fmt: skip
     else:
-        first = f"**Domain adaptation {said} on {results['task']}**: {figures}"
+        first = f"**Domain adaptation {said} on {results['task']}{scope}**: {figures}"
     lines = [first, "", results["interval_method"], ""]
     convergence = results.get("convergence")
     if convergence and convergence["not_converged"]:
@@ -159,6 +166,87 @@ def plot_comparison(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def budget_positions(results: dict) -> list[float]:
+    """Where each label budget sits on the log x axis: its labels per class; `all` (no single number per class)
+    right of the largest budget, at the mean examples per class of the whole train split or twice the largest budget."""
+    entries = results["label_budgets"]
+    numbers = [e["labels_per_class"] for e in entries if e["labels_per_class"] is not None]
+    whole = entries[-1]["train_of"] / max(len(entries[-1]["class_counts"]), 1)
+    return [float(e["labels_per_class"]) if e["labels_per_class"] is not None else max(whole, 2.0 * max(numbers, default=1)) for e in entries]
+
+
+def plot_label_budgets(results: dict, path: Path) -> None:
+    """The label-budget curve: each model's test score against labels per class (log x, mean ± std over seeds), and
+    each model − base difference with its 95% interval over seeds and test examples shaded."""
+    plt = _pyplot()
+    primary = results["primary_metric"]
+    label = metric_label(primary, results["type"], results.get("tag_scheme"))
+    entries = results["label_budgets"]
+    names = list(entries[0]["models"])
+    colors = _colors(names)
+    xs = budget_positions(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0))
+    for name in names:
+        means = [e["models"][name]["summary"][primary]["mean"] for e in entries]
+        stds = [e["models"][name]["summary"][primary]["std"] for e in entries]
+        left.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colors[name], label=name)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    for name in names[1:]:
+        compared = [budget_comparison(e, results, name) for e in entries]
+        if any(c is None for c in compared):
+            continue
+        right.plot(xs, [c["difference"] for c in compared], marker="o", color=colors[name], label=f"{name} − base")
+        right.fill_between(xs, [c["interval"]["low"] for c in compared], [c["interval"]["high"] for c in compared], color=colors[name], alpha=0.2)
+        for x, c in zip(xs, compared):
+            right.annotate(c["verdict"], (x, c["interval"]["high"]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
+                           color=colors[name])  # fmt: skip
+    ticks = [budget_label(e).replace(" (", "\n(") for e in entries]
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(xs, ticks)
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("labelled train examples per class (log scale)")
+        ax.legend(fontsize=8)
+    left.set(ylabel=f"test {label}", title=f"test {label}, mean ± std over {len(results['seeds'])} seeds")
+    right.set(ylabel=f"difference in test {label}", title="difference to base, 95% interval over seeds and test (shaded)")
+    fig.suptitle(f"{results['task']}: where adaptation pays off (validation and test the same at every budget)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def budget_section(results: dict, label) -> list[str]:
+    """The label-budget curve: its sentence, the plot, one row per budget, and where a budget was capped."""
+    primary = results["primary_metric"]
+    names = list(results["label_budgets"][0]["models"])
+    lines = [
+        "## Labels per class: where adaptation pays off",
+        "",
+        f"**{budget_sentence(results)}** Each budget is a subset of the train split with that many examples of each class "
+        "(chosen by a hash of the text, stratified, nested: the smaller budgets' examples are among the larger ones'); every "
+        "model gets the same protocol, learning rates and seeds at every budget, and validation and test are the same throughout.",
+        "",
+        "![label-budget curve](label_budgets.png)",
+        "",
+        "| labels per class | train examples | " + " | ".join(f"{n} test {label(primary)}" for n in names)
+        + " | adapted − base | 95% interval over seeds and test | verdict |",
+        "| --- " * (len(names) + 5) + "|",
+    ]
+    for entry in results["label_budgets"]:
+        c = budget_comparison(entry, results)
+        cells = [f"{c['difference']:+.3f}", f"[{c['interval']['low']:+.3f}, {c['interval']['high']:+.3f}]", c["verdict"]] if c else ["-"] * 3
+        lines.append(f"| {budget_label(entry)} | {entry['train']:,} | " + " | ".join(mean_std(entry["models"][n]["summary"][primary]) for n in names)
+                     + " | " + " | ".join(cells) + " |")  # fmt: skip
+    capped = [e for e in results["label_budgets"] if e["capped"]]
+    for entry in capped:
+        which = ", ".join(f"{c} ({n:,})" for c, n in entry["capped"].items())
+        lines.append("")
+        lines.append(f"The budget of {entry['labels_per_class']} per class was capped for {which}: "
+                     f"{'that class has' if len(entry['capped']) == 1 else 'these classes have'} fewer train examples, and keep all of them.")  # fmt: skip
+    return lines + [""]
 
 
 def class_order(results: dict, labels: list[str] | None = None) -> list[str]:
@@ -270,6 +358,8 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     primary = results["primary_metric"]
     label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
     lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label)]
+    if results.get("label_budgets"):
+        lines += budget_section(results, label)
     lines += [
         "## Stages",
         "",
@@ -500,6 +590,8 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
     results = json.loads((store.local_dir(ids["evaluate"]) / "results.json").read_text())
     with store.build(STAGE, aid, config={}, inputs=ids, started=started) as build:
         plot_comparison(results, build.dir / "comparison.png")
+        if results.get("label_budgets"):
+            plot_label_budgets(results, build.dir / "label_budgets.png")
         plot_per_class(results, build.dir / "per_class_f1.png")
         plot_confusion(results, build.dir / "confusion_matrix.png")
         curve = json.loads((store.local_dir(ids["pretrain"]) / "curve.json").read_text())

@@ -60,10 +60,12 @@ class Job:
     learning_rate: float
     seed: int
     fid: str
+    train_subset: dict | None = None  # the label budget's subset of the train split (`budgets.Budget.run_key`), if any
 
     @property
     def desc(self) -> str:
-        return f"evaluate {self.name} seed {self.seed} lr {format_rate(self.learning_rate)}"
+        budget = f" labels/class {self.train_subset['labels_per_class']}" if self.train_subset is not None else ""
+        return f"evaluate {self.name} seed {self.seed} lr {format_rate(self.learning_rate)}{budget}"
 
 
 class RunFailed(RuntimeError):
@@ -99,7 +101,7 @@ def _where(index: int, device: str | None) -> str:
 def build_runs(cfg: EvaluateConfig, store: ArtifactStore, jobs: list[Job], data: TaskData, sources: list[dict], workers: int) -> dict[str, str]:
     """Build the `f-` artifacts of `jobs` in `workers` spawned processes; returns f- id -> the worker that built it.
 
-    `data` is the task as `tasks.read_task` returned it, `sources` the task files' digests. Jobs with
+    `data` is the task as `tasks.read_task` returned it (cut to the jobs' label budget, if any), `sources` the task files' digests. Jobs with
     the same `f-` id (two names for one model) are built once. Raises InputError (the worker's error
     was the user's to fix) or RunFailed naming the run; every run published before that stays.
     """
@@ -182,7 +184,8 @@ def build_runs(cfg: EvaluateConfig, store: ArtifactStore, jobs: list[Job], data:
 
 
 def _run(job: Job) -> str:
-    return f"{job.name} lr {format_rate(job.learning_rate)} seed {job.seed} (model {job.model})"
+    budget = f" labels/class {job.train_subset['labels_per_class']}" if job.train_subset is not None else ""
+    return f"{job.name} lr {format_rate(job.learning_rate)} seed {job.seed}{budget} (model {job.model})"
 
 
 def _stop(processes: list, *, inboxes: list | None = None, interrupt: bool = False) -> None:
@@ -244,7 +247,8 @@ def _work(index: int, device: str | None, threads: int, shown: str, level: int, 
                     prepared = {key: (tokenizer, {s: encode(tokenizer, data, s, cfg.max_seq_length, job.segments) for s in ("train", "validation", "test")})}
                 tokenizer, encoded = prepared[key]
                 fid, _ = finetune.build(cfg, store, model=job.model, model_dir=job.model_dir, learning_rate=job.learning_rate, seed=job.seed,
-                                        data=data, encoded=encoded, tokenizer=tokenizer, sources=sources, device=target, name=job.name)  # fmt: skip
+                                        data=data, encoded=encoded, tokenizer=tokenizer, sources=sources, device=target, name=job.name,
+                                        train_subset=job.train_subset)  # fmt: skip
                 if fid != job.fid:
                     raise RuntimeError(f"built {fid}, but the evaluation planned {job.fid}: the worker's settings differ from the parent's")
                 results.put((index, fid, None))

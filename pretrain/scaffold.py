@@ -443,6 +443,8 @@ def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: B
         f"  patience_epochs: {p.patience_epochs}",
         f"  batch_size: {p.finetune_batch_size}",
         f"  learning_rate: {_yaml(p.finetune_learning_rate)}",
+        "  # label_budgets: [10, 50, 200, null]  # a learning curve: also compare at 10, 50 and 200 labels per class (null: all);",
+        "  #                                     # each budget costs one more full comparison (README: \"Will adaptation pay off for us?\")",
         "",
     ]
     return "\n".join(_aligned(line) for line in lines)

@@ -76,6 +76,8 @@ def key_figures(manifest: dict) -> str:
                 f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
                 f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
             )
+        if "label_budgets" in m:
+            line += "; adapted − base by labels per class: " + ", ".join(budget_figure(name, b) for name, b in m["label_budgets"].items())
         if m.get("runs_not_converged"):
             line += f"; {m['runs_not_converged']} of {m['finetune_runs']} runs not converged"
         return line
@@ -88,6 +90,14 @@ def key_figures(manifest: dict) -> str:
             f"test {label} {m[f'test_{metric}']:.3f}, accuracy {m['test_accuracy']:.3f}"
         )
     return ""
+
+
+def budget_figure(name: str, figures: dict) -> str:
+    """One label budget of an evaluation, as the stage table shows it: `10: +0.050 [+0.008, +0.092] helped`."""
+    if "adapted_minus_base" not in figures:
+        return f"{name}: -"
+    return (f"{name}: {figures['adapted_minus_base']:+.3f} [{figures['adapted_minus_base_low']:+.3f}, {figures['adapted_minus_base_high']:+.3f}] "
+            f"{figures['adapted_minus_base_verdict']}")  # fmt: skip
 
 
 def decontamination_sentence(manifest: dict) -> str:
@@ -190,6 +200,8 @@ def format_comparison(results: dict) -> str:
             i = c["interval"]
             line += f"; {i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]: {c['verdict']}; secondary"
         lines.append(f"{line}: paired t-test p={format_p(c['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap CI [{b['low']:+.3f}, {b['high']:+.3f}]")
+    if results.get("label_budgets"):
+        lines += ["", *format_budgets(results)]
     convergence = results.get("convergence")
     if convergence and convergence["not_converged"]:
         lines.append(
@@ -197,6 +209,67 @@ def format_comparison(results: dict) -> str:
             f"({convergence['num_epochs']}): not converged; raise evaluate.num_epochs"
         )
     return "\n".join(lines)
+
+VERDICT_WORDS = {"helped": "helped", "hurt": "hurt", "no clear difference": "made no clear difference", "no verdict": "gave no verdict"}
+
+
+def budget_label(entry: dict) -> str:
+    """A label budget as tables show it: `10`, or `all (5,006)`."""
+    return entry["name"] if entry["labels_per_class"] is not None else f"all ({entry['train']:,})"
+
+
+def budget_comparison(entry: dict, results: dict, model: str = "adapted") -> dict | None:
+    """`model` − base on the primary metric at one label budget."""
+    return next((c for c in entry["comparisons"] if c["model"] == model and c["baseline"] == "base" and c["metric"] == results["primary_metric"]), None)
+
+
+def budget_sentence(results: dict) -> str:
+    """Where adaptation paid off along the label-budget curve, in one sentence: "Adaptation helped up to 50 labels
+    per class and made no clear difference from 200 labels per class on." (consecutive budgets with one verdict
+    are one stretch)."""
+    entries = [e for e in results["label_budgets"] if budget_comparison(e, results) is not None]
+    if not entries:
+        return ""
+    stretches: list[tuple[str, list[dict]]] = []
+    for entry in entries:
+        said = VERDICT_WORDS[budget_comparison(entry, results)["verdict"]]
+        if stretches and stretches[-1][0] == said:
+            stretches[-1][1].append(entry)
+        else:
+            stretches.append((said, [entry]))
+    at = lambda e: f"{e['labels_per_class']} labels per class" if e["labels_per_class"] is not None else f"all {e['train']:,} labels"  # noqa: E731
+    if len(stretches) == 1:
+        said, group = stretches[0]
+        return f"Adaptation {said} at every label budget measured ({', '.join(budget_label(e) for e in group)})."
+    parts = []
+    for i, (said, group) in enumerate(stretches):
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            parts.append(f"{said} {'with' if first['labels_per_class'] is None else 'at'} {at(first)}")
+        elif i == 0:
+            parts.append(f"{said} up to {at(last)}")
+        elif i == len(stretches) - 1 and last["labels_per_class"] is None:
+            parts.append(f"{said} from {at(first)} on")
+        else:
+            parts.append(f"{said} from {first['labels_per_class']} to {at(last)}")
+    return f"Adaptation {', '.join(parts[:-1])} and {parts[-1]}."
+
+
+def format_budgets(results: dict) -> list[str]:
+    """The label-budget curve as plain text: per budget, train examples, each model's mean, adapted − base and the verdict."""
+    primary = results["primary_metric"]
+    label = metric_label(primary, results["type"], results.get("tag_scheme"))
+    names = list(results["label_budgets"][0]["models"])
+    rows = [["labels/class", "train", *names, "adapted − base, 95% interval", "verdict"]]
+    for entry in results["label_budgets"]:
+        c = budget_comparison(entry, results)
+        cells = [f"{c['difference']:+.3f} [{c['interval']['low']:+.3f}, {c['interval']['high']:+.3f}]", c["verdict"]] if c else ["-", "-"]
+        rows.append([budget_label(entry), f"{entry['train']:,}", *[mean_std(entry["models"][n]["summary"][primary]) for n in names], *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"test {label} by label budget (labels per class; validation and test the same for every budget):"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return lines + [budget_sentence(results)]
+
 
 # --- one stage's artifact ----------------------------------------------------------------------------
 

@@ -326,10 +326,12 @@ def _tag_order(tag: str) -> tuple:
     return (tag != "O", tag[2:], tag[:2]) if is_bio_tag(tag) else (True, tag, "")
 
 
-def _text_key(text, pair) -> bytes:
+def text_key(text, pair, person: bytes = b"dapt-test") -> bytes:
+    """A hash of an example's text (and pair; a token task's words joined) that orders examples for a
+    hash-determined choice: the test hold-out, label budgets. `person` keeps the choices independent."""
     joined = " ".join(text) if isinstance(text, list) else text
     payload = joined + ("\0" + pair if pair is not None else "")
-    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8, person=b"dapt-test").digest()
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8, person=person).digest()
 
 
 def hold_out_test(cfg: TaskConfig, train: Split, notes: list[str]) -> tuple[Split, Split]:
@@ -342,7 +344,7 @@ def hold_out_test(cfg: TaskConfig, train: Split, notes: list[str]) -> tuple[Spli
     """
     fraction = cfg.test_fraction
     assert fraction is not None
-    keys = [_text_key(t, p) for t, p in zip(train.texts, train.pairs or [None] * len(train))]
+    keys = [text_key(t, p) for t, p in zip(train.texts, train.pairs or [None] * len(train))]
     strata: dict[Any, list[bytes]] = defaultdict(list)
     stratum_of: dict[bytes, Any] = {}
     for key, label in zip(keys, train.labels):

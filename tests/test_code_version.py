@@ -25,7 +25,7 @@ DEPENDENCIES = {
     "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
     "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
-    "evaluate": {"evaluate", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
+    "evaluate": {"evaluate", "budgets", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
                  "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles", "__init__"},  # fmt: skip
     "report": {"report", "summaries"},
 }

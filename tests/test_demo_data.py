@@ -43,6 +43,12 @@ def test_low_resource_split_takes_ten_of_each_label_from_train_for_each_side():
     assert not {r["id"] for r in few_train} & {r["id"] for r in few_validation}
 
 
+def test_the_rest_of_train_is_train_without_the_low_resource_validation_stories():
+    train = read_jsonl_gz(REUTERS / "r8_train.jsonl.gz")
+    held = {r["id"] for r in read_jsonl_gz(REUTERS / "r8_few_validation.jsonl.gz")}
+    assert read_jsonl_gz(REUTERS / "r8_train_rest.jsonl.gz") == [r for r in train if r["id"] not in held]  # same records, same order
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SOURCE.is_file(), reason="the Reuters-21578 source file is not on this machine")
 def test_prepare_regenerates_the_files_byte_identically():

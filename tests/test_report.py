@@ -28,7 +28,9 @@ def test_verdict_words_and_the_headline():
     assert text.startswith("**Domain adaptation helped on R8**: test macro_f1 adapted − base **+0.040** (mean over 3 seeds; adapted better in 3 of 3)")
     assert "95% interval over seeds and test examples [+0.010, +0.070]" in text
     # the method, in one sentence
-    assert "The 95% interval is a paired bootstrap over seeds and test examples together: each of 1,000 resamples draws the seeds with replacement" in text
+    assert ("The 95% interval is a t-interval on the mean of the per-seed differences whose variance adds two parts: the seed-to-seed "
+            "variance of the differences (over the number of seeds) and the test-sampling variance of their mean (a paired bootstrap over "
+            "test examples, 1,000 resamples") in text
     one = "\n".join(headline_text(_results(_comparison([0.05], 0.01, 0.07, "no verdict")), lambda m: m))
     assert one.startswith("**No verdict on R8** with 1 seed (a verdict needs at least 3: list more in `evaluate.seeds`): test macro_f1")
     assert "helped" not in one.split("\n")[0]

@@ -11,6 +11,9 @@ Writes, next to this script, byte-identically on every run (gzip mtime 0, sorted
 - r8_few_train.jsonl.gz, r8_few_validation.jsonl.gz
                      low-resource R8 (the demo's task): 10 train and 10 other validation stories per
                      label, taken from r8_train; the test split stays whole
+- r8_train_rest.jsonl.gz
+                     r8_train without the r8_few_validation stories: the whole train split for the
+                     demo's validation set (configs/demo-budgets.yaml, a label-budget curve)
 - SHA256SUMS         hashes of the files (and of the source) for `--check`
 
 The low-resource split ranks each label's train stories by the sha256 of their id and takes the first
@@ -95,12 +98,15 @@ def build(source: Path) -> dict[str, bytes]:
         if "body" in doc and not is_test:
             corpus.append({"id": doc["id"], "text": doc["body"]})
     few_train, few_validation = few_per_label(train, FEW_PER_LABEL)
+    held = {r["id"] for r in few_validation}
+    rest = [r for r in train if r["id"] not in held]
     return {
         "corpus.jsonl.gz": gzip_jsonl(corpus),
         "r8_train.jsonl.gz": gzip_jsonl(train),
         "r8_test.jsonl.gz": gzip_jsonl(test),
         "r8_few_train.jsonl.gz": gzip_jsonl(few_train),
         "r8_few_validation.jsonl.gz": gzip_jsonl(few_validation),
+        "r8_train_rest.jsonl.gz": gzip_jsonl(rest),
     }
 
 
