@@ -18,7 +18,7 @@ Signals, each measured on the user's data with the code the other stages use:
 - a pilot: the pretrain stage's own training run for 5% of the configured steps (at most
   `PILOT_MAX_STEPS`), and how far it moves the per-word perplexity;
 - the task's train examples per class, and the label budgets to estimate for (`evaluate.label_budgets`,
-  else the train split as it is).
+  else the train split as it is), counted per class as the evaluate stage's budgets count them.
 A base model without a masked-LM head (a sentence-transformers encoder) has no perplexity to measure:
 the perplexity signals and the pilot are reported unavailable, never a random head's perplexity.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain import training
+from pretrain import budgets, training
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import PipelineConfig
 from pretrain.errors import InputError
@@ -185,22 +185,15 @@ def pilot(cfg, base_dir: Path, vocab_dir: Path, tokens_dir: Path) -> dict:
     }
 
 
-def examples_per_class(cfg: PipelineConfig) -> dict[str, int]:
-    """Train examples per label (multi-label: examples carrying it; token tasks: sentences with the tag)."""
-    data = read_task(cfg.evaluate.task, cfg.evaluate.validation_fraction, log_notes=False)
-    counts: Counter = Counter()
-    for labels in data.train.labels:
-        if isinstance(labels, list):
-            counts.update(set(label for label in labels if data.kind != "token" or label != "O"))
-        else:
-            counts[labels] += 1
-    return {label: counts.get(label, 0) for label in data.labels if data.kind != "token" or label != "O"}
-
-
-def label_budgets(cfg: PipelineConfig) -> list[int | None]:
-    """The budgets to estimate for: `evaluate.label_budgets` (labels per class; None = all), else the train split as it is."""
-    budgets = getattr(cfg.evaluate, "label_budgets", None)
-    return list(budgets) if budgets else [None]
+def budget_classes(cfg: PipelineConfig) -> tuple[dict[str, int], list[tuple[int | None, dict[str, int]]]]:
+    """The task's train examples per class, and for each label budget to estimate for (`evaluate.label_budgets`,
+    else the train split as it is: None), the examples per class it keeps; "per class" as `pretrain/budgets.py`
+    counts it (multi-label: examples carrying the label; token tasks: sentences mentioning the entity type)."""
+    task = cfg.evaluate.task
+    data = read_task(task, cfg.evaluate.validation_fraction, log_notes=False)
+    per_class = budgets.select(data, None, task.tag_scheme).class_counts
+    planned = budgets.plan(data, cfg.evaluate.label_budgets, task.tag_scheme)
+    return dict(sorted(per_class.items())), [(b.labels_per_class, b.class_counts) for b in planned]
 
 
 # --- the estimate ---------------------------------------------------------------------------------------
@@ -217,12 +210,11 @@ def rule(signals: dict, per_class: float) -> tuple[str, str]:
     return "no estimate", "the rule is not calibrated yet"
 
 
-def estimate(signals: dict, budgets: list[int | None], per_class: dict[str, int]) -> list[dict]:
-    """The estimate at each budget (labels per class, capped at each class's size; None: all)."""
+def estimate(signals: dict, planned: list[tuple[int | None, dict[str, int]]]) -> list[dict]:
+    """The estimate at each budget, judged at its median examples per class (a class with fewer keeps all it has)."""
     rows = []
-    for budget in budgets:
-        effective = [n if budget is None else min(n, budget) for n in per_class.values()]
-        typical = statistics.median(effective) if effective else 0
+    for budget, counts in planned:
+        typical = statistics.median(counts.values()) if counts else 0
         verdict, why = rule(signals, typical)
         rows.append({"budget": budget, "labels_per_class": typical, "estimate": verdict, "why": why})
     return rows
@@ -273,7 +265,7 @@ def _settings(cfg: PipelineConfig) -> dict:
         "pretrain": cfg.pretrain.model_dump(exclude=training.EXECUTION_ONLY),
         "task": cfg.evaluate.task.model_dump(mode="json"),
         "validation_fraction": cfg.evaluate.validation_fraction,
-        "label_budgets": label_budgets(cfg),
+        "label_budgets": cfg.evaluate.label_budgets,
     }
 
 
@@ -321,12 +313,11 @@ def assess(cfg: PipelineConfig, base_dir: Path, corpus_dir: Path, vocab_dir: Pat
         )  # fmt: skip
         del model
         signals["pilot"] = pilot(pretrain_cfg, base_dir, vocab_dir, tokens_dir)
-    per_class = examples_per_class(cfg)
-    budgets = label_budgets(cfg)
-    rows = estimate(signals, budgets, per_class)
+    per_class, planned = budget_classes(cfg)
+    rows = estimate(signals, planned)
     return {
         "signals": signals,
-        "task": {"name": cfg.evaluate.task.name, "train_per_class": per_class, "label_budgets": budgets},
+        "task": {"name": cfg.evaluate.task.name, "train_per_class": per_class, "label_budgets": [b for b, _ in planned]},
         "estimates": rows,
         "summary": summary_sentence(rows),
         "calibration": calibration_text(),

@@ -13,7 +13,7 @@ from pretrain.pipeline import plan
 
 @pytest.fixture
 def assessed(tiny_config):
-    raw = {**tiny_config, "pretrain": {**tiny_config["pretrain"], "assess": True}}
+    raw = {**tiny_config, "pretrain": {**tiny_config["pretrain"], "assess": True}, "evaluate": {**tiny_config["evaluate"], "label_budgets": [10, None]}}
     config, store, ids = build_until(raw, "assess")
     return config, store, ids, json.loads((store.local_dir(ids["assess"]) / "assessment.json").read_text())
 
@@ -32,9 +32,12 @@ def test_assess_measures_and_prints_every_signal(assessed):
         assert 0 <= s[share] <= 1, share
     # 50 per label in the file; evaluate holds 10% of them out for validation (no validation_files), as assess counts.
     assert result["task"]["train_per_class"] == {"acq": 45, "crude": 45, "earn": 45}
+    # One estimate per label budget, judged at the examples per class the budget keeps.
+    assert result["task"]["label_budgets"] == [10, None]
+    assert [(r["budget"], r["labels_per_class"]) for r in result["estimates"]] == [(10, 10), (None, 45)]
     text = assess.describe(result)
     for signal in ("per-word perplexity of the base model", "domain shift x", "3+ pieces", "vocabulary overlap", "pilot: 1 of 12 steps",
-                   "task R8-3: 135 train examples, 3 classes", "label budgets", "estimate:", "=>", "how the estimate was calibrated"):  # fmt: skip
+                   "task R8-3: 135 train examples, 3 classes", "label budgets: 10, all", "estimate:", "=>", "how the estimate was calibrated"):  # fmt: skip
         assert signal in text, signal
     # The stage's manifest carries the key figures for the stage table.
     metrics = store.manifest(ids["assess"])["metrics"]

@@ -21,7 +21,8 @@ DEPENDENCIES = {
     "vocab": {"vocab", "extend", "formats"},
     "tokens": {"tokens", "vocab", "extend", "formats", "shards"},
     # The pilot is the pretrain stage's own training; fertility is the vocab stage's; the task reader counts classes.
-    "assess": {"__init__", "assess", "pretrain", "training", "mlm", "extend", "formats", "modelfiles", "vocab", "tasks", "io", "hf_datasets"},
+    "assess": {"__init__", "assess", "pretrain", "training", "mlm", "extend", "formats", "modelfiles", "vocab", "tasks", "io", "hf_datasets",
+               "budgets", "scoring"},  # fmt: skip
     "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
     "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
