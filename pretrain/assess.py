@@ -198,16 +198,40 @@ def budget_classes(cfg: PipelineConfig) -> tuple[dict[str, int], list[tuple[int 
 
 # --- the estimate ---------------------------------------------------------------------------------------
 
-# Domain x label budget: the measured verdict of the evaluate stage (base vs adapted, 5 seeds, the demo's
-# recipe and fine-tuning protocol) beside the signals; `benchmarks/assess_calibration.py` measures a row.
-# `role`: "fit" rows were used to write `rule`; "held out" rows were measured after it was written.
-CALIBRATION: list[dict[str, Any]] = []
+# Domain x label budget: the measured verdict of the evaluate stage (base vs adapted, the demo's recipe and
+# fine-tuning protocol) beside the signals the rule reads; `benchmarks/assess_calibration.py` measures a row.
+# role "fit": the rule below was written from these rows; "held out": measured after the rule was committed.
+CALIBRATION: list[dict[str, Any]] = [
+    # configs/demo.yaml and its recipes (README "What makes adaptation pay off"): 600 steps x 32 x 128 tokens, 5 seeds.
+    {"domain": "Reuters R8", "role": "fit", "labels_per_class": 10, "measured": "helped", "difference": 0.050},
+    {"domain": "Reuters R8", "role": "fit", "labels_per_class": 20, "measured": "no clear difference", "difference": 0.014},
+    {"domain": "Reuters R8", "role": "fit", "labels_per_class": 203, "measured": "no clear difference", "difference": 0.010},
+]
+
+# The rule. Fitted on Reuters: the gain was clear at 10 labels per class and gone from 20 on (the median
+# class of all of R8 has 203). Priors, not fitted (one calibrated domain cannot fit them): a pilot that does
+# not move the per-word perplexity means the corpus has little to teach the base model; a corpus the base
+# model predicts as well as the general-English reference has little new for it.
+HELPS_UP_TO = 10  # labels per class (median over classes)
+UNCLEAR_BELOW = 20  # between the two: the measurements could not tell
+MIN_PILOT_DROP = 0.01  # share of the log per-word perplexity the pilot must remove
+FAMILIAR_SHIFT = 1.0  # domain shift at or below which the corpus is no newer to the base than the reference
 
 
 def rule(signals: dict, per_class: float) -> tuple[str, str]:
-    """(estimate, why) for a budget of `per_class` labels per class: "likely to help", "unlikely to help", or
-    "no estimate" when a signal the rule needs is unavailable."""
-    return "no estimate", "the rule is not calibrated yet"
+    """(estimate, why) for a budget of `per_class` labels per class: "likely to help", "unlikely to help" or
+    "uncertain"."""
+    pilot = signals.get("pilot")
+    if pilot is not None and pilot["log_perplexity_drop"] < MIN_PILOT_DROP:
+        return "unlikely to help", f"the pilot removed {pilot['log_perplexity_drop']:.1%} of the log perplexity: little to learn"
+    shift = signals.get("domain_shift")
+    if shift is not None and shift <= FAMILIAR_SHIFT:
+        return "unlikely to help", f"domain shift x{shift:.2f}: the base model reads this corpus as well as general English"
+    if per_class <= HELPS_UP_TO:
+        return "likely to help", f"at most {HELPS_UP_TO} labels per class: Reuters gained +0.050 macro-F1 at 10"
+    if per_class < UNCLEAR_BELOW:
+        return "uncertain", f"between {HELPS_UP_TO} and {UNCLEAR_BELOW} labels per class, where the calibration could not tell"
+    return "unlikely to help", f"{UNCLEAR_BELOW}+ labels per class: fine-tuning learns what pretraining would teach (Reuters: no clear gain from 20 on)"
 
 
 def estimate(signals: dict, planned: list[tuple[int | None, dict[str, int]]]) -> list[dict]:
@@ -242,18 +266,20 @@ def summary_sentence(rows: list[dict]) -> str:
 
 
 def calibration_text() -> str:
-    """How the rule was calibrated, in a few lines."""
-    if not CALIBRATION:
-        return "not calibrated yet"
+    """How the rule was calibrated, in a few lines: what it was written from, and how it did on what it was not."""
+    def agrees(row: dict) -> bool:
+        said = rule(row.get("signals", {}), row["labels_per_class"])[0]
+        return (said == "likely to help") == (row["measured"] == "helped") and said != "uncertain"
+
     fit = [r for r in CALIBRATION if r["role"] == "fit"]
     held = [r for r in CALIBRATION if r["role"] == "held out"]
-    hits = sum(r["estimate"] == r["expected"] for r in held)
     domains = lambda rows: ", ".join(dict.fromkeys(r["domain"] for r in rows))  # noqa: E731
-    return (
-        f"written from {len(fit)} measurements ({domains(fit)}: domain x labels per class, the evaluate stage's verdict over 5 seeds); "
-        f"held out: {domains(held)}, {hits} of {len(held)} estimates matched the measured verdict. README, "
-        "\"Will adaptation pay off for us?\", has the table, misses included."
-    )
+    text = f"written from {len(fit)} measured verdicts ({domains(fit)}: labels per class {', '.join(str(r['labels_per_class']) for r in fit)})"
+    if held:
+        text += f"; held out: {domains(held)}, where {sum(map(agrees, held))} of {len(held)} estimates matched the measured verdict"
+    else:
+        text += "; no held-out domain measured yet"
+    return text + ". README, \"Will adaptation pay off for us?\", has the table, misses included."
 
 
 # --- the stage ----------------------------------------------------------------------------------------
