@@ -47,7 +47,7 @@ from pretrain import budgets, training
 from pretrain.artifacts import ArtifactStore, artifact_id
 from pretrain.config import PipelineConfig
 from pretrain.errors import InputError
-from pretrain.formats import load_meta, read_split
+from pretrain.formats import read_split
 from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model
 from pretrain.tasks import read_task, task_sources
@@ -84,18 +84,24 @@ def reference_texts() -> list[str]:
     return [line for line in REFERENCE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def write_token_split(folder: Path, tokenizer_dir: Path, texts: list[str], meta: dict) -> Path:
-    """`texts` tokenised by the model's tokenizer as the validation split of a tokens folder (`pretrain/formats.py`),
-    so the reference is scored by the same per-word windows and masks as the corpus.
+def base_meta(tokenizer) -> dict:
+    """What a tokens folder's `meta.json` says of a tokenizer (`pretrain/tokens.py` writes the same)."""
+    special = {name: getattr(tokenizer, f"{name}_token_id") for name in ("cls", "sep", "mask", "pad", "unk")}
+    missing = [name for name, value in special.items() if value is None]
+    if missing:
+        raise InputError(f"the base tokenizer has no {', '.join(missing)} token; masked-LM perplexity needs them")
+    vocab_size = plain_backend(tokenizer).get_vocab_size()
+    return {"dtype": "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32", "vocab_size": vocab_size, "special_ids": special}
+
+
+def write_token_split(folder: Path, backend, texts: list[str], meta: dict) -> Path:
+    """`texts` tokenised by `backend` (the base tokenizer) as the validation split of a tokens folder
+    (`pretrain/formats.py`), [SEP] after each text, so they are scored by the pretrain stage's per-word
+    windows and masks.
 
     Word starts come from the tokenizer's word ids, as the tokens stage takes them for any tokenizer (for
     WordPiece they are its non-`##` pieces). The tokens stage's own encoder is not reused so that its
     code, and so every tokens and pretrain artifact id, stays as it is."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    backend.no_padding()
-    backend.no_truncation()
     sep = meta["special_ids"]["sep"]
     ids, starts = [], []
     for encoding in backend.encode_batch(texts, add_special_tokens=False):
@@ -114,7 +120,7 @@ def write_token_split(folder: Path, tokenizer_dir: Path, texts: list[str], meta:
     return folder
 
 
-def word_perplexity(model, tokens_dir: Path, cfg, max_words: int) -> tuple[float, int]:
+def word_perplexity(model, tokens_dir: Path, cfg, max_words: int, what: str) -> tuple[float, int]:
     """The per-word perplexity of `model` on a tokens folder's validation split (the windows and masks the
     pretrain stage scores), and the words scored."""
     from accelerate import Accelerator
@@ -125,7 +131,7 @@ def word_perplexity(model, tokens_dir: Path, cfg, max_words: int) -> tuple[float
     batches = training.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
     words = sum(units for _, units in batches)
     if not words:
-        raise InputError(f"{tokens_dir}: no whole word fits a window of {cfg.max_seq_length} tokens to score")
+        raise InputError(f"assess: no whole word of the {what} fits a window of pretrain.max_seq_length ({cfg.max_seq_length}) tokens to score")
     AcceleratorState._reset_state()  # as training.setup: a stage before may have set another precision
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     return training.perplexity(MaskedLM(model).to(accelerator.device), batches, accelerator), words
@@ -326,12 +332,16 @@ def assess(cfg: PipelineConfig, base_dir: Path, corpus_dir: Path, vocab_dir: Pat
             "and the pilot would measure a randomly initialised head, so they are not computed"
         )
     else:
-        meta = load_meta(tokens_dir)
+        # Both texts under the base tokenizer: the model's tokenizer (tokens artifact) may be an extended or a
+        # domain vocabulary the base model has no rows for. With `vocab.mode: keep` the corpus figure is the
+        # pretrain stage's "before" per-word perplexity (the same stream, windows and masks).
+        meta = base_meta(base_tokenizer)
         max_words = pretrain_cfg.max_eval_blocks * (pretrain_cfg.max_seq_length - 2)
-        domain, domain_words = word_perplexity(model, tokens_dir, pretrain_cfg, max_words)
-        with tempfile.TemporaryDirectory(prefix="dapt-reference-") as tmp:
-            folder = write_token_split(Path(tmp), vocab_dir / "tokenizer", reference, meta)
-            general, general_words = word_perplexity(model, folder, pretrain_cfg, max_words)
+        with tempfile.TemporaryDirectory(prefix="dapt-assess-") as tmp:
+            corpus_tokens = write_token_split(Path(tmp) / "corpus", base_backend, validation, meta)
+            reference_tokens = write_token_split(Path(tmp) / "reference", base_backend, reference, meta)
+            domain, domain_words = word_perplexity(model, corpus_tokens, pretrain_cfg, max_words, "corpus' validation split")
+            general, general_words = word_perplexity(model, reference_tokens, pretrain_cfg, max_words, "reference text")
         signals.update(
             word_perplexity_corpus=round(domain, 3), words_scored_corpus=domain_words,
             word_perplexity_reference=round(general, 3), words_scored_reference=general_words,

@@ -44,6 +44,20 @@ def test_assess_measures_and_prints_every_signal(assessed):
     assert metrics["domain_shift"] == s["domain_shift"] and metrics["estimate"] == result["summary"]
 
 
+def test_an_extended_vocabulary_is_assessed_with_the_base_tokenizer(assessed, tiny_config):
+    # The model's tokenizer gains rows the base model does not have: the perplexity signals still read the
+    # texts as the base does, so they equal those of `keep`; the pilot trains the extended model.
+    config, store, ids, kept = assessed
+    raw = {**tiny_config, "store": config.store, "vocab": {**tiny_config["vocab"], "mode": "extend", "max_new_tokens": 20, "min_token_count": 1},
+           "pretrain": {**tiny_config["pretrain"], "assess": True}}  # fmt: skip
+    _, _, extended_ids = build_until(raw, "assess")
+    assert extended_ids["vocab"] != ids["vocab"]
+    extended = json.loads((store.local_dir(extended_ids["assess"]) / "assessment.json").read_text())["signals"]
+    for signal in ("word_perplexity_corpus", "word_perplexity_reference", "split3_share_corpus", "top_words_whole"):
+        assert extended[signal] == kept["signals"][signal], signal
+    assert extended["pilot"]["steps"] == 1
+
+
 def test_assess_is_no_part_of_the_pretrain_id(tiny_config):
     off = plan(validate_config(tiny_config))
     on = plan(validate_config({**tiny_config, "pretrain": {**tiny_config["pretrain"], "assess": True}}))
