@@ -429,7 +429,7 @@ def describe(result: dict, name: str = "") -> str:
     lines.append("estimate:")
     for row in result["estimates"]:
         at = "all labels" if row["budget"] is None else f"{row['budget']:,} labels per class"
-        lines.append(f"  {at} (median {row['labels_per_class']:,.0f} per class): {row['estimate']}: {row['why']}")
+        lines.append(f"  {at} (median {row['labels_per_class']:,.0f} per class): {row['estimate']} ({row['why']})")
     lines.append(f"  => {result['summary']}")
     lines.append(f"how the estimate was calibrated: {result['calibration']}")
     return "\n".join(lines)
