@@ -101,3 +101,20 @@ def test_the_summary_sentence_names_the_largest_helped_and_the_smallest_unlikely
     assert assess.summary_sentence(rows) == "likely to help at <= 50 labels per class; unlikely with all 2,000 labels per class"
     rows[1]["estimate"] = "unlikely to help"
     assert assess.summary_sentence(rows) == "likely to help at 10 labels per class; unlikely at 50 labels per class or more"
+
+
+def test_the_rule_reproduces_the_rows_it_was_written_from_and_the_text_says_how_it_did():
+    rows = assess.calibration_rows()
+    assert all(assess.agrees(r) for r in rows if r["role"] == "fit")
+    held = [r for r in rows if r["role"] == "held out"]
+    text = assess.calibration_text()
+    assert f"written from {sum(r['role'] == 'fit' for r in rows)} measured verdicts" in text
+    assert (f"{sum(map(assess.agrees, held))} of {len(held)} estimates matched" in text) if held else "no held-out domain" in text
+
+
+def test_the_rule_never_says_likely_when_the_pilot_moves_nothing_or_the_corpus_is_general_english():
+    moving = {"pilot": {"log_perplexity_drop": 0.2}, "domain_shift": 3.0}
+    assert assess.rule(moving, 10)[0] == "likely to help" and assess.rule(moving, 500)[0] == "unlikely to help"
+    assert assess.rule({**moving, "pilot": {"log_perplexity_drop": 0.001}}, 10)[0] == "unlikely to help"
+    assert assess.rule({**moving, "domain_shift": 0.9}, 10)[0] == "unlikely to help"
+    assert assess.rule({}, 10)[0] == "likely to help"  # no MLM head: the labels alone decide
