@@ -3,6 +3,7 @@
     dapt init --corpus docs/ --task-train labelled.csv [--task-test F] [--base MODEL] [--out my.yaml]
     dapt run configs/demo.yaml [--set pretrain.max_steps=50]
     dapt plan configs/demo.yaml
+    dapt assess configs/demo.yaml                     # will the configured pretraining pay off? (minutes)
     dapt serve configs/demo.yaml --cron "0 3 * * 1"   # scheduled runs from this machine (Prefect server)
     dapt artifacts list [--store artifacts] [--stage pretrain]
     dapt artifacts show ID
@@ -80,6 +81,22 @@ def _plan(args: argparse.Namespace) -> int:
     width = max(9, *map(len, ids))
     for stage, aid in ids.items():
         print(f"{stage:<{width}} {aid}  {'built' if store.exists(aid) else 'to build'}")
+    return 0
+
+
+def _assess(args: argparse.Namespace) -> int:
+    """Build (or find) base, corpus, vocab and tokens, then the assessment; print its signals and estimate."""
+    import json
+
+    from pretrain.assess import describe
+    from pretrain.chain import run_through, switched_on
+
+    config = switched_on("assess", _checked(args))
+    setup_logging()
+    store = ArtifactStore(config.store)
+    aid = run_through("assess", config, store)["assess"]
+    result = json.loads((store.local_dir(aid) / "assessment.json").read_text())
+    print(describe(result, name=f"{config.name}, assessment {aid}"))
     return 0
 
 
@@ -274,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default="dapt.yaml", help="the config to write (default dapt.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
-    for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built")):
+    for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built"),
+                           ("assess", "before pretraining: will it pay off? signals measured on your data, and the estimate")):  # fmt: skip
         p = commands.add_parser(name, help=helptext)
         p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -350,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
+    handlers = {"init": _init, "run": _run, "plan": _plan, "assess": _assess, "serve": _serve, "artifacts": _artifacts, "export": _export,
+                "predict": _predict, "embed": _embed}  # fmt: skip
     if argv is None and args.command == "run":  # the process is `dapt run` (not a caller's main([...])): it owns its signals
         from flows.lifecycle import start_watchdog, stop_on_signals
 

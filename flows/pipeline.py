@@ -295,6 +295,7 @@ def tokens_flow(config: PipelineConfig, ids: dict[str, str] | None = None) -> di
 SHARDED = {"ingest", "tokens"}
 base_flow = _stage_flow("base")
 vocab_flow = _stage_flow("vocab")
+assess_flow = _stage_flow("assess")
 pretrain_flow = _stage_flow("pretrain")
 distill_flow = _stage_flow("distill")
 tapt_corpus_flow = _stage_flow("tapt-corpus")
@@ -309,6 +310,7 @@ STAGE_FLOWS = {
     "ingest": ingest_flow,
     "vocab": vocab_flow,
     "tokens": tokens_flow,
+    "assess": assess_flow,
     "pretrain": pretrain_flow,
     "distill": distill_flow,
     "tapt-corpus": tapt_corpus_flow,

@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pretrain import base, distill, evaluate, ingest, pretrain, report, tapt, tokens, training, vocab
+from pretrain import assess, base, distill, evaluate, ingest, pretrain, report, tapt, tokens, training, vocab
 from pretrain.artifacts import ArtifactStore, source_digest
 from pretrain.config import PipelineConfig, PretrainConfig, TaskConfig
 from pretrain.decontaminate import Targets, TaskFile
@@ -28,6 +28,7 @@ from pretrain.io import expand_inputs
 from pretrain.logs import get_logger, is_main_process
 from pretrain.summaries import (
     Figures,
+    assessment_figures,
     base_figures,
     corpus_figures,
     evaluation_figures,
@@ -51,7 +52,8 @@ class Stage:
     name: str
     """Its name: its Prefect flow, its key in `plan`'s ids, its row in the stage tables."""
     section: str | None
-    """The config key whose value `stage_id` and `run` take first (`pretrain`, `ingest.parallel`); None: no settings."""
+    """The config key whose value `stage_id` and `run` take first (`pretrain`, `ingest.parallel`; `""`: the whole
+    config); None: no settings."""
     inputs: dict[str, Producer]
     """Its input artifacts: role (the keyword `stage_id` and `run` take its id as) -> the stage that produces it.
     An input from a stage that is off is left out."""
@@ -62,7 +64,8 @@ class Stage:
     figures: Figures | None = None
     """A manifest of its artifact -> its key figures, one line (the stage tables and `dapt run`'s summary)."""
     when: str | None = None
-    """The config key that switches an optional stage on: it runs when the key is set. None: it always runs."""
+    """The config key that switches an optional stage on: it runs when the key is set (a section given, or a
+    switch such as `pretrain.assess` true). None: it always runs."""
     arguments: Callable[[PipelineConfig], dict[str, Any]] | None = None
     """More keyword arguments of `stage_id` and `run`, derived from the config."""
 
@@ -96,6 +99,10 @@ TABLE: tuple[Stage, ...] = (
     Stage("vocab", "vocab", {"corpus": "ingest", "base": "base"}, vocab.stage_id, vocab.run, vocab_figures),
     # tokens has no settings that change its output; `ingest.parallel` says where its shards run.
     Stage("tokens", "ingest.parallel", {"corpus": "ingest", "vocab": "vocab"}, tokens.stage_id, tokens.run, tokens_figures),
+    # The go/no-go estimate before pretraining (pretrain/assess.py): it judges the configured pretraining
+    # and the task, so it reads the whole config; it never stops the chain.
+    Stage("assess", "", {"base": "base", "corpus": "ingest", "vocab": "vocab", "tokens": "tokens"}, assess.stage_id, assess.run,
+          assessment_figures, when="pretrain.assess"),  # fmt: skip
     Stage("pretrain", "pretrain", {"base": "base", "vocab": "vocab", "tokens": "tokens"}, pretrain.stage_id, pretrain.run, model_figures),
     Stage("distill", "distill", {"teacher": "pretrain", "tokens": "tokens"}, distill.stage_id, distill.run, student_figures, when="distill"),
     # Task-adaptive pretraining (pretrain/tapt.py): the task's train text, the starting model's own
@@ -107,7 +114,7 @@ TABLE: tuple[Stage, ...] = (
           tapt.build_model, model_figures, when=TAPT_ON),  # fmt: skip
     Stage("evaluate", "evaluate", {"base": "base", "model": "pretrain", "student": "distill", "tapt": "tapt"}, evaluate.stage_id, evaluate.run,
           evaluation_figures),  # fmt: skip
-    Stage("report", None, {name: name for name in ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "tapt-corpus", "tapt-vocab",
+    Stage("report", None, {name: name for name in ("base", "ingest", "vocab", "tokens", "assess", "pretrain", "distill", "tapt-corpus", "tapt-vocab",
           "tapt-tokens", "tapt", "evaluate")}, report.stage_id, report.run, arguments=_report_arguments),  # fmt: skip
 )
 STAGES = tuple(stage.name for stage in TABLE)
@@ -127,7 +134,7 @@ def key_figures() -> dict[str, Figures]:
 def _at(cfg: PipelineConfig, key: str) -> Any:
     """The config's value at a dotted key (`evaluate.tapt.pretrain`); None when a section on the way is off."""
     value: Any = cfg
-    for name in key.split("."):
+    for name in filter(None, key.split(".")):  # "": the whole config
         value = getattr(value, name)
         if value is None:
             return None
@@ -143,7 +150,33 @@ def settings_of(name: str | Stage, cfg: PipelineConfig) -> Any:
 def enabled(name: str | Stage, cfg: PipelineConfig) -> bool:
     """Whether the stage runs under this config (an optional stage runs when its `when` key is set)."""
     s = stage(name)
-    return s.when is None or _at(cfg, s.when) is not None
+    return s.when is None or _at(cfg, s.when) not in (None, False)
+
+
+def switched_on(name: str | Stage, cfg: PipelineConfig) -> PipelineConfig:
+    """The config with the stage's switch on, when its `when` key is a switch (`dapt assess` and `python -m
+    pretrain.assess` run the assess stage whatever `pretrain.assess` says); `cfg` itself otherwise.
+    Such a switch is in no other stage's id, so turning it on changes no other artifact."""
+    s = stage(name)
+    if s.when is None or _at(cfg, s.when) is not False:
+        return cfg
+    *path, key = s.when.split(".")
+    sections = [cfg]
+    for part in path:
+        sections.append(getattr(sections[-1], part))
+    value: Any = True
+    for section, part in zip(reversed(sections), reversed([*path, key])):
+        value = section.model_copy(update={part: value})
+    return value
+
+
+def run_through(until: str, cfg: PipelineConfig, store: ArtifactStore) -> dict[str, str]:
+    """Build (or find) every stage that runs, up to and including `until`, in this process; their ids."""
+    ids: dict[str, str] = {}
+    for s in TABLE[: STAGES.index(until) + 1]:
+        if enabled(s, cfg):
+            ids[s.name] = run_stage(s, cfg, store, ids)
+    return ids
 
 
 def inputs_of(name: str | Stage, cfg: PipelineConfig) -> dict[str, str]:

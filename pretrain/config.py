@@ -308,6 +308,15 @@ class PretrainConfig(Section):
         return self
 
 
+class DomainPretrainConfig(PretrainConfig):
+    """The `pretrain` section: continued masked-LM pretraining of the base model on the domain corpus."""
+
+    assess: bool = False
+    """Run `dapt assess` before pretraining, as a stage of its own (`a-...`): the go/no-go estimate from the base
+    model's fit to the corpus, a short pilot run and the task's labels per class. It never stops the chain; its
+    output is in the stage table and the report. Not part of the pretrain artifact's id."""
+
+
 class DistillConfig(PretrainConfig):
     """Distil the adapted model (the teacher) into a smaller student, DistilBERT-style (Sanh et al. 2019).
 
@@ -553,7 +562,7 @@ class PipelineConfig(Section):
     base_model: BaseModelConfig = BaseModelConfig()
     ingest: IngestConfig
     vocab: VocabConfig = VocabConfig()
-    pretrain: PretrainConfig
+    pretrain: DomainPretrainConfig
     distill: DistillConfig | None = None
     """Distil the adapted model into a smaller student, compared downstream as `student`; null: off."""
     evaluate: EvaluateConfig

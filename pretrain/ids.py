@@ -21,6 +21,7 @@ PREFIXES = {
     "ingest": "c",
     "vocab": "v",
     "tokens": "t",
+    "assess": "a",  # the go/no-go estimate before pretraining (pretrain/assess.py)
     "pretrain": "m",
     "distill": "d",
     "evaluate": "e",

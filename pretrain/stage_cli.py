@@ -38,6 +38,8 @@ def main(*stages: str, argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         for record in records:
+            cfg = chain.switched_on(record, cfg)  # a stage run by name runs even when its switch is off
+        for record in records:
             if not chain.enabled(record, cfg):
                 raise UserError(f"{record.name} is off: {args.config} has no `{record.when}` section")
         lines = chain.preflight(cfg)  # a bad task file fails now, not after the stages before evaluate

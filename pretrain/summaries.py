@@ -62,6 +62,13 @@ def tokens_figures(manifest: dict) -> str:
     return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
 
 
+def assessment_figures(manifest: dict) -> str:
+    """An assessment (`dapt assess`): the domain shift, the share of words split into 3+ pieces, and the estimate."""
+    m = manifest["metrics"]
+    shift = f"domain shift x{m['domain_shift']:,.2f}, " if "domain_shift" in m else "no masked-LM head: no perplexity signals, "
+    return f"{shift}{100 * m['split3_share_corpus']:.1f}% of words in 3+ pieces; estimate: {m['estimate']}"
+
+
 def model_figures(manifest: dict) -> str:
     """A pretrained model (DAPT or TAPT): validation perplexity before and after, per token and per word."""
     m = manifest["metrics"]

@@ -49,10 +49,11 @@ from pretrain.progress import progress as show_progress
 
 log = get_logger(__name__)
 
-# Where and how the job runs, not what it computes: left out of the artifact id. Checkpoints are
-# where a run can resume from, not part of what it computes (the loss curve does not depend on them
-# either): a run whose only change is how often it checkpoints resumes from the checkpoints it has.
-EXECUTION_ONLY = {"launcher", "num_workers", "checkpoint_every_steps", "keep_checkpoints"}
+# Where and how the job runs, and what runs before it (`assess`: the go/no-go estimate), not what it
+# computes: left out of the artifact id. Checkpoints are where a run can resume from, not part of what
+# it computes (the loss curve does not depend on them either): a run whose only change is how often it
+# checkpoints resumes from the checkpoints it has.
+EXECUTION_ONLY = {"launcher", "num_workers", "checkpoint_every_steps", "keep_checkpoints", "assess"}
 
 
 class TrainingError(UserError):

@@ -12,8 +12,9 @@ from pretrain.ids import PREFIXES
 
 DISTILL = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8}
 TAPT = {"pretrain": {"max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8}}
-# What a change to pretraining's code changes: the adapted model and everything built from it.
-AFTER_DAPT = {"pretrain", "distill", "tapt-vocab", "tapt-tokens", "tapt", "evaluate", "report"}
+# What a change to pretraining's code changes: the adapted model and everything built from it, and the
+# assessment (its pilot is the pretrain stage's training).
+AFTER_DAPT = {"assess", "pretrain", "distill", "tapt-vocab", "tapt-tokens", "tapt", "evaluate", "report"}
 
 # The `pretrain` modules whose code counts in the id of each kind of artifact the chain builds (DVC's
 # declared dependencies, checked); the TAPT stages build artifacts of the ingest, vocab, tokens and
@@ -25,6 +26,9 @@ DEPENDENCIES = {
     "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
     "vocab": {"vocab", "extend", "formats", "modelfiles", "families"},
     "tokens": {"tokens", "vocab", "extend", "formats", "shards", "modelfiles", "families"},
+    # The pilot is the pretrain stage's own training; fertility is the vocab stage's; the task reader counts classes.
+    "assess": {"__init__", "assess", "pretrain", "training", "mlm", "precision", "extend", "formats", "modelfiles", "families", "vocab", "tasks",
+               "io", "hf_datasets", "budgets", "scoring"},  # fmt: skip
     "pretrain": {"__init__", "pretrain", "training", "mlm", "precision", "extend", "formats", "modelfiles", "families"},
     "distill": {"__init__", "distill", "training", "mlm", "precision", "formats", "modelfiles", "families"},
     # The models it compares are its inputs (TAPT is stages of its own): fine-tuning, scoring, int8, and
@@ -79,8 +83,9 @@ def edit(tmp_path, monkeypatch):
 
 @pytest.fixture
 def config(tiny_config):
-    """Every stage on: distill and TAPT too."""
-    return validate_config({**tiny_config, "distill": DISTILL, "evaluate": {**tiny_config["evaluate"], "tapt": TAPT}})
+    """Every stage on: assess, distill and TAPT too."""
+    return validate_config({**tiny_config, "distill": DISTILL, "pretrain": {**tiny_config["pretrain"], "assess": True},
+                            "evaluate": {**tiny_config["evaluate"], "tapt": TAPT}})  # fmt: skip
 
 
 def _changed(before: dict, after: dict) -> set[str]:

@@ -26,6 +26,7 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
 
     tiny_config["distill"] = {"student_layers": 1, "max_seq_length": 32, "max_steps": 4, "global_batch_size": 8,
                               "micro_batch_size": 8, "max_eval_blocks": 16, "speed_rounds": 2}  # fmt: skip
+    tiny_config["pretrain"]["assess"] = True  # every optional stage of the chain runs
     config = validate_config(tiny_config)
     first = pipeline(config=config)
     assert first["ids"] == plan(config)
@@ -33,9 +34,10 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
     assert not any(first["cached"].values())
     store = ArtifactStore(config.store)
     assert all(store.exists(aid) for aid in first["ids"].values())
-    assert [row["stage"] for row in first["rows"]] == ["base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate"]
-    assert "student 1 of 2 layers" in first["rows"][5]["key figures"]
-    assert "validation perplexity" in first["rows"][4]["key figures"]
+    assert [row["stage"] for row in first["rows"]] == ["base", "ingest", "vocab", "tokens", "assess", "pretrain", "distill", "evaluate"]
+    assert "domain shift x" in first["rows"][4]["key figures"] and "estimate:" in first["rows"][4]["key figures"]
+    assert "student 1 of 2 layers" in first["rows"][6]["key figures"]
+    assert "validation perplexity" in first["rows"][5]["key figures"]
     report = (store.local_dir(first["ids"]["report"]) / "report.md").read_text()
     assert "| base (`" in report and "Validation perplexity" in report and "## Distillation: student vs teacher" in report
     assert "adapted − base macro-F1" in first["comparison"]

@@ -3,7 +3,18 @@
 import re
 from pathlib import Path
 
-from pretrain.config import BaseModelConfig, DistillConfig, EvaluateConfig, IngestConfig, ModelSource, PipelineConfig, PretrainConfig, TaptConfig, VocabConfig
+from pretrain.config import (
+    BaseModelConfig,
+    DistillConfig,
+    DomainPretrainConfig,
+    EvaluateConfig,
+    IngestConfig,
+    ModelSource,
+    PipelineConfig,
+    PretrainConfig,
+    TaptConfig,
+    VocabConfig,
+)
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 MAKEFILE = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
@@ -27,7 +38,7 @@ SECTIONS = {
     "base_model": _keys(BaseModelConfig),
     "ingest": _keys(IngestConfig, expand=("dedup", "decontaminate", "parallel")),
     "vocab": _keys(VocabConfig),
-    "pretrain": _keys(PretrainConfig, expand=("launcher",)),
+    "pretrain": _keys(DomainPretrainConfig, expand=("launcher",)),
     # distill's own keys; its table says every key of pretrain but the launcher comes with them (checked below).
     "distill": set(DistillConfig.model_fields) - set(PretrainConfig.model_fields),
     "evaluate": _keys(EvaluateConfig, expand=("task",)),
