@@ -8,17 +8,15 @@ store by id and never builds them silently. `flows/` chains the same `run_stage`
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 from pretrain import base, distill, evaluate, ingest, pretrain, report, tokens, vocab
-from pretrain.artifacts import ArtifactStore, source_digest
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig, TaskConfig, load_config
 from pretrain.decontaminate import Targets, TaskFile
 from pretrain.errors import UserError
-from pretrain.io import expand_inputs
 from pretrain.logs import is_main_process, setup_logging
-from pretrain.tasks import read_split
+from pretrain.tasks import held_out_texts
 
 STAGES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate", "report")
 # Each stage's input artifacts: role -> producing stage.
@@ -66,30 +64,14 @@ def decontamination_targets(cfg: PipelineConfig) -> Targets | None:
     `ingest.decontaminate.enabled` is false."""
     if cfg.ingest.decontaminate.enabled is False:
         return None
-    return task_targets(cfg.evaluate.task)
+    return task_targets(cfg.evaluate.task, cfg.evaluate.validation_fraction)
 
 
-def task_targets(task: TaskConfig) -> Targets:
-    """Every text of the task's test and validation files (both texts of a sentence pair; a token task's
-    words joined), with its file and line. Read once per process while the files stay the same."""
-    files = tuple(
-        TaskFile(key, str(path), source_digest(path)["sha256"])
-        for key in ("test_files", "validation_files")
-        for path in expand_inputs(getattr(task, key))
-    )  # fmt: skip
-    return _read_targets(task.model_dump_json(), files)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_targets(task_json: str, files: tuple[TaskFile, ...]) -> Targets:
-    task = TaskConfig.model_validate_json(task_json)
-    rows = []
-    for file in files:
-        split = read_split(task, [file.path], file.key, notes=[])
-        texts = [" ".join(words) for words in split.texts] if task.type == "token" else list(split.texts)
-        found = list(zip(split.locations, texts)) + list(zip(split.locations, split.pairs or []))
-        rows.append((file, found))
-    return Targets.from_files(task.name, rows)
+def task_targets(task: TaskConfig, validation_fraction: float) -> Targets:
+    """Every text the task is scored or selected on (`tasks.held_out_texts`: test and validation files, and the
+    splits carved out of the train files), with the set it belongs to and its location."""
+    sets = held_out_texts(task, validation_fraction)
+    return Targets.from_files(task.name, [(TaskFile(s.key, s.path, s.sha256, s.held_out_by), list(s.rows)) for s in sets])
 
 
 def _arguments(stage: str, cfg: PipelineConfig, ids: dict[str, str]) -> tuple[object, dict[str, object]]:

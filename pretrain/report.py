@@ -29,6 +29,7 @@ from pretrain.summaries import (
     grid_searched,
     mean_std,
     metric_label,
+    removed_documents,
     shown_metrics,
     summary_rows,
 )
@@ -370,6 +371,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         f"{corpus['bytes'] / 1e6:.1f} MB, {corpus['words']:,} words; removed {corpus['duplicates_removed']:,} exact and "
         f"{corpus.get('near_duplicates_removed', 0):,} near duplicates, {corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
         f"- Decontamination: {decontamination_sentence(manifests['ingest'])}",
+        *removed_section(manifests["ingest"]),
         f"- Fertility on validation (tokens per word): base tokenizer {vocab['fertility_base']:.3f}, domain WordPiece "
         f"({vocab['domain_vocab_size']:,}) {vocab['fertility_domain']:.3f}. The model trains with: `{vocab['mode']}`.",
         "",
@@ -382,6 +384,16 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "`dapt artifacts lineage ID` prints the full chain back to the raw files.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def removed_section(corpus: dict) -> list[str]:
+    """The documents decontamination removed, as the corpus manifest names them (the first of them), indented under its line."""
+    named = removed_documents(corpus)
+    if not named:
+        return []
+    removed = corpus["metrics"]["decontamination"]["removed"]
+    more = f" (the first {len(named)} of {removed:,}; `dapt artifacts show {corpus['id']}` lists them)" if removed > len(named) else ""
+    return [f"  Removed documents{more}:", *[f"  - {line}" for line in named]]
 
 
 def _rate_setting(results: dict, hp: dict) -> str:

@@ -7,6 +7,8 @@ the `dapt` CLI, the Prefect flows (their artifacts in the UI) and the report sta
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from pretrain.artifacts import ArtifactStore
@@ -25,7 +27,16 @@ def key_figures(manifest: dict) -> str:
     if stage == "ingest":
         share = 100 * m["train_documents"] / m["documents"]
         near = m.get("near_duplicates_removed", 0)
-        overlap = f"{m['decontamination']['removed']:,} overlapping {manifest['decontamination']['against']} removed, " if "decontamination" in m else ""
+        overlap = ""
+        if "decontamination" in m:
+            details = manifest["decontamination"]
+            overlap = f"{m['decontamination']['removed']:,} overlapping {details['against']} removed, "
+            if any(f.get("held_out_by") for f in details["files"]):  # the long description does not fit a table cell
+                splits = [s for s in ("test", "validation") if any(f["key"] == f"{s}_files" for f in details["files"])]
+                parts = [f"{f['documents_removed']:,} {f['key'].removesuffix('_files')}" + (f" held out of {public_name(f['path'])}" if f.get("held_out_by") else "")
+                         for f in details["files"]]  # fmt: skip
+                overlap = (f"{m['decontamination']['removed']:,} overlapping the {details['task']} {' and '.join(splits)} set"
+                           f"{'s' if len(splits) > 1 else ''} removed ({', '.join(parts)}), ")  # fmt: skip
         return (
             f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB; removed {m['duplicates_removed']:,} exact and {near:,} near duplicates, "
             f"{overlap}{m['empty_removed'] + m['short_removed']:,} filtered; {share:.0f}/{100 - share:.0f} train/validation"
@@ -96,10 +107,62 @@ def decontamination_sentence(manifest: dict) -> str:
         return "The corpus was not checked against the task's test texts (`ingest.decontaminate.enabled: false`)."
     noun = "document" if m["removed"] == 1 else "documents"
     kinds = f" ({m['exact']:,} exact copies, {m['near']:,} near duplicates, {m['contained']:,} containing a task text)" if m["removed"] else ""
-    return (
+    sentence = (
         f"Removed {m['removed']:,} {noun} overlapping {details['against']}{kinds}; {m['task_texts_found']:,} of its "
         f"{m['task_texts']:,} texts were found in the corpus."
     )
+    if len(details["files"]) > 1 or any(f.get("held_out_by") for f in details["files"]):
+        sentence += " By set: " + "; ".join(
+            f"{f['documents_removed']:,} matching {set_name(f)}, {f['texts_found']:,} of its {f['texts']:,} texts found" for f in details["files"]
+        ) + "."
+    return sentence
+
+
+def set_name(entry: dict) -> str:
+    """A set of task texts as reports name it, by file name only: `test (r8_test.jsonl.gz)`,
+    `test (held out of labelled.csv by test_fraction)`."""
+    split, name = entry.get("key", entry.get("set", "?")).removesuffix("_files"), public_name(entry.get("path", "?"))
+    return f"{split} (held out of {name} by {entry['held_out_by']})" if entry.get("held_out_by") else f"{split} ({name})"
+
+
+def removed_documents(manifest: dict, limit: int = 20) -> list[str]:
+    """The removed documents the corpus manifest names (its examples), one line each: the corpus file (relative to
+    its input), the kind of overlap and the task text it matched, with its set."""
+    details = manifest.get("decontamination") or {}
+    roots = [i for i in manifest.get("config", {}).get("inputs", []) if isinstance(i, str)]
+    lines = []
+    for e in details.get("examples", [])[:limit]:
+        where, _, line = e["task_text"].rpartition(":")
+        text = f"{public_name(where)}:{line}" if where else e["task_text"]
+        matched = set_name({"key": e["set"], "path": where, "held_out_by": e.get("held_out_by")}) if "set" in e else "a task text"
+        what = {"exact": "an exact copy of", "near": f"a near duplicate (similarity {e['score']:.2f}) of", "contained": "contains"}[e["kind"]]
+        lines.append(f"`{public_name(e['corpus_file'], roots)}`: {what} {text}, {matched}")
+    return lines
+
+
+def public_name(path: str, roots: list[str] | tuple[str, ...] = ()) -> str:
+    """A file as a document meant for others may name it, never with the folders of this machine: relative to
+    the input folder (or glob) it was found under, that folder's own name kept (`docs/a.txt`); else an
+    absolute local path is cut to its file name; relative paths, URLs and datasets stay as they are."""
+    text = str(path)
+    for root in sorted((r for r in roots if isinstance(r, str)), key=len, reverse=True):
+        base = re.split(r"[*?\[]", root, maxsplit=1)[0].rstrip("/")
+        if base and (text == base or text.startswith(base + "/")):
+            return text[len(base.rpartition("/")[0]) + 1 :] if "/" in base else text
+    return text.rsplit("/", 1)[-1] if text.startswith("/") else text
+
+
+def sources_summary(sources: list[dict], roots: list[str] | tuple[str, ...] = (), examples: int = 3) -> dict[str, Any]:
+    """Input files in short, for a card or a hand-off manifest: how many, their bytes, a hash of their contents
+    (sha256 of their sorted sha256s: the same files give the same hash wherever they sit and whatever their
+    names), and the first few, named by `public_name`. The full list stays in the artifact's manifest."""
+    digests = sorted(s.get("sha256", "") for s in sources)
+    return {
+        "files": len(sources),
+        "bytes": sum(s.get("size", 0) for s in sources),
+        "content_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        "examples": [{"name": public_name(s["path"], roots), "size": s.get("size"), "sha256": s.get("sha256")} for s in sources[:examples]],
+    }
 
 
 def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
