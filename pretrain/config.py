@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from pretrain.errors import ConfigError, UserError
 from pretrain.io import expand_inputs, expand_sources
+from pretrain.logs import get_logger
 
+log = get_logger(__name__)
 
 # A model artifact id in the store (`b-...` imported base model, `m-...` pretrained, `d-...` distilled model).
 ARTIFACT_ID = re.compile(r"[bmd]-[0-9a-f]{20}")
@@ -599,6 +601,11 @@ def config_warnings(config: PipelineConfig) -> list[str]:
                 f"{name}.warmup_steps ({cfg.warmup_steps:,}) is not below the run's {steps:,} steps: the learning rate only "
                 "warms up and never decays; lower warmup_steps (a few percent of the steps is usual)"
             )
+        if cfg.eval_every_steps is not None and cfg.eval_every_steps >= steps:
+            warnings.append(
+                f"{name}.eval_every_steps ({cfg.eval_every_steps:,}) is not below the run's {steps:,} steps: validation perplexity "
+                "is measured before and after training only, a curve of two points; lower eval_every_steps (about a quarter of the steps)"
+            )
         if cfg.log_every_steps > steps:
             warnings.append(
                 f"{name}.log_every_steps ({cfg.log_every_steps:,}) is more than the run's {steps:,} steps: the loss is logged "
@@ -827,6 +834,11 @@ def _section_types(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+# Keys of which a section takes exactly one: `--set` of one drops the other the file gives (with a warning), so an
+# override works on any config, whichever of the two it was written with (`dapt init` writes max_tokens).
+EXCLUSIVE = {"max_steps": "max_tokens", "max_tokens": "max_steps", "test_files": "test_fraction", "test_fraction": "test_files"}
+
+
 def _apply_override(raw: dict, override: str, path: Path) -> None:
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
@@ -845,6 +857,11 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
             f"override {override!r}: the value {value!r} is not valid YAML ({problem}); "
             f"quote a string that starts with [, {{, \" or ', e.g. --set '{key.strip()}=\"{value}\"'"
         ) from None
+    other = EXCLUSIVE.get(parts[-1])
+    if other and node.get(other) not in (None, []) and node[parts[-1]] not in (None, []):
+        dropped = node.pop(other)
+        name = ".".join([*parts[:-1], other])
+        log.warning("--set %s replaces %s (%s in %s): the two are exclusive, the config takes one of them", key.strip(), name, dropped, path)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.cards import hand_over_lines
 from pretrain.flops import PRECISION_NAMES
 from pretrain.logs import get_logger
 from pretrain.summaries import (
@@ -29,7 +30,10 @@ from pretrain.summaries import (
     grid_searched,
     mean_std,
     metric_label,
+    public_name,
     removed_documents,
+    seed_counts,
+    seed_tally,
     shown_metrics,
     summary_rows,
 )
@@ -39,6 +43,8 @@ log = get_logger(__name__)
 STAGE = "report"
 # distill is optional: a report of a run without it has no such input.
 ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate")
+# Fewer validation blocks and the perplexity is a noisy figure (the same threshold as pretrain.training.FEW_EVAL_BLOCKS).
+FEW_EVAL_BLOCKS = 50
 FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
 
 
@@ -100,24 +106,37 @@ def verdict(comparison: dict) -> str | None:
     return {"helped": "helped", "hurt": "hurt", "no clear difference": "made no clear difference", "no verdict": None}[comparison["verdict"]]
 
 
-def headline_text(results: dict, label) -> list[str]:
-    """The report's first lines: the verdict (or why there is none) with the difference, its interval and how it was computed."""
+def task_description(results: dict, task: dict) -> str:
+    """What the task is, for the headline: `single-label classification into 5 labels; test: 81 examples held out of
+    labelled.csv by test_fraction`."""
+    kind = {"single_label": "single-label classification into", "multi_label": "multi-label classification with",
+            "token": "token tagging with"}.get(results["type"], results["type"])  # fmt: skip
+    names = lambda key: ", ".join(public_name(str(p)) for p in task.get(key) or [])  # noqa: E731
+    test = f"{results['sizes']['test']:,} examples " + (f"of {names('test_files')}" if task.get("test_files") else
+                                                        f"held out of {names('train_files')} by test_fraction")  # fmt: skip
+    return f"{kind} {len(results['labels'])} labels; test: {test}"
+
+
+def headline_text(results: dict, label, task: dict | None = None) -> list[str]:
+    """The report's first lines: the verdict (or why there is none) on the task (what it is, given the evaluate
+    config's `task` section), with the difference, its interval and how it was computed."""
     c = headline(results)
     if c is None:
         return []
+    what = f" ({task_description(results, task)})" if task else ""
     i = c["interval"]
     seeds = len(c["per_seed"])
     figures = (
         f"test {label(results['primary_metric'])} adapted − base **{c['difference']:+.3f}** (mean over {seeds} seed{'s' if seeds > 1 else ''}; "
-        f"adapted better in {c['better_in_seeds']} of {seeds}), {i['confidence']:.0%} interval over seeds and test examples "
+        f"adapted {seed_counts(c)} of {seeds}), {i['confidence']:.0%} interval over seeds and test examples "
         f"[{i['low']:+.3f}, {i['high']:+.3f}]."
     )
     said = verdict(c)
     if said is None:
-        first = (f"**No verdict on {results['task']}** with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
+        first = (f"**No verdict on {results['task']}**{what} with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
                  f"{results['min_seeds_for_verdict']}: list more in `evaluate.seeds`): {figures}")  # fmt: skip
     else:
-        first = f"**Domain adaptation {said} on {results['task']}**: {figures}"
+        first = f"**Domain adaptation {said} on {results['task']}**{what}: {figures}"
     lines = [first, "", results["interval_method"], ""]
     convergence = results.get("convergence")
     if convergence and convergence["not_converged"]:
@@ -270,7 +289,9 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
     metrics = shown_metrics(results)
     primary = results["primary_metric"]
     label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
-    lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label)]
+    lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label, hp.get("task"))]
+    if hand_over := hand_over_lines(results):
+        lines += ["## Which model to hand over", "", *hand_over, ""]
     lines += [
         "## Stages",
         "",
@@ -305,7 +326,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "and data order) and by test example. The verdict's interval resamples seeds and test examples together; "
         "the paired t-test (seeds only) and the test-only bootstrap (seeds fixed) are secondary figures:",
         "",
-        "| comparison | metric | difference (mean ± std over seeds) | per seed | better in | 95% interval over seeds and test | verdict "
+        "| comparison | metric | difference (mean ± std over seeds) | per seed | seeds better / tied / worse | 95% interval over seeds and test | verdict "
         "| paired t-test p (secondary) | 95% test-only bootstrap (secondary) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -315,7 +336,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
             lines.append(
                 f"| {comparison['model']} − {comparison['baseline']} | {label(comparison['metric'])} | {comparison['difference']:+.4f} ± "
                 f"{comparison['difference_std']:.4f} | {', '.join(f'{d:+.3f}' for d in comparison['per_seed'])} | "
-                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | [{i['low']:+.4f}, {i['high']:+.4f}] | {comparison['verdict']} | "
+                f"{' / '.join(map(str, seed_tally(comparison)))} | [{i['low']:+.4f}, {i['high']:+.4f}] | {comparison['verdict']} | "
                 f"{format_p(comparison['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] |"
             )
     names = list(results["models"])
@@ -358,6 +379,10 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "![pretraining curve](pretrain_curve.png)",
         "",
     ]
+    if model.get("validation_blocks", FEW_EVAL_BLOCKS) < FEW_EVAL_BLOCKS:
+        lines += [f"**Warning: the validation perplexity rests on {model['validation_blocks']} blocks of "
+                  f"{manifests['pretrain']['config']['max_seq_length']} tokens** (under {FEW_EVAL_BLOCKS}): its changes say little. "
+                  "Raise `ingest.validation_fraction` for a larger validation split.", ""]  # fmt: skip
     if "tapt_curve.png" in figures:
         lines += ["Task-adaptive pretraining on the task's train text:", "", "![TAPT curve](tapt_curve.png)", ""]
     if "distill" in ids:
@@ -489,7 +514,7 @@ def distillation_section(manifest: dict, results: dict, label) -> list[str]:
             lines += [
                 "",
                 f"Student − teacher test {label(primary)}: **{comparison['difference']:+.3f}** ± {comparison['difference_std']:.3f} over seeds "
-                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}); {i['confidence']:.0%} interval over seeds "
+                f"(student {seed_counts(comparison)} of {len(comparison['per_seed'])}); {i['confidence']:.0%} interval over seeds "
                 f"and test examples [{i['low']:+.3f}, {i['high']:+.3f}]: {comparison['verdict']} (secondary: paired t-test "
                 f"p={format_p(comparison['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap [{b['low']:+.3f}, {b['high']:+.3f}]).",
             ]

@@ -165,6 +165,18 @@ def sources_summary(sources: list[dict], roots: list[str] | tuple[str, ...] = ()
     }
 
 
+def seed_tally(comparison: dict) -> tuple[int, int, int]:
+    """How many seeds the model scored above, the same as, and below its baseline (a tie is an equal score, not a loss)."""
+    differences = comparison["per_seed"]
+    better, worse = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    return better, len(differences) - better - worse, worse
+
+
+def seed_counts(comparison: dict) -> str:
+    """`better in 1, tied in 2, worse in 0`."""
+    return "better in {}, tied in {}, worse in {}".format(*seed_tally(comparison))
+
+
 def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
     """How a metric is named for a task type (per entity for BIO-tagged token tasks)."""
     labels = ENTITY_LABELS if kind == "token" and tag_scheme == "BIO" else METRIC_LABELS
@@ -245,7 +257,7 @@ def format_comparison(results: dict) -> str:
         if c["metric"] not in metrics[:2]:
             continue
         b = c["bootstrap"]
-        line = f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds (better in {c['better_in_seeds']}/{len(c['per_seed'])})"
+        line = f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds ({seed_counts(c)} of {len(c['per_seed'])})"
         if "interval" in c:  # evaluations from before the seed-aware interval have only the secondary figures
             i = c["interval"]
             line += f"; {i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]: {c['verdict']}; secondary"

@@ -490,3 +490,53 @@ def _rows(cfg: TaskConfig, split: Split) -> tuple[tuple[str, str], ...]:
     """(location, text) of a split's texts, then of its second texts: what decontamination matches."""
     texts = [" ".join(words) for words in split.texts] if cfg.type == "token" else list(split.texts)
     return tuple(zip(split.locations, texts)) + tuple(zip(split.locations, split.pairs or []))
+
+
+# --- the test examples a run was scored on ------------------------------------------------------------
+
+
+def example_keys(split: Split) -> list[str]:
+    """A hash of each example's text (and second text), in order: the key `hold_out_test` splits by."""
+    return [_text_key(t, p).hex() for t, p in zip(split.texts, split.pairs or [None] * len(split))]
+
+
+def test_record(cfg: TaskConfig, data: TaskData) -> dict[str, Any]:
+    """What a fine-tuning run keeps of the test split it was scored on, so that it can be found again whatever
+    produced it: the config key it came from (`test_files`, or `train_files` when `test_fraction` held it out),
+    how many examples, and a hash of each one's text, in order (the texts themselves stay in the task's files)."""
+    keys = example_keys(data.test)
+    return {
+        "from": "test_files" if cfg.test_files else "train_files",
+        "held_out_by": None if cfg.test_files else "test_fraction",
+        "examples": len(keys),
+        "sha256": hashlib.sha256(" ".join(keys).encode()).hexdigest(),
+        "keys": keys,
+    }
+
+
+def recorded_test_split(cfg: TaskConfig, record: dict[str, Any] | None) -> Split:
+    """The test examples a run was scored on (`test_record`), read again from the task's files: the test files,
+    or the train files `test_fraction` held them out of, keeping exactly the recorded examples in their order.
+
+    A run from before the record: the test files, or the split `hold_out_test` makes of the train files.
+    An InputError names the files when they are gone or no longer hold those examples.
+    """
+    key = "test_files" if cfg.test_files else "train_files"
+    patterns = getattr(cfg, key)
+    gone = [p for p in patterns if not isinstance(p, DatasetSource) and not expand_inputs([p])]
+    if gone:
+        what = "its test examples were held out of" if key == "train_files" else "it was scored on"
+        raise InputError(f"{what} task.{key} {[str(p) for p in gone]}, which {'is' if len(gone) == 1 else 'are'} gone")
+    split = read_split(cfg, patterns, key, notes=[])
+    if record is None:
+        return split if key == "test_files" else hold_out_test(cfg, split, [])[1]
+    keys = example_keys(split)
+    wanted = set(record["keys"])
+    picked = [i for i, k in enumerate(keys) if k in wanted]
+    if [keys[i] for i in picked] != record["keys"]:
+        found = len(wanted & {keys[i] for i in picked})
+        raise InputError(
+            f"task.{key} {[str(p) for p in patterns]} changed since the run was scored: {found:,} of its {len(wanted):,} distinct "
+            f"test texts are there{' (in another order)' if found == len(wanted) else ''}; restore the file as it was"
+        )
+    return split.subset(picked)

@@ -25,7 +25,7 @@ DEPENDENCIES = {
     # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
     "evaluate": {"evaluate", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
                  "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles", "__init__"},  # fmt: skip
-    "report": {"report", "summaries"},
+    "report": {"report", "summaries", "cards"},
 }
 
 

@@ -105,7 +105,8 @@ def test_model_card_says_where_the_model_came_from(built, tmp_path):
     assert "## Intended use and limits" in card
     assert "## The pooler" in card and "no pooler weights" in card and "MISSING" in card  # the MLM checkpoint has none: said, not hidden
     assert all(aid in card for aid in ids.values() if not aid.startswith("e-"))  # the whole lineage chain
-    assert str(store.manifest(ids["base"])["origin"]["source"]) in card
+    base = store.manifest(ids["base"])["origin"]["source"]
+    assert f"`{base.rsplit('/', 1)[-1]}`" in card and base not in card  # a local folder by its own name, never its path
 
 
 @pytest.mark.slow
