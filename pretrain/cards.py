@@ -176,7 +176,7 @@ def comparison_lines(results: dict, evaluation_id: str, this_model: str | None =
     primary = results["primary_metric"]
     metrics = [primary] + [m for m in ("accuracy", "macro_f1") if m != primary]
     lines = [
-        f"Evaluation `{evaluation_id}` (evaluation artifact `{evaluation_id}`): {results['task']} ({results['type'].replace('_', '-')}, "
+        f"Evaluation `{evaluation_id}`: {results['task']} ({results['type'].replace('_', '-')}, "
         f"{len(results['labels'])} labels; {results['sizes']['train']:,} train, {results['sizes']['validation']:,} validation, "
         f"{results['sizes']['test']:,} test examples); every model fine-tuned the same way with seeds {results['seeds']}, the epoch "
         "chosen on validation; test mean ± std over seeds.",

@@ -207,7 +207,7 @@ def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
     unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
     ax.set(xlabel="test F1 (mean over seeds, ± std)", title=f"F1 per {unit}" + (f" ({limit} most frequent)" if len(per_class["base"]) > limit else ""))
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

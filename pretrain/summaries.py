@@ -262,6 +262,14 @@ def format_comparison(results: dict) -> str:
             i = c["interval"]
             line += f"; {i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]: {c['verdict']}; secondary"
         lines.append(f"{line}: paired t-test p={format_p(c['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap CI [{b['low']:+.3f}, {b['high']:+.3f}]")
+    if best := results.get("best"):
+        line = (f"hand over: {best['finetune']} ({best['model']} seed {best['seed']}, lr {best['learning_rate']:g}; chosen on validation, "
+                "not on test): `dapt export best --to DIR`")  # fmt: skip
+        headline = next((c for c in results["comparisons"] if c["model"] == "adapted" and c["metric"] == primary), None)
+        base = results["models"].get("base", {}).get("best_run")
+        if headline is not None and headline["verdict"] != "helped" and best["model"] != "base" and base:
+            line += f"; adaptation did not clearly help, so base's {base['finetune']} (seed {base['seed']}) is as good a choice"
+        lines.append(line)
     convergence = results.get("convergence")
     if convergence and convergence["not_converged"]:
         lines.append(
