@@ -282,9 +282,10 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
             f"{_size(m['bytes'])}, {m['words']:,} words; removed {m['duplicates_removed']:,} exact duplicates"
             + (f", {m['near_duplicates_removed']:,} near duplicates" if "near_duplicates_removed" in m else "")
             + f", {m.get('empty_removed', 0) + m.get('short_removed', 0):,} empty or short documents",
-            f"- source files: {describe_sources(summary)}; "
-            + ", ".join(f"`{e['name']}` sha256 `{e['sha256']}`" for e in summary["examples"])
-            + " (the full list with every file's sha256 is in the corpus artifact's manifest)",
+            f"- source files: {summary['files']:,}, {_size(summary['bytes'])}, contents sha256 `{summary['content_sha256']}` (of their "
+            "sorted sha256s); " + ", ".join(f"`{e['name']}` (sha256 `{e['sha256']}`)" for e in summary["examples"])
+            + (f" and {summary['files'] - len(summary['examples']):,} more" if summary["files"] > len(summary["examples"]) else "")
+            + " (every file with its sha256 is in the corpus artifact's manifest)",
             f"- decontamination: {decontamination_sentence(corpus)}",
             "",
         ]

@@ -417,7 +417,7 @@ def removed_section(corpus: dict) -> list[str]:
     if not named:
         return []
     removed = corpus["metrics"]["decontamination"]["removed"]
-    more = f" (the first {len(named)} of {removed:,}; `dapt artifacts show {corpus['id']}` lists them)" if removed > len(named) else ""
+    more = f" (the first {len(named)} of {removed:,}, as the corpus manifest keeps them: `dapt artifacts show {corpus['id']}`)" if removed > len(named) else ""
     return [f"  Removed documents{more}:", *[f"  - {line}" for line in named]]
 
 

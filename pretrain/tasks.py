@@ -438,6 +438,7 @@ def held_out_texts(cfg: TaskConfig, validation_fraction: float) -> tuple[HeldOut
 
 @functools.lru_cache(maxsize=4)
 def _held_out_texts(task_json: str, validation_fraction: float, identity: tuple) -> tuple[HeldOutSet, ...]:
+    # `identity` (every file's path and sha256) is only the cache key: an edited file is read again.
     cfg = TaskConfig.model_validate_json(task_json)
     files = {key: _identities(getattr(cfg, key)) for key in ("train_files", "test_files", "validation_files")}
     sets = []
