@@ -189,9 +189,10 @@ def comparison_lines(results: dict, evaluation_id: str, this_model: str | None =
         lines.append(f"| {model}{' (this model)' if model == this_model else ''} | `{r['artifact']}` | " + " | ".join(cells) + " |")
     seed_aware = all("interval" in c for c in results["comparisons"])  # evaluations before it have the test-only interval alone
     method = "95% interval from a paired bootstrap over seeds and test examples, and its verdict" if seed_aware else "95% paired-bootstrap interval over test examples"
-    lines += ["", f"Differences to the base model (paired by seed; {method}):", ""]
+    lines += ["", f"Differences to the base model (and the student's to its teacher; paired by seed; {method}):" if "student" in results["models"]
+              else f"Differences to the base model (paired by seed; {method}):", ""]  # fmt: skip
     for c in results["comparisons"]:
-        if c["metric"] in metrics and c["baseline"] == "base":
+        if c["metric"] in metrics:
             i = c["interval"] if seed_aware else c["bootstrap"]
             lines.append(
                 f"- {c['model']} − {c['baseline']}, {LABEL[c['metric']]}: {c['difference']:+.3f} ± {c['difference_std']:.3f} "
