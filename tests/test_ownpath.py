@@ -76,6 +76,8 @@ def test_the_held_out_texts_documents_are_removed_counted_and_named(own):
     assert f"**Domain adaptation" in report.splitlines()[2] or "**No verdict" in report.splitlines()[2]
     assert "(single-label classification into 3 labels; test: " in report and "examples held out of labelled.csv by test_fraction)" in report
     assert "## Which model to hand over" in report and results["best"]["finetune"] in report
+    blocks = store.manifest(ids["pretrain"])["metrics"]["validation_blocks"]  # 2% of 210 documents: a handful of blocks
+    assert blocks < 50 and f"**Warning: the validation perplexity rests on {blocks} blocks of 64 tokens** (under 50)" in report
     _no_local_path(report, folder)
 
 

@@ -59,3 +59,9 @@ def test_ties_are_counted_as_ties_wherever_seeds_are_counted():
     text = "\n".join(headline_text(_results(tied), lambda m: m))
     assert "adapted better in 1, tied in 2, worse in 0 of 3" in text and "1/3" not in text
     assert "(better in 1, tied in 2, worse in 0 of 3)" in format_comparison(_results(tied))
+
+
+def test_the_report_warns_about_a_small_validation_split_where_the_run_does():
+    from pretrain import report, training
+
+    assert report.FEW_EVAL_BLOCKS == training.FEW_EVAL_BLOCKS
