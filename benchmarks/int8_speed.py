@@ -28,19 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pretrain.quantize import OrtClassifier, export_onnx, linear_share, quantize_int8, time_pair  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from machine import SHAPES, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
-SHAPES = {
-    "bert-tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512),
-    "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-}
+MODELS = ["bert-tiny", "bert-base"]
 
 
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=list(SHAPES))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--examples", type=int, default=64, help="examples per round and batch size (batch 1: this many single calls)")

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pretrain.artifacts import ArtifactStore  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
-from pretrain.pipeline import STAGES, run_stage  # noqa: E402
+from pretrain.chain import plan, run_stage  # noqa: E402
+from pretrain.configfile import load_config  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 # Name -> overrides; budget, task and seeds come from the config and --set, the same for all.
@@ -50,9 +50,6 @@ RECIPES = {
     "keep+lr1e-3": ["vocab.mode=keep", "pretrain.learning_rate=1e-3"],
 }
 DEFAULT_RECIPES = ["keep", "extend", "keep+wwm"]
-STAGES_BUILT = [s for s in STAGES if s not in ("distill", "report")]
-
-
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
@@ -79,7 +76,7 @@ def run_recipe(config: str, name: str, overrides: list[str]) -> dict:
     store = ArtifactStore(cfg.store)
     ids: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    for stage in STAGES_BUILT:
+    for stage in plan(cfg, until="evaluate"):  # distill off; TAPT if the config sets it
         started = time.perf_counter()
         ids[stage] = run_stage(stage, cfg, store, ids)
         seconds[stage] = round(time.perf_counter() - started, 1)

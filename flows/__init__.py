@@ -7,6 +7,9 @@ import os
 # 20 s is not enough there), no calls home, and the library's log lines in the run log.
 # Values the user set in the environment win; so does a PREFECT_API_URL pointing at a real server.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# An API call that takes longer than Prefect's 60 s on a loaded machine is retried (5 times, with back-off)
+# before the run fails; a little more patience per call costs nothing when the machine is idle.
+os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pretrain")
 # The library also logs outside flow runs (a stage run alone); that is not a mistake worth a warning.

@@ -11,10 +11,13 @@
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
     dapt artifacts rm ID                   # e.g. a corrupted artifact: the next run rebuilds it
     dapt export ID_OR_ALIAS|best --to DIR [--format onnx [--quantize int8] [--test FILE]] [--overwrite] [--push-to-hub REPO]
-    dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id]
+    dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id] [--on-empty skip|fail]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
-User mistakes (bad config, unreadable input, unknown id) print one message and exit with status 2.
+User mistakes (bad config, unreadable input, unknown id) and errors a user can act on (a read-only or full
+disk, a permission, a refused connection, no network) print one message and exit with status 2;
+`dapt --debug ...` shows the traceback. SIGTERM and SIGINT stop `dapt run` with everything it started
+(flows/lifecycle.py) and exit with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore, format_lineage
-from pretrain.errors import UserError
+from pretrain.errors import UserError, os_error_line, unreachable
 from pretrain.logs import setup_logging
 
 DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
@@ -34,8 +38,8 @@ DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
 def _checked(args: argparse.Namespace, show: bool = True):
     """The config, validated, and its task files read and checked; warnings and the task's size on stderr."""
-    from pretrain.config import load_config
-    from pretrain.pipeline import preflight
+    from pretrain.chain import preflight
+    from pretrain.configfile import load_config
 
     config = load_config(args.config, args.overrides)
     lines = preflight(config)
@@ -55,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pretrain.config import load_config
+    from pretrain.configfile import load_config
 
     config = load_config(args.config, args.overrides)
     setup_logging()
@@ -68,18 +72,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from pretrain.pipeline import plan
+    from pretrain.chain import plan
 
     config = _checked(args)
     store = ArtifactStore(config.store)
-    for stage, aid in plan(config).items():
-        print(f"{stage:<9} {aid}  {'built' if store.exists(aid) else 'to build'}")
+    ids = plan(config)
+    width = max(9, *map(len, ids))
+    for stage, aid in ids.items():
+        print(f"{stage:<{width}} {aid}  {'built' if store.exists(aid) else 'to build'}")
     return 0
 
 
 def _init(args: argparse.Namespace) -> int:
-    from pretrain.config import load_config
-    from pretrain.pipeline import preflight
+    from pretrain.chain import preflight
+    from pretrain.configfile import load_config
     from pretrain.scaffold import init
 
     for line in init(args.corpus, args.task_train, args.task_test, args.base, args.out, force=args.force, task_name=args.task_name):
@@ -205,7 +211,14 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
         print(f"{'delete' if args.yes else 'would delete'}  {leftover['path']}  {leftover['bytes'] / 1e6:,.1f} MB  "
               f"(staging folder of an interrupted publish, untouched for {leftover['age_hours']:,.0f} h)")  # fmt: skip
     staged = sum(leftover["bytes"] for leftover in stale)
-    total = f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB, and {len(stale)} staging folders, {staged / 1e6:,.1f} MB"
+    work = registry.abandoned_work(store, keep_hours=args.keep_hours)
+    for folder in work:
+        why = f"{folder['id']} is built since" if folder["built"] else f"a re-run with {folder['id']}'s settings would resume from them"
+        print(f"{'delete' if args.yes else 'would delete'}  {folder['path']}  {folder['bytes'] / 1e6:,.1f} MB  "
+              f"(checkpoints of a build untouched for {folder['age_hours']:,.0f} h; {why})")  # fmt: skip
+    checkpoints = sum(folder["bytes"] for folder in work)
+    total = (f"{len(plan['delete'])} artifacts, {plan['delete_bytes'] / 1e6:,.1f} MB, {len(stale)} staging folders, {staged / 1e6:,.1f} MB, "
+             f"and {len(work)} checkpoint folders, {checkpoints / 1e6:,.1f} MB")  # fmt: skip
     if not args.yes:
         print(f"dry run: would delete {total}; run again with --yes to delete")
         return 0
@@ -213,7 +226,9 @@ def _gc(store: ArtifactStore, args: argparse.Namespace) -> int:
         registry.delete_artifact(store, aid)
     for leftover in stale:
         registry.remove_staging(leftover)
-    print(f"deleted {total}; freed {(plan['delete_bytes'] + staged) / 1e6:,.1f} MB")
+    for folder in work:
+        registry.remove_staging(folder)
+    print(f"deleted {total}; freed {(plan['delete_bytes'] + staged + checkpoints) / 1e6:,.1f} MB")
     return 0
 
 
@@ -235,7 +250,7 @@ def _export(args: argparse.Namespace) -> int:
         ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public,
         format=args.format, overwrite=args.overwrite, test=args.test,
     )  # fmt: skip
-    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(args.to))))
+    print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(os.path.expanduser(args.to)))))
     if q := facts["onnx"]:
         print("\n".join(measurement_table(q)))
     if facts.get("hub_url"):
@@ -248,8 +263,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     setup_logging()
     result = predict(args.model, args.input, args.out, text_field=args.text_field, id_field=args.id_field, batch_size=args.batch_size,
-                     max_seq_length=args.max_seq_length)  # fmt: skip
+                     max_seq_length=args.max_seq_length, on_empty=args.on_empty)  # fmt: skip
     print(f"{result['texts']:,} texts labelled ({result['runtime']}; {len(result['labels'])} labels; id field {result['id_field'] or 'file:line'}) -> {result['out']}")
+    if skipped := result["skipped"]:
+        print(f"skipped {len(skipped):,} rows with no text (not labelled): {', '.join(skipped[:10])}{', …' if len(skipped) > 10 else ''}")
     return 0
 
 
@@ -270,6 +287,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapt", description="Domain-adaptive pretraining of BERT-family encoders.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also DAPT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     init = commands.add_parser("init", help="write a first config for your own files, sized for the base model and the corpus")
@@ -314,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = actions.add_parser("aliases", help="every alias and what it points at")
     verify = actions.add_parser("verify", help="re-hash every file against the manifest (exit 1 on a mismatch)")
     verify.add_argument("id", help=id_help)
-    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, and staging folders of interrupted publishes (dry run unless --yes)")
+    gc = actions.add_parser("gc", help="delete artifacts no alias or recent run needs, staging folders of interrupted publishes and old checkpoints (dry run unless --yes)")
     gc.add_argument("--keep-runs", type=int, default=5, help="keep the artifacts of the last N recorded pipeline runs (default 5)")
     gc.add_argument("--keep-hours", type=float, default=24.0, help="keep anything younger, a running pipeline may need it (default 24)")
     gc.add_argument("--yes", action="store_true", help="delete (default: only list what would be deleted)")
@@ -327,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="task model (f-…), encoder (m-…, d-…, b-…; a unique start of an id), an alias of one, "
                         "`best` (the task model the newest evaluation chose on validation) or an evaluation (e-…: its best task model)")
     export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty, unless --overwrite)")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder (once the new export is complete)")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --to (a folder holding only what dapt export wrote), once the new one is complete")
     export.add_argument("--format", choices=["onnx"], help="task models: also write model.onnx (fp32), measured against PyTorch on the task's test set")
     export.add_argument("--quantize", choices=["int8"], help="with --format onnx: also write model.int8.onnx (ONNX Runtime dynamic int8), measured")
     export.add_argument("--test", metavar="FILE", help="with --format onnx: measure on this labelled file (the task's fields) instead of the "
@@ -354,17 +372,44 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--id-field", default=None, help="field / column with the row's id (default: id if present, else file:line)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--max-seq-length", type=int, default=None, help="truncate longer texts (default: the fine-tuning run's limit)")
+    predict.add_argument("--on-empty", choices=["skip", "fail"], default="skip", help="a row with no text: leave it out, counted (default), or stop")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"init": _init, "run": _run, "plan": _plan, "serve": _serve, "artifacts": _artifacts, "export": _export, "predict": _predict, "embed": _embed}
+    if argv is None and args.command == "run":  # the process is `dapt run` (not a caller's main([...])): it owns its signals
+        from flows.lifecycle import start_watchdog, stop_on_signals
+
+        start_watchdog()
+        stop_on_signals()
+    debug = args.debug or os.environ.get("DAPT_DEBUG") == "1"
     try:
         return handlers[args.command](args)
     except UserError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # what a user can act on: a remote store or service out of reach, a read-only or full disk, ...
+        if debug:
+            raise
+        if why := unreachable(e):
+            where = f"store {args.store}" if getattr(args, "store", None) else "a remote file or service"
+            line = f"{where}: cannot reach it: {why}"
+        elif not isinstance(e, OSError) or (line := os_error_line(e)) is None:
+            raise
+        elif args.command == "artifacts":
+            line = f"store {args.store}: {line}"
+        print(f"error: {line} (`dapt --debug ...` shows where)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        done = (": the run, its workers and the temporary Prefect server are stopped, nothing half-built was published; re-run the "
+                "same command to go on (finished stages are cache hits, pretraining resumes from its last checkpoint)")  # fmt: skip
+        print(f"error: stopped by {signal.Signals(signum).name}{done if args.command == 'run' else ''}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

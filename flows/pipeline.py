@@ -1,4 +1,4 @@
-"""Prefect flows: one per stage, and `pipeline` that chains them.
+"""Prefect flows: one per stage of the chain's table (`pretrain/chain.py`), and `pipeline` that chains them.
 
     dapt run configs/demo.yaml                  # the usual way in
     python -m flows.pipeline configs/demo.yaml  # the same, without the CLI
@@ -24,7 +24,8 @@ Progress of long loops goes to the run log as a line every 30 s (`pretrain.progr
 set by every flow here): Prefect captures log records, and a terminal bar's redraws would garble them.
 
 Every stage flow also runs alone (`ids` omitted: the ids of its inputs are planned from the config, and
-they must be in the store), which is what the per-stage deployments in `prefect.yaml` do.
+they must be in the store), which is what the per-stage deployments in `prefect.yaml` do. What a stage
+reads, and the function that builds it, are its record in `pretrain.chain.TABLE`.
 
 Ingest and tokens fan out: their shards (ranges of the input files, ranges of the corpus) are Prefect
 tasks on the flow's task runner, a process pool over this machine's cores by default, or a Dask
@@ -50,13 +51,15 @@ from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pretrain import ingest, progress, registry, report, tokens
+from flows.lifecycle import api_failure, start_api_server
+from pretrain import chain, ingest, progress, registry, tokens
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig, check_paths
+from pretrain.chain import decontamination_targets, enabled, input_ids, preflight, run_stage, stage_id
+from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
+from pretrain.configfile import check_paths
+from pretrain.decontaminate import Targets
 from pretrain.errors import UserError
 from pretrain.launch import launch_pretrain, needs_launcher
-from pretrain.decontaminate import Targets
-from pretrain.pipeline import STAGES, decontamination_targets, enabled, input_ids, preflight, run_stage, stage_id
 from pretrain.shards import in_process, progress_bar, progress_to
 from pretrain.summaries import run_summary, stage_table, summary_rows
 
@@ -236,12 +239,12 @@ def _assemble(stage: str, config: PipelineConfig, ids: dict[str, str], aid: str,
     return {"id": aid, "cached": cached, "seconds": round(seconds, 3)}
 
 
-def record_stage(stage: str, store: ArtifactStore, aid: str, cached: bool, seconds: float) -> None:
+def record_stage(name: str, store: ArtifactStore, aid: str, cached: bool, seconds: float) -> None:
     """The stage's Prefect artifact: one table of what it read, wrote and measured, and where the artifact is."""
     manifest = store.manifest(aid)
-    rows = stage_table(manifest, cached, seconds)
+    rows = stage_table(manifest, cached, seconds, chain.stage(name).figures)
     rows.insert(1, {"field": "in the store", "value": store.location(aid)})
-    create_table_artifact(rows, key=f"dapt-{stage}", description=f"{stage} {aid}: what it read, wrote and measured")
+    create_table_artifact(rows, key=f"dapt-{name}", description=f"{name} {aid}: what it read, wrote and measured")
 
 
 @flow(name="ingest", flow_run_name="ingest", validate_parameters=True, task_runner=ProcessPoolTaskRunner())
@@ -294,8 +297,13 @@ base_flow = _stage_flow("base")
 vocab_flow = _stage_flow("vocab")
 pretrain_flow = _stage_flow("pretrain")
 distill_flow = _stage_flow("distill")
+tapt_corpus_flow = _stage_flow("tapt-corpus")
+tapt_vocab_flow = _stage_flow("tapt-vocab")
+tapt_tokens_flow = _stage_flow("tapt-tokens")
+tapt_flow = _stage_flow("tapt")
 evaluate_flow = _stage_flow("evaluate")
 report_flow = _stage_flow("report")
+# One flow per record of the table, by stage name (prefect.yaml deploys each by its name here).
 STAGE_FLOWS = {
     "base": base_flow,
     "ingest": ingest_flow,
@@ -303,6 +311,10 @@ STAGE_FLOWS = {
     "tokens": tokens_flow,
     "pretrain": pretrain_flow,
     "distill": distill_flow,
+    "tapt-corpus": tapt_corpus_flow,
+    "tapt-vocab": tapt_vocab_flow,
+    "tapt-tokens": tapt_tokens_flow,
+    "tapt": tapt_flow,
     "evaluate": evaluate_flow,
     "report": report_flow,
 }
@@ -310,7 +322,8 @@ STAGE_FLOWS = {
 
 @flow(name="dapt-pipeline")
 def pipeline(config: PipelineConfig) -> dict | State:
-    """Ingest -> vocab -> tokens -> pretrain (-> distill) -> evaluate -> report; returns ids, cache hits and the table."""
+    """Every stage of the table that is on, in order: ingest -> vocab -> tokens -> pretrain (-> distill) (-> TAPT)
+    -> evaluate -> report; returns ids, cache hits and the summary table."""
     logger = get_run_logger()
     progress.set_mode("log")
     # A deployment's parameters are validated by type only; the paths in them are checked here, before any
@@ -324,7 +337,8 @@ def pipeline(config: PipelineConfig) -> dict | State:
         return Failed(message=f"evaluate.task: {e}")
     ids: dict[str, str] = {}
     cached: dict[str, bool] = {}
-    for stage in [s for s in STAGES if enabled(s, config)]:
+    for record in [s for s in chain.TABLE if enabled(s, config)]:
+        stage = record.name
         stage_flow = STAGE_FLOWS[stage]
         if stage in SHARDED:
             try:
@@ -343,7 +357,7 @@ def pipeline(config: PipelineConfig) -> dict | State:
 
     store = ArtifactStore(config.store)
     registry.record_run(store, config.name, ids)  # `dapt artifacts gc` keeps the last runs' artifacts
-    rows = summary_rows(store, {s: ids[s] for s in report.ROLES if s in ids}, cached)
+    rows = summary_rows(store, {s: aid for s, aid in ids.items() if s != "report"}, chain.key_figures(), cached)
     report_dir = store.local_dir(ids["report"])
     create_table_artifact(rows, key="dapt-summary", description=f"{config.name}: artifacts of this run")
     # Not `dapt-report`: that key is the report stage's table, and a second artifact under a key
@@ -371,10 +385,18 @@ def run_and_print(config: PipelineConfig) -> None:
     report's path on stdout. A failed run raises: a UserError with the run's message when the input
     was at fault, else the bug's own exception (with its traceback)."""
     started = time.perf_counter()
-    state = pipeline(config=config, return_state=True)
+    start_api_server()  # before the flow: a slow start on a loaded machine is retried, and a failure is one line
+    try:
+        state = pipeline(config=config, return_state=True)
+    except Exception as e:  # the engine's own calls to the Prefect API, after Prefect's retries
+        if line := api_failure(e):
+            raise UserError(line) from e
+        raise
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, BaseException):
+            if line := api_failure(error):
+                raise UserError(line) from error
             raise error  # a bug, not a user mistake: keep the traceback
         raise UserError(state.message)
     result = state.result()
@@ -385,7 +407,7 @@ if __name__ == "__main__":
     # `dapt run` without the CLI; not through flows.cli, which would import this module a second time.
     import argparse
 
-    from pretrain.config import load_config
+    from pretrain.configfile import load_config
     from pretrain.logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the whole pipeline (as `dapt run`).")

@@ -1,9 +1,9 @@
-"""Content-addressed, versioned artifacts: the contract between stages.
+"""The artifact store: content-addressed, versioned artifacts, the contract between stages.
 
-An artifact is a folder `<store>/<id>/` with its files and a `manifest.json`. Its id is a hash of the
-stage name, the stage's resolved config, the ids of its input artifacts, the content hashes of any raw
-source files it read, and the stage's code version (see `code_version`: the code its output can depend
-on, comments and docstrings left out). Same inputs, settings and code -> same id -> the stage is skipped.
+An artifact is a folder `<store>/<id>/` with its files and a `manifest.json`; its id (`pretrain.ids`)
+hashes what made it, so the same inputs, settings and code find it here instead of building it again.
+Also here: content hashes of raw files (remembered across runs), the shard cache of ingest and tokens,
+and what produced an artifact (environment, lineage).
 
 Publishing is atomic: files are built in a staging folder, the manifest is written last, and the
 folder is renamed into place (local store) or uploaded with the manifest last (remote fsspec store).
@@ -12,7 +12,6 @@ An artifact without a manifest does not exist: a crashed build is never mistaken
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime as dt
 import functools
@@ -36,47 +35,21 @@ from typing import Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pretrain.errors import InputError
+from pretrain.codeversion import code_version
+from pretrain.errors import InputError, unreachable
+from pretrain.ids import ID_PATTERN, canonical_json, check_id
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-# One letter per stage so an id says what it is: c-3f2a... is a corpus.
-PREFIXES = {
-    "base": "b",
-    "ingest": "c",
-    "vocab": "v",
-    "tokens": "t",
-    "pretrain": "m",
-    "distill": "d",
-    "evaluate": "e",
-    "finetune": "f",  # one fine-tuning run, built by the evaluate stage (pretrain/finetune.py)
-    "report": "r",
-}
-# Every id taken from a user, an alias or a manifest must match this before it touches a path.
-ID_PATTERN = re.compile(r"[a-z]-[0-9a-f]{20}")
 STAGING = ".tmp"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _RECORDED_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "pyarrow", "numpy", "scikit-learn", "prefect")
 
 
-# --- ids ---------------------------------------------------------------------------------------------
-
-
-def check_id(value: Any, what: str = "artifact id") -> str:
-    """`value` if it is an artifact id (`m-471df901523b1fc7a4ff`); an InputError naming it (and `what` it is) otherwise.
-
-    Called on every id from a user, an alias entry or a manifest before it becomes part of a path, so
-    `../../elsewhere/x` can never point a command at a folder outside the store.
-    """
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise InputError(
-            f"{what} {value!r} is not an artifact id (a stage letter, '-' and 20 hex digits, e.g. m-471df901523b1fc7a4ff); "
-            "refusing to use it as a path"
-        )
-    return value
+# --- manifests and raw files ------------------------------------------------------------------------
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -117,149 +90,6 @@ def check_manifest(manifest: Any, aid: str, where: str) -> dict[str, Any]:
     for role, child in (manifest.get("inputs") or {}).items():
         check_id(child, f"input {role!r} in {where}")
     return manifest
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def artifact_id(
-    stage: str,
-    config: dict[str, Any],
-    inputs: dict[str, str] | None = None,
-    sources: list[dict[str, Any]] | None = None,
-) -> str:
-    """The id of what `stage` builds from `config`, input artifact ids and raw source file hashes."""
-    payload = {
-        "stage": stage,
-        "config": config,
-        "inputs": inputs or {},
-        # Only content counts: moving or renaming a raw file does not change the id.
-        "sources": [s["sha256"] for s in sources or []],
-        "code": code_version(f"pretrain.{stage}"),
-    }
-    digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-    return f"{PREFIXES[stage]}-{digest[:20]}"
-
-
-# Modules that cannot change what a stage writes, whoever imports them: they never count in a code
-# version, and their own imports are not followed. Keep this list short, explicit, and true; a test
-# fails if it names a module that does not exist.
-NOT_CODE_DEPENDENCIES = {
-    "pretrain.config": "the config schema and its validation: the resolved config section is in the id itself",
-    "pretrain.errors": "exception classes",
-    "pretrain.artifacts": "the store: where and how artifacts are kept and named, not what they contain",
-    "pretrain.pipeline": "the chain of stages and their command line: which stage runs, not what it computes",
-    "pretrain.logs": "log lines: what a stage says, not what it writes",
-    "pretrain.progress": "progress bars and lines: what a stage shows while it runs",
-    "pretrain.flops": "device peaks and MFU arithmetic: a measurement of speed, like tokens/s",
-    "pretrain.runpool": "which process builds a fine-tuning run: each run is the same `finetune.build` call wherever it runs",
-}
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(module: str) -> str:
-    """The version of the code a stage's output can depend on: part of every artifact id.
-
-    The rule: hash the stage module and every `pretrain` module it imports, transitively (imports
-    inside functions included), except the modules in NOT_CODE_DEPENDENCIES; hash each in a normal
-    form of its syntax tree, without docstrings (comments and formatting never reach the tree) and
-    without its `if __name__ == "__main__":` block (the command-line glue). So editing a comment, a
-    docstring or the layout of a line changes no id; a change to what the code does changes the id of
-    each stage that imports it, and through their input ids, of everything built from them.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(code_dependencies(module)):
-        digest.update(name.encode() + b"\0" + _analysed(_source(name))[0].encode() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def code_dependencies(module: str) -> set[str]:
-    """The `pretrain` modules whose code counts in `module`'s code version (itself included)."""
-    return _local_imports(module) - set(NOT_CODE_DEPENDENCIES)
-
-
-def _module_path(module: str) -> Path:
-    parts = module.split(".")[1:]
-    path = _PACKAGE_DIR.joinpath(*parts)
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-
-
-def _source(module: str) -> str:
-    return _module_path(module).read_text(encoding="utf-8")
-
-
-@functools.lru_cache(maxsize=None)
-def _analysed(source: str) -> tuple[str, tuple[str, ...]]:
-    """(sha256 of the normal form, `pretrain` modules imported outside the main guard) of a module's source.
-
-    Cached by content: each module is parsed once per process however many stages import it.
-    """
-    tree = ast.parse(source)
-    imported: list[str] = []
-    for node in _walk_without_main_guard(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        imported += [name for name in names if name == "pretrain" or name.startswith("pretrain.")]
-    return hashlib.sha256(_normal_form(tree).encode()).hexdigest(), tuple(imported)
-
-
-def _local_imports(module: str, seen: set[str] | None = None) -> set[str]:
-    seen = set() if seen is None else seen
-    if module in seen or not _module_path(module).is_file():
-        return seen
-    seen.add(module)
-    if module in NOT_CODE_DEPENDENCIES:
-        return seen  # not followed: what it imports counts only where a stage imports that itself
-    for name in _analysed(_source(module))[1]:
-        _local_imports(name, seen)
-    return seen
-
-
-def _is_main_guard(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
-
-
-def _walk_without_main_guard(tree: ast.AST) -> Iterator[ast.AST]:
-    """ast.walk, skipping `if __name__ == "__main__":` blocks (the CLI glue is not the stage's code)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if _is_main_guard(node):
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def _normal_form(node: Any) -> str:
-    """The code as a syntax tree, written out: no comments, formatting, docstrings or main guard.
-
-    Written by hand rather than with `ast.dump`, whose output differs between Python versions; fields
-    that are None or empty are left out, so a field a newer Python adds (e.g. `type_params`) does not
-    change the hash of code that does not use it.
-    """
-    if isinstance(node, ast.AST):
-        if _is_main_guard(node):
-            return ""
-        fields = []
-        for name, value in ast.iter_fields(node):
-            if name == "body" and isinstance(value, list):
-                value = [stmt for stmt in value if not _is_string_statement(stmt) and not _is_main_guard(stmt)]
-            if value is None or value == []:
-                continue
-            fields.append(f"{name}={_normal_form(value)}")
-        return f"{type(node).__name__}({','.join(fields)})"
-    if isinstance(node, list):
-        return "[" + ",".join(_normal_form(item) for item in node) + "]"
-    return repr(node)
-
-
-def _is_string_statement(node: ast.AST) -> bool:
-    """A bare string literal as a statement: a docstring, or one documenting an attribute; it does nothing."""
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> dict[str, Any]:
@@ -363,7 +193,16 @@ class ArtifactStore:
 
     def __init__(self, url: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         self.url = str(url)
-        self.fs, root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+        except ImportError as e:  # an fsspec backend that is not installed
+            raise InputError(f"store {self.url}: its file system needs a package that is not installed ({e})") from None
+        except ValueError as e:  # an unknown protocol
+            raise InputError(f"store {self.url}: not a folder or a usable fsspec URL ({e}); give a folder, or s3://, gs://, ... with its package") from None
+        except Exception as e:  # a file system that connects when created (ftp://, sftp://)
+            if (why := unreachable(e)) is None:
+                raise
+            raise InputError(f"store {self.url}: cannot reach it: {why}") from None
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
         if self.is_local:
@@ -528,8 +367,11 @@ class ArtifactStore:
     def work_dir(self, aid: str) -> Path:
         """Local scratch space for building `aid` (checkpoints): survives a crash, so a re-run can resume."""
         self._began.setdefault(aid, time.time())
-        base = Path(self.root) if self.is_local else self.cache_dir
-        return self._writable_folder(base / ".work" / check_id(aid))
+        return self._writable_folder(self.work_root() / check_id(aid))
+
+    def work_root(self) -> Path:
+        """The folder of the work folders: in a local store, else in the local cache (`dapt artifacts gc` collects old ones)."""
+        return (Path(self.root) if self.is_local else self.cache_dir) / ".work"
 
     def staging_leftovers(self) -> list[dict[str, Any]]:
         """Staging folders of publishes and downloads that never finished (a crash, kill -9): path, bytes, age.

@@ -6,6 +6,12 @@ Sources: a local folder, `pkg:<module>/<subdir>` (a model shipped inside an inst
 e.g. the demo's `pkg:cognition/model`), or a Hugging Face Hub id (downloaded with `huggingface_hub`,
 which needs network). Only safe formats are copied: config, safetensors weights and tokenizer files.
 Pickle-based weights (`*.bin`, `*.pt`) are never loaded. The id depends only on the files' content.
+
+The model must be a masked-LM encoder (`pretrain.families.masked_lm_problem`: a decoder-only or
+encoder-decoder model is refused, naming its type, before anything is copied). A checkpoint without
+its masked-LM head (a sentence-transformers encoder, an ELECTRA discriminator) is imported with a
+warning, and its manifest says `mlm_head: new (randomly initialised)`: its perplexity before
+pretraining is a random head's, which the stage table and the report say.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import shutil
 import time
 from pathlib import Path
 
-from pretrain.artifacts import ArtifactStore, artifact_id, file_digest
+from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.config import BaseModelConfig, package_dir
 from pretrain.errors import InputError
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
-from pretrain.modelfiles import remote_code_note, require_safetensors
+from pretrain.families import family_name, masked_lm_problem
+from pretrain.modelfiles import new_mlm_weights, remote_code_note, require_safetensors
 
 log = get_logger(__name__)
 
@@ -88,6 +96,13 @@ def model_files(folder: Path) -> list[Path]:
     if not any(n.endswith(".safetensors") for n in names):
         require_safetensors(folder, "base model")  # names the pickle-based weights it has instead
         raise InputError(f"base model {folder}: no model.safetensors (or model-*-of-*.safetensors shards)")
+    try:
+        model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"base model {folder}: config.json is not valid JSON ({e})") from None
+    problem = masked_lm_problem(model_config if isinstance(model_config, dict) else {})
+    if problem:
+        raise InputError(f"base model {folder}: {problem}")
     if not names & set(TOKENIZER_FILES):
         raise InputError(
             f"base model {folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer "
@@ -127,7 +142,17 @@ def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
         build.extra["origin"] = {"source": cfg.source, "revision": cfg.revision, "resolved": origin}
         if note:
             build.extra["remote_code_ignored"] = note
+        new_head = new_mlm_weights(build.dir)
+        if new_head:
+            log.warning(
+                "base %s: the checkpoint has no masked-LM head (%s, ...: %d weights missing, e.g. an encoder saved without it, as "
+                "sentence-transformers and ELECTRA discriminators are). It is initialised at random: pretraining trains it from "
+                "scratch, and the validation perplexity 'before' is that of a random head, not the base model's.",
+                aid, ", ".join(new_head[:3]), len(new_head),
+            )  # fmt: skip
         build.metrics.update(
+            family=family_name(model_config.get("model_type")),
+            mlm_head="new (randomly initialised)" if new_head else "pretrained",
             model_type=model_config.get("model_type"),
             vocab_size=model_config.get("vocab_size"),
             hidden_size=model_config.get("hidden_size") or model_config.get("dim"),
@@ -135,10 +160,12 @@ def run(cfg: BaseModelConfig, store: ArtifactStore) -> str:
             max_position_embeddings=model_config.get("max_position_embeddings"),
             weight_bytes=sum(f.stat().st_size for f in files if f.suffix == ".safetensors"),
         )
+        if new_head:
+            build.metrics["mlm_head_new_weights"] = new_head
     return aid
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.artifacts import ArtifactStore
-from pretrain.summaries import decontamination_sentence, public_name, seed_counts, sources_summary
+from pretrain.families import max_sequence_length
+from pretrain.summaries import decontamination_sentence, hand_over_lines, public_name, seed_counts, sources_summary
 
 LABEL = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
 # Source files listed by name in a lineage node before they are summarised.
@@ -129,43 +130,6 @@ def _size(n: float) -> str:
 
 
 # --- the comparison, the verdict and which model to hand over --------------------------------------------
-
-
-def headline_comparison(results: dict) -> dict | None:
-    """adapted − base on the primary metric."""
-    return next((c for c in results.get("comparisons", []) if c["model"] == "adapted" and c["baseline"] == "base"
-                 and c["metric"] == results.get("primary_metric")), None)  # fmt: skip
-
-
-def hand_over_lines(results: dict, this: str | None = None) -> list[str]:
-    """Which task model to hand over (`results.json` `best`, chosen on validation) and, when adaptation did not
-    clearly help, that the base model's best run is as good a choice, named. `this`: the run the card is about."""
-    best = results.get("best")
-    if not best:
-        return []
-    metric = results["primary_metric"]
-    said = "this model" if best["finetune"] == this else f"`{best['finetune']}`"
-    lines = [
-        f"- Hand over {said}: `{best['model']}` seed {best['seed']}, learning rate {best['learning_rate']:g} "
-        f"(validation {LABEL.get(metric, metric)} {best['validation_' + metric]:.4f}), chosen on validation, never on test: "
-        f"{best['why']}. `dapt export best` (or `dapt export {best['finetune']}`) exports it.",
-    ]
-    c = headline_comparison(results)
-    base = results["models"].get("base", {}).get("best_run")
-    if c is not None and c["verdict"] != "helped" and base:
-        why = {"hurt": "adaptation hurt on test", "no clear difference": "adaptation made no clear difference on test",
-               "no verdict": "there are too few seeds for a verdict"}.get(c["verdict"], c["verdict"])  # fmt: skip
-        if best["model"] == "base":
-            lines.append(f"- That is the base model's own task model: {why}, so the adapted encoder buys nothing here.")
-        else:
-            lines.append(
-                f"- {why[0].upper() + why[1:]} ({c['difference']:+.3f}): the base model's task model `{base['finetune']}` "
-                f"(`base` seed {base['seed']}, its best on validation) is as good a choice, and needs no adapted encoder."
-            )
-    elif c is not None and c["verdict"] == "helped" and best["model"] == "base":
-        adapted = results["models"]["adapted"]["best_run"]
-        lines.append(f"- On test, adaptation helped ({c['difference']:+.3f}); the adapted model's best run on validation is `{adapted['finetune']}`.")
-    return lines
 
 
 def comparison_lines(results: dict, evaluation_id: str, this_model: str | None = None) -> list[str]:
@@ -349,7 +313,7 @@ def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | Non
         "- Not a classifier as is: `AutoModelForSequenceClassification` adds a freshly initialised head that must be fine-tuned.",
         "- Its knowledge is that of the base model plus the corpus above: text from other domains, languages or periods may "
         "do no better than the base model; biases of the corpus (one news agency, one year, one region for the demo) carry over.",
-        f"- Inputs longer than {config.get('max_position_embeddings', 512)} tokens must be truncated or split.",
+        f"- Inputs longer than {max_sequence_length(config) or 512} tokens must be truncated or split.",
         "- The downstream figures hold for the task and test set named above only; measure on yours before relying on it.",
         "",
         *lineage_section(store, aid),

@@ -39,11 +39,13 @@ from pretrain.logs import get_logger
 from torch import nn
 
 from pretrain import training
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import DistillConfig, student_problems, teacher_layer_count
 from pretrain.errors import InputError, UserError
-from pretrain.mlm import MaskedLM, compiled, dynamic, mlm_parts
+from pretrain.families import attention_implementation
 from pretrain.formats import load_meta
+from pretrain.ids import artifact_id
+from pretrain.mlm import MaskedLM, MlmHead, compiled, dynamic, encoder_of, mlm_head
 from pretrain.modelfiles import load_model
 from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
 
@@ -51,7 +53,8 @@ log = get_logger(__name__)
 
 STAGE = "distill"
 SPEED_BATCH_SIZE = 32
-# `bert.encoder.layer.3.attention...`, `distilbert.transformer.layer.3...`: one transformer layer's weights.
+# One transformer layer's weights, in each family's naming: `bert.encoder.layer.3.attention...` (BERT, RoBERTa,
+# XLM-R, ELECTRA, DeBERTa), `distilbert.transformer.layer.3...`, `model.layers.3.attn...` (ModernBERT).
 _LAYER_KEY = re.compile(r"^(?P<before>.*\.layers?\.)(?P<index>\d+)(?P<after>\..+)$")
 
 
@@ -77,7 +80,11 @@ def student_from_teacher(teacher: nn.Module, student_layers: int, teacher_layers
     chosen = list(teacher_layers) if teacher_layers is not None else default_teacher_layers(total, student_layers)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = student_layers  # mapped to n_layers where a config names it so (DistilBERT)
-    student = AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+    if isinstance(getattr(config, "layer_types", None), list):
+        # Per-layer attention kinds (ModernBERT alternates global and sliding-window layers): each student
+        # layer keeps the kind of the teacher layer it is copied from.
+        config.layer_types = [teacher.config.layer_types[i] for i in chosen]
+    student = AutoModelForMaskedLM.from_config(config, attn_implementation=attention_implementation(config))
     student_of = {t: s for s, t in enumerate(chosen)}
     weights = {}
     for key, value in teacher.state_dict().items():
@@ -95,21 +102,10 @@ def student_from_teacher(teacher: nn.Module, student_layers: int, teacher_layers
 
 def encoder_parameters(model: nn.Module) -> int:
     """Parameters of the encoder a downstream task fine-tunes: embeddings and layers, not the MLM head."""
-    return sum(p.numel() for p in mlm_parts(model)[0].parameters())
+    return sum(p.numel() for p in encoder_of(model).parameters())
 
 
 # --- the loss ------------------------------------------------------------------------------------------
-
-
-def masked_logits(model: nn.Module, parts: tuple, input_ids: torch.Tensor, masked_positions: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """MLM logits at the flat masked positions only, (masked tokens, vocabulary)."""
-    encoder, head = parts
-    if head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits.reshape(-1, logits.size(-1)).index_select(0, masked_positions)
-    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-    return head(hidden.reshape(-1, hidden.size(-1)).index_select(0, masked_positions))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -136,7 +132,7 @@ class Distillation(nn.Module):
     def __init__(self, student: nn.Module, temperature: float, alpha_distill: float, alpha_mlm: float, compile: bool = False):
         super().__init__()
         self.model = student
-        self._parts = mlm_parts(student)  # a tuple, not submodules: the state dict stays the student's
+        self._head: MlmHead = mlm_head(student)  # not a submodule: the state dict stays the student's
         self.temperature, self.alpha_distill, self.alpha_mlm = temperature, alpha_distill, alpha_mlm
         self._compiled = compiled(self._losses) if compile else None
 
@@ -144,7 +140,7 @@ class Distillation(nn.Module):
                 teacher_logits: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 reduction: str = "mean") -> torch.Tensor:  # fmt: skip
         if teacher_logits is None:
-            logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
+            logits = self._head.masked_logits(input_ids, masked_positions, attention_mask)
             return F.cross_entropy(logits.float(), masked_labels, reduction=reduction)
         if self._compiled is not None and self.training:
             dynamic(masked_positions, masked_labels, teacher_logits)
@@ -152,7 +148,7 @@ class Distillation(nn.Module):
         return self._losses(input_ids, masked_positions, masked_labels, teacher_logits, attention_mask)
 
     def _losses(self, input_ids, masked_positions, masked_labels, teacher_logits, attention_mask) -> torch.Tensor:
-        logits = masked_logits(self.model, self._parts, input_ids, masked_positions, attention_mask)
+        logits = self._head.masked_logits(input_ids, masked_positions, attention_mask)
         total, soft, hard = distillation_loss(logits, teacher_logits, masked_labels, self.temperature, self.alpha_distill, self.alpha_mlm)
         # One tensor through DDP: the loss to backpropagate, then its two terms for the log.
         return torch.stack([total, soft.detach(), hard.detach()])
@@ -168,7 +164,7 @@ def cpu_throughput(models: dict[str, nn.Module], input_ids: torch.Tensor, rounds
     The models take turns batch by batch (ABBA order), so load from other processes on the machine
     falls on all of them alike and the ratio stays meaningful when the absolute figures are not.
     """
-    encoders = {name: mlm_parts(model)[0].to("cpu").eval() for name, model in models.items()}
+    encoders = {name: encoder_of(model).to("cpu").eval() for name, model in models.items()}
     names = list(encoders)
     for name in names:  # warm-up: first calls allocate and pick kernels
         encoders[name](input_ids=input_ids)
@@ -197,7 +193,7 @@ def load_teacher(teacher_dir: Path, cfg: DistillConfig) -> nn.Module:
         raise InputError(f"distill: the teacher's config.json ({teacher_dir}) does not say how many layers it has")
     if problems := student_problems(cfg, layers):
         raise UserError("; ".join(problems))
-    teacher = load_model(AutoModelForMaskedLM, teacher_dir, "teacher", attn_implementation="sdpa")
+    teacher = load_model(AutoModelForMaskedLM, teacher_dir, "teacher")
     return teacher.eval().requires_grad_(False)
 
 
@@ -220,7 +216,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     task, optimizer, scheduler = training.prepare(accelerator, task, cfg, steps)
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
-    teacher_parts = mlm_parts(teacher)
+    teacher_head = mlm_head(teacher)
     checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
@@ -232,7 +228,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
                  progress["perplexity_before"], main_process_only=True)  # fmt: skip
 
     def teacher_logits(input_ids: torch.Tensor, masked_positions: torch.Tensor) -> torch.Tensor:
-        return masked_logits(teacher, teacher_parts, input_ids, masked_positions)
+        return teacher_head.masked_logits(input_ids, masked_positions)
 
     teacher_step = compiled(teacher_logits) if cfg.compile else teacher_logits
 
@@ -264,7 +260,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         "global_batch_size": cfg.global_batch_size,
         "processes": accelerator.num_processes,
         "device": accelerator.device.type,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision,  # what `auto` resolved to on this machine
         "validation_perplexity_teacher": round(progress["perplexity_teacher"], 3),
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),
@@ -303,15 +299,10 @@ def run(cfg: DistillConfig, store: ArtifactStore, *, teacher: str, tokens: str) 
     def train_in(work_dir: Path) -> dict:
         return train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
 
-    def summary(m: dict) -> str:
-        return (f"{m['student_layers']}-layer student, {m['parameter_ratio']:.0%} of the teacher's parameters, validation perplexity "
-                f"{m['validation_perplexity_after']:.1f} (teacher {m['validation_perplexity_teacher']:.1f}), "
-                f"{m['cpu_speedup']:.2f}x the teacher's CPU throughput")  # fmt: skip
-
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in, summary)
+    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

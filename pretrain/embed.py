@@ -26,6 +26,7 @@ import torch
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore
 from pretrain.errors import InputError, UserError
+from pretrain.families import max_sequence_length, model_inputs
 from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model, require_safetensors
 
@@ -136,7 +137,8 @@ def embed(
     require_safetensors(folder, "model folder")
     locations, texts, ids = read_texts(input_path, text_field, txt_mode, id_field)
     tokenizer = load_fast_tokenizer(folder)
-    limit = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 512)
+    model_config = json.loads((folder / "config.json").read_text())
+    limit = max_sequence_length(model_config) or 512
     length = min(max_seq_length or limit, limit)
     encoder = load_model(AutoModel, folder, "model folder").eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,7 +152,7 @@ def embed(
         for start in starts:
             rows = order[start : start + batch_size]
             batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=length, return_tensors="pt").to(device)
-            states = encoder(**batch).last_hidden_state
+            states = encoder(**model_inputs(batch, model_config)).last_hidden_state
             vectors[rows] = pool(states, batch["attention_mask"], pooling).float().cpu().numpy()
             if bar is not None:
                 bar.update(1)

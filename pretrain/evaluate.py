@@ -5,10 +5,10 @@
 
 Every compared model gets the same splits, hyperparameters, learning-rate grid and seeds
 (`pretrain/finetune.py` has the recipe); the epoch is chosen on validation with early stopping, and
-test is scored once per run. Compared models: `base`, `adapted` (the pretrain stage's model),
-`student` when the distill stage ran (the adapted model distilled into fewer layers,
-`pretrain/distill.py`), `adapted+tapt` or `base+tapt` when `evaluate.tapt` is set (task-adaptive
-pretraining, `pretrain/tapt.py`), and `evaluate.models`.
+test is scored once per run. Compared models, each an input of the stage: `base`, `adapted` (the
+pretrain stage's model), `student` when the distill stage ran (the adapted model distilled into fewer
+layers, `pretrain/distill.py`), `evaluate.models`, and `adapted+tapt` or `base+tapt` when
+`evaluate.tapt` is set (the tapt stage's model: task-adaptive pretraining, `pretrain/tapt.py`).
 
 Each (model, learning rate, seed) run is a `finetune` artifact (`f-...`) of its own, found in the store
 or built: a later comparison that fine-tunes the same model with the same task and settings reuses
@@ -40,12 +40,15 @@ from pathlib import Path
 import torch
 
 from pretrain import base as base_stage
-from pretrain import finetune, quantize, runpool, scoring, tapt
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain import finetune, quantize, runpool, scoring
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
 from pretrain.errors import InputError
+from pretrain.families import max_sequence_length, uses_token_types
 from pretrain.finetune import encode, format_rate, selection_metric
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
+from pretrain.modelfiles import model_folder
 from pretrain.tasks import read_task, task_sources
 from pretrain.vocab import load_fast_tokenizer
 
@@ -56,6 +59,8 @@ STAGE = "evaluate"
 INT8_MODELS = ("adapted", "student")
 # Settings that say where the work runs, not what it computes: not in the id or the manifest's config.
 EXECUTION_ONLY = {"parallel_runs"}
+# Settings that make an input (the TAPT model, by the tapt stages): they count through its id, only as far as they change it.
+MADE_BY_INPUTS = {"tapt"}
 
 
 def _task_sources(cfg: EvaluateConfig) -> list[dict]:
@@ -69,30 +74,31 @@ def _source_id(model: ModelSource) -> str:
     return base_stage.stage_id(BaseModelConfig(source=model.source, revision=model.revision))
 
 
-def _identity(cfg: EvaluateConfig, base: str, model: str, student: str | None) -> tuple[str, dict[str, str], list[dict]]:
+def tapt_name(cfg: EvaluateConfig) -> str:
+    """The TAPT model's name in the comparison: `adapted+tapt` (DAPT + TAPT) or `base+tapt` (TAPT alone)."""
+    assert cfg.tapt is not None
+    return f"{cfg.tapt.start_from}+tapt"
+
+
+def _identity(cfg: EvaluateConfig, base: str, model: str, student: str | None, tapt: str | None) -> tuple[str, dict[str, str], list[dict]]:
+    if (cfg.tapt is None) != (tapt is None):
+        raise InputError(
+            "evaluate: evaluate.tapt is set but no TAPT model was given; build it with the tapt stages "
+            "(`dapt run C`, or `python -m pretrain.tapt --config C`)" if tapt is None else
+            f"evaluate: a TAPT model ({tapt}) was given but evaluate.tapt is not set"
+        )  # fmt: skip
     sources = _task_sources(cfg)
-    inputs = {"base": base, "adapted": model, **({"student": student} if student else {}), **{m.name: _source_id(m) for m in cfg.models}}
-    # The TAPT model is not an input here: it is built inside this stage from the inputs above and
-    # cfg.tapt, so it is determined by them (its id goes into the manifest's inputs for lineage).
-    return artifact_id(STAGE, cfg.model_dump(exclude=EXECUTION_ONLY), inputs=inputs, sources=sources), inputs, sources
+    inputs = {"base": base, "adapted": model, **({"student": student} if student else {}), **{m.name: _source_id(m) for m in cfg.models},
+              **({tapt_name(cfg): tapt} if tapt else {})}  # fmt: skip
+    return artifact_id(STAGE, cfg.model_dump(exclude=EXECUTION_ONLY | MADE_BY_INPUTS), inputs=inputs, sources=sources), inputs, sources
 
 
-def stage_id(cfg: EvaluateConfig, *, base: str, model: str, student: str | None = None) -> str:
-    return _identity(cfg, base, model, student)[0]
-
-
-def model_dir(store: ArtifactStore, aid: str) -> Path:
-    """The Hugging Face folder of a model artifact (a base-model import, a pretrained or a distilled model)."""
-    stage = store.manifest(aid)["stage"]
-    if stage == "base":
-        return store.local_dir(aid)
-    if stage in ("pretrain", "distill"):
-        return store.local_dir(aid) / "model"
-    raise InputError(f"artifact {aid} is a {stage} artifact, not a model; list a b-..., m-... or d-... id in evaluate.models")
+def stage_id(cfg: EvaluateConfig, *, base: str, model: str, student: str | None = None, tapt: str | None = None) -> str:
+    return _identity(cfg, base, model, student, tapt)[0]
 
 
 def _compared_models(cfg: EvaluateConfig, store: ArtifactStore, inputs: dict[str, str]) -> dict[str, str]:
-    """Name -> model artifact id for every compared model, importing or building what is missing."""
+    """Name -> model artifact id for every compared model, importing the listed models that are not artifacts."""
     models = {"base": inputs["base"], "adapted": inputs["adapted"]}
     if "student" in inputs:
         models["student"] = inputs["student"]
@@ -104,15 +110,15 @@ def _compared_models(cfg: EvaluateConfig, store: ArtifactStore, inputs: dict[str
         else:
             models[m.name] = base_stage.run(BaseModelConfig(source=m.source, revision=m.revision), store)
     if cfg.tapt is not None:
-        models[tapt.model_name(cfg.tapt)] = tapt.build(cfg.tapt, cfg.task, store, base=inputs["base"], adapted=inputs["adapted"])
+        models[tapt_name(cfg)] = inputs[tapt_name(cfg)]
     return models
 
 
 def _model_config(cfg: EvaluateConfig, name: str, folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
-    limit = config.get("max_position_embeddings")
+    limit = max_sequence_length(config)
     if limit is not None and cfg.max_seq_length > limit:
-        raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {name} model's max_position_embeddings ({limit})")
+        raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {name} model takes (its max_position_embeddings)")
     return config
 
 
@@ -151,10 +157,11 @@ def best_model(results: dict[str, dict], metric: str) -> dict:
     }  # fmt: skip
 
 
-def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None) -> str:
-    """Build (or find) the evaluation artifact; `student` is the distill stage's model, if any; returns its id."""
+def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None, tapt: str | None = None) -> str:
+    """Build (or find) the evaluation artifact; `student` is the distill stage's model, `tapt` the tapt
+    stage's, if any; returns its id."""
     started = time.time()
-    aid, inputs, sources = _identity(cfg, base, model, student)
+    aid, inputs, sources = _identity(cfg, base, model, student, tapt)
     if store.exists(aid):
         log.info("evaluate %s: already built (cache hit)", aid)
         return aid
@@ -165,7 +172,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
         cfg.task.name, data.kind, len(data.labels), len(data.train), len(data.validation), data.validation_from, len(data.test),
     )  # fmt: skip
     models = _compared_models(cfg, store, inputs)
-    folders = {name: model_dir(store, artifact) for name, artifact in models.items()}
+    folders = {name: model_folder(store, artifact, f"evaluate: the {name} model") for name, artifact in models.items()}
     configs = {name: _model_config(cfg, name, folder) for name, folder in folders.items()}
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,7 +292,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
 
 def has_segments(config: dict) -> bool:
     """Whether a model has token type embeddings (BERT: yes; RoBERTa, DistilBERT: no)."""
-    return config.get("type_vocab_size", 1) > 1
+    return uses_token_types(config)
 
 
 def _build_in_workers(cfg: EvaluateConfig, store: ArtifactStore, data, sources: list[dict], models: dict[str, str],
@@ -387,6 +394,6 @@ def compare(cfg: EvaluateConfig, data, predictions: dict[str, dict], results: di
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

@@ -18,6 +18,7 @@ figures go into the card and `onnx.json`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pretrain import cards, registry
-from pretrain.artifacts import ArtifactStore, environment, file_digest, respect_umask
-from pretrain.errors import InputError, UserError
+from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, respect_umask
+from pretrain.errors import InputError, UserError, os_error_line, unreachable
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,6 +42,10 @@ CARD = "README.md"
 FACTS = "dapt_export.json"
 MEASUREMENTS = "onnx.json"
 FORMATS = ("onnx",)
+WRITE_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)  # a --to that cannot take the export
+EXPORT_MARKER = 1  # `dapt_export` in dapt_export.json: the folder is an export (the format's version)
+# What only a store (or an artifact in one) holds: a folder with any of these is never replaced.
+STORE_FOLDERS = (registry.ALIASES, registry.RUNS, STAGING, ".work", ".shards")
 
 
 def model_folder(store: ArtifactStore, aid: str) -> Path:
@@ -168,8 +173,8 @@ def export(
     the export facts (dapt_export.json).
 
     `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on the test
-    examples the run was scored on, or on the labelled file `test`; `overwrite` replaces a non-empty `to` folder
-    (once the new one is complete).
+    examples the run was scored on, or on the labelled file `test`; `overwrite` replaces a previous export at `to`
+    (once the new one is complete), and nothing else (`check_replaceable`).
     """
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
@@ -177,11 +182,15 @@ def export(
         raise UserError(f"--format {format}: only {', '.join(FORMATS)} is supported")
     if test is not None and format is None:
         raise UserError(f"--test {test}: only the ONNX measurement reads a test set; add --format onnx, or leave out --test")
-    target = Path(to)
+    target = Path(os.path.abspath(Path(to).expanduser()))
+    if target.is_symlink():
+        raise UserError(f"--to {target}: is a symbolic link (to {os.path.realpath(target)}); give a real folder as --to")
     if target.exists() and not target.is_dir():
         raise UserError(f"--to {target}: exists and is a file, not a folder; choose another --to")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise UserError(f"--to {target}: the folder exists and is not empty; choose another --to, or pass --overwrite to replace it")
+    if target.exists():
+        check_replaceable(target, store)
     aid, how = resolve_model(store, name)
     if how:
         log.info("export %s: %s", name, how)
@@ -196,8 +205,8 @@ def export(
     log.info("export %s (%s) -> %s", aid, name, target)
 
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "manifest.json":
                 shutil.copy2(path, staging / path.name)
@@ -219,11 +228,67 @@ def export(
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
         respect_umask(staging)  # copies keep the mode of files written 0600 before artifacts followed the umask
         _replace(staging, target)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        raise UserError(f"--to {target}: cannot write the export there: {os_error_line(e)}; nothing was left behind") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
         facts["hub_url"] = push(target, push_to_hub, aid, private=private, api_factory=hf_api_factory)
     return facts
+
+
+def check_replaceable(target: Path, store: ArtifactStore) -> None:
+    """Refuse, in one line naming the folder and why, to replace `target` unless it is a previous export.
+
+    `--overwrite` deletes the old folder once the new export is in place, so it may only ever delete what
+    an export wrote: a folder whose `dapt_export.json` is an export's marker and which holds nothing that
+    marker does not list. Never the store, a folder holding it (or the home or current folder), or `/`.
+    """
+    real = target.resolve()
+    why = f"--to {target}: not replacing it with --overwrite"
+    protected = [("the root folder /", Path("/")), ("your home folder", Path.home()), ("the current folder", Path.cwd())]
+    if store.is_local:
+        protected.insert(0, (f"the artifact store {store.url}", Path(store.root)))
+    protected = [(name, folder.resolve()) for name, folder in protected]
+    for name, folder in protected:
+        if real == folder:
+            raise UserError(f"{why}: it is {name}; choose a new or empty folder for the export")
+    for name, folder in protected:
+        if real in folder.parents:
+            raise UserError(f"{why}: it holds {name} ({folder}); choose a new or empty folder for the export")
+    entries = {entry.name: entry for entry in real.iterdir()}
+    if not entries:
+        return  # an empty folder the user made for the export: nothing in it to lose
+    store_like = sorted(n for n in entries if n in STORE_FOLDERS or n == MANIFEST or (entries[n] / MANIFEST).is_file())
+    if store_like:
+        raise UserError(f"{why}: it holds an artifact store or artifacts ({', '.join(store_like[:3])}); choose another --to")
+    listed = export_files(real)
+    if listed is None:
+        raise UserError(
+            f"{why}: it is not a previous dapt export (no valid {FACTS} marker in it), and --overwrite replaces only those; "
+            "choose a new or empty folder, or empty this one yourself"
+        )
+    foreign = sorted(set(entries) - listed)
+    if foreign:
+        raise UserError(
+            f"{why}: it holds files the export did not write ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}), "
+            "which --overwrite would delete; move them out, or choose another --to"
+        )
+
+
+def export_files(folder: Path) -> set[str] | None:
+    """The names a previous export wrote into `folder` (per its dapt_export.json marker); None if it is not an export."""
+    try:
+        facts = json.loads((folder / FACTS).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("files"), dict):
+        return None
+    if facts.get("dapt_export") != EXPORT_MARKER and not {"artifact", "lineage", "exported_with"} <= facts.keys():  # before the marker
+        return None
+    return {str(name) for name in facts["files"]} | {CARD, FACTS}
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -366,6 +431,7 @@ def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: 
     """dapt_export.json: the card's facts for machines. It travels with the model, so it names no folder of this
     machine (no store path; source files summarised, `cards.public_lineage`); the store keeps the full manifests."""
     return {
+        "dapt_export": EXPORT_MARKER,  # the marker --overwrite looks for: only a folder carrying it is ever replaced
         "artifact": aid,
         "requested_as": name,
         "stage": store.manifest(aid)["stage"],
@@ -393,7 +459,12 @@ def push(folder: Path, repo: str, aid: str, private: bool = True, api_factory: C
         url = api.create_repo(repo_id=repo, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model", commit_message=f"dapt export of {aid}")
     except (OSError, ValueError) as e:  # HfHubHTTPError is an OSError subclass; no network is a ConnectionError
-        raise UserError(f"--push-to-hub {repo}: {type(e).__name__}: {_without(str(e), token)}") from None
+        why = unreachable(e) or f"{type(e).__name__}: {e}"
+        raise UserError(f"--push-to-hub {repo}: {_without(why, token)}; the export in {folder} is complete, push it again later") from None
+    except Exception as e:  # huggingface_hub's client raises httpx errors for a network out of reach
+        if (why := unreachable(e)) is None:
+            raise
+        raise UserError(f"--push-to-hub {repo}: cannot reach the Hub: {_without(why, token)}; the export in {folder} is complete, push it again later") from None
     log.info("export %s: pushed to %s", aid, repo)
     return str(url)
 

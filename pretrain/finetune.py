@@ -41,11 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from pretrain import scoring
-from pretrain.artifacts import ArtifactStore, artifact_id
-from pretrain.config import EvaluateConfig, precision_problem
+from pretrain.artifacts import ArtifactStore
+from pretrain.config import EvaluateConfig
+from pretrain.configfile import precision_problem
 from pretrain.errors import UserError
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model
+from pretrain.precision import resolve as resolve_precision
 from pretrain.progress import Progress, progress
 from pretrain.tasks import TaskData, test_record
 
@@ -207,7 +210,6 @@ def _load_model(model_dir: Path, kind: str, labels: list[str], device: torch.dev
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            attn_implementation="sdpa",
             **extra,
         )
     finally:
@@ -219,6 +221,7 @@ def mixed_precision(precision: str, device: torch.device) -> tuple[torch.autocas
     """The autocast context of `evaluate.mixed_precision` and its gradient scaler (active for fp16 only)."""
     if problem := precision_problem("evaluate.mixed_precision", precision):
         raise UserError(problem)
+    precision, _ = resolve_precision(precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -438,7 +441,7 @@ def load_trained(store: ArtifactStore, fid: str, device: torch.device) -> Traine
     folder = store.local_dir(fid)
     record = json.loads((folder / "run.json").read_text())
     auto = AutoModelForTokenClassification if record["type"] == "token" else AutoModelForSequenceClassification
-    model = load_model(auto, folder / "model", f"fine-tuned model {fid}", attn_implementation="sdpa").to(device)
+    model = load_model(auto, folder / "model", f"fine-tuned model {fid}").to(device)
     thresholds = np.array([record["thresholds"][label] for label in record["labels"]]) if "thresholds" in record else None
     return Trained(model, record["best_epoch"], record["epochs_trained"], record["validation"], record["history"], thresholds,
                    record["fallback_tag"], record["seconds"])  # fmt: skip

@@ -30,8 +30,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pretrain.artifacts import canonical_json, source_digest
+from pretrain.artifacts import source_digest
 from pretrain.errors import InputError
+from pretrain.ids import canonical_json
 
 # How a dataset input travels as a source string (in ingest pieces and manifests): "dataset:" + JSON.
 PREFIX = "dataset:"

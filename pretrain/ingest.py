@@ -46,14 +46,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pretrain.artifacts import ArtifactStore, artifact_id, canonical_json, code_version, source_digest
+from pretrain.artifacts import ArtifactStore, source_digest
 from pretrain.clean import COUNTERS, Cleaner
+from pretrain.codeversion import code_version
 from pretrain.config import DatasetSource, IngestConfig
 from pretrain.decontaminate import Decontaminator, Targets, decontaminator, merge
 from pretrain.dedup import Signer, find_duplicates, lsh_shape
 from pretrain.errors import InputError
 from pretrain.formats import SPLITS
 from pretrain.hf_datasets import resolve as resolve_dataset
+from pretrain.ids import artifact_id, canonical_json
 from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
 from pretrain.logs import get_logger
 from pretrain.progress import progress
@@ -560,6 +562,6 @@ def _write_splits(files: list[Path], removed: np.ndarray, validation_fraction: f
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

@@ -16,6 +16,7 @@ crash; a line longer than the limit is refused without being held in memory.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import glob
 import gzip
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from pretrain.errors import InputError
+from pretrain.errors import InputError, UserError, unreachable
 from pretrain.hf_datasets import is_source
 from pretrain.hf_datasets import records as dataset_records
 
@@ -168,19 +169,34 @@ def _hf_data_files(folder: Path) -> list[Path] | None:
 
 def _expand_url(url: str) -> list[str]:
     fs, path = url_fs(url)
-    if fs.isdir(path):
-        files = sorted(fs.find(path))
-        hidden = lambda p: any(part.startswith(".") for part in p[len(path.rstrip("/")) :].split("/"))  # noqa: E731
-        return [fs.unstrip_protocol(p) for p in files if not hidden(p)]
-    if fs.isfile(path):
-        return [url]
-    return [fs.unstrip_protocol(p) for p in sorted(fs.glob(path)) if fs.isfile(p)]
+    with reaching(url):
+        if fs.isdir(path):
+            files = sorted(fs.find(path))
+            hidden = lambda p: any(part.startswith(".") for part in p[len(path.rstrip("/")) :].split("/"))  # noqa: E731
+            return [fs.unstrip_protocol(p) for p in files if not hidden(p)]
+        if fs.isfile(path):
+            return [url]
+        return [fs.unstrip_protocol(p) for p in sorted(fs.glob(path)) if fs.isfile(p)]
+
+
+@contextlib.contextmanager
+def reaching(url: str):
+    """Turn a failure to reach `url` (no network, refused, no credentials) into an InputError naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if (why := unreachable(e)) is None:
+            raise
+        raise InputError(f"{url}: cannot read it: {why}") from None
 
 
 def file_size(source: str) -> int:
     if is_url(source):
         fs, path = url_fs(source)
-        return int(fs.size(path))
+        with reaching(source):
+            return int(fs.size(path))
     return os.path.getsize(source)
 
 
@@ -189,7 +205,8 @@ def open_raw(source: str | os.PathLike) -> BinaryIO:
     try:
         if is_url(str(source)):
             fs, path = url_fs(str(source))
-            return fs.open(path, "rb")
+            with reaching(str(source)):
+                return fs.open(path, "rb")
         return open(source, "rb")
     except FileNotFoundError:
         raise InputError(f"{source}: no such file (was it moved or deleted after the run started?)") from None
@@ -571,25 +588,36 @@ def csv_error(path: str, e: csv.Error, record_start: int, line: int) -> str:
             f"{path}:{record_start}: a quoted field opened in the record starting on this line is never closed (it runs to "
             "the end of the file); close the quote, or double a quote that is part of the text (\"\")"
         )
-    return f"{path}:{line}: not valid CSV ({e})"
+    if line > record_start:  # the record spans lines: a quote opened in it closed on `line`, with text after it
+        return (
+            f"{path}:{record_start}: not valid CSV in the record starting on this line ({e}, on line {line}): a quoted field "
+            "opened in it closes later with more text after the quote; close the quote where the field ends, or double a quote "
+            "that is part of the text (\"\")"
+        )
+    return f"{path}:{record_start}: not valid CSV ({e})"
 
 
 def _csv_texts(spec: RecordSource, stats: FileStats) -> Iterator[str | None]:
     csv.field_size_limit(sys.maxsize)
     lines = Lines(spec.source, stats, spec.compression, max_line_bytes=spec.max_record_bytes)
     # strict: an unterminated quote is an error at the end of the file, not one record swallowing the rest.
-    reader = csv.DictReader((line for _, line in lines(_line_limit(spec, stats, lines))),
-                            delimiter=csv_delimiter(spec.fmt, spec.delimiter), strict=True)  # fmt: skip
+    reader = csv.reader((line for _, line in lines(_line_limit(spec, stats, lines))), delimiter=csv_delimiter(spec.fmt, spec.delimiter),
+                        strict=True)  # fmt: skip
     start = 1
     try:
-        if reader.fieldnames is not None and spec.text_field not in reader.fieldnames:
-            columns = ", ".join(map(repr, reader.fieldnames[:12]))
-            hint = delimiter_hint(reader.fieldnames, "ingest.csv_delimiter")
+        header = next(reader, None)
+        if header is None:
+            return
+        if spec.text_field not in header:
+            columns = ", ".join(map(repr, header[:12]))
+            hint = delimiter_hint(header, "ingest.csv_delimiter")
             stats.problem(f"{spec.source}:1: no column {spec.text_field!r} (columns: {columns}); set ingest.text_field{hint}")
             return
-        start = reader.line_num + 1
-        for record in reader:
-            yield record.get(spec.text_field)
+        column = len(header) - 1 - header[::-1].index(spec.text_field)  # a repeated name: its last column, as csv.DictReader
+        start = reader.line_num + 1  # where the next record starts (the line an error in it names)
+        for row in reader:
+            if row:  # not a blank line
+                yield row[column] if column < len(row) else None
             start = reader.line_num + 1
     except csv.Error as e:
         stats.problem(csv_error(spec.source, e, start, reader.line_num))

@@ -93,7 +93,7 @@ def launch_pretrain(config: PipelineConfig, on_line: Callable[[str], None] = pri
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from pretrain.config import load_config
+    from pretrain.configfile import load_config
 
     parser = argparse.ArgumentParser(prog="python -m pretrain.launch", description="Run the pretrain stage under accelerate launch.")
     parser.add_argument("--config", required=True)

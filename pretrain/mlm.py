@@ -4,6 +4,12 @@ The usual recipe (BertForMaskedLM with labels) projects every position onto the 
 then ignores ~85% of them in the loss. `MaskedLM` runs the encoder, gathers the masked positions
 (known on the host when the batch is built, so no device sync) and runs the head on those alone. The
 loss is the same cross-entropy over the same positions; the decoder stays the tied input embeddings.
+
+Each family's head is taken apart by an adapter (`HEADS`, by `model_type`: BERT's `cls`, RoBERTa's
+and XLM-R's `lm_head`, DeBERTa-v2's `cls.predictions` or `lm_predictions`, ModernBERT's `head` +
+`decoder`, ELECTRA's generator head, DistilBERT's `vocab_*` layers); another family's recognisable
+head is found generically; either is checked against the model's own logits before it is used
+(`mlm_head`), and only a model with neither trains on the full-vocabulary head, with a warning.
 """
 
 from __future__ import annotations
@@ -103,8 +109,8 @@ class MaskedLM(nn.Module):
     def __init__(self, model: nn.Module, compile: bool = False):
         super().__init__()
         self.model = model
-        # A plain tuple, not submodules: the state dict stays exactly the wrapped model's.
-        self._parts = mlm_parts(model)
+        # Not a submodule: the state dict stays exactly the wrapped model's.
+        self._head = mlm_head(model)
         self._compiled = compiled(self._loss) if compile else None
 
     def forward(
@@ -121,32 +127,164 @@ class MaskedLM(nn.Module):
         return self._loss(input_ids, masked_positions, masked_labels, attention_mask, reduction)
 
     def _loss(self, input_ids, masked_positions, masked_labels, attention_mask, reduction) -> torch.Tensor:
-        encoder, head = self._parts
-        if head is None:
-            labels = torch.full_like(input_ids, -100).view(-1).index_copy(0, masked_positions, masked_labels)
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels, reduction=reduction)
-        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, masked_positions)
-        logits = head(selected)
+        logits = self._head.masked_logits(input_ids, masked_positions, attention_mask)
         return F.cross_entropy(logits.float(), masked_labels, reduction=reduction)
 
 
-def _distilbert_head(model: nn.Module):
-    def head(hidden: torch.Tensor) -> torch.Tensor:
+# --- the prediction head of each family -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlmHead:
+    """A masked-LM model taken apart: the encoder, and the head that maps hidden states to vocabulary logits.
+
+    `project` None means the model is not taken apart (an unrecognised family): `masked_logits` then
+    runs the full model and keeps the masked rows. `output_bias` is the vocabulary-sized output bias
+    (None when the family has none), which vocabulary extension initialises for new tokens.
+    """
+
+    family: str
+    model: nn.Module
+    encoder: nn.Module
+    project: Callable[[torch.Tensor], torch.Tensor] | None
+    output_bias: nn.Parameter | None
+
+    def masked_logits(self, input_ids: torch.Tensor, masked_positions: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Logits at the flat masked positions only, (masked tokens, vocabulary)."""
+        if self.project is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits.reshape(-1, logits.size(-1)).index_select(0, masked_positions)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return self.project(hidden.reshape(-1, hidden.size(-1)).index_select(0, masked_positions))
+
+
+def _bert(model):  # BertForMaskedLM: cls.predictions = transform (dense, act, LayerNorm) + decoder tied to the embeddings
+    return model.bert, model.cls, model.cls.predictions.bias
+
+
+def _roberta(model):  # RoBERTa, XLM-R, CamemBERT: lm_head = dense, gelu, layer_norm, decoder (+ bias)
+    return model.roberta, model.lm_head, model.lm_head.bias
+
+
+def _distilbert(model):
+    def project(hidden: torch.Tensor) -> torch.Tensor:
         return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
 
-    return head
+    return model.distilbert, project, model.vocab_projector.bias
 
 
-def mlm_parts(model: nn.Module) -> tuple[nn.Module, Callable | None]:
-    """(encoder, head) of a BERT-family masked-LM model; head None means: use the full model forward."""
+def _deberta_v2(model):
+    # Two heads: `legacy` (the default, what the released checkpoints use) is BERT's `cls.predictions`;
+    # otherwise `lm_predictions.lm_head` multiplies by the word embeddings it is handed.
+    if getattr(model, "legacy", True):
+        return model.deberta, model.cls, model.cls.predictions.bias
+    head, embeddings = model.lm_predictions, model.deberta.embeddings.word_embeddings
+
+    def project(hidden: torch.Tensor) -> torch.Tensor:
+        return head(hidden, embeddings)
+
+    return model.deberta, project, head.lm_head.bias
+
+
+def _electra(model):  # the generator's head: dense, gelu, LayerNorm (generator_predictions), then generator_lm_head
+    def project(hidden: torch.Tensor) -> torch.Tensor:
+        return model.generator_lm_head(model.generator_predictions(hidden))
+
+    return model.electra, project, model.generator_lm_head.bias
+
+
+def _modernbert(model):  # its sparse_prediction path: head (dense, act, norm) then decoder, on the kept rows
+    def project(hidden: torch.Tensor) -> torch.Tensor:
+        return model.decoder(model.head(hidden))
+
+    return model.model, project, model.decoder.bias
+
+
+# model_type -> (encoder, project, output bias). XLM-R and CamemBERT are RoBERTa's classes under other names.
+HEADS: dict[str, Callable] = {
+    "bert": _bert,
+    "roberta": _roberta,
+    "xlm-roberta": _roberta,
+    "camembert": _roberta,
+    "distilbert": _distilbert,
+    "deberta-v2": _deberta_v2,
+    "electra": _electra,
+    "modernbert": _modernbert,
+}
+# A family not listed: a head under one of these names, called on the base model's hidden states, is
+# used when it gives the model's own logits (ALBERT's `predictions`, MPNet's `lm_head`, ...).
+GENERIC_HEAD_NAMES = ("cls", "lm_head", "predictions")
+
+
+def mlm_head(model: nn.Module, check: bool = True) -> MlmHead:
+    """The encoder and masked-only head of a masked-LM model: the family's own, else a recognisable one, else the full model.
+
+    With `check`, whichever is found is checked once on a short input (eval mode, no gradients, no
+    random numbers drawn): encoder + head must give the model's own logits, or the full-vocabulary
+    head is used, with a warning, rather than train a different loss. (Without it, for callers that
+    only need the encoder.)
+    """
     model_type = getattr(model.config, "model_type", "")
-    if hasattr(model, "cls") and hasattr(model, "bert"):
-        return model.bert, model.cls
-    if hasattr(model, "lm_head") and hasattr(model, "roberta"):
-        return model.roberta, model.lm_head
-    if model_type == "distilbert":
-        return model.distilbert, _distilbert_head(model)
-    log.warning("masked-only MLM head not implemented for model type %r; using the full-vocabulary head", model_type)
-    return model, None
+    found = None
+    if model_type in HEADS:
+        try:
+            found = HEADS[model_type](model)
+        except AttributeError:  # a transformers release that renamed the family's modules
+            found = None
+    if found is None:
+        found = _generic(model)
+    if found is not None:
+        encoder, project, bias = found
+        head = MlmHead(model_type, model, encoder, project, bias)
+        problem = _mismatch(head) if check else None
+        if problem is None:
+            return head
+        log.warning("masked-only MLM head for model type %r does not reproduce the model's logits (%s); using the full-vocabulary head",
+                    model_type, problem)  # fmt: skip
+    else:
+        log.warning("masked-only MLM head not implemented for model type %r; using the full-vocabulary head", model_type)
+    output = model.get_output_embeddings()
+    bias = getattr(output, "bias", None) if output is not None else None
+    return MlmHead(model_type, model, model, None, bias if bias is not None and bias.numel() == model.config.vocab_size else None)
+
+
+def _generic(model: nn.Module):
+    encoder = getattr(model, "base_model", None)
+    if encoder is None or encoder is model:
+        return None
+    for name in GENERIC_HEAD_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            output = model.get_output_embeddings()
+            bias = getattr(output, "bias", None) if output is not None else None
+            return encoder, head, bias
+    return None
+
+
+@torch.no_grad()
+def _mismatch(head: MlmHead) -> str | None:
+    """None when encoder + head give the full model's logits on a short input; else what differs."""
+    model = head.model
+    device = next(model.parameters()).device
+    ids = ((torch.arange(8) * 7 + 5) % model.get_input_embeddings().num_embeddings).unsqueeze(0).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        full = model(input_ids=ids).logits
+        full = full.reshape(-1, full.size(-1))
+        fast = head.masked_logits(ids, torch.arange(ids.numel(), device=device))
+    except Exception as e:  # noqa: BLE001 - any failure means: do not take this model apart
+        return f"{type(e).__name__}: {e}"
+    finally:
+        model.train(was_training)
+    if fast.shape != full.shape:
+        return f"logits of shape {tuple(fast.shape)} instead of {tuple(full.shape)}"
+    if not torch.allclose(fast.float(), full.float(), rtol=1e-4, atol=1e-4):
+        return f"logits differ by up to {(fast.float() - full.float()).abs().max().item():.3g}"
+    return None
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The encoder of a masked-LM model (embeddings and layers, no MLM head); the model itself when not recognised."""
+    return mlm_head(model, check=False).encoder

@@ -1,7 +1,8 @@
 """Loading a Hugging Face model folder without running anything from it: safetensors weights only, no remote code.
 
-Every place that loads model weights from a folder (the pretrain and distill stages, fine-tuning in
-evaluate and TAPT, `dapt embed` on an artifact or any folder) calls `load_model`. A folder with only
+Every place that loads model weights from a folder (the pretrain and distill stages, TAPT, fine-tuning
+in evaluate, `dapt embed` on an artifact or any folder) calls `load_model`; `model_folder` finds the
+folder of a model artifact, whichever stage built it. A folder with only
 pickle-based weights (`pytorch_model.bin`, `*.pt`) is refused with how to convert it; `auto_map`
 (custom model code) is never imported: the folder loads as the built-in transformers class of its
 `model_type`, and `remote_code_note` says so when a model is imported.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.errors import InputError
+from pretrain.families import attention_implementation
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -33,10 +35,47 @@ def require_safetensors(folder: Path, what: str = "model") -> None:
     raise InputError(f"{what} {folder}: no safetensors weights.{hint}")
 
 
+def model_folder(store: Any, aid: str, what: str) -> Path:
+    """The Hugging Face folder of a model artifact in `store` (an `ArtifactStore`): an imported base model
+    (`b-`), a pretrained (`m-`) or a distilled (`d-`) one; an InputError naming `what` for any other artifact."""
+    stage = store.manifest(aid)["stage"]
+    if stage == "base":
+        return store.local_dir(aid)
+    if stage in ("pretrain", "distill"):
+        return store.local_dir(aid) / "model"
+    raise InputError(f"{what}: artifact {aid} is a {stage} artifact, not a model; give a b-..., m-... or d-... id")
+
+
 def load_model(auto_class: Any, folder: Path, what: str = "model", **kwargs: Any):
-    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder."""
+    """`auto_class.from_pretrained(folder, **kwargs)` from safetensors only, never running code from the folder.
+
+    The attention implementation, unless given, is the model's fastest that transformers supports for
+    it (`pretrain.families.attention_implementation`: SDPA, else the model's own).
+    """
     require_safetensors(folder, what)
+    if "attn_implementation" not in kwargs:
+        from transformers import AutoConfig
+
+        kwargs["attn_implementation"] = attention_implementation(AutoConfig.from_pretrained(folder, trust_remote_code=False))
     return auto_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)
+
+
+def new_mlm_weights(folder: Path) -> list[str]:
+    """The weights `AutoModelForMaskedLM` initialises at random when loading `folder` (its MLM head, when the checkpoint has none)."""
+    import transformers
+    from transformers import AutoModelForMaskedLM
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists them: this function returns them instead
+    try:
+        _, info = load_model(AutoModelForMaskedLM, folder, "base model", output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"base model {folder}: transformers cannot load it as a masked-LM model ({first}); "
+                         "are config.json and the weights from the same model?") from None  # fmt: skip
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return sorted(info.get("missing_keys") or [])
 
 
 def remote_code_note(folder: Path, what: str = "model") -> str | None:

@@ -22,12 +22,14 @@ from pathlib import Path
 from pretrain.logs import get_logger
 
 from pretrain import training
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import PretrainConfig
 from pretrain.extend import extend_embeddings, load_model_init
-from pretrain.mlm import MaskedLM
+from pretrain.families import attention_implementation
 from pretrain.formats import load_meta
-from pretrain.modelfiles import load_model
+from pretrain.ids import artifact_id
+from pretrain.mlm import MaskedLM, mlm_head
+from pretrain.modelfiles import load_model, model_folder
 from pretrain.training import EXECUTION_ONLY, TrainingError, perplexity
 
 log = get_logger(__name__)
@@ -40,24 +42,29 @@ def stage_id(cfg: PretrainConfig, *, base: str, vocab: str, tokens: str) -> str:
 
 
 def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
-    """The model training starts from: the base, the base with extended embeddings, or a fresh one."""
+    """The model training starts from (the base, the base with extended embeddings, or a fresh one), and
+    whether its MLM head starts at random (`replace`, or a base checkpoint saved without its head)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     init = load_model_init(vocab_dir)
     if init["mode"] == "replace":
         # From scratch (as PubMedBERT): the base's architecture, the domain vocabulary, no base weights.
         config = AutoConfig.from_pretrained(base_dir, vocab_size=meta["vocab_size"], pad_token_id=meta["special_ids"]["pad"], trust_remote_code=False)
-        return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
-    model = load_model(AutoModelForMaskedLM, base_dir, "base model", attn_implementation="sdpa")
-    extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"))
-    return model
+        return AutoModelForMaskedLM.from_config(config, attn_implementation=attention_implementation(config)), True
+    model, info = load_model(AutoModelForMaskedLM, base_dir, "base model", output_loading_info=True)
+    extend_embeddings(model, init["new_tokens"], init.get("init", "subword_mean"), mlm_head, init.get("base_vocab_size"))
+    return model, bool(info.get("missing_keys"))
 
 
 def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
     accelerator, accum = training.setup(STAGE, cfg, work_dir)
     meta = load_meta(tokens_dir)
-    model = starting_model(base_dir, vocab_dir, meta)
+    model, random_head = starting_model(base_dir, vocab_dir, meta)
+    if random_head:
+        log.warning("pretrain: the MLM head starts at random (%s): the perplexity before training is a random head's, not the base model's",
+                    "vocab.mode replace" if load_model_init(vocab_dir)["mode"] == "replace" else "the base checkpoint has no MLM head",
+                    main_process_only=True)  # fmt: skip
     training.check_fits(STAGE, cfg, model, meta, "base model")
     masking = training.make_masking(cfg, meta)
     train_blocks, validation_blocks = training.training_blocks(STAGE, cfg, tokens_dir)
@@ -95,7 +102,9 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         "processes": accelerator.num_processes,
         "ranks_in_sync": in_sync,
         "device": accelerator.device.type,
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision,  # what `auto` resolved to on this machine
+        # A random head's perplexity before training (replace, or a base without its MLM head) is not the base model's.
+        "mlm_head_before": "random" if random_head else "pretrained",
         "validation_perplexity_before": round(progress["perplexity_before"], 3),
         "validation_perplexity_after": round(after, 3),
         # per word (whole words masked): comparable across vocabularies, unlike per-token perplexity
@@ -111,20 +120,19 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
 
 
 def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tokens: str) -> str:
-    """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes."""
+    """Build (or find) the model artifact; under `accelerate launch` every process trains, rank 0 publishes.
+
+    `base`: the model training starts from, any model artifact (the base model; the adapted one for TAPT).
+    """
     inputs = {"base": base, "vocab": vocab, "tokens": tokens}
 
     def train_in(work_dir: Path) -> dict:
-        return train(cfg, store.local_dir(base), store.local_dir(vocab), store.local_dir(tokens), work_dir)
+        return train(cfg, model_folder(store, base, "pretrain: base"), store.local_dir(vocab), store.local_dir(tokens), work_dir)
 
-    def summary(m: dict) -> str:
-        return (f"validation perplexity {m['validation_perplexity_before']:.1f} -> {m['validation_perplexity_after']:.1f} "
-                f"({m['steps']} steps, {m['tokens_per_second']:.0f} tokens/s)")  # fmt: skip
-
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in, summary)
+    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

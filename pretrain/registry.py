@@ -33,8 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pretrain.artifacts import ID_PATTERN, MANIFEST, ArtifactStore, check_id
+from pretrain.artifacts import MANIFEST, ArtifactStore
 from pretrain.errors import InputError, UserError
+from pretrain.ids import ID_PATTERN, check_id
 from pretrain.logs import get_logger
 from pretrain.progress import progress
 
@@ -378,4 +379,33 @@ def _alive(pid: int) -> bool:
 
 def remove_staging(leftover: dict[str, Any]) -> None:
     shutil.rmtree(leftover["path"], ignore_errors=True)
+
+
+def abandoned_work(store: ArtifactStore, keep_hours: float = 24.0) -> list[dict[str, Any]]:
+    """Work folders (`.work/<id>/`: the checkpoints of a training build) untouched for `keep_hours`: path, id, bytes, age, built.
+
+    A killed pretraining leaves its checkpoints there so that a re-run with the same settings resumes;
+    when the settings changed, nothing ever resumes from them. A build still training writes a
+    checkpoint every `checkpoint_every_steps`, so `keep_hours` protects it. `built`: the artifact is in
+    the store (its build finished, and only removing the folder failed).
+    """
+    root = store.work_root()
+    found = []
+    now = time.time()
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if not path.is_dir() or not ID_PATTERN.fullmatch(path.name):
+            continue
+        size, newest = 0, path.stat().st_mtime
+        for dirpath, _, filenames in os.walk(path):
+            newest = max(newest, os.stat(dirpath).st_mtime)
+            for filename in filenames:
+                try:
+                    st = os.stat(os.path.join(dirpath, filename))
+                except OSError:
+                    continue
+                size, newest = size + st.st_size, max(newest, st.st_mtime)
+        age = (now - newest) / 3600
+        if age >= keep_hours:
+            found.append({"path": str(path), "id": path.name, "bytes": size, "age_hours": age, "built": store.exists(path.name)})
+    return found
 

@@ -16,18 +16,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from pretrain.artifacts import ArtifactStore, artifact_id
-from pretrain.cards import hand_over_lines
+from pretrain.artifacts import ArtifactStore
 from pretrain.flops import PRECISION_NAMES
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
 from pretrain.summaries import (
+    Figures,
     decontamination_sentence,
     format_comparison,
     format_p,
     grid_searched,
+    hand_over_lines,
     mean_std,
     metric_label,
     public_name,
@@ -41,8 +44,6 @@ from pretrain.summaries import (
 log = get_logger(__name__)
 
 STAGE = "report"
-# distill is optional: a report of a run without it has no such input.
-ROLES = ("base", "ingest", "vocab", "tokens", "pretrain", "distill", "evaluate")
 # Fewer validation blocks and the perplexity is a noisy figure (the same threshold as pretrain.training.FEW_EVAL_BLOCKS).
 FEW_EVAL_BLOCKS = 50
 FIGURES = ("comparison.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
@@ -281,7 +282,7 @@ def plot_fertility(vocab: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str:
+def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_figures: Mapping[str, Figures]) -> str:
     manifests = {role: store.manifest(aid) for role, aid in ids.items()}
     corpus, vocab, model = (manifests[r]["metrics"] for r in ("ingest", "vocab", "pretrain"))
     hp = manifests["evaluate"]["config"]
@@ -297,7 +298,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         "",
         "| stage | artifact | key figures |",
         "| --- | --- | --- |",
-        *[f"| {r['stage']} | `{r['artifact']}` | {r['key figures']} |" for r in summary_rows(store, ids)],
+        *[f"| {r['stage']} | `{r['artifact']}` | {r['key figures']} |" for r in summary_rows(store, ids, key_figures)],
         "",
         f"## Downstream: {results['task']}",
         "",
@@ -375,6 +376,9 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str]) -> str
         f"{model['validation_perplexity_after']:,.1f}** after {model['steps']:,} steps "
         f"({model['tokens']:,} tokens, global batch {model['global_batch_size']}, {model['processes']} × {model['device']}, "
         f"{model['tokens_per_second']:,.0f} tokens/s{utilisation(model)}).",
+        *(["", "The perplexity before training is that of a randomly initialised MLM head (the base checkpoint has none, or the "
+           "vocabulary was replaced), not the base model's: only the perplexity after training measures the model."]
+          if model.get("mlm_head_before") == "random" else []),
         "",
         "![pretraining curve](pretrain_curve.png)",
         "",
@@ -522,14 +526,15 @@ def distillation_section(manifest: dict, results: dict, label) -> list[str]:
     return lines
 
 
-def stage_id(cfg: None, **ids: str) -> str:
-    return artifact_id(STAGE, {}, inputs={role: ids[role] for role in ROLES if role in ids})
+def stage_id(cfg: None, *, key_figures: Mapping[str, Figures] | None = None, **ids: str) -> str:
+    # `key_figures` is code (summaries.py, part of this stage's code version), not an input.
+    return artifact_id(STAGE, {}, inputs=ids)
 
 
-def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
-    """Build (or find) the report artifact from the run's artifact ids, one per role in ROLES (distill optional)."""
+def run(cfg: None, store: ArtifactStore, *, key_figures: Mapping[str, Figures], **ids: str) -> str:
+    """Build (or find) the report artifact from the run's artifact ids, one per stage before it that ran
+    (`pretrain/chain.py` lists them); `key_figures`: how each stage's row in the stage table is written."""
     started = time.time()
-    ids = {role: ids[role] for role in ROLES if role in ids}
     aid = stage_id(cfg, **ids)
     if store.exists(aid):
         log.info("report %s: already built (cache hit)", aid)
@@ -541,9 +546,8 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
         plot_confusion(results, build.dir / "confusion_matrix.png")
         curve = json.loads((store.local_dir(ids["pretrain"]) / "curve.json").read_text())
         plot_curve(curve, build.dir / "pretrain_curve.png", title="DAPT: ")
-        tapt = [n for n in results["models"] if n.endswith("+tapt")]
-        if tapt:
-            curve = json.loads((store.local_dir(results["models"][tapt[0]]["artifact"]) / "curve.json").read_text())
+        if "tapt" in ids:
+            curve = json.loads((store.local_dir(ids["tapt"]) / "curve.json").read_text())
             plot_curve(curve, build.dir / "tapt_curve.png", title="TAPT: ")
         if "distill" in ids:
             curve = json.loads((store.local_dir(ids["distill"]) / "curve.json").read_text())
@@ -554,13 +558,13 @@ def run(cfg: None, store: ArtifactStore, **ids: str) -> str:
                        teacher_perplexity=distill["metrics"].get("validation_perplexity_teacher"))  # fmt: skip
         plot_fertility(store.manifest(ids["vocab"])["metrics"], build.dir / "fertility.png")
         figures = sorted(p.name for p in build.dir.glob("*.png"))
-        (build.dir / "report.md").write_text(render(store, ids, figures))
+        (build.dir / "report.md").write_text(render(store, ids, figures, key_figures))
         (build.dir / "comparison.txt").write_text(format_comparison(results) + "\n")
-        (build.dir / "summary.json").write_text(json.dumps(summary_rows(store, ids), indent=2))
+        (build.dir / "summary.json").write_text(json.dumps(summary_rows(store, ids, key_figures), indent=2))
     return aid
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

@@ -70,6 +70,11 @@ class RunFailed(RuntimeError):
     """A fine-tuning run failed in a worker process (not the user's doing: the worker's traceback follows)."""
 
 
+class WorkerDied(UserError):
+    """A worker process ended without a Python error (killed: for memory, or by a signal). There is no traceback to
+    show, and none from the parent would say more: the message names the worker, the run and how it ended."""
+
+
 def worker_count(setting: int | None) -> int:
     """How many runs are built at once: `setting` (`evaluate.parallel_runs`), else one per visible CUDA device, 1 without."""
     if setting is not None:
@@ -152,7 +157,8 @@ def build_runs(cfg: EvaluateConfig, store: ArtifactStore, jobs: list[Job], data:
                         del busy[i]
                         failures.append((
                             f"{_where(i, devices[i])} died (exit code {processes[i].exitcode}) while fine-tuning {_run(job)}: "
-                            "killed for memory? its log lines above say how far it got", "",
+                            "killed for memory? its log lines above say how far it got; with memory short, lower "
+                            "evaluate.parallel_runs or evaluate.batch_size", "",
                         ))  # fmt: skip
                 continue
             job, started = busy.pop(i)
@@ -177,6 +183,8 @@ def build_runs(cfg: EvaluateConfig, store: ArtifactStore, jobs: list[Job], data:
         more = "".join(f"\nAlso: {other}" for other, _ in failures[1:])
         trace = f"\nThe worker's traceback:\n{worker_traceback}" if worker_traceback else ""
         message = f"evaluate: {what}{kept}{more}{trace}"
+        if not user_error and not any(worker_traceback for _, worker_traceback in failures):
+            raise WorkerDied(message)  # killed, not a bug: the message says it all
         raise (InputError if user_error and len(failures) == 1 else RunFailed)(message)
     return built
 

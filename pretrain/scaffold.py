@@ -15,7 +15,9 @@ It asks nothing; what it found and chose is printed, and written as comments int
   stratified, hash-based test split (`test_fraction`).
 - base model: its `config.json` (a local folder, `pkg:`, or one small download from the Hub) puts it in
   a size class (hidden size up to 256: bert-tiny-like; 512: small; 768: base; larger: large) with
-  learning rates, sequence lengths and batch sizes for that class, within its position limit.
+  learning rates, sequence lengths and batch sizes for that class, within its position limit, and
+  names its family (`model_type`), whose usual fine-tuning rate and sequence lengths replace the
+  class's (`FAMILY_SIZING`: ELECTRA's and ModernBERT's rates are higher, ModernBERT takes long inputs).
 - budget: `max_tokens` = `PASSES` passes over the corpus' estimated tokens (bytes / 4.5), capped per
   size class; warmup, logging, evaluation and checkpoint intervals follow from the steps it gives.
 
@@ -33,13 +35,15 @@ import os
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import package_dir, relative_to
+from pretrain.config import package_dir
+from pretrain.configfile import relative_to
 from pretrain.errors import InputError, UserError
-from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records
+from pretrain.families import family_name, max_sequence_length
+from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records, sniff_binary
 
 # Passes over the corpus in the token budget: enough for the domain's words to be seen several times,
 # few enough not to memorise a small corpus (Gururangan et al. 2020 trained DAPT for about 1-10 passes).
@@ -50,6 +54,11 @@ EXPANSION = {"gzip": 3.5, "zstd": 3.5, "bz2": 4.0, "xz": 4.0, "parquet": 2.5, "a
 TEXT_NAMES = ("text", "content", "body", "document", "article", "abstract", "passage", "sentence", "review", "description")
 LABEL_NAMES = ("label", "labels", "category", "categories", "class", "target", "tag", "topic", "intent", "sentiment", "y")
 SAMPLE_RECORDS = 200
+# Corpus files opened to see that they are text: enough to catch a folder of binaries, few enough to be instant.
+SNIFF_FILES = 50
+SNIFF_BYTES = 8192
+TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv")  # Parquet and Arrow are binary by design
+UNDECODABLE_SHARE = 0.1  # more than this share of U+FFFD in a file's head: not UTF-8 (accented Latin-1 text stays under it)
 TASK_TEST_FRACTION = 0.2
 DELIMITERS = (",", ";", "\t", "|")
 
@@ -84,6 +93,49 @@ PRESETS = (
 )
 
 
+@dataclass(frozen=True)
+class FamilySizing:
+    """What a model family changes in its size class's settings: its usual fine-tuning rates, its sequence lengths."""
+
+    finetune_learning_rate: dict[str, float] = field(default_factory=dict)  # by size class; a class not named keeps the preset's
+    pretrain_seq_length: int | None = None
+    finetune_max_seq_length: int | None = None
+    note: str = ""
+
+
+# Fine-tuning rates as each family's authors and model cards give them: ELECTRA 3e-4 small, 1e-4 base, 5e-5 large
+# (Clark et al. 2020); ModernBERT higher than BERT, 8e-5 base and 5e-5 large on GLUE (Warner et al. 2024), and
+# trained on 8,192-token sequences; DeBERTa-v3 and XLM-R 2e-5 at base and below 1e-5 at large (He et al. 2021,
+# Conneau et al. 2020); RoBERTa 1e-5..3e-5; DistilBERT 5e-5. BERT is the presets' own.
+FAMILY_SIZING = {
+    "bert": FamilySizing(note="BERT's usual rates"),
+    "roberta": FamilySizing({"bert-base-like": 2e-5, "large": 1e-5}, note="RoBERTa fine-tunes at 1e-5 to 3e-5"),
+    "xlm-roberta": FamilySizing({"bert-base-like": 2e-5, "large": 8e-6}, note="XLM-R: 2e-5 at base, under 1e-5 at large"),
+    "deberta-v2": FamilySizing({"small": 5e-5, "bert-base-like": 2e-5, "large": 8e-6}, note="DeBERTa-v3: 2e-5 at base, under 1e-5 at large"),
+    "modernbert": FamilySizing({"bert-base-like": 8e-5, "large": 5e-5}, pretrain_seq_length=1024, finetune_max_seq_length=1024,
+                               note="ModernBERT fine-tunes at 8e-5 (base) / 5e-5 (large) and takes long inputs (8,192 tokens)"),
+    "electra": FamilySizing({"bert-tiny-like": 3e-4, "small": 3e-4, "bert-base-like": 1e-4, "large": 5e-5},
+                            note="ELECTRA fine-tunes at 3e-4 (small), 1e-4 (base), 5e-5 (large)"),
+    "distilbert": FamilySizing({"bert-base-like": 5e-5}, note="DistilBERT fine-tunes at 5e-5"),
+}
+
+
+def sized_for_family(preset: Preset, model_type: str | None) -> Preset:
+    """The size class's settings with the family's own fine-tuning rate and sequence lengths (the same tokens per micro-batch)."""
+    family = FAMILY_SIZING.get(model_type or "")
+    if family is None:
+        return preset
+    seq = family.pretrain_seq_length or preset.pretrain_seq_length
+    return replace(
+        preset,
+        finetune_learning_rate=family.finetune_learning_rate.get(preset.name, preset.finetune_learning_rate),
+        pretrain_seq_length=seq,
+        micro_batch_size=max(1, preset.micro_batch_size * preset.pretrain_seq_length // seq),
+        finetune_max_seq_length=family.finetune_max_seq_length or preset.finetune_max_seq_length,
+        note=f"{preset.note}; {family.note}",
+    )
+
+
 @dataclass
 class CorpusFacts:
     inputs: list[str]
@@ -95,6 +147,8 @@ class CorpusFacts:
     delimiter: str | None = None
     skipped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    not_text: list[tuple[str, str]] = field(default_factory=list)  # sampled files that are not text: (file, why)
+    sampled: int = 0
 
     @property
     def tokens(self) -> int:
@@ -123,6 +177,7 @@ class BaseFacts:
     lowercase: bool | None
     preset: Preset
     how: str
+    model_type: str | None = None
 
 
 # --- sniffing -----------------------------------------------------------------------------------------
@@ -210,6 +265,14 @@ def sniff_corpus(patterns: list[str]) -> CorpusFacts:
         expansion = EXPANSION.get(fmt if fmt in EXPANSION else compression_of(f) or "", 1.0)
         size += int(file_size(f) * expansion)
     facts = CorpusFacts(inputs, len(files), size, Counter(fmt for _, fmt in files), skipped=skipped)
+    sample = _spread([f for f, fmt in files if fmt in TEXT_FORMATS], SNIFF_FILES)
+    facts.sampled, facts.not_text = len(sample), [(f, why) for f in sample if (why := not_text(f))]
+    if sample and len(facts.not_text) == len(sample):
+        f, why = facts.not_text[0]
+        raise InputError(
+            f"--corpus {' '.join(patterns)}: none of the {len(sample)} text files sampled is text (e.g. {f}: {why}); "
+            "point --corpus at the domain's text"
+        )
     structured = [(f, fmt) for f, fmt in files if fmt in ("jsonl", "csv", "tsv", "parquet")]
     if structured:
         f, fmt = structured[0]
@@ -227,6 +290,27 @@ def sniff_corpus(patterns: list[str]) -> CorpusFacts:
         # Many files: each is a document. A few large ones are books or dumps: one document per paragraph.
         facts.txt_mode = "paragraph" if len(txt) < 10 and mean_size > 1 << 20 else "file"
     return facts
+
+
+def _spread(items: list, n: int) -> list:
+    """At most `n` of `items`, evenly spread (the first and the last included)."""
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+def not_text(path: str) -> str | None:
+    """Why a corpus file is not text, from its first few KiB (as ingest sniffs it, and undecodable as UTF-8), or None."""
+    why = sniff_binary(path, compression_of(path))
+    if why:
+        return why
+    with open_text_stream(path, compression_of(path)) as f:
+        head = f.read(SNIFF_BYTES)
+    decoded = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # the last character may be cut in two
+    bad = decoded.count("\ufffd")
+    if decoded and bad / len(decoded) > UNDECODABLE_SHARE:
+        return f"not UTF-8 text ({bad / len(decoded):.0%} of its first {len(head) // 1024 or 1} KiB does not decode)"
+    return None
 
 
 def _suffix(path: str) -> str:
@@ -315,12 +399,13 @@ def base_facts(source: str, revision: str | None = None) -> BaseFacts:
     if hidden is None:
         name = source.lower()
         hidden = 128 if "tiny" in name else 512 if re.search(r"mini|small", name) else 1024 if "large" in name else 768
-    preset = next(p for p in PRESETS if hidden <= p.max_hidden)
-    positions = int((config or {}).get("max_position_embeddings") or 512)
+    model_type = (config or {}).get("model_type")
+    preset = sized_for_family(next(p for p in PRESETS if hidden <= p.max_hidden), model_type)
+    positions = int(max_sequence_length(config or {}) or 512)
     lowercase = tokenizer.get("do_lower_case") if isinstance(tokenizer.get("do_lower_case"), bool) else None
     if lowercase is None and config is None:
         lowercase = False if "cased" in source.lower() and "uncased" not in source.lower() else None
-    return BaseFacts(source, hidden if config else None, layers, positions, lowercase, preset, how)
+    return BaseFacts(source, hidden if config else None, layers, positions, lowercase, preset, how, model_type)
 
 
 # --- the config -----------------------------------------------------------------------------------
@@ -396,7 +481,7 @@ def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: B
         "",
         "base_model:",
         f"  source: {_yaml(base.source)}",
-        f"  # {p.name} ({shape}, from {base.how}): the settings below are sized for it; {p.note}.",
+        f"  # {_family(base)}{p.name} ({shape}, from {base.how}): the settings below are sized for it; {p.note}.",
         "",
         "ingest:",
         f"  inputs: {_yaml(corpus.inputs)}",
@@ -475,6 +560,11 @@ def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: B
     return "\n".join(_aligned(line) for line in lines)
 
 
+def _family(base: BaseFacts) -> str:
+    """`RoBERTa family (model_type roberta), ` when the config said which family the model is."""
+    return f"{family_name(base.model_type)} family (model_type {base.model_type}), " if base.model_type else ""
+
+
 def _aligned(line: str, column: int = 38) -> str:
     """`key: value   # comment` with the comment at `column`, so the file reads as a table."""
     match = re.match(r"^(\s*[^#\s][^#]*?)\s+# (.*)$", line)
@@ -517,10 +607,15 @@ def init(corpus: list[str], task_train: str | None, task_test: str | None, base:
         + f": {task.path}: {task.rows:,} rows, text field {task.text_field!r}, label field {task.label_field!r} "
         f"({len(task.labels)} labels, {task.kind})" + (f", {task.delimiter!r}-separated" if task.delimiter else "")
         + (f"; test: {test.path}, {test.rows:,} rows" if test else f"; no test file: {TASK_TEST_FRACTION:.0%} of each label held out (test_fraction)"),
-        f"base model: {facts.source}: {p.name} (from {facts.how}): pretraining learning rate {p.pretrain_learning_rate:g}, "
+        f"base model: {facts.source}: {_family(facts)}{p.name} (from {facts.how}): pretraining learning rate {p.pretrain_learning_rate:g}, "
         f"{min(p.pretrain_seq_length, facts.max_positions)}-token blocks, batch {p.global_batch_size}; fine-tuning learning rate "
         f"{p.finetune_learning_rate:g}, batch {p.finetune_batch_size}",
     ]
     if corpus_facts.skipped:
         said.append(f"left out of the corpus (not a supported type): {', '.join(f'{n} {s}' for s, n in corpus_facts.skipped.most_common())}")
+    if bad := corpus_facts.not_text:
+        said.append(
+            f"warning: {len(bad)} of the {corpus_facts.sampled} corpus files sampled are not text ({'; '.join(f'{f}: {why}' for f, why in bad[:3])}"
+            f"{'; …' if len(bad) > 3 else ''}): ingest stops at the first one; remove them from the corpus, or set ingest.on_error: skip in {out}"
+        )
     return said + [f"wrote {out}"]

@@ -1,101 +1,123 @@
-"""What a run and its stages did, as tables and text: key figures per stage, the stage table of one
+"""What a run and its stages did, as tables and text: key figures per artifact, the stage table of one
 stage's artifact, and the comparison of models.
 
 Everything here is read from artifacts (manifests, `results.json`), so the same summaries come out of
-the `dapt` CLI, the Prefect flows (their artifacts in the UI) and the report stage.
+the `dapt` CLI, the Prefect flows (their artifacts in the UI) and the report stage. Which key figures a
+stage shows is part of the stage table (`pretrain/chain.py`, `Stage.figures`); the functions that
+write them are here, one per kind of artifact, and the tables take them as an argument.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from pretrain.artifacts import ArtifactStore
+
+# A manifest -> one line of its key figures.
+Figures = Callable[[dict], str]
 
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
 # Token tasks with BIO tags are scored per entity; accuracy is per word.
 ENTITY_LABELS = {"accuracy": "word accuracy", "macro_f1": "entity macro-F1", "micro_f1": "entity F1"}
 
 
-def key_figures(manifest: dict) -> str:
-    """One line of the figures that matter for an artifact, as the summary table shows them."""
+# --- key figures: one line per artifact, by what it is (`pretrain/chain.py` names each stage's) -------
+
+
+def base_figures(manifest: dict) -> str:
+    """An imported base model: its shape and vocabulary."""
     m = manifest["metrics"]
-    stage = manifest["stage"]
-    if stage == "base":
-        return f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
-    if stage == "ingest":
-        share = 100 * m["train_documents"] / m["documents"]
-        near = m.get("near_duplicates_removed", 0)
-        overlap = ""
-        if "decontamination" in m:
-            details = manifest["decontamination"]
-            overlap = f"{m['decontamination']['removed']:,} overlapping {details['against']} removed, "
-            if any(f.get("held_out_by") for f in details["files"]):  # the long description does not fit a table cell
-                splits = [s for s in ("test", "validation") if any(f["key"] == f"{s}_files" for f in details["files"])]
-                parts = [f"{f['documents_removed']:,} {f['key'].removesuffix('_files')}" + (f" held out of {public_name(f['path'])}" if f.get("held_out_by") else "")
-                         for f in details["files"]]  # fmt: skip
-                overlap = (f"{m['decontamination']['removed']:,} overlapping the {details['task']} {' and '.join(splits)} set"
-                           f"{'s' if len(splits) > 1 else ''} removed ({', '.join(parts)}), ")  # fmt: skip
+    line = f"{m.get('model_type')}, {m.get('num_hidden_layers')} layers x {m.get('hidden_size')}, vocab {m.get('vocab_size'):,}"
+    return line + ("; no MLM head in the checkpoint: a new one, randomly initialised" if m.get("mlm_head", "").startswith("new") else "")
+
+
+def corpus_figures(manifest: dict) -> str:
+    """A corpus (ingest): its size, what was removed, and the split."""
+    m = manifest["metrics"]
+    share = 100 * m["train_documents"] / m["documents"]
+    near = m.get("near_duplicates_removed", 0)
+    overlap = ""
+    if "decontamination" in m:
+        details = manifest["decontamination"]
+        overlap = f"{m['decontamination']['removed']:,} overlapping {details['against']} removed, "
+        if any(f.get("held_out_by") for f in details["files"]):  # the long description does not fit a table cell
+            splits = [s for s in ("test", "validation") if any(f["key"] == f"{s}_files" for f in details["files"])]
+            parts = [f"{f['documents_removed']:,} {f['key'].removesuffix('_files')}" + (f" held out of {public_name(f['path'])}" if f.get("held_out_by") else "")
+                     for f in details["files"]]  # fmt: skip
+            overlap = (f"{m['decontamination']['removed']:,} overlapping the {details['task']} {' and '.join(splits)} set"
+                       f"{'s' if len(splits) > 1 else ''} removed ({', '.join(parts)}), ")  # fmt: skip
+    return (
+        f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB; removed {m['duplicates_removed']:,} exact and {near:,} near duplicates, "
+        f"{overlap}{m['empty_removed'] + m['short_removed']:,} filtered; {share:.0f}/{100 - share:.0f} train/validation"
+    )
+
+
+def vocab_figures(manifest: dict) -> str:
+    """A vocabulary: what the model trains with first, then the domain vocabulary's fit (short enough for a table cell)."""
+    m = manifest["metrics"]
+    domain = f"domain WordPiece {m['domain_vocab_size']:,}: {m['fertility_domain']:.2f}"
+    if m["mode"] != "keep" and "fertility_model" in m:
+        added = f" (+{m['added_tokens']:,})" if "added_tokens" in m else ""
         return (
-            f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB; removed {m['duplicates_removed']:,} exact and {near:,} near duplicates, "
-            f"{overlap}{m['empty_removed'] + m['short_removed']:,} filtered; {share:.0f}/{100 - share:.0f} train/validation"
+            f"{m['mode']}: {m['model_vocab_size']:,} tokens{added}, {m['fertility_model']:.2f} tokens/word, "
+            f"{m['sequence_saving_percent']:.1f}% shorter (base {m['fertility_base']:.2f}; {domain})"
         )
-    if stage == "vocab":
-        # Short enough for a table cell: what the model trains with first, then the domain vocabulary's fit.
-        domain = f"domain WordPiece {m['domain_vocab_size']:,}: {m['fertility_domain']:.2f}"
-        if m["mode"] != "keep" and "fertility_model" in m:
-            added = f" (+{m['added_tokens']:,})" if "added_tokens" in m else ""
-            return (
-                f"{m['mode']}: {m['model_vocab_size']:,} tokens{added}, {m['fertility_model']:.2f} tokens/word, "
-                f"{m['sequence_saving_percent']:.1f}% shorter (base {m['fertility_base']:.2f}; {domain})"
-            )
-        return f"{m['mode']}: base {m['base_vocab_size']:,} tokens, {m['fertility_base']:.2f} tokens/word ({domain})"
-    if stage == "tokens":
-        return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
-    if stage == "pretrain":
-        return (
-            f"validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f} "
-            f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
-        ) + (
-            f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"
-            if "validation_word_perplexity_after" in m
-            else ""
+    return f"{m['mode']}: base {m['base_vocab_size']:,} tokens, {m['fertility_base']:.2f} tokens/word ({domain})"
+
+
+def tokens_figures(manifest: dict) -> str:
+    """A tokenised corpus: tokens per split."""
+    m = manifest["metrics"]
+    return f"{m['train_tokens']:,} train / {m['validation_tokens']:,} validation tokens, {m['bytes_per_token']} bytes/token"
+
+
+def model_figures(manifest: dict) -> str:
+    """A pretrained model (DAPT or TAPT): validation perplexity before and after, per token and per word."""
+    m = manifest["metrics"]
+    random = " (a random MLM head's, not the base model's)" if m.get("mlm_head_before") == "random" else ""
+    return (
+        f"validation perplexity {m['validation_perplexity_before']:,.1f}{random} -> {m['validation_perplexity_after']:,.1f} "
+        f"(steps {m['steps']:,}, {m['tokens_per_second']:,.0f} tok/s)"
+    ) + (
+        f"; per word {m['validation_word_perplexity_before']:,.1f} -> {m['validation_word_perplexity_after']:,.1f}"
+        if "validation_word_perplexity_after" in m
+        else ""
+    )
+
+
+def student_figures(manifest: dict) -> str:
+    """A distilled student: its size and perplexity against the teacher's, and its CPU speed-up."""
+    m = manifest["metrics"]
+    return (
+        f"student {m['student_layers']} of {m['teacher_layers']} layers, {m['student_parameters'] / 1e6:.2f}M vs "
+        f"{m['teacher_parameters'] / 1e6:.2f}M parameters; validation perplexity {m['validation_perplexity_after']:,.1f} "
+        f"(teacher {m['validation_perplexity_teacher']:,.1f}); {m['cpu_speedup']:.2f}x CPU throughput at batch {m['cpu_batch_size']}"
+    )
+
+
+def evaluation_figures(manifest: dict) -> str:
+    """An evaluation: base and adapted on the test set, their difference and its verdict, the student's cost."""
+    m = manifest["metrics"]
+    metric = m["primary_metric"]
+    label = metric_label(metric, m.get("type"))
+    line = (
+        f"{m['task']} test {label} over {m['seeds']} seeds: base {m[f'base_{metric}_mean']:.3f} ± {m[f'base_{metric}_std']:.3f}, "
+        f"adapted {m[f'adapted_{metric}_mean']:.3f} ± {m[f'adapted_{metric}_std']:.3f}"
+    )
+    if "adapted_minus_base" in m:
+        line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
+        if "adapted_minus_base_verdict" in m:
+            line += f" over seeds and test: {m['adapted_minus_base_verdict']}"
+    if "student_minus_adapted" in m:
+        line += (
+            f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
+            f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
         )
-    if stage == "distill":
-        return (
-            f"student {m['student_layers']} of {m['teacher_layers']} layers, {m['student_parameters'] / 1e6:.2f}M vs "
-            f"{m['teacher_parameters'] / 1e6:.2f}M parameters; validation perplexity {m['validation_perplexity_after']:,.1f} "
-            f"(teacher {m['validation_perplexity_teacher']:,.1f}); {m['cpu_speedup']:.2f}x CPU throughput at batch {m['cpu_batch_size']}"
-        )
-    if stage == "evaluate":
-        metric = m["primary_metric"]
-        label = metric_label(metric, m.get("type"))
-        line = (
-            f"{m['task']} test {label} over {m['seeds']} seeds: base {m[f'base_{metric}_mean']:.3f} ± {m[f'base_{metric}_std']:.3f}, "
-            f"adapted {m[f'adapted_{metric}_mean']:.3f} ± {m[f'adapted_{metric}_std']:.3f}"
-        )
-        if "adapted_minus_base" in m:
-            line += f"; difference {m['adapted_minus_base']:+.3f} [{m['adapted_minus_base_low']:+.3f}, {m['adapted_minus_base_high']:+.3f}]"
-            if "adapted_minus_base_verdict" in m:
-                line += f" over seeds and test: {m['adapted_minus_base_verdict']}"
-        if "student_minus_adapted" in m:
-            line += (
-                f"; student {m[f'student_{metric}_mean']:.3f} ± {m[f'student_{metric}_std']:.3f}, "
-                f"{m['student_minus_adapted']:+.3f} [{m['student_minus_adapted_low']:+.3f}, {m['student_minus_adapted_high']:+.3f}] vs adapted"
-            )
-        if m.get("runs_not_converged"):
-            line += f"; {m['runs_not_converged']} of {m['finetune_runs']} runs not converged"
-        return line
-    if stage == "finetune":
-        metric = m["selection_metric"]
-        label = metric_label(metric, m.get("type"))
-        return (
-            f"{m['task']} seed {m['seed']} lr {m['learning_rate']:g}: best epoch {m['best_epoch']} of {m['epochs_trained']}"
-            f"{'' if m['converged'] else ' (the last allowed: not converged)'}; validation {label} {m[f'validation_{metric}']:.3f}, "
-            f"test {label} {m[f'test_{metric}']:.3f}, accuracy {m['test_accuracy']:.3f}"
-        )
-    return ""
+    if m.get("runs_not_converged"):
+        line += f"; {m['runs_not_converged']} of {m['finetune_runs']} runs not converged"
+    return line
 
 
 def decontamination_sentence(manifest: dict) -> str:
@@ -177,18 +199,55 @@ def seed_counts(comparison: dict) -> str:
     return "better in {}, tied in {}, worse in {}".format(*seed_tally(comparison))
 
 
+def headline_comparison(results: dict) -> dict | None:
+    """adapted − base on the primary metric."""
+    return next((c for c in results.get("comparisons", []) if c["model"] == "adapted" and c["baseline"] == "base"
+                 and c["metric"] == results.get("primary_metric")), None)  # fmt: skip
+
+
+def hand_over_lines(results: dict, this: str | None = None) -> list[str]:
+    """Which task model to hand over (`results.json` `best`, chosen on validation) and, when adaptation did not
+    clearly help, that the base model's best run is as good a choice, named. `this`: the run the card is about."""
+    best = results.get("best")
+    if not best:
+        return []
+    metric = results["primary_metric"]
+    said = "this model" if best["finetune"] == this else f"`{best['finetune']}`"
+    lines = [
+        f"- Hand over {said}: `{best['model']}` seed {best['seed']}, learning rate {best['learning_rate']:g} "
+        f"(validation {METRIC_LABELS.get(metric, metric)} {best['validation_' + metric]:.4f}), chosen on validation, never on test: "
+        f"{best['why']}. `dapt export best` (or `dapt export {best['finetune']}`) exports it.",
+    ]
+    c = headline_comparison(results)
+    base = results["models"].get("base", {}).get("best_run")
+    if c is not None and c["verdict"] != "helped" and base:
+        why = {"hurt": "adaptation hurt on test", "no clear difference": "adaptation made no clear difference on test",
+               "no verdict": "there are too few seeds for a verdict"}.get(c["verdict"], c["verdict"])  # fmt: skip
+        if best["model"] == "base":
+            lines.append(f"- That is the base model's own task model: {why}, so the adapted encoder buys nothing here.")
+        else:
+            lines.append(
+                f"- {why[0].upper() + why[1:]} ({c['difference']:+.3f}): the base model's task model `{base['finetune']}` "
+                f"(`base` seed {base['seed']}, its best on validation) is as good a choice, and needs no adapted encoder."
+            )
+    elif c is not None and c["verdict"] == "helped" and best["model"] == "base":
+        adapted = results["models"]["adapted"]["best_run"]
+        lines.append(f"- On test, adaptation helped ({c['difference']:+.3f}); the adapted model's best run on validation is `{adapted['finetune']}`.")
+    return lines
+
+
 def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
     """How a metric is named for a task type (per entity for BIO-tagged token tasks)."""
     labels = ENTITY_LABELS if kind == "token" and tag_scheme == "BIO" else METRIC_LABELS
     return labels[metric]
 
 
-def summary_rows(store: ArtifactStore, ids: dict[str, str], cached: dict[str, bool] | None = None) -> list[dict]:
-    """One row per stage: its artifact and key figures (and whether it was a cache hit, given `cached`)."""
+def summary_rows(store: ArtifactStore, ids: dict[str, str], figures: Mapping[str, Figures], cached: dict[str, bool] | None = None) -> list[dict]:
+    """One row per stage: its artifact and key figures (`figures[stage]`; and whether it was a cache hit, given `cached`)."""
     rows = []
     for role, aid in ids.items():
         manifest = store.manifest(aid)
-        row = {"stage": role, "artifact": aid, "key figures": key_figures(manifest)}
+        row = {"stage": role, "artifact": aid, "key figures": figures[role](manifest) if role in figures else ""}
         if cached is not None:
             row["cached"] = "yes" if cached.get(role) else "no"
         rows.append(row)
@@ -281,9 +340,9 @@ def format_comparison(results: dict) -> str:
 # --- one stage's artifact ----------------------------------------------------------------------------
 
 
-def stage_table(manifest: dict, cached: bool, seconds: float) -> list[dict]:
+def stage_table(manifest: dict, cached: bool, seconds: float, figures: Figures | None) -> list[dict]:
     """One stage's artifact as rows of (field, value): id, cache hit, seconds, inputs, outputs, key
-    figures, then every scalar metric."""
+    figures (`figures`, none for a stage without), then every scalar metric."""
     files = manifest["files"]
     size = sum(f["size"] for f in files.values())
     inputs = manifest.get("inputs", {})
@@ -295,7 +354,7 @@ def stage_table(manifest: dict, cached: bool, seconds: float) -> list[dict]:
         {"field": "inputs", "value": ", ".join(f"{role}: {i}" for role, i in inputs.items()) or "-"},
         {"field": "raw files read", "value": len(manifest.get("sources", []))},
         {"field": "outputs", "value": f"{len(files)} files, {size / 1e6:.2f} MB"},
-        {"field": "key figures", "value": key_figures(manifest)},
+        {"field": "key figures", "value": figures(manifest) if figures else ""},
     ]
     return rows + [{"field": name, "value": value} for name, value in scalar_metrics(manifest).items()]
 

@@ -11,7 +11,7 @@ impossible falls back to a random one. What could make a metric silently wrong i
 outside `task.labels`, a test label never seen in train, a word without a tag.
 
 `read_task` is also what `dapt plan`, `dapt run` and a stage run alone call before any stage runs
-(`pretrain.pipeline.preflight`): it reads the files (every row, texts included, since empty texts are
+(`pretrain.chain.preflight`): it reads the files (every row, texts included, since empty texts are
 dropped and counted) and never tokenises, so a bad task file fails in seconds, not after pretraining.
 With `test_fraction` and no test files, the test split is held out of train here (`hold_out_test`).
 """
@@ -67,6 +67,7 @@ class TaskData:
     test: Split
     validation_from: str
     notes: list[str] = field(default_factory=list)
+    overlaps: list[Overlap] = field(default_factory=list)  # train examples found in the given test or validation files
 
     def describe(self, name: str) -> str:
         """`task NAME: single_label, 3 labels; 135 train, 15 validation (...), 60 test examples`."""
@@ -112,6 +113,8 @@ def read_task(cfg: TaskConfig, validation_fraction: float, log_notes: bool = Tru
     if problems:
         raise InputError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
     assert train is not None
+    overlaps = [o for key, split in (("test_files", test), ("validation_files", given)) if (o := overlap_with_train(cfg, key, split, train))]
+    notes += [o.describe() for o in overlaps]
     if test is None:
         train, test = hold_out_test(cfg, train, notes)
     labels = label_set(cfg, {"train_files": train, "validation_files": given, "test_files": test}, notes)
@@ -122,7 +125,89 @@ def read_task(cfg: TaskConfig, validation_fraction: float, log_notes: bool = Tru
     if log_notes:
         for note in notes:
             log.warning("evaluate: %s", note)
-    return TaskData(cfg.type, labels, train, validation, test, validation_from, notes)
+    return TaskData(cfg.type, labels, train, validation, test, validation_from, notes, overlaps)
+
+
+# --- train examples in the held-out files ----------------------------------------------------------------
+
+# Above this share of a given test (or validation) file's examples found in train, the file is not held out
+# at all and `check_held_out` refuses it; below, a few shared examples (public datasets have some) are warned.
+OVERLAP_ERROR_SHARE = 0.05
+
+
+@dataclass
+class Overlap:
+    """Train examples in a given test or validation file: the same file, or the same texts (case and spacing aside)."""
+
+    key: str  # test_files | validation_files
+    shared: int  # examples of the split whose text is also a train example's
+    total: int
+    example: str  # where the first one is, in both files, and its start
+    identical: list[tuple[str, str]] = field(default_factory=list)  # (the split's file, the train file) with the same bytes
+
+    @property
+    def share(self) -> float:
+        return self.shared / self.total
+
+    @property
+    def fatal(self) -> bool:
+        return bool(self.identical) or self.share > OVERLAP_ERROR_SHARE
+
+    def describe(self) -> str:
+        use = "scored on" if self.key == "test_files" else "have their epoch chosen on"
+        if self.identical:
+            mine, train = self.identical[0]
+            return f"{self.key}: {mine} is the same file as the train file {train} (identical bytes): the models would be {use} their own training data"
+        return (
+            f"{self.key}: {self.shared:,} of {self.total:,} examples ({self.share:.1%}) have the same text as a train example "
+            f"(case and spacing aside), e.g. {self.example}: the models are {use} examples they were trained on"
+        )
+
+    def problem(self) -> str:
+        split = "test" if self.key == "test_files" else "validation"
+        fix = f"or leave {self.key} out and set evaluate.task.{split}_fraction" if split == "test" else f"or leave {self.key} out (a share of train is held out)"
+        return (
+            f"evaluate.task.{self.describe()}" + ("" if self.identical else f" (more than {OVERLAP_ERROR_SHARE:.0%})")
+            + f"; give a {split} file of held-out examples (remove the shared ones from one of the files), {fix}"
+        )
+
+
+def _normalised(text, pair) -> str:
+    joined = " ".join(text) if isinstance(text, list) else text
+    return " ".join(joined.lower().split()) + ("\0" + " ".join(pair.lower().split()) if pair is not None else "")
+
+
+def overlap_with_train(cfg: TaskConfig, key: str, split: Split | None, train: Split) -> Overlap | None:
+    """The train examples in a given test or validation `split` (`key`), or None when it shares none."""
+    if split is None:
+        return None
+
+    def digests(patterns: list) -> dict[str, str]:
+        return {source_digest(f)["sha256"]: str(f) for f in split_sources(patterns)}
+
+    train_files = digests(cfg.train_files)
+    identical = [(path, train_files[sha]) for sha, path in digests(getattr(cfg, key)).items() if sha in train_files]
+    seen = {_normalised(t, p): loc for t, p, loc in zip(train.texts, train.pairs or [None] * len(train), train.locations)}
+    shared = [(loc, seen[k], t) for t, p, loc in zip(split.texts, split.pairs or [None] * len(split), split.locations) if (k := _normalised(t, p)) in seen]
+    if not shared and not identical:
+        return None
+    example = ""
+    if shared:
+        loc, train_loc, text = shared[0]
+        start = " ".join(text)[:60] if isinstance(text, list) else " ".join(text.split())[:60]
+        example = f"{loc} = {train_loc} ({start!r})"
+    return Overlap(key, len(shared), len(split), example, identical)
+
+
+def check_held_out(data: TaskData) -> None:
+    """Refuse a given test or validation file that is not held out: the train file itself, or mostly train examples.
+
+    At plan time (`pretrain.chain.preflight`): scoring a model on what it was trained on says nothing.
+    A few shared examples are a warning (in `data.notes`), not an error.
+    """
+    problems = [o.problem() for o in data.overlaps if o.fatal]
+    if problems:
+        raise InputError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def split_sources(patterns: list) -> list:

@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import ParallelConfig
 from pretrain.formats import SPLITS
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
 from pretrain.shards import report_progress, run_local
 
@@ -305,6 +306,6 @@ def assemble(store: ArtifactStore, plan: TokenPlan, corpus: str, vocab: str) -> 
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

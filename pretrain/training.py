@@ -37,17 +37,22 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain import flops
-from pretrain.artifacts import ArtifactStore, file_digest
-from pretrain.config import PretrainConfig, compile_problem, precision_problem
+from pretrain.artifacts import ArtifactStore, file_digest, respect_umask
+from pretrain.config import PretrainConfig
+from pretrain.configfile import compile_problem, precision_problem
 from pretrain.errors import InputError, UserError
-from pretrain.mlm import Masking
-from pretrain.progress import progress as show_progress
+from pretrain.families import max_sequence_length
 from pretrain.formats import TokenStream, load_meta
+from pretrain.mlm import Masking
+from pretrain.precision import resolve as resolve_precision
+from pretrain.progress import progress as show_progress
 
 log = get_logger(__name__)
 
-# Where and how the job runs, not what it computes: left out of the artifact id.
-EXECUTION_ONLY = {"launcher", "num_workers"}
+# Where and how the job runs, not what it computes: left out of the artifact id. Checkpoints are
+# where a run can resume from, not part of what it computes (the loss curve does not depend on them
+# either): a run whose only change is how often it checkpoints resumes from the checkpoints it has.
+EXECUTION_ONLY = {"launcher", "num_workers", "checkpoint_every_steps", "keep_checkpoints"}
 
 
 class TrainingError(UserError):
@@ -276,28 +281,31 @@ def setup(section: str, cfg: PretrainConfig, work_dir: Path) -> tuple[Accelerato
     """The Accelerator of a training run and its gradient accumulation steps; logs the config, seeds every RNG."""
     check_trackers(section, cfg.log_with)
     check_machine(section, cfg)
-    accum = accumulation_steps(section, cfg, process_state().num_processes)
+    state = process_state()
+    accum = accumulation_steps(section, cfg, state.num_processes)
+    precision, why = resolve_precision(cfg.mixed_precision, state.device)
     # Accelerate keeps one state per process and refuses a second Accelerator with another precision;
     # stages run one after another in one process (the pipeline, TAPT inside evaluate) may differ.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=accum,
         log_with=cfg.log_with or None,
         project_dir=str(work_dir / "logs"),
     )
     check_checkpointable(section, cfg, accelerator)
     log.info("%s: config %s", section, cfg.model_dump_json(), main_process_only=True)
+    log.info("%s: training in %s (%s)", section, flops.PRECISION_NAMES[precision], why, main_process_only=True)
     set_seed(cfg.seed)
     return accelerator, accum
 
 
 def check_fits(section: str, cfg: PretrainConfig, model: torch.nn.Module, meta: dict, role: str) -> None:
     """A UserError/InputError when the sequence length or the tokens' vocabulary does not fit the model (`role`: what it is)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = max_sequence_length(model.config.to_dict())
     if limit is not None and cfg.max_seq_length > limit:
-        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {role}'s max_position_embeddings ({limit})")
+        raise UserError(f"{section}.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {role} takes (its max_position_embeddings)")
     rows = model.get_input_embeddings().num_embeddings
     if rows < meta["vocab_size"]:
         raise InputError(f"tokenizer vocabulary ({meta['vocab_size']}) is larger than the {role}'s embedding matrix ({rows} rows)")
@@ -477,6 +485,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"{name} is {path.stat().st_size:,} bytes, {meta['size']:,} when it was written (truncated?)"
         if file_digest(path)["sha256"] != meta["sha256"]:
             return f"{name} changed since it was written (sha256 differs)"
+        if name.endswith(".json"):  # a state file whose hashes were forged to match: still only JSON is ever read
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+                return f"{name} is not JSON"
     return None
 
 
@@ -505,6 +518,7 @@ def save_checkpoint(section: str, accelerator: Accelerator, checkpoints: Path, s
                  "progress": progress, "files": files}  # fmt: skip
         # The state file is written last and the folder renamed: a checkpoint is complete or absent.
         (staging / _STATE_FILE).write_text(json.dumps(state))
+        respect_umask(staging)  # safetensors writes 0600; a teammate on a shared store must be able to resume
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         for old in complete_checkpoints(checkpoints)[keep:]:
@@ -620,9 +634,12 @@ def train_loop(
     # A live bar on a terminal, a line every 30 s in a log (between the per-step log lines); main process only.
     bar = show_progress(steps, section, unit="step", initial=progress["step"])
     running = torch.zeros(len(loss_names), device=accelerator.device)
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, window_seconds = time.perf_counter(), 0, 0.0
+    if "window" in progress:  # resumed from a checkpoint between two log steps: its window goes on
+        running = torch.tensor(progress["window"]["losses"], dtype=running.dtype, device=accelerator.device)
+        window_steps, window_seconds = progress["window"]["steps"], progress["window"]["seconds"]
     device = flops.device_name(accelerator.device)
-    peak = flops.peak_flops(device, cfg.mixed_precision)
+    peak = flops.peak_flops(device, accelerator.mixed_precision)
     # FLOPs are counted once per run, on the first micro-batch (a resumed run kept the count).
     count = "flops_per_step" not in progress
     batches = iter(loader)
@@ -644,7 +661,7 @@ def train_loop(
                 count = False
                 progress["flops_per_step"] = counter.get_total_flops() * accum
                 log.info("%s: %.4g model FLOPs per optimizer step per process (counted on the first micro-batch); %s", section,
-                         progress["flops_per_step"], flops.describe_peak(device, cfg.mixed_precision), main_process_only=True)  # fmt: skip
+                         progress["flops_per_step"], flops.describe_peak(device, accelerator.mixed_precision), main_process_only=True)  # fmt: skip
             running += losses.detach() / accum
         scheduler.step()
         window_steps += 1
@@ -657,14 +674,24 @@ def train_loop(
         if not (at_log or at_eval or at_checkpoint):
             continue
         # The only host syncs: at log/eval/checkpoint steps, never every step.
-        means = [value / window_steps for value in accelerator.reduce(running, reduction="mean").tolist()]
+        sums = accelerator.reduce(running, reduction="mean").tolist()
+        means = [value / window_steps for value in sums]
         mean_loss = means[0]
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"{section}: the training loss became {mean_loss} between steps {done - window_steps + 1} and {done}; "
                 f"the last good checkpoint is kept in {checkpoints}. Lower {section}.learning_rate or use fp32/bf16."
             )
-        seconds = time.perf_counter() - window_start
+        seconds = window_seconds + time.perf_counter() - window_start
+        if not (at_log or at_eval):
+            # A checkpoint between two log steps: the loss window goes on, and the checkpoint carries it, so
+            # the curve (the artifact) is the same however often the run checkpoints and wherever it resumed.
+            progress["step"] = done
+            progress["window"] = {"steps": window_steps, "losses": sums, "seconds": seconds}
+            save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints, task, optimizer, scheduler)
+            window_start, window_seconds = time.perf_counter(), seconds  # the checkpoint's own time is not training time
+            continue
+        progress.pop("window", None)
         progress["train_seconds"] += seconds
         progress["tokens"] += window_steps * tokens_per_step
         point = {
@@ -685,7 +712,7 @@ def train_loop(
         if at_checkpoint:
             save_checkpoint(section, accelerator, checkpoints, done, progress, cfg.keep_checkpoints, task, optimizer, scheduler)
         running.zero_()
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_seconds = time.perf_counter(), 0, 0.0
     bar.close()
 
 
@@ -698,7 +725,7 @@ def utilisation(cfg: PretrainConfig, accelerator: Accelerator, progress: dict) -
         return {}
     steps = progress["tokens"] / (cfg.global_batch_size * cfg.max_seq_length)
     return flops.utilisation(progress["flops_per_step"], steps, progress["train_seconds"], accelerator.num_processes,
-                             flops.device_name(accelerator.device), cfg.mixed_precision)  # fmt: skip
+                             flops.device_name(accelerator.device), accelerator.mixed_precision)  # fmt: skip
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
@@ -731,11 +758,11 @@ def write_model(accelerator: Accelerator, task: torch.nn.Module, cfg: PretrainCo
 
 
 def build_artifact(stage: str, cfg: PretrainConfig, store: ArtifactStore, aid: str, inputs: dict[str, str],
-                   train: Callable[[Path], dict], summary: Callable[[dict], str]) -> str:  # fmt: skip
+                   train: Callable[[Path], dict]) -> str:  # fmt: skip
     """Build (or find) the model artifact `aid`; under `accelerate launch` every process trains, rank 0 publishes.
 
     `train(work_dir)` trains (resuming from the work folder's checkpoints), leaves the artifact's files
-    in `work_dir/output` and returns the metrics; `summary(metrics)` is the line logged when it is published.
+    in `work_dir/output` and returns the metrics.
     """
     state = process_state()
     if store.exists(aid):
@@ -749,7 +776,6 @@ def build_artifact(stage: str, cfg: PretrainConfig, store: ArtifactStore, aid: s
             build.metrics.update(metrics)
         # Published: the checkpoints have served their purpose.
         shutil.rmtree(work_dir, ignore_errors=True)
-        log.info("%s %s: %s", stage, aid, summary(metrics), main_process_only=True)
     state.wait_for_everyone()
     if state.use_distributed:
         state.destroy_process_group()

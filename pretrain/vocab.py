@@ -1,4 +1,4 @@
-"""Vocab: train a domain WordPiece vocabulary and measure how well base and domain tokenizers fit.
+"""Vocab: train a domain WordPiece vocabulary, build the model's tokenizer, measure how well base and domain tokenizers fit.
 
     python -m pretrain.vocab --config configs/demo.yaml
     python -m pretrain.vocab --config configs/demo.yaml --set vocab.vocab_size=8000
@@ -7,7 +7,8 @@ Output (vocab artifact `v-...`):
 - `domain_tokenizer/`: a WordPiece vocabulary trained on the corpus train split (BERT normalisation
   and pre-tokenisation, `##` continuation pieces), loadable with `AutoTokenizer.from_pretrained`.
 - `tokenizer/`: the tokenizer the model trains with: the base's own (`keep`), the base's extended with
-  the domain pieces that save the most tokens (`extend`), or the domain one (`replace`).
+  the domain tokens that save the most tokens (`extend`: domain WordPieces for a WordPiece base, whole
+  domain words for a BPE or SentencePiece Unigram base; pretrain/extend.py), or the domain one (`replace`).
 - `model_init.json`: how the pretrain stage builds its starting model (new rows and their base pieces).
 - metrics on the validation split, for base, domain and model tokenizer: tokens per whitespace word,
   the share of words split into 3 or more pieces, the sequence-length saving, the most used added tokens.
@@ -23,12 +24,25 @@ from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from pretrain.artifacts import ArtifactStore, artifact_id
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import VocabConfig
 from pretrain.errors import InputError
-from pretrain.extend import NewToken, choose_new_tokens, extend_backend, pieces_per_word, save_model_init
+from pretrain.extend import (
+    NewToken,
+    changed_words,
+    choose_new_tokens,
+    choose_new_words,
+    extend_backend,
+    model_type,
+    pieces_per_word,
+    save_model_init,
+    unreachable_base_tokens,
+)
+from pretrain.families import EXTENDABLE_TOKENIZERS, extend_problem
 from pretrain.formats import read_split
+from pretrain.ids import artifact_id
 from pretrain.logs import get_logger
+from pretrain.modelfiles import model_folder
 from pretrain.progress import Progress, progress
 
 log = get_logger(__name__)
@@ -114,14 +128,21 @@ def stage_id(cfg: VocabConfig, *, corpus: str, base: str) -> str:
 
 
 def _check_base(base_tokenizer, base_dir: Path, cfg: VocabConfig) -> None:
-    rows = json.loads((base_dir / "config.json").read_text()).get("vocab_size")
+    model_config = json.loads((base_dir / "config.json").read_text())
+    rows = model_config.get("vocab_size")
     size = len(base_tokenizer)
-    if rows is not None and (size > rows or (cfg.mode == "extend" and size != rows)):
+    if rows is not None and size > rows:
         raise InputError(
             f"base model {base_dir}: its tokenizer has {size:,} tokens but the model has {rows:,} embedding rows; "
-            "they must match to " + ("extend the vocabulary" if cfg.mode == "extend" else "train with this tokenizer")
+            "the model cannot embed the tokenizer's ids: save the model with its own tokenizer"
         )
-    if cfg.mode == "extend":
+    if cfg.mode != "extend":
+        return
+    kind = model_type(base_tokenizer.backend_tokenizer)
+    if kind not in EXTENDABLE_TOKENIZERS:
+        raise InputError(extend_problem(base_dir, model_config.get("model_type")) or f"vocab.mode: extend cannot add to a {kind} tokenizer; use keep")
+    if kind == "WordPiece":
+        # Domain WordPieces are cut from the corpus as vocab.lowercase says; the base must cut words the same way.
         normalizer = json.loads(base_tokenizer.backend_tokenizer.to_str()).get("normalizer") or {}
         if normalizer.get("lowercase") is not None and normalizer["lowercase"] != cfg.lowercase:
             cased = "uncased" if normalizer["lowercase"] else "cased"
@@ -132,10 +153,13 @@ def _wrap(backend: Tokenizer, like):
     """A transformers fast tokenizer around `backend`, with `like`'s special tokens and length limit."""
     from transformers import PreTrainedTokenizerFast
 
+    # The same inputs as the base's (RoBERTa's takes no token_type_ids) and its beginning/end tokens where it has them.
+    special = {name: getattr(like, name) for name in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token", "bos_token", "eos_token")}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=like.model_max_length,
-        **{name: getattr(like, name) for name in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")},
+        model_input_names=list(like.model_input_names),
+        **{name: value for name, value in special.items() if value is not None},
     )
 
 
@@ -158,14 +182,15 @@ def _counted(batches: Iterator[list[str]], bar: Progress) -> Iterator[list[str]]
 
 
 def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> str:
-    """Build (or find) the vocab artifact; returns its id."""
+    """Build (or find) the vocab artifact; returns its id. `base`: the model whose tokenizer it starts from
+    (any model artifact: the base model; the adapted one for TAPT)."""
     started = time.time()
     aid = stage_id(cfg, corpus=corpus, base=base)
     if store.exists(aid):
         log.info("vocab %s: already built (cache hit)", aid)
         return aid
     log.info("vocab %s: config %s", aid, cfg.model_dump_json())
-    corpus_dir, base_dir = store.local_dir(corpus), store.local_dir(base)
+    corpus_dir, base_dir = store.local_dir(corpus), model_folder(store, base, "vocab: base")
     base_tokenizer = load_fast_tokenizer(base_dir)
     _check_base(base_tokenizer, base_dir, cfg)
     base_backend = plain_backend(base_tokenizer)
@@ -179,21 +204,31 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
         save_as_transformers(domain, build.dir / "domain_tokenizer", cfg.lowercase)
 
         new_tokens: list[NewToken] = []
+        extension: dict = {}
         if cfg.mode == "keep":
             model_backend, model_tokenizer = base_backend, base_tokenizer
         elif cfg.mode == "extend":
-            with progress(n_train, "vocab: choosing domain pieces", unit="doc") as bar:
-                new_tokens = choose_new_tokens(
-                    domain, base_backend, _counted(read_split(corpus_dir, "train"), bar), cfg.max_new_tokens, cfg.allow_digits_punctuation,
-                    cfg.min_token_count,
-                )  # fmt: skip
+            kind = model_type(base_backend)
+            with progress(n_train, f"vocab: choosing domain {'pieces' if kind == 'WordPiece' else 'words'}", unit="doc") as bar:
+                train = _counted(read_split(corpus_dir, "train"), bar)
+                if kind == "WordPiece":
+                    new_tokens = choose_new_tokens(domain, base_backend, train, cfg.max_new_tokens, cfg.allow_digits_punctuation, cfg.min_token_count)
+                else:  # BPE, Unigram: whole words of the base's own pre-tokenisation
+                    new_tokens = choose_new_words(base_backend, train, cfg.max_new_tokens, cfg.allow_digits_punctuation, cfg.min_token_count)
             if not new_tokens:
-                raise InputError(
-                    f"vocab: no domain piece of the {domain.get_vocab_size():,}-piece domain vocabulary would shorten the corpus "
-                    "under the base tokenizer; nothing to add (use vocab.mode: keep)"
-                )
+                what = f"piece of the {domain.get_vocab_size():,}-piece domain vocabulary" if kind == "WordPiece" else \
+                    f"word seen at least {cfg.min_token_count} times (vocab.min_token_count)"
+                raise InputError(f"vocab: no domain {what} would shorten the corpus under the base tokenizer; nothing to add (use vocab.mode: keep)")
             model_backend = extend_backend(base_backend, new_tokens)
             model_tokenizer = _wrap(model_backend, base_tokenizer)
+            extension = {"extended_tokenizer_model": kind, "added_as": "pieces" if kind == "WordPiece" else "whole words"}
+            if kind == "BPE":
+                unreachable = unreachable_base_tokens(base_backend)
+                extension["unreachable_base_tokens"] = len(unreachable)
+                if unreachable:
+                    log.warning("vocab: %d tokens of the base BPE vocabulary are never produced by its own merges (e.g. %s); as whole words "
+                                "they are now taken whole (ignore_merges). Counted on validation as validation_words_changed.",
+                                len(unreachable), ", ".join(map(repr, unreachable[:5])))  # fmt: skip
         else:  # replace
             model_backend = plain_backend(load_fast_tokenizer(build.dir / "domain_tokenizer"))
             model_tokenizer = load_fast_tokenizer(build.dir / "domain_tokenizer")
@@ -213,6 +248,10 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
             **measure_fit("domain", domain, validation),
             **measure_fit("model", model_backend, validation),
         }
+        metrics.update(extension)
+        if new_tokens:
+            # Faithfulness: words split differently without using a new token (0 unless the base BPE has unreachable tokens).
+            metrics["validation_words_changed"] = changed_words(base_backend, model_backend, validation, new_tokens[0].id)
         metrics["sequence_saving_percent"] = round(
             100 * (1 - metrics["validation_tokens_model"] / max(metrics["validation_tokens_base"], 1)), 2
         )
@@ -232,6 +271,6 @@ def run(cfg: VocabConfig, store: ArtifactStore, *, corpus: str, base: str) -> st
 
 
 if __name__ == "__main__":
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main
 
-    stage_main(STAGE)
+    main(STAGE)

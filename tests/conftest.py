@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 REUTERS = ROOT / "data" / "reuters"
-
-
-def read_jsonl_gz(path: Path, limit: int | None = None) -> list[dict]:
-    records = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            records.append(json.loads(line))
-            if limit is not None and len(records) >= limit:
-                break
-    return records
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py: one reader of the demo data for the tests and benchmarks)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -120,8 +114,8 @@ def make_tiny_config(store: Path, corpus_file: Path, task_files: tuple[Path, Pat
 def build_until(raw: dict, until: str):
     """Validate a raw config and build every stage it runs up to `until`: (config, store, ids)."""
     from pretrain.artifacts import ArtifactStore
-    from pretrain.config import validate_config
-    from pretrain.pipeline import plan, run_stage
+    from pretrain.chain import plan, run_stage
+    from pretrain.configfile import validate_config
 
     config = validate_config(raw)
     store = ArtifactStore(config.store)
@@ -129,6 +123,27 @@ def build_until(raw: dict, until: str):
     for stage in plan(config, until=until):
         ids[stage] = run_stage(stage, config, store, ids)
     return config, store, ids
+
+
+@contextlib.contextmanager
+def crash_after(module_class: type, training_calls: int):
+    """Inside the block, `module_class.forward` raises KeyboardInterrupt (a simulated crash: nothing is saved)
+    on its training call after `training_calls` (one per micro-batch); as it was again after the block."""
+    original = module_class.forward
+    calls = {"n": 0}
+
+    def crashing_forward(self, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > training_calls:
+                raise KeyboardInterrupt("simulated crash")
+        return original(self, *args, **kwargs)
+
+    module_class.forward = crashing_forward
+    try:
+        yield
+    finally:
+        module_class.forward = original
 
 
 def write_config(path: Path, config: dict) -> Path:

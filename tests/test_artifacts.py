@@ -6,8 +6,10 @@ import textwrap
 
 import pytest
 
-from pretrain.artifacts import MANIFEST, ArtifactStore, artifact_id, code_version, file_digest, format_lineage
+from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest, format_lineage
+from pretrain.codeversion import code_version
 from pretrain.errors import InputError
+from pretrain.ids import artifact_id
 
 # Ids as the store requires them: a stage letter, "-" and 20 hex digits.
 C1 = "c-" + "1" * 20
@@ -28,17 +30,17 @@ def test_ids_are_stable_and_sensitive_to_every_input():
 
 
 def test_ids_are_stable_across_processes():
-    code = "from pretrain.artifacts import artifact_id; print(artifact_id('ingest', {'a': [1, 2]}, sources=[{'sha256': 'x'}]))"
+    code = "from pretrain.ids import artifact_id; print(artifact_id('ingest', {'a': [1, 2]}, sources=[{'sha256': 'x'}]))"
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert outputs == {artifact_id("ingest", {"a": [1, 2]}, sources=[{"sha256": "x"}]) + "\n"}
 
 
 def test_code_version_follows_local_imports_but_not_main_guard():
     # tokens imports formats and vocab, so their code is part of its version; the stage CLI glue is not.
-    from pretrain.artifacts import code_dependencies
+    from pretrain.codeversion import code_dependencies
 
     assert {"pretrain.tokens", "pretrain.formats", "pretrain.vocab"} <= code_dependencies("pretrain.tokens")
-    assert "pretrain.pipeline" not in code_dependencies("pretrain.tokens")
+    assert "pretrain.chain" not in code_dependencies("pretrain.tokens")
     assert code_version("pretrain.tokens") != code_version("pretrain.ingest")
 
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT, write_config
 from flows.cli import main
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
-from pretrain.pipeline import run_stage
+from pretrain.chain import run_stage
+from pretrain.configfile import validate_config
 
 
 def _run(*args, cwd=ROOT):
@@ -40,6 +40,13 @@ def test_stage_alone_needs_its_inputs_and_says_which_command_builds_them(tmp_pat
     result = _run("-m", "pretrain.ingest", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith("c-")
+    # TAPT's stages run alone from one module; each is named when it is off or its inputs are missing.
+    result = _run("-m", "pretrain.tapt", "--config", str(path))
+    assert result.returncode == 2 and f"error: tapt-corpus is off: {path} has no `evaluate.tapt` section" in result.stderr
+    result = _run("-m", "pretrain.tapt", "--config", str(path), "--set", "evaluate.tapt.pretrain.max_steps=2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stdout.strip().startswith("c-")  # the task's text as a corpus needs nothing built before it
+    assert "tapt-vocab needs pretrain (m-" in result.stderr and f"python -m pretrain.pretrain --config {path}" in result.stderr
 
 
 @pytest.mark.slow
@@ -85,3 +92,8 @@ def test_plan_lists_every_stage(tmp_path, tiny_config, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["base", "ingest", "vocab", "tokens", "pretrain", "evaluate", "report"]
     assert all(line.endswith("to build") for line in lines)
+    # As the README says: this switches TAPT on, its four stages planned before evaluate.
+    assert main(["plan", str(path), "--set", "evaluate.tapt.pretrain.max_steps=200"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["base", "ingest", "vocab", "tokens", "pretrain", "tapt-corpus", "tapt-vocab", "tapt-tokens",
+                                                   "tapt", "evaluate", "report"]  # fmt: skip

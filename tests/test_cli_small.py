@@ -14,9 +14,9 @@ import pytest
 from flows.cli import build_parser, main
 from pretrain import registry
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
+from pretrain.chain import preflight
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, InputError
-from pretrain.pipeline import preflight
 
 
 def _fake(store: ArtifactStore, aid: str, stage: str, inputs: dict | None = None, folder=None) -> str:

@@ -4,42 +4,52 @@ import shutil
 
 import pytest
 
-from pretrain import artifacts
-from pretrain.artifacts import NOT_CODE_DEPENDENCIES, code_dependencies, code_version
-from pretrain.config import validate_config
-from pretrain.pipeline import STAGES, plan
+from pretrain import codeversion
+from pretrain.chain import STAGES, plan
+from pretrain.codeversion import NOT_CODE_DEPENDENCIES, code_dependencies, code_version
+from pretrain.configfile import validate_config
+from pretrain.ids import PREFIXES
 
 DISTILL = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8}
+TAPT = {"pretrain": {"max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8}}
+# What a change to pretraining's code changes: the adapted model and everything built from it.
+AFTER_DAPT = {"pretrain", "distill", "tapt-vocab", "tapt-tokens", "tapt", "evaluate", "report"}
 
-# The `pretrain` modules whose code counts in each stage's id (DVC's declared dependencies, checked);
-# `__init__` is the package's, which `from pretrain import x` imports.
+# The `pretrain` modules whose code counts in the id of each kind of artifact the chain builds (DVC's
+# declared dependencies, checked); the TAPT stages build artifacts of the ingest, vocab, tokens and
+# pretrain kinds. `__init__` is the package's, which `from pretrain import x` imports.
 # A new import changes this: if the module cannot change what the stage writes, add it to
-# artifacts.NOT_CODE_DEPENDENCIES instead of here.
+# codeversion.NOT_CODE_DEPENDENCIES instead of here.
 DEPENDENCIES = {
-    "base": {"base", "modelfiles"},
+    "base": {"base", "modelfiles", "families"},
     "ingest": {"ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards"},
-    "vocab": {"vocab", "extend", "formats"},
-    "tokens": {"tokens", "vocab", "extend", "formats", "shards"},
-    "pretrain": {"__init__", "pretrain", "training", "mlm", "extend", "formats", "modelfiles"},
-    "distill": {"__init__", "distill", "training", "mlm", "formats", "modelfiles"},
-    # TAPT runs the ingest, tokens and pretrain stages inside evaluate: their code counts.
-    "evaluate": {"evaluate", "finetune", "quantize", "scoring", "tasks", "tapt", "base", "pretrain", "training", "mlm", "tokens",
-                 "vocab", "extend", "ingest", "clean", "decontaminate", "dedup", "formats", "io", "hf_datasets", "shards", "modelfiles", "__init__"},  # fmt: skip
-    "report": {"report", "summaries", "cards"},
+    "vocab": {"vocab", "extend", "formats", "modelfiles", "families"},
+    "tokens": {"tokens", "vocab", "extend", "formats", "shards", "modelfiles", "families"},
+    "pretrain": {"__init__", "pretrain", "training", "mlm", "precision", "extend", "formats", "modelfiles", "families"},
+    "distill": {"__init__", "distill", "training", "mlm", "precision", "formats", "modelfiles", "families"},
+    # The models it compares are its inputs (TAPT is stages of its own): fine-tuning, scoring, int8, and
+    # importing a listed model (base) with its tokenizer (vocab).
+    "evaluate": {"__init__", "evaluate", "finetune", "quantize", "scoring", "tasks", "precision", "base", "modelfiles", "vocab", "extend", "formats", "io",
+                 "hf_datasets", "families"},  # fmt: skip
+    "report": {"report", "summaries"},
 }
 
 
 # A fine-tuning run (`f-`, built by the evaluate stage, not a stage of the chain) counts the recipe, the
 # task reader and the scores; not the comparison, TAPT or int8 code that evaluate also imports.
-FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles"}
+FINETUNE_DEPENDENCIES = {"__init__", "finetune", "scoring", "tasks", "io", "hf_datasets", "modelfiles", "precision", "families"}
 
 
 def test_the_exclusion_list_names_real_modules():
     for name in NOT_CODE_DEPENDENCIES:
-        assert artifacts._module_path(name).is_file(), f"NOT_CODE_DEPENDENCIES names {name}, which does not exist: remove or rename it"
+        assert codeversion._module_path(name).is_file(), f"NOT_CODE_DEPENDENCIES names {name}, which does not exist: remove or rename it"
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def test_every_kind_of_artifact_has_its_modules_declared():
+    assert set(DEPENDENCIES) == set(PREFIXES) - {"finetune"}
+
+
+@pytest.mark.parametrize("stage", sorted(DEPENDENCIES))
 def test_each_stage_counts_exactly_its_declared_modules(stage):
     found = {name.removeprefix("pretrain.") if name != "pretrain" else "__init__" for name in code_dependencies(f"pretrain.{stage}")}
     assert found == DEPENDENCIES[stage], (
@@ -52,8 +62,8 @@ def test_each_stage_counts_exactly_its_declared_modules(stage):
 def edit(tmp_path, monkeypatch):
     """Edit a copy of the package's source; `code_version` then reads the copy. Returns edit(module, old, new)."""
     copy = tmp_path / "pretrain"
-    shutil.copytree(artifacts._PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(artifacts, "_PACKAGE_DIR", copy)
+    shutil.copytree(codeversion._PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codeversion, "_PACKAGE_DIR", copy)
     code_version.cache_clear()
 
     def apply(module: str, old: str, new: str) -> None:
@@ -69,7 +79,8 @@ def edit(tmp_path, monkeypatch):
 
 @pytest.fixture
 def config(tiny_config):
-    return validate_config({**tiny_config, "distill": DISTILL})
+    """Every stage on: distill and TAPT too."""
+    return validate_config({**tiny_config, "distill": DISTILL, "evaluate": {**tiny_config["evaluate"], "tapt": TAPT}})
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -83,7 +94,7 @@ def test_docstrings_comments_and_formatting_change_no_id(config, edit):
     # A docstring of the config schema (config.py does not count at all: the resolved config is in the id).
     edit("config", '"""A labelled downstream task:', '"""A labelled task to fine-tune on:')
     # A comment, a docstring and the layout of a line in modules that do count.
-    edit("pretrain", "    stage_main(STAGE)", "    stage_main(STAGE)  # the command line")
+    edit("pretrain", "    main(STAGE)", "    main(STAGE)  # the command line")
     edit("mlm", '"""A Hugging Face *ForMaskedLM model whose head', '"""A Hugging Face masked-LM model whose prediction head')
     edit("mlm", "        input_ids = input_ids.clone()", "        input_ids = (\n            input_ids.clone()  # the caller's ids stay as they were\n        )")
     assert plan(config) == before
@@ -92,13 +103,14 @@ def test_docstrings_comments_and_formatting_change_no_id(config, edit):
 def test_a_change_to_the_masking_changes_pretrain_and_everything_downstream_only(config, edit):
     before = plan(config)
     edit("mlm", "to_mask = action < self.mask_replace_prob", "to_mask = action <= self.mask_replace_prob")
-    assert _changed(before, plan(config)) == {"pretrain", "distill", "evaluate", "report"}
+    # DAPT + TAPT continues from the adapted model: every TAPT stage that reads it changes too (not its corpus).
+    assert _changed(before, plan(config)) == AFTER_DAPT
 
 
 def test_a_fix_in_the_csv_reader_changes_what_reads_records_but_not_the_base_model(config, edit):
-    # io.py is imported by config.py, which every stage imports; it counts only where a stage reads records.
+    # io.py is imported by configfile.py, which training imports; it counts only where a stage reads records.
     before = plan(config)
-    edit("io", "            yield record.get(spec.text_field)", "            yield record.get(spec.text_field) or None")
+    edit("io", "                yield row[column] if column < len(row) else None", "                yield (row[column] if column < len(row) else None) or None")
     assert _changed(before, plan(config)) == set(STAGES) - {"base"}
 
 
@@ -118,3 +130,62 @@ def test_a_change_to_the_comparison_keeps_every_fine_tuning_run(config, edit):
     assert run_id() == before and plan(config)["evaluate"] != evaluation
     edit("finetune", "running += loss.detach()", "running += 2 * loss.detach()")
     assert run_id() != before
+
+
+def test_the_text_of_log_calls_and_exception_messages_changes_no_id(config, edit):
+    before = plan(config)
+    # A log call's message (training.py counts in pretrain, distill and tapt), and a string argument of one.
+    edit("training", 'log.info("%s: config %s", section, cfg.model_dump_json(), main_process_only=True)',
+         'log.info("%s: training with the config %s", section, cfg.model_dump_json(), main_process_only=True)')
+    edit("ingest", 'log.info("ingest: %d of %d pieces already in the shard cache (unchanged files)"',
+         'log.info("ingest: %d of %d pieces were in the shard cache already"')
+    # An exception's message: a plain string and the text of an f-string.
+    edit("training", 'raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")',
+         'raise InputError(f"validation split: under {cfg.max_seq_length} tokens (raise ingest.validation_fraction)")')
+    edit("evaluate", 'raise InputError(f"evaluate.max_seq_length ({cfg.max_seq_length}) exceeds the {limit} tokens the {name} model',
+         'raise InputError(f"evaluate.max_seq_length {cfg.max_seq_length} is more than the {limit} tokens the {name} model')
+    assert plan(config) == before
+
+
+def test_what_a_message_computes_and_other_strings_do_count(config, edit):
+    before = plan(config)
+    # A formatted value in a message runs code: it counts.
+    edit("training", 'raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens;',
+         'raise InputError(f"the validation split has fewer than {cfg.max_seq_length - 2} tokens;')
+    after = plan(config)
+    assert _changed(before, after) == AFTER_DAPT
+    # A string that is not a message is behaviour: here a metric's name in the curve the artifact holds.
+    edit("training", 'point["validation_perplexity"] = perplexity(task, evaluation, accelerator)',
+         'point["validation_ppl"] = perplexity(task, evaluation, accelerator)')
+    assert _changed(after, plan(config)) == AFTER_DAPT
+
+
+def test_message_text_is_blanked_only_in_log_calls_and_raised_exceptions():
+    import ast
+
+    source = '''
+log = get_logger(__name__)
+log.info("step %d of %s", step, "total", main_process_only=True)
+raise InputError(f"{path}: bad {len(rows):,} rows", "hint")
+other.info("kept")
+result = {"key": f"text {value}"}
+'''
+    blanked = ast.unparse(codeversion.without_message_text(ast.parse(source)))
+    assert "log.info('', step, '', main_process_only=True)" in blanked
+    assert "raise InputError(f'{path}{len(rows)}', '')" in blanked
+    assert "other.info('kept')" in blanked and "{'key': f'text {value}'}" in blanked
+
+
+def test_checkpoint_cadence_and_retention_change_no_id(config):
+    from pretrain.chain import plan as replan
+
+    before = replan(config)
+    changed = config.model_copy(update={
+        "pretrain": config.pretrain.model_copy(update={"checkpoint_every_steps": 3, "keep_checkpoints": 5}),
+        "distill": config.distill.model_copy(update={"checkpoint_every_steps": 1}),
+        "evaluate": config.evaluate.model_copy(update={"tapt": config.evaluate.tapt.model_copy(update={
+            "pretrain": config.evaluate.tapt.pretrain.model_copy(update={"checkpoint_every_steps": 1})})}),
+    })  # fmt: skip
+    assert replan(changed) == before
+    # What a run computes still counts.
+    assert replan(config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"seed": 1})}))["pretrain"] != before["pretrain"]

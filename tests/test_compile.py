@@ -14,8 +14,8 @@ from transformers import AutoModelForMaskedLM
 
 from conftest import build_until
 from pretrain import distill
+from pretrain.chain import plan, run_stage
 from pretrain.mlm import MaskedLM
-from pretrain.pipeline import plan, run_stage
 
 pytestmark = pytest.mark.slow
 

@@ -1,16 +1,20 @@
 import copy
+import re
 
 import pytest
 import yaml
 
 from conftest import ROOT, write_config
-from pretrain.config import load_config, validate_config
+from pretrain import training
+from pretrain.chain import config_warnings
+from pretrain.configfile import load_config, validate_config
 from pretrain.errors import ConfigError
 
 
 def test_demo_config_is_valid():
     config = load_config(ROOT / "configs" / "demo.yaml")
-    assert config.pretrain.max_steps > 0
+    # The budget its comment and the README state: 600 steps of 32 blocks of 128 tokens, 2.5M tokens.
+    assert training.total_steps(config.pretrain) * config.pretrain.global_batch_size * config.pretrain.max_seq_length == 2_457_600
     assert config.base_model.source == "pkg:cognition/model"
     assert config.vocab.mode == "keep"
     assert config.evaluate.num_epochs > 2 * config.evaluate.patience_epochs  # room to converge
@@ -34,8 +38,36 @@ def test_every_preset_is_valid(path):
     # Every value the preset writes is the value the pipeline runs with; every section it leaves out is off or default.
     _assert_loaded_as_written(written, config.model_dump(), "")
     assert (config.distill is None) == ("distill" not in written)
-    assert config.pretrain.max_steps is not None or config.pretrain.max_tokens is not None
+    # Its step budget, as the training kit derives it, warms up within the run and logs more than one point.
+    assert config_warnings(config) == []
     assert config.evaluate.task.train_files and config.evaluate.task.test_files
+
+
+@pytest.mark.parametrize("section", ["pretrain", "distill", "evaluate.tapt.pretrain"])
+def test_every_training_section_needs_exactly_one_budget(tiny_config, section):
+    raw = copy.deepcopy(tiny_config)
+    raw["distill"] = {"student_layers": 1, "max_steps": 2}
+    raw["evaluate"]["tapt"] = {"pretrain": {"max_steps": 2}}
+    node = raw
+    for key in section.split("."):
+        node = node[key]
+    node.pop("max_steps")
+    with pytest.raises(ConfigError, match=rf"\n  - {re.escape(section)}: give exactly one of max_steps and max_tokens"):
+        validate_config(raw)
+    node.update(max_steps=2, max_tokens=1000)
+    with pytest.raises(ConfigError, match=rf"\n  - {re.escape(section)}: give exactly one of max_steps and max_tokens"):
+        validate_config(raw)
+
+
+def test_a_token_budget_is_counted_in_steps_once_for_training_and_warnings(tiny_config):
+    raw = copy.deepcopy(tiny_config)
+    # 1000 tokens of 8 blocks of 32: ceil(3.9) = 4 steps, fewer than the warmup and the log interval.
+    raw["pretrain"].update(max_steps=None, max_tokens=1000, warmup_steps=5, log_every_steps=10)
+    config = validate_config(raw)
+    assert training.total_steps(config.pretrain) == 4
+    warnings = config_warnings(config)
+    assert warnings[0].startswith("pretrain.warmup_steps (5) is not below the run's 4 steps")
+    assert warnings[1].startswith("pretrain.log_every_steps (10) is more than the run's 4 steps")
 
 
 def test_every_problem_is_listed_with_its_key_path(tiny_config):

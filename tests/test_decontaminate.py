@@ -15,13 +15,14 @@ import pytest
 from conftest import REUTERS, read_jsonl_gz, write_jsonl
 from pretrain import decontaminate, ingest
 from pretrain.artifacts import ArtifactStore
+from pretrain.chain import decontamination_targets, plan, run_stage
 from pretrain.clean import Cleaner
-from pretrain.config import ConfigError, IngestConfig, validate_config
+from pretrain.config import IngestConfig
+from pretrain.configfile import validate_config
 from pretrain.decontaminate import Decontaminator, Targets, TaskFile
-from pretrain.errors import InputError
-from pretrain.pipeline import decontamination_targets, plan, run_stage
+from pretrain.errors import ConfigError, InputError
 from pretrain.report import decontamination_sentence
-from pretrain.summaries import key_figures
+from pretrain.summaries import corpus_figures
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -97,7 +98,7 @@ def test_planted_overlap_is_removed_and_counted_and_the_rest_kept(tmp_path, tiny
     assert corpus_texts(store_off, aid_off) - corpus_texts(store, aid) == {cleaner(t)[0] for t in planted}
 
     # The counts reach the stage table and the report.
-    assert "3 overlapping the R8-3 test and validation sets removed (3 test, 0 validation held out of train.jsonl)" in key_figures(manifest)
+    assert "3 overlapping the R8-3 test and validation sets removed (3 test, 0 validation held out of train.jsonl)" in corpus_figures(manifest)
     assert decontamination_sentence(manifest).startswith(
         "Removed 3 documents overlapping the R8-3 test set and validation set (held out of train.jsonl by validation_fraction) "
         "(1 exact copies, 1 near duplicates, 1 containing a task text)"
@@ -298,7 +299,7 @@ def test_splits_carved_out_of_the_train_file_are_decontaminated_and_train_texts_
     # Manifest, stage table and report say which set each removed document matched.
     assert {e["set"] for e in details["examples"]} == {"test_files", "validation_files"} or len(details["examples"]) == 20
     assert all(e["held_out_by"] in ("test_fraction", "validation_fraction") for e in details["examples"])
-    figures = key_figures(manifest)
+    figures = corpus_figures(manifest)
     assert f"{m['removed']} overlapping the news test and validation sets removed ({by_set['test_files']['documents_removed']} test held out of labelled.csv" in figures
     sentence = decontamination_sentence(manifest)
     assert "the news test set (held out of labelled.csv by test_fraction) and validation set (held out of labelled.csv by validation_fraction)" in sentence

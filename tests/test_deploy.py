@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pretrain.config import PipelineConfig, load_config
+from pretrain.chain import STAGES
+from pretrain.config import PipelineConfig
+from pretrain.configfile import load_config
 from pretrain.errors import UserError
-from pretrain.pipeline import STAGES
 
 PREFECT_YAML = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 
@@ -23,7 +24,7 @@ def test_prefect_yaml_deploys_the_demo_pipeline_weekly_and_every_stage():
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert PipelineConfig.model_validate(weekly["parameters"]["config"]) == demo
     stages = {d["entrypoint"].rsplit(":", 1)[1]: d for d in deployments if d["name"] == "stage"}
-    assert set(stages) == {f"{s}_flow" for s in STAGES}
+    assert set(stages) == {f"{s.replace('-', '_')}_flow" for s in STAGES}
     assert stages["pretrain_flow"]["work_pool"]["name"] == "dapt-gpu"
 
     import flows.pipeline as fp

@@ -8,12 +8,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
-from conftest import write_config
+from conftest import crash_after, write_config
 from pretrain import distill, training
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
+from pretrain.chain import plan, run_stage
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError
-from pretrain.pipeline import plan, run_stage, stage_main
+from pretrain.stage_cli import main as stage_main
 
 DISTILL = {
     "student_layers": 1,
@@ -95,7 +96,7 @@ def test_masked_only_loss_equals_the_loss_on_full_model_outputs():
     positions = torch.tensor([1, 4, 13, 20])
     labels = torch.tensor([7, 8, 9, 10])
     task = distill.Distillation(student, temperature=2.0, alpha_distill=5.0, alpha_mlm=2.0)
-    teacher_logits = distill.masked_logits(teacher, distill.mlm_parts(teacher), input_ids, positions)
+    teacher_logits = distill.mlm_head(teacher).masked_logits(input_ids, positions)
     got = task(input_ids, positions, labels, teacher_logits=teacher_logits)
     with torch.no_grad():
         full_student = student(input_ids=input_ids).logits.reshape(-1, 50)[positions]
@@ -137,7 +138,7 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
     # Alone, the stage says what to build first.
     path = write_config(tmp_path / "c.yaml", tiny_config)
     with pytest.raises(SystemExit):
-        stage_main("distill", ["--config", str(path)])
+        stage_main("distill", argv=["--config", str(path)])
     assert "distill needs pretrain" in capsys.readouterr().err
 
     for stage in ("base", "ingest", "vocab", "tokens", "pretrain", "distill"):
@@ -189,7 +190,7 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
 
 
 @pytest.mark.slow
-def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkeypatch):
+def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config):
     tiny_config["distill"] = DISTILL
     config = validate_config(tiny_config)
     store = ArtifactStore(config.store)
@@ -201,21 +202,9 @@ def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config, monkey
     other = ArtifactStore(store.url + "-2")
     for stage in ("base", "ingest", "vocab", "tokens", "pretrain"):
         run_stage(stage, config, other, ids)
-    original = distill.Distillation.forward
-    calls = {"n": 0}
-
-    def crash_after_seven_steps(self, *args, **kwargs):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] > 7:
-                raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(distill.Distillation, "forward", crash_after_seven_steps)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after(distill.Distillation, training_calls=7), pytest.raises(KeyboardInterrupt):
         run_stage("distill", config, other, ids)
     assert (other.work_dir(ids["distill"]) / "checkpoints" / "step-00000005" / "trainer_state.json").is_file()
-    monkeypatch.setattr(distill.Distillation, "forward", original)
     assert run_stage("distill", config, other, ids) == ids["distill"]
     resumed = load_file(other.local_dir(ids["distill"]) / "model" / "model.safetensors")
     for name, tensor in expected.items():

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from conftest import ROOT, build_until
+from pretrain.chain import plan, run_stage
 from pretrain.errors import UserError
 from pretrain.launch import launch_command, launch_pretrain
-from pretrain.pipeline import plan, run_stage
 
 
 @pytest.fixture(scope="module")

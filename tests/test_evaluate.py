@@ -9,10 +9,10 @@ import torch
 from conftest import build_until, read_jsonl_gz, run_without_project_code, write_jsonl
 from pretrain import evaluate, report, summaries
 from pretrain import finetune as finetune_stage
-from pretrain.config import validate_config
+from pretrain.chain import plan, run_stage
+from pretrain.configfile import validate_config
 from pretrain.errors import InputError
 from pretrain.finetune import encode, finetune
-from pretrain.pipeline import run_stage
 from pretrain.tasks import read_task
 from pretrain.vocab import load_fast_tokenizer
 
@@ -178,32 +178,41 @@ def test_token_task_scored_per_entity(upstream, tmp_path):
     assert json.loads((store.local_dir(run["finetune"]) / "run.json").read_text())["fallback_tag"] == "O"
 
 
+TAPT = {"validation_fraction": 0.1,
+        "pretrain": {"max_steps": 4, "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 8}}  # fmt: skip
+TAPT_STAGES = ("tapt-corpus", "tapt-vocab", "tapt-tokens", "tapt")
+
+
 @pytest.mark.slow
 def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
     config, store, ids = upstream
-    tapt = {"validation_fraction": 0.1,
-            "pretrain": {"max_steps": 4, "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 8}}  # fmt: skip
     raw = config.model_dump()
-    raw["evaluate"].update(tapt=tapt, models=[{"name": "tiny-copy", "source": str(tiny_base)}], num_epochs=2)
-    cfg = validate_config(raw).evaluate
-    aid = evaluate.run(cfg, store, base=ids["base"], model=ids["pretrain"])
+    raw["evaluate"].update(tapt=TAPT, models=[{"name": "tiny-copy", "source": str(tiny_base)}], num_epochs=2)
+    config = validate_config(raw)
+    # TAPT is stages of the chain: planned with the others, each an artifact of its own, evaluate given the model.
+    assert [s for s in plan(config) if s not in ids] == [*TAPT_STAGES, "evaluate", "report"]
+    for stage in (*TAPT_STAGES, "evaluate"):
+        ids[stage] = run_stage(stage, config, store, ids)
+    assert ids == {s: aid for s, aid in plan(config).items() if s in ids}
+    aid = ids["evaluate"]
     results = json.loads((store.local_dir(aid) / "results.json").read_text())
     assert list(results["models"]) == ["base", "adapted", "tiny-copy", "adapted+tapt"]
     assert results["models"]["tiny-copy"]["artifact"] == ids["base"]  # the same files: the same content-addressed model
-    tapt_model = results["models"]["adapted+tapt"]["artifact"]
-    assert store.manifest(aid)["inputs"]["adapted+tapt"] == tapt_model
-    # lineage: TAPT model <- (adapted model imported as a starting point, the task's train text as a corpus)
-    m = store.manifest(tapt_model)
+    assert results["models"]["adapted+tapt"]["artifact"] == ids["tapt"] == store.manifest(aid)["inputs"]["adapted+tapt"]
+    # lineage: TAPT model <- (the adapted model, the task's train text as a corpus, tokenised with the adapted model's tokenizer)
+    m = store.manifest(ids["tapt"])
     assert m["stage"] == "pretrain" and m["config"]["max_steps"] == 4
-    start = store.manifest(m["inputs"]["base"])
-    assert ids["pretrain"] in start["origin"]["source"]
-    corpus = store.manifest(store.manifest(m["inputs"]["tokens"])["inputs"]["corpus"])
-    assert [s["path"] for s in corpus["sources"]] == config.evaluate.task.train_files
+    assert m["inputs"] == {"base": ids["pretrain"], "vocab": ids["tapt-vocab"], "tokens": ids["tapt-tokens"]}
+    assert store.manifest(ids["tapt-vocab"])["inputs"] == {"corpus": ids["tapt-corpus"], "base": ids["pretrain"]}
+    corpus = store.manifest(ids["tapt-corpus"])
+    assert corpus["stage"] == "ingest" and [s["path"] for s in corpus["sources"]] == config.evaluate.task.train_files
     assert {c["model"] for c in results["comparisons"]} == {"adapted", "tiny-copy", "adapted+tapt"}
 
     # Another evaluation with the same TAPT settings rebuilds nothing of TAPT, only the new seed's fine-tuning runs
     before = set(store.ids())
-    other = evaluate.run(cfg.model_copy(update={"seeds": [1]}), store, base=ids["base"], model=ids["pretrain"])
+    other_config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"seeds": [1]})})
+    assert {s: plan(other_config)[s] for s in TAPT_STAGES} == {s: ids[s] for s in TAPT_STAGES}
+    other = run_stage("evaluate", other_config, store, ids)
     new = set(store.ids()) - before
     assert {a for a in new if not a.startswith("f-")} == {other}
     runs = {role: fid for role, fid in store.manifest(other)["inputs"].items() if fid.startswith("f-")}
@@ -211,6 +220,17 @@ def test_tapt_and_an_extra_model_join_the_comparison(upstream, tiny_base):
     assert runs["tiny-copy lr 3e-3 seed 1"] == runs["base lr 3e-3 seed 1"]
     assert {a for a in new if a.startswith("f-")} == set(runs.values())
     assert sorted(store.manifest(f)["metrics"]["seed"] for f in set(runs.values())) == [1, 1, 1]
+
+
+def test_evaluate_with_tapt_on_needs_the_tapt_model(upstream):
+    config, store, ids = upstream
+    raw = config.model_dump()
+    raw["evaluate"]["tapt"] = TAPT
+    cfg = validate_config(raw).evaluate
+    with pytest.raises(InputError, match=r"evaluate.tapt is set but no TAPT model was given; .*python -m pretrain.tapt --config C"):
+        evaluate.stage_id(cfg, base=ids["base"], model=ids["pretrain"])
+    with pytest.raises(InputError, match=r"a TAPT model \(m-0+\) was given but evaluate.tapt is not set"):
+        evaluate.stage_id(config.evaluate, base=ids["base"], model=ids["pretrain"], tapt="m-" + "0" * 20)
 
 
 def test_bad_task_data_fails_before_any_model_is_trained(upstream, tmp_path):
@@ -231,22 +251,19 @@ def test_tapt_after_extended_vocabulary_continues_from_what_dapt_learned(upstrea
     """TAPT keeps the adapted model's tokenizer and embeddings: it must not extend (or re-initialise) them again."""
     from safetensors.torch import load_file
 
-    from pretrain import tapt
-    from pretrain.config import TaptConfig
-
     config, store, ids = upstream
     raw = config.model_dump()
     raw["vocab"].update(mode="extend", max_new_tokens=20, min_token_count=2)
+    # one step at a negligible learning rate: the TAPT weights are the starting weights, to within noise
+    raw["evaluate"]["tapt"] = {"validation_fraction": 0.1, "pretrain": {"max_steps": 1, "learning_rate": 1e-9, "warmup_steps": 0,
+                               "max_seq_length": 32, "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 4}}  # fmt: skip
     extended = validate_config(raw)
     dapt = dict(ids)
-    for stage in ("vocab", "tokens", "pretrain"):
+    for stage in ("vocab", "tokens", "pretrain", *TAPT_STAGES):
         dapt[stage] = run_stage(stage, extended, store, dapt)
     added = store.manifest(dapt["vocab"])["metrics"]["added_tokens"]
     assert added > 0
-    # one step at a negligible learning rate: the TAPT weights are the starting weights, to within noise
-    settings = TaptConfig(validation_fraction=0.1, pretrain={"max_steps": 1, "learning_rate": 1e-9, "warmup_steps": 0, "max_seq_length": 32,
-                                                             "global_batch_size": 8, "micro_batch_size": 8, "max_eval_blocks": 4})  # fmt: skip
-    model = tapt.build(settings, extended.evaluate.task, store, base=ids["base"], adapted=dapt["pretrain"])
+    model = dapt["tapt"]
     assert store.manifest(store.manifest(model)["inputs"]["vocab"])["config"]["mode"] == "keep"
     key = "bert.embeddings.word_embeddings.weight"
     before = load_file(store.local_dir(dapt["pretrain"]) / "model" / "model.safetensors")[key]

@@ -31,10 +31,10 @@ def _pipeline_logits(store, aid):
     """MLM logits and encoder states as the pipeline loads the model (from the artifact, with its own helpers)."""
     from transformers import BertForMaskedLM
 
-    from pretrain.evaluate import model_dir
+    from pretrain.modelfiles import model_folder
     from pretrain.vocab import load_fast_tokenizer
 
-    folder = model_dir(store, aid)
+    folder = model_folder(store, aid, "test")
     tokenizer = load_fast_tokenizer(folder)
     model = BertForMaskedLM.from_pretrained(folder).eval()
     with torch.no_grad():

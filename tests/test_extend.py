@@ -1,6 +1,7 @@
 """Vocabulary extension: choosing domain pieces, the extended tokenizer, and the new embedding rows."""
 
 import json
+import shutil
 import unicodedata
 
 import pytest
@@ -9,8 +10,10 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from conftest import build_until, read_jsonl_gz
 from pretrain import base, extend, formats, ingest, vocab
+from pretrain.mlm import mlm_head
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig, validate_config
+from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, InputError
 
 
@@ -91,7 +94,7 @@ def test_extended_model_keeps_base_outputs_and_starts_new_rows_at_their_pieces(b
     spec = json.loads((folder / "model_init.json").read_text())
     original = AutoModelForMaskedLM.from_pretrained(tiny_base).eval()
     extended = AutoModelForMaskedLM.from_pretrained(tiny_base).eval()
-    extend.extend_embeddings(extended, spec["new_tokens"], "subword_mean")
+    extend.extend_embeddings(extended, spec["new_tokens"], "subword_mean", mlm_head)
 
     rows = extended.get_input_embeddings().weight
     bias = extended.cls.predictions.bias
@@ -120,7 +123,7 @@ def test_resize_default_init_is_the_fallback(built, tiny_base):
     spec = json.loads((store.local_dir(_extend(store, corpus, base_id)) / "model_init.json").read_text())
     original = AutoModelForMaskedLM.from_pretrained(tiny_base)
     model = AutoModelForMaskedLM.from_pretrained(tiny_base)
-    extend.extend_embeddings(model, spec["new_tokens"], "resize_default")
+    extend.extend_embeddings(model, spec["new_tokens"], "resize_default", mlm_head)
     rows, old_rows = model.get_input_embeddings().weight, original.get_input_embeddings().weight
     old = old_rows.shape[0]
     assert rows.shape[0] == old + len(spec["new_tokens"]) == model.cls.predictions.bias.shape[0]
@@ -156,17 +159,25 @@ def test_bad_input(built, tmp_path, tiny_base):
     with pytest.raises(ConfigError, match=r"max_new_tokens \(5000\) is larger than the domain vocabulary .*vocab_size 1000"):
         validate_config({"vocab": {"mode": "extend", "vocab_size": 1000, "max_new_tokens": 5000}, "ingest": {}, "pretrain": {}, "evaluate": {}})
 
-    # a tokenizer whose size differs from the model's embedding rows
+    # a tokenizer with more tokens than the model has embedding rows (fewer is fine: DeBERTa-v3, ModernBERT pad theirs)
     folder = tmp_path / "mismatched"
-    folder.mkdir()
-    for f in tiny_base.iterdir():
+    small = AutoModelForMaskedLM.from_pretrained(tiny_base)
+    small.resize_token_embeddings(593)
+    small.save_pretrained(folder)
+    for f in tiny_base.glob("*token*"):
         (folder / f.name).write_bytes(f.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] += 7
-    (folder / "config.json").write_text(json.dumps(config))
     mismatched = base.run(BaseModelConfig(source=str(folder)), store)
-    with pytest.raises(InputError, match=r"its tokenizer has 600 tokens but the model has 607 embedding rows"):
+    with pytest.raises(InputError, match=r"its tokenizer has 600 tokens but the model has 593 embedding rows"):
         _extend(store, corpus, mismatched)
+
+    # weights that do not match their config.json: named at import, not deep inside a later stage
+    inconsistent = tmp_path / "inconsistent"
+    shutil.copytree(tiny_base, inconsistent)
+    config = json.loads((inconsistent / "config.json").read_text())
+    config["vocab_size"] += 7
+    (inconsistent / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"transformers cannot load it as a masked-LM model .*same model\?"):
+        base.run(BaseModelConfig(source=str(inconsistent)), store)
 
     # a base model without a (fast) tokenizer
     bare = tmp_path / "bare"

@@ -10,9 +10,9 @@ import pytest
 from conftest import REUTERS, read_jsonl_gz, write_jsonl
 from pretrain import report
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
-from pretrain.pipeline import plan, run_stage
-from pretrain.summaries import key_figures
+from pretrain.chain import plan, run_stage
+from pretrain.configfile import validate_config
+from pretrain.summaries import corpus_figures
 
 
 def test_duration_covers_the_whole_build_of_every_stage(tiny_config, monkeypatch):
@@ -67,7 +67,7 @@ def test_near_duplicates_are_counted_in_the_key_figures(tmp_path, tiny_config):
     aid = run_stage("ingest", config, store, {})
     metrics = store.manifest(aid)["metrics"]
     assert metrics["duplicates_removed"] == 2 and metrics["near_duplicates_removed"] == 3
-    assert "removed 2 exact and 3 near duplicates" in key_figures(store.manifest(aid))
+    assert "removed 2 exact and 3 near duplicates" in corpus_figures(store.manifest(aid))
 
 
 class _Captured:

@@ -3,8 +3,8 @@
 import pytest
 
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
-from pretrain.pipeline import STAGES, plan
+from pretrain.chain import STAGES, plan
+from pretrain.configfile import validate_config
 
 # Prefect pipeline runs (a temporary Prefect server; the pretrain flow under accelerate launch).
 pytestmark = pytest.mark.slow
@@ -28,8 +28,8 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
                               "micro_batch_size": 8, "max_eval_blocks": 16, "speed_rounds": 2}  # fmt: skip
     config = validate_config(tiny_config)
     first = pipeline(config=config)
-    assert set(first["ids"]) == set(STAGES)
     assert first["ids"] == plan(config)
+    assert list(first["ids"]) == [s for s in STAGES if not s.startswith("tapt")]  # every stage but TAPT, which is off
     assert not any(first["cached"].values())
     store = ArtifactStore(config.store)
     assert all(store.exists(aid) for aid in first["ids"].values())
@@ -49,8 +49,8 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
     # A run leaves few, readable cards in the UI: one table per stage, the run's summary table and the
     # report (it was 27, 7 of them file:// links a browser will not open from the UI).
     made = asyncio.run(read_artifacts())
-    assert len(made) == len(STAGES) + 2
-    assert sorted(a.key for a in made) == sorted([f"dapt-{s}" for s in STAGES] + ["dapt-summary", "dapt-report-page"])
+    assert len(made) == len(first["ids"]) + 2
+    assert sorted(a.key for a in made) == sorted([f"dapt-{s}" for s in first["ids"]] + ["dapt-summary", "dapt-report-page"])
     assert {a.type for a in made} == {"table", "markdown"}
     markdown = next(a for a in made if a.key == "dapt-report-page").data
     assert "file://" not in markdown and "![" in markdown
@@ -60,7 +60,7 @@ def test_pipeline_flow_with_distillation_twice_second_run_all_cache_hits(prefect
     second = pipeline(config=config)
     assert second["ids"] == first["ids"]
     assert all(second["cached"].values())
-    assert len(asyncio.run(read_artifacts())) == 2 * (len(STAGES) + 2)
+    assert len(asyncio.run(read_artifacts())) == 2 * (len(first["ids"]) + 2)
 
     # An artifact deleted from the store is rebuilt even though Prefect remembers the task.
     import shutil
@@ -79,7 +79,7 @@ def test_pretrain_flow_launches_accelerate_and_streams_its_log(prefect_harness, 
     from prefect.logging.handlers import APILogHandler
 
     from flows.pipeline import pretrain_flow
-    from pretrain.pipeline import run_stage
+    from pretrain.chain import run_stage
 
     tiny_config["pretrain"].update(max_steps=4, global_batch_size=8, micro_batch_size=4, launcher={"num_processes": 2})
     config = validate_config(tiny_config)

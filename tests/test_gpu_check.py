@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
+from pretrain.flops import PRECISION_NAMES  # noqa: E402
+from pretrain.precision import resolve  # noqa: E402
 
 
 def test_the_script_is_valid_bash_and_refuses_unknown_options():
@@ -38,13 +41,19 @@ def test_cpu_smoke_runs_every_check(tmp_path):
     failed = [line for line in lines if not line["ok"]]
     assert done.returncode == len(failed) == 0, failed
     environment, throughput, resume, evaluate, compiled = lines
-    assert environment["torch"] and environment["peak"] == "unknown device 'cpu' for bf16: no MFU"
-    [bench] = throughput["results"]
-    assert bench["model"] == "bert-tiny" and bench["ours_tokens_per_s"] > 0 and bench["baseline_tokens_per_s"] > 0
-    # Killed right after the checkpoint at step 4 of 8, resumed there, finished in bf16.
+    auto = resolve("auto", torch.device("cpu"))[0]  # bf16 on a CPU with bf16 units, else float32
+    assert environment["torch"] and environment["auto_precision"] == auto
+    assert environment["peak"] == f"unknown device 'cpu' for {PRECISION_NAMES[auto]}: no MFU"
+    fp32, auto_bench = throughput["results"]  # float32 and auto, side by side
+    assert (fp32["mixed_precision"], auto_bench["mixed_precision"], auto_bench["precision"]) == ("no", "auto", auto)
+    for bench in (fp32, auto_bench):
+        assert bench["model"] == "bert-tiny" and bench["ours_tokens_per_s"] > 0 and bench["baseline_tokens_per_s"] > 0
+        assert bench["ratio_vs_baseline_fp32"] > 0
+    # Killed right after the checkpoint at step 4 of 8, resumed there, finished in what auto picked.
     assert (resume["resumed_from_step"], resume["of_steps"], resume["steps"]) == (4, 8, 8)
-    assert resume["mixed_precision"] == "bf16" and resume["model_flops_per_step"] > 0 and resume["mfu"] is None
+    assert (resume["mixed_precision"], resume["precision"]) == ("auto", auto)
+    assert resume["model_flops_per_step"] > 0 and resume["mfu"] is None
     assert {name: m["seeds"] for name, m in evaluate["models"].items()} == {"base": 2, "adapted": 2}
-    assert evaluate["mixed_precision"] == "bf16"
+    assert (evaluate["mixed_precision"], evaluate["precision"]) == ("auto", auto)
     assert compiled["artifact"] != resume["artifact"] and compiled["eager"]["steps"] == compiled["compiled"]["steps"] == 8
     assert compiled["steady_tokens_per_second_ratio"] > 0

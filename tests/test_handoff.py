@@ -203,10 +203,14 @@ def test_a_non_empty_export_folder_is_refused_unless_overwrite(small_store, tmp_
     (tmp_path / "full" / "old.txt").write_text("keep me")
     with pytest.raises(UserError, match=r"--to .*full: the folder exists and is not empty; .* pass --overwrite"):
         export_module.export(store, ids["base"], tmp_path / "full")
+    with pytest.raises(UserError, match=r"--to .*full: not replacing it with --overwrite: it is not a previous dapt export"):
+        export_module.export(store, ids["base"], tmp_path / "full", overwrite=True)  # only an export is ever replaced
     assert (tmp_path / "full" / "old.txt").read_text() == "keep me"  # untouched
-    export_module.export(store, ids["base"], tmp_path / "full", overwrite=True)
-    assert not (tmp_path / "full" / "old.txt").exists() and (tmp_path / "full" / "model.safetensors").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".full")]  # no staging or old copy left behind
+    export_module.export(store, ids["base"], tmp_path / "out")
+    (tmp_path / "out" / "config.json").write_text("{}")
+    export_module.export(store, ids["base"], tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "config.json").read_text() != "{}" and (tmp_path / "out" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging or old copy left behind
 
 
 def test_onnx_export_refuses_when_the_tasks_test_files_are_gone(small_store, tiny_base, task_files, tmp_path):

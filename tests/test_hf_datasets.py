@@ -10,7 +10,8 @@ import pytest
 
 from conftest import build_until, read_jsonl_gz, REUTERS
 from pretrain import ingest
-from pretrain.config import IngestConfig, TaskConfig, validate_config
+from pretrain.config import IngestConfig, TaskConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import InputError
 from pretrain.hf_datasets import records, resolve
 from pretrain.tasks import read_task, task_sources

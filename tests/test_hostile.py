@@ -9,6 +9,7 @@ The kill -9 variants of the checkpoint cases are in test_resume.py.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -21,13 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, build_until, make_tiny_config, write_config
+from conftest import ROOT, build_until, make_tiny_config, write_config, write_jsonl
 from flows.cli import main
 from pretrain import registry, training
-from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest
-from pretrain.config import load_config, validate_config
+from pretrain.artifacts import MANIFEST, ArtifactStore
+from pretrain.chain import run_stage, stage_id
+from pretrain.configfile import load_config, validate_config
 from pretrain.errors import ConfigError, InputError, UserError
-from pretrain.pipeline import run_stage, stage_id
 
 class _Payload:
     """Unpickled, it creates the file named in it: an observable side effect."""
@@ -601,3 +602,620 @@ def test_a_read_only_store_can_be_listed_and_planned_and_refuses_builds_in_one_l
     assert "base      b-" in planning and "to build" in planning and "rc=0" in planning
     assert f"store {store.root}: cannot write into {store.root}/.tmp (Read-only file system); building needs a writable store" in building
     assert "rc=2" in building and "Traceback" not in out
+
+
+# --- issue 22: `export --overwrite` replaces a previous export and nothing else --------------------------------
+
+
+@pytest.fixture
+def base_store(tmp_path, corpus_file, task_files, tiny_base):
+    """A store with the base model artifact, an alias and a recorded run, a file beside it, and a first export of it."""
+    raw = make_tiny_config(tmp_path / "home" / "work" / "store", corpus_file, task_files, tiny_base)
+    _, store, ids = build_until(raw, "base")
+    registry.promote(store, ids["base"], "production")
+    registry.record_run(store, "tiny", ids)
+    (tmp_path / "home" / "work" / "notes.txt").write_text("a file beside the store")
+    return store, ids["base"]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _refused_overwrite(capsys, store, to: str, words: str) -> None:
+    before = _tree(Path(store.root).parents[2])
+    code, out, err = _cli(capsys, "export", "production", "--to", to, "--overwrite", "--store", store.url)
+    assert code == 2 and "exported" not in out and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "not replacing it with --overwrite" in err
+    assert words in err
+    assert _tree(Path(store.root).parents[2]) == before  # nothing deleted, nothing written (no staging folder either)
+
+
+def test_export_overwrite_never_replaces_the_store(base_store, capsys):
+    store, _ = base_store
+    _refused_overwrite(capsys, store, store.root, f"--to {store.root}: not replacing it with --overwrite: it is the artifact store {store.url}")
+    assert store.ids() and registry.aliases(store)
+
+
+def test_export_overwrite_never_replaces_a_folder_holding_the_store(base_store, capsys):
+    store, _ = base_store
+    parent = Path(store.root).parent
+    _refused_overwrite(capsys, store, str(parent), f"--to {parent}: not replacing it with --overwrite: it holds the artifact store")
+    assert (parent / "notes.txt").read_text() == "a file beside the store"
+
+
+def test_export_overwrite_never_replaces_home_cwd_or_root(base_store, capsys, monkeypatch, tmp_path):
+    store, _ = base_store
+    home = Path(store.root).parents[1]
+    monkeypatch.setenv("HOME", str(home))
+    _refused_overwrite(capsys, store, "~", f"--to {home}: not replacing it with --overwrite: it is your home folder")
+    _refused_overwrite(capsys, store, str(home), f"--to {home}: not replacing it with --overwrite: it is your home folder")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(elsewhere / "me"))
+    _refused_overwrite(capsys, store, str(elsewhere), f"--to {elsewhere}: not replacing it with --overwrite: it holds your home folder")
+    monkeypatch.setenv("HOME", str(elsewhere))
+    monkeypatch.chdir(elsewhere)
+    _refused_overwrite(capsys, store, ".", f"--to {elsewhere}: not replacing it with --overwrite: it is your home folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+    _refused_overwrite(capsys, store, ".", f"--to {elsewhere}: not replacing it with --overwrite: it is the current folder")
+    _refused_overwrite(capsys, store, "/", "--to /: not replacing it with --overwrite: it is the root folder /")
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+
+
+def test_export_overwrite_replaces_only_a_previous_export_holding_nothing_else(base_store, capsys, tmp_path):
+    store, aid = base_store
+    out = tmp_path / "out"
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(out), "--store", store.url)
+    assert code == 0 and f"exported {aid}" in printed
+    assert json.loads((out / "dapt_export.json").read_text())["dapt_export"] == 1  # the marker
+    (out / "model.safetensors").write_bytes(b"stale")
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(out), "--overwrite", "--store", store.url)
+    assert code == 0 and (out / "model.safetensors").read_bytes() != b"stale"  # a previous export: replaced
+
+    (out / "my-notes.txt").write_text("not the export's")
+    _refused_overwrite(capsys, store, str(out), f"--to {out}: not replacing it with --overwrite: it holds files the export did not write (my-notes.txt)")
+    (out / "my-notes.txt").unlink()
+    (out / "dapt_export.json").write_text('{"files": {}}')  # not an export's marker
+    _refused_overwrite(capsys, store, str(out), f"--to {out}: not replacing it with --overwrite: it is not a previous dapt export (no valid dapt_export.json")
+
+    empty = tmp_path / "empty"  # an empty folder made for the export: used, with or without --overwrite
+    empty.mkdir()
+    code, printed, _ = _cli(capsys, "export", "production", "--to", str(empty), "--store", store.url)
+    assert code == 0 and (empty / "dapt_export.json").is_file()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "data.csv").write_text("a,b\n")
+    _refused_overwrite(capsys, store, str(plain), f"--to {plain}: not replacing it with --overwrite: it is not a previous dapt export")
+    other_store = tmp_path / "other"
+    (other_store / ".aliases").mkdir(parents=True)
+    (other_store / "dapt_export.json").write_text('{"dapt_export": 1, "files": {}}')  # even with a marker
+    _refused_overwrite(capsys, store, str(other_store), f"--to {other_store}: not replacing it with --overwrite: it holds an artifact store or artifacts (.aliases)")
+
+
+# --- issue 22: silently wrong -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def classifier(tiny_base, tmp_path):
+    """An untrained two-label classifier folder (what `dapt predict` takes)."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "clf"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, folder / name)
+    return folder
+
+
+def test_predict_never_labels_a_row_without_text(classifier, tmp_path, capsys):
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,oil prices rose\n2,\n3,"   "\n4,net profit up\n')
+    out = tmp_path / "o.jsonl"
+    code, printed, _ = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(out))
+    assert code == 0
+    assert "2 texts labelled" in printed and f"skipped 2 rows with no text (not labelled): {source}:3, {source}:4" in printed
+    assert [json.loads(line)["id"] for line in out.open()] == ["1", "4"]  # no invented label for rows 2 and 3
+    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(tmp_path / "f.jsonl"), "--on-empty", "fail")
+    assert code == 2 and f"error: {source}:3: no text in 'text' (empty); remove the row, or pass --on-empty skip" in err
+    assert not (tmp_path / "f.jsonl").exists()
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text('{"text": null}\n{"text": ""}\n')
+    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(nulls), "--out", str(tmp_path / "n.jsonl"))
+    assert code == 2 and f"--input {nulls}: no records to label (all 2 have no text in 'text')" in err
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "1", "'true'", '"false"'])
+def test_booleans_are_only_true_or_false_in_the_file_and_in_set(tmp_path, tiny_config, word):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    shown = {"'true'": "'true'", '"false"': "'false'", "1": "1"}.get(word, repr(word))
+    words = f"vocab.lowercase: Input should be a valid boolean (got {shown}); write true or false"
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, [f"vocab.lowercase={word}"])
+    assert words in str(refused.value)
+    path.write_text(path.read_text().replace("vocab:\n", f"vocab:\n  lowercase: {word}\n"))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert words in str(refused.value)
+
+
+def test_true_and_false_still_read_as_booleans_and_no_is_a_string(tmp_path, tiny_config):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    config = load_config(path, ["vocab.lowercase=false", "ingest.dedup.near=False", "pretrain.mixed_precision=no"])
+    assert config.vocab.lowercase is False and config.ingest.dedup.near is False and config.pretrain.mixed_precision == "no"
+
+
+def _task_run(tmp_path, tiny_config, train_rows, held_rows, key="test_files"):
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    write_jsonl(train, [{"text": t, "label": label} for t, label in train_rows])
+    write_jsonl(held, [{"text": t, "label": label} for t, label in held_rows])
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "task": {"name": "T", "train_files": [str(train)], key: [str(held)]}}}
+    return raw, train, held
+
+
+def _labelled(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [(f"Story number {i} about {'oil' if i % 2 else 'grain'} prices and trade", "crude" if i % 2 else "grain") for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("key", ["test_files", "validation_files"])
+def test_a_test_or_validation_file_that_is_the_train_file_is_refused_at_plan_time(tmp_path, tiny_config, capsys, key):
+    raw, train, _ = _task_run(tmp_path, tiny_config, _labelled(40), _labelled(10))
+    raw["evaluate"]["task"][key] = [str(train)]
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    use = "scored on" if key == "test_files" else "have their epoch chosen on"
+    assert code == 2 and "Traceback" not in err
+    assert f"evaluate.task.{key}: {train} is the same file as the train file {train} (identical bytes): the models would be {use} their own training data" in err
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(train, copy)  # another name, the same bytes
+    raw["evaluate"]["task"][key] = [str(copy)]
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 2 and f"{copy} is the same file as the train file {train}" in err
+
+
+def test_test_examples_shared_with_train_are_an_error_above_a_small_share_and_a_warning_below(tmp_path, tiny_config, capsys):
+    train_rows = _labelled(100)
+    held = _labelled(50, start=1000)
+    raw, train, test = _task_run(tmp_path, tiny_config, train_rows, held[:45] + [(t.upper() + "  ", label) for t, label in train_rows[:5]])
+    code, _, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 2  # 5 of 50 (10%): not a held-out test set
+    assert "evaluate.task.test_files: 5 of 50 examples (10.0%) have the same text as a train example (case and spacing aside)" in err
+    assert f"e.g. {test}:46 = {train}:1 ('STORY NUMBER 0 ABOUT GRAIN" in err and "(more than 5%)" in err
+
+    raw, train, test = _task_run(tmp_path, tiny_config, train_rows, held + [train_rows[7]])
+    code, out, err = _cli(capsys, "plan", str(write_config(tmp_path / "c.yaml", raw)))
+    assert code == 0
+    assert f"warning: evaluate.task: test_files: 1 of 51 examples (2.0%) have the same text as a train example (case and spacing aside), e.g. {test}:51 = {train}:8" in err
+
+
+def test_init_says_when_the_corpus_files_are_not_text(tmp_path, tiny_base, monkeypatch, capsys):
+    from test_init import _user_files
+
+    monkeypatch.chdir(tmp_path)
+    docs, _ = _user_files(tmp_path, stories=5, examples=60)
+    noise = os.urandom(200_000)
+    (docs / "story002.txt").write_bytes(noise)
+    (docs / "story003.txt").write_bytes(bytes(b | 0x80 for b in noise[:20_000]))  # no NUL byte, but not UTF-8
+    code, out, _ = _cli(capsys, "init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml")
+    assert code == 0
+    assert "warning: 2 of the 5 corpus files sampled are not text (docs/story002.txt: a binary file (NUL bytes in the first 8 KiB), not text; " in out
+    assert "docs/story003.txt: not UTF-8 text (" in out and "ingest stops at the first one; remove them from the corpus, or set ingest.on_error: skip in my.yaml" in out
+
+    only = tmp_path / "binary"
+    only.mkdir()
+    (only / "random.txt").write_bytes(noise)
+    code, out, err = _cli(capsys, "init", "--corpus", "binary", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "b.yaml")
+    assert code == 2 and "Traceback" not in err and "next:" not in out and not (tmp_path / "b.yaml").exists()
+    assert "error: --corpus binary: none of the 1 text files sampled is text (e.g. binary/random.txt: a binary file (NUL bytes" in err
+
+
+def test_gc_lists_and_collects_abandoned_checkpoints_past_keep_hours(tmp_path, capsys):
+    store = ArtifactStore(tmp_path / "store")
+    old = store.work_dir(M) / "checkpoints" / "step-00000004"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"0" * 2_000_000)
+    young = store.work_dir("m-" + "8" * 20) / "checkpoints"
+    young.mkdir(parents=True)
+    (young / "model.safetensors").write_bytes(b"0" * 1000)
+    hours_ago = time.time() - 30 * 3600
+    for path in [*old.parents[1].rglob("*"), old.parents[1]]:
+        os.utime(path, (hours_ago, hours_ago))
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--store", store.root)
+    folder = Path(store.root) / ".work" / M
+    assert code == 0
+    assert f"would delete  {folder}  2.0 MB  (checkpoints of a build untouched for 30 h; a re-run with {M}'s settings would resume from them)" in out
+    assert "and 1 checkpoint folders, 2.0 MB; run again with --yes" in out and "8888" not in out and folder.is_dir()
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--yes", "--keep-hours", "48", "--store", store.root)
+    assert code == 0 and folder.is_dir() and "0 checkpoint folders" in out  # younger than --keep-hours: kept
+    code, out, _ = _cli(capsys, "artifacts", "gc", "--yes", "--store", store.root)
+    assert code == 0 and "freed 2.0 MB" in out and not folder.exists() and young.is_dir()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    from accelerate import Accelerator
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pretrain.config import PretrainConfig
+    from pretrain.mlm import MaskedLM
+
+    previous = os.umask(0o022)
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+        task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), PretrainConfig(max_steps=4), 4)
+        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
+        checkpoint = training.latest_checkpoint(tmp_path / "checkpoints")
+        assert {p.name: p.stat().st_mode & 0o777 for p in checkpoint.iterdir()} == {p.name: 0o644 for p in checkpoint.iterdir()}
+        assert "model.safetensors" in {p.name for p in checkpoint.iterdir()} and checkpoint.stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(previous)
+
+
+# --- issue 22 item 7 / issue 21 item 5: `dapt run` stops everything it started ------------------------------------
+
+# `dapt run` as the console script runs it (the watchdog and the signal handlers are the process entry's), with
+# each training step slowed down so that a signal lands mid-pretraining.
+SLOW_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from pretrain.mlm import MaskedLM
+    forward = MaskedLM.forward
+    def slow_forward(self, *args, **kwargs):
+        if self.training:
+            time.sleep(0.2)
+        return forward(self, *args, **kwargs)
+    MaskedLM.forward = slow_forward
+    from flows.cli import main
+    sys.argv = ["dapt", "run", sys.argv[1]]
+    sys.exit(main())
+    """
+)
+
+
+@pytest.fixture
+def slow_run(tmp_path, corpus_file, task_files, tiny_base):
+    """A config pretraining 60 slowed steps with a checkpoint every 5, and a function that starts `dapt run` on it
+    (its own PREFECT_HOME) and returns (the process, its descendants so far) once the temporary Prefect server
+    is among them and, with `checkpoint=True`, pretraining has written a checkpoint."""
+    import psutil
+
+    raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, tiny_base)
+    raw["pretrain"].update(max_steps=60, checkpoint_every_steps=5, keep_checkpoints=2, log_every_steps=5)
+    path = write_config(tmp_path / "c.yaml", raw)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+
+    def start(checkpoints: Path | None = None, session: bool = False):
+        process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=session)  # fmt: skip
+        seen: dict[int, psutil.Process] = {}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+            server = any("prefect.server.api.server" in " ".join(_cmdline(p)) for p in seen.values())
+            if server and (checkpoints is None or (checkpoints.is_dir() and any(checkpoints.glob("step-*")))):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[0]
+        return process, list(seen.values())
+
+    return start, raw
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _all_gone(processes, seconds: float) -> list:
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return [(p.pid, _cmdline(p)) for p in alive]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_pretraining_stops_the_server_and_workers_publishes_nothing_and_the_rerun_resumes(slow_run, caplog):
+    import signal
+
+    start, raw = slow_run
+    config, store, ids = build_until(raw, "tokens")
+    aid = stage_id("pretrain", config, ids)
+    process, children = start(checkpoints=store.work_root() / aid / "checkpoints")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "error: stopped by SIGTERM: the run, its workers and the temporary Prefect server are stopped" in output
+    assert "Traceback" not in output
+    assert _all_gone(children, 15) == []  # no uvicorn (nor any worker) outlives the run
+    assert not store.exists(aid) and not list((Path(store.root) / ".tmp").glob(f"{aid}.*"))  # nothing half-built
+    assert any((store.work_root() / aid / "checkpoints").glob("step-*"))  # kept for the re-run
+    with caplog.at_level("INFO", logger="pretrain"):
+        assert run_stage("pretrain", config, store, ids) == aid
+    assert "pretrain: resuming from" in caplog.text and store.exists(aid)
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_of_dapt_run_leaves_no_orphan_server(slow_run):
+    import signal
+
+    start, _ = slow_run
+    process, children = start()
+    time.sleep(2)  # the watchdog notes the run's processes every 0.5 s: a server younger than that is not yet on its list
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate(timeout=60)[0]  # the watchdog shares the output pipe: this waits for it too
+    assert process.returncode == -signal.SIGKILL
+    assert _all_gone(children, 20) == []  # the watchdog stopped the server and the rest
+    assert f"dapt: the run (pid {process.pid}) ended without stopping" in output and "temporary Prefect server (pid" in output
+
+
+def test_a_temporary_server_that_does_not_start_is_retried_then_one_line_saying_what_to_do(monkeypatch, tmp_path, tiny_config, capsys, caplog):
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import lifecycle
+
+    tries, waits = [], []
+
+    def overloaded(self, timeout=None):
+        tries.append(self)
+        raise httpx.ReadTimeout("timed out")  # what the health check of a server on a loaded machine raised
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", overloaded)
+    monkeypatch.setattr(lifecycle.time, "sleep", waits.append)
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        code, _, err = _cli(capsys, "run", str(path))
+    assert code == 2 and len(tries) == 3 and waits == [5, 10] and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    # The retries are log lines: whether they reach this stderr or only the log records depends on the handlers that
+    # Prefect's logging set-up (run once per process) left in place.
+    retried = [r.getMessage() for r in caplog.records if r.name == "flows.lifecycle"] or err.strip().splitlines()[:-1]
+    assert len(retried) == 2 and all("the temporary Prefect server did not start (ReadTimeout: timed out); trying again in" in r for r in retried)
+    assert last.startswith("error: the temporary Prefect server did not start in 3 tries (ReadTimeout: timed out): the machine is probably overloaded")
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last and "PREFECT_API_URL=http://127.0.0.1:4200/api" in last
+
+
+def test_an_api_call_that_still_times_out_after_prefects_retries_is_one_line(monkeypatch, tmp_path, tiny_config, capsys):
+    import httpx
+
+    import flows.pipeline
+
+    def timing_out(**kwargs):
+        raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(flows.pipeline, "start_api_server", lambda: None)
+    monkeypatch.setattr(flows.pipeline, "pipeline", timing_out)
+    code, _, err = _cli(capsys, "run", str(write_config(tmp_path / "c.yaml", tiny_config)))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "did not answer (ReadTimeout: timed out) after Prefect's retries: the machine is overloaded or the server stopped. Re-run the same command" in err
+
+
+def test_a_forged_checkpoint_whose_scheduler_json_is_not_json_is_set_aside_not_a_traceback(tmp_path, caplog):
+    from accelerate import Accelerator
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pretrain.config import PretrainConfig
+    from pretrain.mlm import MaskedLM
+
+    accelerator = Accelerator(cpu=True)
+    cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=2)
+    model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, 4)
+    for step in (2, 4):
+        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 2, task, optimizer, scheduler)
+    newest = training.latest_checkpoint(tmp_path / "checkpoints")
+    forged = b"\xff\xfe not json \x00\x81"
+    (newest / "scheduler.json").write_bytes(forged)
+    state = json.loads((newest / "trainer_state.json").read_text())
+    state["files"]["scheduler.json"] = {"size": len(forged), "sha256": file_digest_bytes(forged)}  # hashes forged to match
+    (newest / "trainer_state.json").write_text(json.dumps(state))
+    assert training.checkpoint_problem(newest) == "scheduler.json is not JSON"
+    with caplog.at_level("WARNING", logger="pretrain"):
+        _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
+    assert progress == {"step": 2}  # the previous checkpoint, as for a truncated one
+    assert f"checkpoint {newest} cannot be restored: scheduler.json is not JSON. Set aside as broken-step-00000004" in caplog.text
+
+
+@pytest.mark.slow
+def test_fine_tuning_workers_killed_by_kill_minus_nine_are_one_message_without_a_traceback(tiny_config, tmp_path):
+    import signal
+
+    import psutil
+
+    build_until(tiny_config, "pretrain")
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 50, "patience_epochs": None, "parallel_runs": 2}}
+    path = write_config(tmp_path / "c.yaml", raw)
+    job = subprocess.Popen([sys.executable, "-m", "pretrain.evaluate", "--config", str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
+    lines = []
+    try:
+        for line in job.stderr:  # both workers are fine-tuning once each has shown progress
+            lines.append(line)
+            if len({w for w in ("[worker 1 · evaluate", "[worker 2 · evaluate") if any(w in seen and "batch (" in seen for seen in lines)}) == 2:
+                break
+        for worker in psutil.Process(job.pid).children():
+            if "spawn_main" in " ".join(worker.cmdline()):  # the workers (not multiprocessing's resource tracker)
+                worker.send_signal(signal.SIGKILL)  # what the kernel's out-of-memory killer does
+        _, rest = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 2, "".join(lines) + rest
+    assert "Traceback" not in rest and "RunFailed" not in rest
+    assert re.search(r"error: evaluate: worker [12] \(CPU\) died \(exit code -9\) while fine-tuning (base|adapted) lr 3e-3 seed [01]", rest), rest
+    assert "killed for memory? its log lines above say how far it got; with memory short, lower evaluate.parallel_runs" in rest
+
+
+# --- issue 22: one line, not a traceback ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No credentials and no reachable Hub: every remote failure here is fast and local (.invalid names, closed ports)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup for credentials
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("s3://nobucket/p", "store s3://nobucket/p: cannot reach it: no credentials (NoCredentialsError); set AWS_ACCESS_KEY_ID"),
+        ("hf://datasets/x/y", "store hf://datasets/x/y: cannot reach it: the host name does not resolve"),
+        ("ftp://127.0.0.1:1/x", "store ftp://127.0.0.1:1/x: cannot reach it: the connection was refused (ConnectionRefusedError)"),
+        ("nosuchproto://x", "store nosuchproto://x: not a folder or a usable fsspec URL (Protocol not known: nosuchproto)"),
+    ],
+)
+def test_a_store_url_that_cannot_be_used_is_one_line(offline, capsys, url, words):
+    code, _, err = _cli(capsys, "artifacts", "list", "--store", url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and words in err
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("https://corpus.invalid/corpus.jsonl", "the host name does not resolve (ClientConnectorDNSError)"),
+        ("http://127.0.0.1:1/corpus.jsonl", "the connection was refused (ClientConnectorError)"),
+        ("hf://datasets/nobody/corpus", "the host name does not resolve"),
+    ],
+)
+def test_a_remote_corpus_input_without_network_is_one_line_naming_it(offline, tmp_path, tiny_config, capsys, url, words):
+    path = write_config(tmp_path / "c.yaml", tiny_config)
+    code, _, err = _cli(capsys, "plan", str(path), "--set", f"ingest.inputs=[{url}]")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {path}: 1 problem:") and f"  - ingest.inputs[0]: {url}: cannot read it: {words}" in err
+    assert "check the URL, and that" in err
+
+
+def test_export_to_a_read_only_or_full_folder_is_one_line_and_leaves_nothing(base_store, capsys, tmp_path, monkeypatch):
+    import errno
+
+    from pretrain import export as export_module
+
+    store, _ = base_store
+    real = shutil.copy2
+    for code_, words in ((errno.EROFS, "read-only file system; choose a writable place"), (errno.ENOSPC, "no space left on the device; free some")):
+        def failing(src, dst, *args, code_=code_, **kwargs):
+            if Path(dst).name == "model.safetensors":
+                raise OSError(code_, os.strerror(code_), str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(export_module.shutil, "copy2", failing)
+        code, _, err = _cli(capsys, "export", "production", "--to", str(tmp_path / "out"), "--store", store.url)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert f"error: --to {tmp_path / 'out'}: cannot write the export there: {tmp_path}/.out." in err and words in err
+        assert "nothing was left behind" in err and not [p for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
+
+
+def test_promote_and_rm_on_a_read_only_store_are_one_line(base_store, capsys, monkeypatch):
+    import errno
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    store, aid = base_store
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    code, _, err = _cli(capsys, "artifacts", "promote", aid, "staging", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"error: store {store.url}: {store.root}/.aliases/staging/." in err and "read-only file system" in err
+    monkeypatch.setattr(LocalFileSystem, "rm", lambda self, path, *a, **k: read_only(path))
+    code, _, err = _cli(capsys, "artifacts", "rm", aid, "--force", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and f"error: store {store.url}: " in err and "read-only file system" in err
+    assert store.exists(aid)
+
+
+def test_the_base_stage_on_a_full_disk_is_one_line(tmp_path, tiny_config, monkeypatch, capsys):
+    import errno
+
+    from pretrain import base, stage_cli
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(base.shutil, "copy2", full)
+    with pytest.raises(SystemExit) as exited:
+        stage_cli.main("base", argv=["--config", str(write_config(tmp_path / "c.yaml", tiny_config))])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert "error: " in err and "no space left on the device; free some, or choose another place" in err
+    assert not list((Path(tiny_config["store"]) / ".tmp").iterdir())  # the staging folder went with the failure
+
+
+def test_push_to_hub_without_network_is_one_line_and_the_token_stays_secret(base_store, offline, capsys, tmp_path, monkeypatch):
+    secret = "hf_SECRETtoken1234567890abcdef"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    store, aid = base_store
+    code, out, err = _cli(capsys, "export", "production", "--to", str(tmp_path / "out"), "--push-to-hub", "org/model", "--store", store.url)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "error: --push-to-hub org/model: cannot reach the Hub: the host name does not resolve" in err
+    assert f"the export in {tmp_path / 'out'} is complete, push it again later" in err and (tmp_path / "out" / "model.safetensors").is_file()
+    assert secret not in out + err
+
+
+def test_predict_on_a_file_that_is_not_onnx_is_one_line(classifier, tmp_path, capsys):
+    (classifier / "model.onnx").write_bytes(b"this is not a protobuf \x00\x01\x02")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "oil prices rose"}\n')
+    code, _, err = _cli(capsys, "predict", str(classifier / "model.onnx"), "--input", str(source), "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"error: {classifier / 'model.onnx'}: ONNX Runtime cannot load it (InvalidProtobuf" in err and "--format onnx" in err
+
+
+def test_csv_errors_name_the_line_where_the_quote_opens(tmp_path):
+    from pretrain import ingest
+    from pretrain.config import IngestConfig
+    from pretrain.io import read_records
+
+    task = tmp_path / "task.csv"  # the quote opens on line 11 and closes on line 12, followed by more text
+    task.write_text("text,label\n" + "".join(f"row {i},a\n" for i in range(2, 11)) + '"open quote,b\nnext" and more,c\nlast,a\n')
+    with pytest.raises(InputError) as refused:
+        list(read_records(task))
+    assert str(refused.value).startswith(f"{task}:11: not valid CSV in the record starting on this line (',' expected after '\"', on line 12)")
+
+    corpus = tmp_path / "corpus.csv"  # a blank line, then the quote opens on line 52 and is never closed
+    good = "".join(f'{i},"document number {i} about grain and oil prices"\n' for i in range(1, 50))
+    corpus.write_text(f'id,text\n{good}\n51,"an unterminated quote\n52,the rows that follow\n')
+    settings = {"inputs": [str(corpus)], "min_words": 1, "validation_fraction": 0.3, "dedup": {"near": False}}
+    with pytest.raises(InputError, match=f"{corpus}:52: a quoted field opened in the record starting on this line is never closed"):
+        ingest.run(IngestConfig(**settings), ArtifactStore(tmp_path / "store"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_terminal_stops_the_run_in_seconds_with_one_line(slow_run):
+    import signal
+
+    start, _ = slow_run
+    process, children = start(session=True)  # a session of its own: the signal reaches it as a terminal's Ctrl-C does
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGINT)  # the whole foreground group: the run, its watchdog and workers
+    stopped = time.monotonic()
+    output = process.communicate(timeout=120)[0]
+    # The temporary server is in a session of its own: it outlives the signal so the run can record how it
+    # ended, instead of retrying its API calls for a minute, and is stopped at exit.
+    assert time.monotonic() - stopped < 60 and process.returncode == 128 + signal.SIGINT, output
+    assert "error: stopped by SIGINT: the run, its workers and the temporary Prefect server are stopped" in output
+    assert "Traceback" not in output
+    assert _all_gone(children, 15) == []

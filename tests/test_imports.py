@@ -3,11 +3,14 @@
 - no module uses another module's `_private` names: not `from pretrain.x import _name`, not
   `x._name` for a project module `x`, and not `obj._name` where `_name` is private to another module
   of the project and not defined in this one (how `store._path` from outside artifacts.py is caught);
-- no import circle among the modules of `pretrain/` and `flows/`. Imports inside functions count (a
-  circle through a lazy import is still a circle, and the module runs twice when entered from the
-  wrong end); only the `if __name__ == "__main__":` blocks of `pretrain/` are left out (a stage's
-  `python -m` entry imports the stage registry, which imports every stage), and `if TYPE_CHECKING:`
-  blocks (never run). The `__main__` blocks of `flows/` count;
+- no import circle among the modules of `pretrain/` and `flows/`, none at all. Imports inside functions
+  count (a circle through a lazy import is still a circle); `if TYPE_CHECKING:` blocks do not (they
+  never run). An `if __name__ == "__main__":` block counts as what Python runs it as: the module
+  `__main__`, which imports the module's imports and then its block's (`X:__main__` in the graph), and
+  which nothing imports;
+- the stage table (`pretrain.chain`) is imported by no module of `pretrain/` but the stage command line,
+  and a stage's `__main__` block imports only that command line (`pretrain.stage_cli`), naming stages
+  the table has;
 - one logging path: loggers come from `pretrain.logs` (rank-aware, works without an Accelerate state),
   never from `accelerate.logging` or `logging.getLogger(__name__)`, and only `pretrain.logs` configures
   logging.
@@ -44,11 +47,18 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__") and name != "_"
 
 
+def _is_main_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+
+
 def _skipped_block(node: ast.AST, main: bool) -> bool:
     if not isinstance(node, ast.If):
         return False
-    test = ast.unparse(node.test)
-    return (not main and "__main__" in test) or test in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+    return (not main and _is_main_block(node)) or ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _main_blocks(tree: ast.Module) -> list[ast.If]:
+    return [node for node in tree.body if _is_main_block(node)]
 
 
 def _walk(tree: ast.AST, main: bool = False):
@@ -134,10 +144,14 @@ def private_uses() -> set[tuple[str, str, int]]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports; `X:__main__` -> what `python -m X` imports (X's imports and its main block's)."""
     graph = {}
     for module, tree in MODULES.items():
-        main = module.split(".")[0] == "flows"
-        graph[module] = {imported for _, imported, _ in _imports(module, tree, main) if imported != module}
+        graph[module] = {imported for _, imported, _ in _imports(module, tree) if imported != module}
+        blocks = _main_blocks(tree)
+        if blocks:
+            run = {imported for block in blocks for _, imported, _ in _imports(module, ast.Module(body=[*block.body, *block.orelse], type_ignores=[]))}
+            graph[f"{module}:__main__"] = graph[module] | run
     return graph
 
 
@@ -179,7 +193,13 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checks_see_every_module_and_catch_what_they_should():
     assert {"pretrain.ingest", "pretrain.logs", "flows.pipeline", "flows.cli"} <= set(MODULES)
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert "pretrain.io" in import_graph()["pretrain.tasks"]
+    graph = import_graph()
+    assert "pretrain.io" in graph["pretrain.tasks"]
+    # A main block's import is an edge of the module `python -m` runs, and a lazy one (inside a function) counts.
+    assert "pretrain.stage_cli" in graph["pretrain.pretrain:__main__"] and "pretrain.stage_cli" not in graph["pretrain.pretrain"]
+    assert "pretrain.chain" in graph["pretrain.stage_cli"]
+    # Were a stage to import the command line outside its main block, the circle would be found.
+    assert cycles({**graph, "pretrain.pretrain": graph["pretrain.pretrain"] | {"pretrain.stage_cli"}})
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -194,18 +214,29 @@ def test_no_import_circles():
     assert cycles(import_graph()) == []
 
 
-def test_one_logging_path():
-    problems = []
-    for module, tree in MODULES.items():
-        if module == LOGS:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "accelerate.logging":
-                problems.append(f"{module}:{node.lineno}: accelerate.logging (use pretrain.logs.get_logger)")
-            elif isinstance(node, ast.Call):
-                call = ast.unparse(node.func)
-                if call.endswith("getLogger") and [ast.unparse(a) for a in node.args] == ["__name__"]:
-                    problems.append(f"{module}:{node.lineno}: {call}(__name__) (use pretrain.logs.get_logger)")
-                elif call.endswith("basicConfig"):
-                    problems.append(f"{module}:{node.lineno}: {call} (use pretrain.logs.setup_logging)")
-    assert not problems, "\n".join(problems)
+TABLE = "pretrain.chain"
+# The one module of `pretrain/` that imports the stage table (inside `main`); `flows/` reads it too.
+TABLE_READERS = {"pretrain.stage_cli"}
+
+
+def test_no_library_module_imports_the_stage_table_and_a_stage_main_only_runs_its_stages():
+    import importlib
+
+    from pretrain import chain
+
+    graph = import_graph()
+    readers = {m for m, imported in graph.items() if TABLE in imported and m.startswith("pretrain.") and ":" not in m}
+    assert readers == TABLE_READERS
+    commands = {stage.command for stage in chain.TABLE}
+    for module in sorted(commands):
+        blocks = _main_blocks(MODULES[module])
+        assert blocks, f"{module} runs stages but has no __main__ block (`python -m {module}`)"
+        imported = {m for block in blocks for _, m, _ in _imports(module, ast.Module(body=block.body, type_ignores=[]))}
+        assert imported == {"pretrain.stage_cli"}, f"{module}: its __main__ block imports {sorted(imported)}, not only pretrain.stage_cli"
+        # `main(STAGE)` or `main(*STAGES)`: exactly the stages of the table this module runs.
+        call = next(node for block in blocks for node in ast.walk(block) if isinstance(node, ast.Call) and ast.unparse(node.func) == "main")
+        named: list[str] = []
+        for arg in call.args:
+            value = getattr(importlib.import_module(module), ast.unparse(arg.value if isinstance(arg, ast.Starred) else arg))
+            named += list(value) if isinstance(arg, ast.Starred) else [value]
+        assert named == [stage.name for stage in chain.TABLE if stage.command == module], module

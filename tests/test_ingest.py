@@ -16,10 +16,11 @@ import zstandard
 from conftest import REUTERS, read_jsonl_gz
 from pretrain import clean, formats, ingest
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import ConfigError, IngestConfig, validate_config
-from pretrain.errors import InputError
+from pretrain.chain import plan
+from pretrain.config import IngestConfig
+from pretrain.configfile import validate_config
+from pretrain.errors import ConfigError, InputError
 from pretrain.io import FileStats, RecordSource, expand_sources, iter_texts, read_records
-from pretrain.pipeline import plan
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -68,12 +69,12 @@ def test_real_reuters_slice(tmp_path, corpus_file):
 def test_a_run_hashes_its_inputs_once(tmp_path, tiny_config, monkeypatch):
     """Run alone, and as the ingest flow calls it (plan, shard tasks, then assembly from that plan)."""
     from conftest import write_config
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main as stage_main
 
     hashed = []
     digest = ingest.source_digest
     monkeypatch.setattr(ingest, "source_digest", lambda path: hashed.append(path) or digest(path))
-    stage_main("ingest", ["--config", str(write_config(tmp_path / "c.yaml", tiny_config))])
+    stage_main("ingest", argv=["--config", str(write_config(tmp_path / "c.yaml", tiny_config))])
     assert len(hashed) == 1
 
     hashed.clear()
@@ -200,7 +201,7 @@ def test_config_survives_a_yaml_round_trip_with_the_same_ids(tmp_path, tiny_conf
     config = validate_config(tiny_config)
     path = tmp_path / "again.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    from pretrain.config import load_config
+    from pretrain.configfile import load_config
 
     assert plan(load_config(path), until="tokens") == plan(config, until="tokens")
 

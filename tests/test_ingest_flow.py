@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REUTERS, read_jsonl_gz
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
+from pretrain.configfile import validate_config
 
 # Prefect flows with shard tasks, on a local Dask cluster too.
 pytestmark = pytest.mark.slow

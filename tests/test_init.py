@@ -164,7 +164,8 @@ def test_every_readme_set_example_works_on_the_config_init_writes(tmp_path, tiny
     import re
 
     from conftest import ROOT
-    from pretrain.config import config_warnings, load_config
+    from pretrain.chain import config_warnings
+    from pretrain.configfile import load_config
 
     examples = sorted(set(re.findall(r"--set ([a-z_]+(?:\.[a-z_]+)+=[^\s`')]+)", (ROOT / "README.md").read_text())) - README_ERROR_EXAMPLES)
     examples = [e for e in examples if not e.startswith("key.")]  # the placeholder `--set key.path=value`

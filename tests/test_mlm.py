@@ -1,8 +1,15 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.mlm import Masking, MaskedLM
+from pretrain.mlm import Masking, MaskedLM, MlmHead, mlm_head
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from encoder_shapes import VARIANTS, encoder_config  # noqa: E402
 
 SPECIAL = (0, 2, 3, 4)  # pad, cls, sep, mask in these tests
 
@@ -60,21 +67,20 @@ def test_masking_is_a_function_of_the_generator():
 
 
 def _tiny(kind: str):
-    import transformers as t
+    """A 2-layer masked-LM model of a family (or variant) of benchmarks/encoder_shapes.py, vocabulary 300."""
+    from transformers import AutoModelForMaskedLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=300, max_position_embeddings=64)
-    if kind == "bert":
-        config = t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common)
-        return t.BertForMaskedLM(config)
-    if kind == "roberta":
-        config = t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=1, **common)
-        return t.RobertaForMaskedLM(config)
-    config = t.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
-    return t.DistilBertForMaskedLM(config)
+    config = encoder_config(kind, 300, layers=2, hidden=32, heads=2, intermediate=64, max_positions=64, pad_id=0, cls_id=2, sep_id=3)
+    model = AutoModelForMaskedLM.from_config(config)
+    # Fresh models start with zero output biases; the test must see them used.
+    for parameter in model.parameters():
+        if parameter.dim() == 1 and parameter.numel() == 300:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return model
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_masked_only_head_loss_equals_full_head_loss(kind):
     model = _tiny(kind).eval()
     ids = torch.randint(5, 300, (4, 32), generator=torch.Generator().manual_seed(3))
@@ -82,8 +88,11 @@ def test_masked_only_head_loss_equals_full_head_loss(kind):
     labels = torch.full_like(ids, -100).view(-1)
     labels[batch["masked_positions"]] = batch["masked_labels"]
     full = model(input_ids=batch["input_ids"], labels=labels.view(ids.shape)).loss
-    fast = MaskedLM(model)(**batch)
-    assert MaskedLM(model)._parts[1] is not None  # the fast path, not the fallback
+    wrapped = MaskedLM(model)
+    assert wrapped._head.project is not None  # the fast path, not the full-vocabulary fallback
+    assert wrapped._head.encoder is not model
+    assert wrapped._head.output_bias is not None and wrapped._head.output_bias.numel() == 300
+    fast = wrapped(**batch)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
     # and the gradients agree too
     model.zero_grad()
@@ -93,6 +102,21 @@ def test_masked_only_head_loss_equals_full_head_loss(kind):
     MaskedLM(model)(**batch).backward()
     for name, grad in full_grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_output_bias_is_the_one_the_logits_use():
+    # Extension initialises new entries of `output_bias`: it must be the bias the prediction adds.
+    for kind in VARIANTS:
+        model = _tiny(kind).eval()
+        head = MaskedLM(model)._head
+        ids = torch.randint(5, 300, (1, 8), generator=torch.Generator().manual_seed(0))
+        positions = torch.arange(8)
+        before = head.masked_logits(ids, positions)
+        with torch.no_grad():
+            head.output_bias[7] += 1.0
+        after = head.masked_logits(ids, positions)
+        changed = (after - before).abs().amax(0) > 1e-6
+        assert changed.nonzero().flatten().tolist() == [7], kind
 
 
 def test_decoder_stays_tied_and_state_dict_is_the_models():
@@ -105,12 +129,43 @@ def test_decoder_stays_tied_and_state_dict_is_the_models():
 def test_full_head_fallback_matches(caplog):
     model = _tiny("bert").eval()
     wrapped = MaskedLM(model)
-    wrapped._parts = (model, None)  # what an unknown architecture gets
+    wrapped._head = MlmHead("bert", model, model, None, None)  # what an unknown architecture gets
     ids = torch.randint(5, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     batch = _masking(vocab_size=300)(ids, torch.Generator().manual_seed(0))
     logits = model(input_ids=batch["input_ids"]).logits.view(-1, 300)
     expected = F.cross_entropy(logits[batch["masked_positions"]], batch["masked_labels"])
     torch.testing.assert_close(wrapped(**batch), expected)
+
+
+def test_a_recognisable_head_of_an_unlisted_family_still_runs_on_masked_positions_only():
+    # ALBERT is not one of the listed families: its `predictions` head over `albert` is found and checked.
+    import transformers as t
+
+    torch.manual_seed(0)
+    config = t.AlbertConfig(vocab_size=300, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    model = t.AlbertForMaskedLM(config).eval()
+    head = mlm_head(model)
+    assert head.project is model.predictions and head.encoder is model.albert
+    ids = torch.randint(5, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = _masking(vocab_size=300)(ids, torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100).view(-1)
+    labels[batch["masked_positions"]] = batch["masked_labels"]
+    full = model(input_ids=batch["input_ids"], labels=labels.view(ids.shape)).loss
+    torch.testing.assert_close(MaskedLM(model)(**batch), full, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_that_does_not_reproduce_the_logits_falls_back_to_the_full_head(caplog):
+    from transformers.modeling_outputs import MaskedLMOutput
+
+    model = _tiny("bert").eval()
+    model.config.model_type = "my-bert"  # an unlisted family whose `cls` head is found generically...
+    own = model.forward
+    # ...but whose forward does more than encoder + head (here: a temperature)
+    model.forward = lambda **kwargs: MaskedLMOutput(logits=own(**kwargs).logits / 2)
+    with caplog.at_level("WARNING"):
+        head = mlm_head(model)
+    assert head.project is None
+    assert "does not reproduce the model's logits" in caplog.text
 
 
 def _word_starts(shape, seed=0):

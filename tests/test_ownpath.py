@@ -18,9 +18,9 @@ from conftest import REUTERS, read_jsonl_gz
 from flows.cli import main
 from pretrain import export as export_module
 from pretrain.artifacts import ArtifactStore, file_digest
-from pretrain.config import load_config
+from pretrain.chain import plan, run_stage
+from pretrain.configfile import load_config
 from pretrain.errors import InputError, UserError
-from pretrain.pipeline import plan, run_stage
 from pretrain.scaffold import init
 
 
@@ -73,7 +73,7 @@ def test_the_held_out_texts_documents_are_removed_counted_and_named(own):
     report = (store.local_dir(ids["report"]) / "report.md").read_text()
     assert "held out of labelled.csv by test_fraction" in report and "  Removed documents (the first 20 of" in report
     assert "  - `docs/doc" in report and ": an exact copy of labelled.csv:" in report
-    assert f"**Domain adaptation" in report.splitlines()[2] or "**No verdict" in report.splitlines()[2]
+    assert "**Domain adaptation" in report.splitlines()[2] or "**No verdict" in report.splitlines()[2]
     assert "(single-label classification into 3 labels; test: " in report and "examples held out of labelled.csv by test_fraction)" in report
     assert "## Which model to hand over" in report and results["best"]["finetune"] in report
     blocks = store.manifest(ids["pretrain"])["metrics"]["validation_blocks"]  # 2% of 210 documents: a handful of blocks

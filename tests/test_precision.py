@@ -16,10 +16,10 @@ from transformers import AutoModelForMaskedLM
 from transformers.models.bert import modeling_bert
 
 from conftest import build_until
-from pretrain import evaluate, finetune, training
-from pretrain.config import validate_config
+from pretrain import finetune, precision, training
+from pretrain.chain import run_stage
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, UserError
-from pretrain.pipeline import run_stage
 
 SHORT = {"max_steps": 4, "log_every_steps": 2, "max_eval_blocks": 8, "mixed_precision": "bf16"}
 
@@ -95,7 +95,9 @@ def test_tapt_and_the_fine_tunes_train_in_bf16(tiny_config, head_dtypes, monkeyp
         return original(kind, logits, labels)
 
     monkeypatch.setattr(finetune, "loss_fn", recording)
-    aid = evaluate.run(config.evaluate, store, base=ids["base"], model=ids["pretrain"])
+    for stage in ("tapt-corpus", "tapt-vocab", "tapt-tokens", "tapt", "evaluate"):
+        ids[stage] = run_stage(stage, config, store, ids)
+    aid = ids["evaluate"]
 
     assert len(head_dtypes) == 4 and set(head_dtypes) == {torch.bfloat16}  # TAPT's 4 steps
     assert logits_dtypes and set(logits_dtypes) == {torch.bfloat16}  # every fine-tuning step of the 3 models
@@ -124,7 +126,7 @@ def test_fp16_without_cuda_is_refused_naming_each_key(tiny_config, monkeypatch):
     assert "4 problems" in message
     for key in ("pretrain", "distill", "evaluate", "evaluate.tapt.pretrain"):
         assert f"  - {key}.mixed_precision: fp16 needs a CUDA GPU" in message
-    assert "use bf16 (also runs on a CPU, slowly) or no" in message
+    assert "use auto, bf16 (on a CPU: fast with bf16 units, emulated and slow without) or no" in message
 
 
 def test_fp16_without_cuda_is_refused_by_the_stages_themselves(tiny_config, monkeypatch, tmp_path):
@@ -139,3 +141,69 @@ def test_fp16_without_cuda_is_refused_by_the_stages_themselves(tiny_config, monk
         finetune.mixed_precision("fp16", torch.device("cpu"))
     autocast, scaler = finetune.mixed_precision("bf16", torch.device("cpu"))
     assert autocast.fast_dtype == torch.bfloat16 and not scaler.is_enabled()
+
+
+AVX512_BF16 = {"cpu_name": "AMD EPYC 9004", "avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
+AMX = {"cpu_name": "Intel Xeon Platinum 8480+", "avx512_f": True, "avx512_bf16": True, "amx_bf16": True}
+AVX2_ONLY = {"cpu_name": "Intel Core i7-8700", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
+
+
+@pytest.mark.parametrize(("flags", "expected", "said"), [
+    (AMX, "bf16", "Intel Xeon Platinum 8480+ has native bf16 units (AMX)"),
+    (AVX512_BF16, "bf16", "AMD EPYC 9004 has native bf16 units (AVX512-BF16)"),
+    (AVX2_ONLY, "no", "Intel Core i7-8700 has no native bf16 units (AMX or AVX512-BF16); float32"),
+])  # fmt: skip
+def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(monkeypatch, flags, expected, said):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert precision.resolve("auto", torch.device("cpu")) == (expected, f"auto: {said}")
+    # A configured precision is never second-guessed.
+    assert precision.resolve("bf16", torch.device("cpu")) == ("bf16", "as configured")
+    assert precision.resolve("no", torch.device("cpu")) == ("no", "as configured")
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_on_a_gpu_is_bf16_from_ampere_on_and_fp16_before(monkeypatch, bf16, expected):
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100" if not bf16 else "NVIDIA A100")
+    resolved, why = precision.resolve("auto", torch.device("cuda"))
+    assert resolved == expected and asked == {"including_emulation": False}  # emulated bf16 is slower than fp16
+    assert why.startswith("auto: the Tesla V100 has no native bf16" if not bf16 else "auto: the NVIDIA A100 computes bf16 natively")
+
+
+@pytest.mark.parametrize("units", [pytest.param(None, marks=pytest.mark.slow), "AVX512-BF16"])
+def test_pretrain_with_auto_trains_in_what_the_cpu_has_and_records_it(tiny_config, head_dtypes, monkeypatch, caplog, units):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
+    tiny_config["pretrain"].update(SHORT, mixed_precision="auto")
+    with caplog.at_level("INFO"):
+        config, store, ids = build_until(tiny_config, "pretrain")
+    expected = torch.bfloat16 if units else torch.float32
+    assert len(head_dtypes) == 4 and set(head_dtypes) == {expected}
+    manifest = store.manifest(ids["pretrain"])
+    assert manifest["config"]["mixed_precision"] == "auto"  # the id hashes the setting, the same on every machine
+    assert manifest["metrics"]["mixed_precision"] == ("bf16" if units else "no")  # what it resolved to here
+    said = "training in bf16 (auto: " if units else "training in float32 (auto: "
+    assert any(said in r.getMessage() and (units or "no native bf16 units") in r.getMessage() for r in caplog.records)
+    _model_loads_in_float32(store.local_dir(ids["pretrain"]) / "model")
+
+
+@pytest.mark.slow
+def test_a_bf16_run_follows_the_float32_loss_curve_over_50_steps(tiny_config):
+    # bf16 is forced (not auto) so the comparison means the same on a CPU without bf16 units.
+    tiny_config["pretrain"].update(max_steps=50, log_every_steps=10, max_eval_blocks=8, learning_rate=5e-3)
+    config, store, ids = build_until(tiny_config, "tokens")
+    curves = {}
+    for name in ("no", "bf16"):
+        section = config.pretrain.model_copy(update={"mixed_precision": name})
+        aid = run_stage("pretrain", config.model_copy(update={"pretrain": section}), store, ids)
+        curves[name] = [p["loss"] for p in json.loads((store.local_dir(aid) / "curve.json").read_text()) if "loss" in p]
+    fp32, bf16 = curves["no"], curves["bf16"]
+    assert len(fp32) == len(bf16) == 5 and fp32 != bf16  # bf16 really ran, and rounds differently
+    assert fp32[-1] < 0.95 * fp32[0] and bf16[-1] < 0.95 * bf16[0], (fp32, bf16)  # both learn
+    for step, (a, b) in enumerate(zip(fp32, bf16), start=1):
+        assert abs(a - b) <= 0.01 * a, f"step {10 * step}: bf16 loss {b:.4f} vs float32 {a:.4f}"  # measured: within 1e-4

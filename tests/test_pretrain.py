@@ -5,12 +5,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from conftest import build_until
+from conftest import build_until, crash_after
 from pretrain import training
 from pretrain.artifacts import ArtifactStore
-from pretrain.mlm import Masking, MaskedLM
-from pretrain.pipeline import plan, run_stage
+from pretrain.chain import plan, run_stage
 from pretrain.formats import load_meta
+from pretrain.mlm import Masking, MaskedLM
 
 
 @pytest.fixture
@@ -50,9 +50,11 @@ def test_pretrain_lowers_validation_perplexity_and_saves_a_loadable_model(upstre
     assert not store.work_dir(aid).joinpath("checkpoints").exists()  # cleaned after publishing
 
 
-def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch):
+# Resume is exact within a precision: bf16 autocast (what `auto` picks on a CPU with bf16 units) too.
+@pytest.mark.parametrize("precision", ["no", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, precision):
     config, store, ids = upstream
-    reference = _with(config, max_steps=8, checkpoint_every_steps=4, seed=3)
+    reference = _with(config, max_steps=8, checkpoint_every_steps=4, seed=3, mixed_precision=precision)
     first = store.local_dir(run_stage("pretrain", reference, store, ids)) / "model" / "model.safetensors"
     expected = load_file(first)
 
@@ -60,27 +62,47 @@ def test_same_seed_same_weights_and_resume_from_checkpoint(upstream, monkeypatch
     other = ArtifactStore(store.url + "-2")
     for stage in ("base", "ingest", "vocab", "tokens"):
         run_stage(stage, reference, other, ids)
-    calls = {"n": 0}
-    original = MaskedLM.forward
-
-    def crash_after_six_steps(self, *args, **kwargs):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] > 6:
-                raise KeyboardInterrupt("simulated crash")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MaskedLM, "forward", crash_after_six_steps)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after(MaskedLM, training_calls=6), pytest.raises(KeyboardInterrupt):
         run_stage("pretrain", reference, other, ids)
     aid = plan(reference)["pretrain"]
     assert not other.exists(aid)
     assert (other.work_dir(aid) / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
-    monkeypatch.setattr(MaskedLM, "forward", original)
     resumed = load_file(other.local_dir(run_stage("pretrain", reference, other, ids)) / "model" / "model.safetensors")
     assert other.manifest(aid)["metrics"]["steps"] == 8
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_a_run_whose_only_change_is_its_checkpoint_cadence_resumes(upstream, caplog):
+    """Checkpoint cadence and retention are execution settings: the same id, the same work folder, so a
+    re-run that checkpoints more often resumes where the crashed run stopped; and the loss curve does
+    not depend on them (a checkpoint between log steps does not cut the loss window)."""
+    config, store, ids = upstream
+    reference = _with(config, max_steps=8, log_every_steps=4, seed=5)
+    aid = run_stage("pretrain", reference, store, ids)
+    expected = load_file(store.local_dir(aid) / "model" / "model.safetensors")
+    curve = json.loads((store.local_dir(aid) / "curve.json").read_text())
+
+    other = ArtifactStore(store.url + "-2")
+    for stage in ("base", "ingest", "vocab", "tokens"):
+        run_stage(stage, reference, other, ids)
+    every_three = _with(reference, checkpoint_every_steps=3, keep_checkpoints=1)
+    assert plan(every_three)["pretrain"] == aid
+    with crash_after(MaskedLM, training_calls=5), pytest.raises(KeyboardInterrupt):
+        run_stage("pretrain", every_three, other, ids)
+    assert sorted(p.name for p in (other.work_dir(aid) / "checkpoints").iterdir()) == ["step-00000003"]
+    every_two = _with(reference, checkpoint_every_steps=2, keep_checkpoints=3)
+    with caplog.at_level("INFO", logger="pretrain.training"):
+        assert run_stage("pretrain", every_two, other, ids) == aid
+    assert "resuming from" in caplog.text and "step-00000003 (step 3 of 8)" in caplog.text
+    resumed = load_file(other.local_dir(aid) / "model" / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+    again = json.loads((other.local_dir(aid) / "curve.json").read_text())
+    # Points at log steps (4, 8) and the validation perplexity before and after; none at a checkpoint.
+    assert [p["step"] for p in again] == [p["step"] for p in curve] == [0, 4, 8, 8]
+    assert [p.get("loss") for p in again] == [p.get("loss") for p in curve]
+    assert [p.get("validation_perplexity") for p in again] == [p.get("validation_perplexity") for p in curve]
 
 
 def test_nan_loss_stops_with_a_clear_error(upstream, monkeypatch):

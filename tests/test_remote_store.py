@@ -120,8 +120,8 @@ def test_the_pipeline_on_s3_publishes_lists_reads_back_and_keeps_lineage(s3_stor
 
     from flows.pipeline import pipeline
     from pretrain.artifacts import file_digest, format_lineage
-    from pretrain.config import validate_config
-    from pretrain.pipeline import plan
+    from pretrain.chain import plan
+    from pretrain.configfile import validate_config
 
     # One fine-tuning epoch: this test is about the store, not the scores.
     config = validate_config({**tiny_config, "store": s3_store, "evaluate": {**tiny_config["evaluate"], "num_epochs": 1}})

@@ -1,8 +1,9 @@
 """The report's verdict: from the interval over seeds and test examples, and none with fewer than 3 seeds."""
 
+from pretrain.chain import key_figures
 from pretrain.report import headline_text, verdict
 from pretrain.scoring import MIN_SEEDS_FOR_VERDICT, interval_method
-from pretrain.summaries import format_comparison, key_figures
+from pretrain.summaries import format_comparison
 
 
 def _comparison(per_seed, low, high, said):
@@ -38,17 +39,21 @@ def test_verdict_words_and_the_headline():
 
 
 def test_key_figures_show_the_vocabulary_change_and_per_word_perplexity():
+    figures = key_figures()  # the stage table's: what each stage's row shows
+    # TAPT's stages build artifacts of the kinds DAPT's do, and show them the same way.
+    assert [figures[f"tapt-{s}"] for s in ("corpus", "vocab", "tokens")] == [figures[s] for s in ("ingest", "vocab", "tokens")]
+    assert figures["tapt"] is figures["pretrain"] and "report" not in figures
     vocab = {"stage": "vocab", "metrics": {"mode": "extend", "base_vocab_size": 30522, "domain_vocab_size": 16000, "model_vocab_size": 33522,
                                            "added_tokens": 3000, "fertility_base": 1.3332, "fertility_domain": 1.2742,
                                            "fertility_model": 1.2604, "sequence_saving_percent": 5.46}}  # fmt: skip
-    assert key_figures(vocab) == "extend: 33,522 tokens (+3,000), 1.26 tokens/word, 5.5% shorter (base 1.33; domain WordPiece 16,000: 1.27)"
+    assert figures["vocab"](vocab) == "extend: 33,522 tokens (+3,000), 1.26 tokens/word, 5.5% shorter (base 1.33; domain WordPiece 16,000: 1.27)"
     keep = {"stage": "vocab", "metrics": {**vocab["metrics"], "mode": "keep"}}
-    assert key_figures(keep) == "keep: base 30,522 tokens, 1.33 tokens/word (domain WordPiece 16,000: 1.27)"
-    assert max(len(key_figures(vocab)), len(key_figures(keep))) <= 110  # a Prefect table cell shows it whole
+    assert figures["vocab"](keep) == "keep: base 30,522 tokens, 1.33 tokens/word (domain WordPiece 16,000: 1.27)"
+    assert max(len(figures["vocab"](vocab)), len(figures["vocab"](keep))) <= 110  # a Prefect table cell shows it whole
     trained = {"stage": "pretrain", "metrics": {"validation_perplexity_before": 4927.8, "validation_perplexity_after": 39.6, "steps": 600,
                                                 "tokens_per_second": 9526.2, "validation_word_perplexity_before": 9000.0,
                                                 "validation_word_perplexity_after": 80.25}}  # fmt: skip
-    assert key_figures(trained) == "validation perplexity 4,927.8 -> 39.6 (steps 600, 9,526 tok/s); per word 9,000.0 -> 80.2"
+    assert figures["pretrain"](trained) == "validation perplexity 4,927.8 -> 39.6 (steps 600, 9,526 tok/s); per word 9,000.0 -> 80.2"
 
 
 def test_ties_are_counted_as_ties_wherever_seeds_are_counted():

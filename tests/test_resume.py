@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, make_tiny_config, write_config
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
-from pretrain.pipeline import plan, run_stage
+from pretrain.chain import plan, run_stage
+from pretrain.configfile import validate_config
 
 # Training processes killed with SIGKILL and re-run.
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     import safetensors.torch
     from pretrain.mlm import MaskedLM
-    from pretrain.pipeline import stage_main
+    from pretrain.stage_cli import main as stage_main
 
     where, after = sys.argv[2], int(sys.argv[3])
     calls = {"forward": 0, "checkpoint model": 0}
@@ -44,7 +44,7 @@ KILLER = textwrap.dedent(
 
     MaskedLM.forward = killing_forward
     safetensors.torch.save_file = killing_save_file
-    stage_main("pretrain", ["--config", sys.argv[1]])
+    stage_main("pretrain", argv=["--config", sys.argv[1]])
     """
 )
 

@@ -16,7 +16,8 @@ import torch
 from conftest import ROOT, build_until, write_config
 from pretrain import evaluate, finetune, runpool
 from pretrain.artifacts import ArtifactStore, MANIFEST, file_digest
-from pretrain.config import ModelSource, validate_config
+from pretrain.config import ModelSource
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import REUTERS, ROOT, read_jsonl_gz, write_jsonl
 from pretrain.artifacts import ArtifactStore
-from pretrain.config import validate_config
-from pretrain.pipeline import STAGES, plan
+from pretrain.chain import STAGES, plan
+from pretrain.configfile import validate_config
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 SERVER = ROOT / "infra" / "server.sh"

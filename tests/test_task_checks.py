@@ -13,9 +13,10 @@ import pytest
 
 from conftest import ROOT, read_jsonl_gz, write_config
 from flows.cli import main
-from pretrain.config import TaskConfig, validate_config
+from pretrain.chain import preflight
+from pretrain.config import TaskConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import InputError
-from pretrain.pipeline import preflight
 from pretrain.tasks import read_task
 
 
@@ -94,8 +95,9 @@ def test_problems_in_several_task_files_come_together(tmp_path, tiny_config, lab
 
 def test_a_semicolon_csv_is_named_and_read_with_csv_delimiter(tmp_path, tiny_config, labelled):
     train = _csv(tmp_path / "train.csv", labelled, delimiter=";", header=("text", "label"))
+    test = _csv(tmp_path / "test.csv", [(f"{text} (held out)", label) for text, label in labelled], delimiter=";", header=("text", "label"))
     raw = copy.deepcopy(tiny_config)
-    raw["evaluate"]["task"].update(train_files=[str(train)], test_files=[str(train)])
+    raw["evaluate"]["task"].update(train_files=[str(train)], test_files=[str(test)])
     with pytest.raises(InputError, match=r"the header reads as one column holding ';': if that separates the fields, set evaluate.task.csv_delimiter: \";\""):
         preflight(validate_config(raw))
     raw["evaluate"]["task"]["csv_delimiter"] = ";"

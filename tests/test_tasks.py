@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import write_jsonl
-from pretrain.config import EvaluateConfig, TaskConfig, validate_config
+from pretrain.config import EvaluateConfig, TaskConfig
+from pretrain.configfile import validate_config
 from pretrain.errors import ConfigError, InputError
 from pretrain.finetune import IGNORE, encode
 from pretrain.tasks import read_task
@@ -53,7 +54,7 @@ spoke VBD B-VP O
 
 def test_empty_texts_are_dropped_and_counted(tmp_path):
     train = _rows(["a", "b"] * 10) + [{"text": "  ", "label": "a"}, {"text": None, "label": "b"}]
-    data = read_task(_task(tmp_path, train, _rows(["a", "b"])), 0.2)
+    data = read_task(_task(tmp_path, train, _rows(["a", "b"], text="Net profit fell.")), 0.2)
     assert len(data.train) + len(data.validation) == 20
     assert data.notes == ["train_files: dropped 2 rows with empty text (of 22)"]
 
