@@ -1,6 +1,6 @@
 """`dapt`: run the pipeline, look at the plan, inspect artifacts.
 
-    dapt init --corpus docs/ --task-train labelled.csv [--task-test F] [--base MODEL] [--out my.yaml]
+    dapt init --corpus docs/ --task-train labelled.csv [--task-test F] [--task-name NAME] [--base MODEL] [--out my.yaml]
     dapt run configs/demo.yaml [--set pretrain.max_steps=50]
     dapt plan configs/demo.yaml
     dapt assess configs/demo.yaml                     # will the configured pretraining pay off? (minutes)
@@ -11,7 +11,7 @@
     dapt artifacts promote ID ALIAS        dapt artifacts resolve ALIAS     dapt artifacts history ALIAS
     dapt artifacts aliases                 dapt artifacts verify ID         dapt artifacts gc [--yes]
     dapt artifacts rm ID                   # e.g. a corrupted artifact: the next run rebuilds it
-    dapt export ID_OR_ALIAS --to DIR [--format onnx [--quantize int8]] [--overwrite] [--push-to-hub REPO]
+    dapt export ID_OR_ALIAS|best --to DIR [--format onnx [--quantize int8] [--test FILE]] [--overwrite] [--push-to-hub REPO]
     dapt predict EXPORT_DIR_OR_ONNX --input FILE --out OUT.jsonl|OUT.parquet [--text-field text] [--id-field id] [--on-empty skip|fail]
     dapt embed MODEL_OR_ALIAS --input FILE --output FILE.parquet [--pooling cls|mean]
 
@@ -105,7 +105,7 @@ def _init(args: argparse.Namespace) -> int:
     from pretrain.configfile import load_config
     from pretrain.scaffold import init
 
-    for line in init(args.corpus, args.task_train, args.task_test, args.base, args.out, force=args.force):
+    for line in init(args.corpus, args.task_train, args.task_test, args.base, args.out, force=args.force, task_name=args.task_name):
         print(line)
     print(f"checking {args.out} as `dapt plan` does:")
     try:
@@ -125,12 +125,16 @@ def _artifacts(args: argparse.Namespace) -> int:
     if args.action in REGISTRY_ACTIONS:
         return REGISTRY_ACTIONS[args.action](store, args)
     if args.action == "list":
+        from pretrain.export import run_names
+
+        names = run_names(store) if args.stage in (None, "finetune") else {}
         for aid in store.ids():
             m = store.manifest(aid)
             if args.stage and m["stage"] != args.stage:
                 continue
             size = sum(f["size"] for f in m["files"].values())
-            print(f"{aid}  {m['stage']:<9} {m['created']}  {size / 1e6:8.1f} MB")
+            about = f"  {run_summary(m, names.get(aid))}" if m["stage"] == "finetune" else ""
+            print(f"{aid}  {m['stage']:<9} {m['created']}  {size / 1e6:8.1f} MB{about}")
     elif args.action == "show":
         print(json.dumps(store.manifest(registry.resolve(store, args.id)), indent=2))
     elif args.action == "lineage":
@@ -138,7 +142,21 @@ def _artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_STAGES = ("base", "pretrain", "distill")
+def run_summary(manifest: dict, named: tuple[str, str, bool] | None) -> str:
+    """A fine-tuning run in a listing: its model (by name in the evaluation that ran it), learning rate, seed,
+    validation score, and whether that evaluation chose it to hand over."""
+    m = manifest["metrics"]
+    metric = m.get("selection_metric", "macro_f1")
+    model = f"{named[1]} ({manifest['inputs'].get('model', '?')})" if named else manifest["inputs"].get("model", "?")
+    chosen = f"  best of {named[0]}" if named and named[2] else ""
+    score = m.get(f"validation_{metric}")
+    return (f"{m.get('task', '?')}: {model} lr {m.get('learning_rate', 0):g} seed {m.get('seed')}"
+            + (f", validation {metric} {score:.4f}" if isinstance(score, (int, float)) else "") + chosen)  # fmt: skip
+
+
+# What each command can do with an alias, by the stage of the artifact it points at.
+EXPORTABLE = ("base", "pretrain", "distill", "finetune", "evaluate")  # evaluate: its best task model
+EMBEDDABLE = ("base", "pretrain", "distill", "finetune")  # finetune: the fine-tuned encoder under its head
 
 
 def _promote(store: ArtifactStore, args: argparse.Namespace) -> int:
@@ -147,10 +165,16 @@ def _promote(store: ArtifactStore, args: argparse.Namespace) -> int:
     entry = registry.promote(store, aid, args.alias, note=args.note)
     before = f" (was {entry['previous']})" if entry["previous"] else ""
     print(f"{args.alias} -> {aid}{before}")
-    if stage not in MODEL_STAGES:
+    if stage not in EXPORTABLE:
         print(
             f"warning: {aid} is a {stage} artifact, not a model: `dapt export` and `dapt embed` cannot use {args.alias!r}; "
-            "promote an m-… (pretrained), d-… (distilled) or b-… (base) id for a model hand-off",
+            "promote a task model (f-…, or `dapt export best`), an m-… (pretrained), d-… (distilled) or b-… (base) id for a model hand-off",
+            file=sys.stderr,
+        )
+    elif stage not in EMBEDDABLE:
+        print(
+            f"note: {aid} is an evaluation: `dapt export {args.alias}` exports the task model it chose on validation; "
+            "`dapt embed` needs a model (promote that f-… or an m-… for it)",
             file=sys.stderr,
         )
     return 0
@@ -241,7 +265,7 @@ def _export(args: argparse.Namespace) -> int:
     setup_logging()
     facts = export(
         ArtifactStore(args.store), args.model, args.to, quantize=args.quantize, push_to_hub=args.push_to_hub, private=not args.public,
-        format=args.format, overwrite=args.overwrite,
+        format=args.format, overwrite=args.overwrite, test=args.test,
     )  # fmt: skip
     print(f"exported {facts['artifact']} to {args.to}: " + ", ".join(sorted(os.listdir(os.path.expanduser(args.to)))))
     if q := facts["onnx"]:
@@ -290,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--base", default="bert-base-uncased", help="base model: a folder, pkg:module/dir or a Hub id (default bert-base-uncased)")
     init.add_argument("--out", default="dapt.yaml", help="the config to write (default dapt.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    init.add_argument("--task-name", help="the task's name in reports, e.g. news-topics (default: from the --task-train file name)")
 
     for name, helptext in (("run", "run the whole pipeline as a Prefect flow"), ("plan", "the artifact id of every stage, and which are built"),
                            ("assess", "before pretraining: will it pay off? signals measured on your data, and the estimate")):  # fmt: skip
@@ -315,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = actions.add_parser("lineage", help="the chain from an artifact back to the base model and raw files")
     lineage.add_argument("id", help=id_help)
     promote = actions.add_parser("promote", help="point an alias (e.g. production) at an artifact, after verifying it")
-    promote.add_argument("id", help=id_help + " (a model: m-…, d-… or b-…, for export and embed)")
+    promote.add_argument("id", help=id_help + " (a model: f-…, m-…, d-… or b-…, for export and embed)")
     promote.add_argument("alias", help="the name to point at it, e.g. production")
     promote.add_argument("--note", help="why, kept in the alias history")
     resolve = actions.add_parser("resolve", help="the artifact id an alias points at")
@@ -335,11 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (listing, show, lineage, promote, resolve, history, alias_list, verify, gc, rm):
         p.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")
     export = commands.add_parser("export", help="write a standalone Hugging Face folder with a model card (optionally int8, Hub)")
-    export.add_argument("model", help="task model (f-…), encoder (m-…, d-…, b-…; a unique start of an id) or an alias of one")
+    export.add_argument("model", help="task model (f-…), encoder (m-…, d-…, b-…; a unique start of an id), an alias of one, "
+                        "`best` (the task model the newest evaluation chose on validation) or an evaluation (e-…: its best task model)")
     export.add_argument("--to", required=True, help="folder to create (must not exist, or be empty, unless --overwrite)")
     export.add_argument("--overwrite", action="store_true", help="replace a previous export in --to (a folder holding only what dapt export wrote), once the new one is complete")
     export.add_argument("--format", choices=["onnx"], help="task models: also write model.onnx (fp32), measured against PyTorch on the task's test set")
     export.add_argument("--quantize", choices=["int8"], help="with --format onnx: also write model.int8.onnx (ONNX Runtime dynamic int8), measured")
+    export.add_argument("--test", metavar="FILE", help="with --format onnx: measure on this labelled file (the task's fields) instead of the "
+                        "test examples the run was scored on")
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub model repo (token: HF_TOKEN or `hf auth login`)")
     export.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
     export.add_argument("--store", default=DEFAULT_STORE, help=f"store folder or URL (default {DEFAULT_STORE}; env DAPT_STORE)")

@@ -15,16 +15,14 @@ silently. This module imports every stage; no stage and no library module import
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from pretrain import assess, base, distill, evaluate, ingest, pretrain, report, tapt, tokens, training, vocab
-from pretrain.artifacts import ArtifactStore, source_digest
+from pretrain.artifacts import ArtifactStore
 from pretrain.config import PipelineConfig, PretrainConfig, TaskConfig
 from pretrain.decontaminate import Targets, TaskFile
 from pretrain.errors import UserError
-from pretrain.io import expand_inputs
 from pretrain.logs import get_logger, is_main_process
 from pretrain.summaries import (
     Figures,
@@ -37,7 +35,7 @@ from pretrain.summaries import (
     tokens_figures,
     vocab_figures,
 )
-from pretrain.tasks import read_split
+from pretrain.tasks import held_out_texts
 
 log = get_logger(__name__)
 
@@ -278,6 +276,11 @@ def config_warnings(config: PipelineConfig) -> list[str]:
                 f"{name}.warmup_steps ({cfg.warmup_steps:,}) is not below the run's {steps:,} steps: the learning rate only "
                 "warms up and never decays; lower warmup_steps (a few percent of the steps is usual)"
             )
+        if cfg.eval_every_steps is not None and cfg.eval_every_steps >= steps:
+            warnings.append(
+                f"{name}.eval_every_steps ({cfg.eval_every_steps:,}) is not below the run's {steps:,} steps: validation perplexity "
+                "is measured before and after training only, a curve of two points; lower eval_every_steps (about a quarter of the steps)"
+            )
         if cfg.log_every_steps > steps:
             warnings.append(
                 f"{name}.log_every_steps ({cfg.log_every_steps:,}) is more than the run's {steps:,} steps: the loss is logged "
@@ -294,27 +297,11 @@ def decontamination_targets(cfg: PipelineConfig) -> Targets | None:
     `ingest.decontaminate.enabled` is false."""
     if cfg.ingest.decontaminate.enabled is False:
         return None
-    return task_targets(cfg.evaluate.task)
+    return task_targets(cfg.evaluate.task, cfg.evaluate.validation_fraction)
 
 
-def task_targets(task: TaskConfig) -> Targets:
-    """Every text of the task's test and validation files (both texts of a sentence pair; a token task's
-    words joined), with its file and line. Read once per process while the files stay the same."""
-    files = tuple(
-        TaskFile(key, str(path), source_digest(path)["sha256"])
-        for key in ("test_files", "validation_files")
-        for path in expand_inputs(getattr(task, key))
-    )  # fmt: skip
-    return _read_targets(task.model_dump_json(), files)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_targets(task_json: str, files: tuple[TaskFile, ...]) -> Targets:
-    task = TaskConfig.model_validate_json(task_json)
-    rows = []
-    for file in files:
-        split = read_split(task, [file.path], file.key, notes=[])
-        texts = [" ".join(words) for words in split.texts] if task.type == "token" else list(split.texts)
-        found = list(zip(split.locations, texts)) + list(zip(split.locations, split.pairs or []))
-        rows.append((file, found))
-    return Targets.from_files(task.name, rows)
+def task_targets(task: TaskConfig, validation_fraction: float) -> Targets:
+    """Every text the task is scored or selected on (`tasks.held_out_texts`: test and validation files, and the
+    splits carved out of the train files), with the set it belongs to and its location."""
+    sets = held_out_texts(task, validation_fraction)
+    return Targets.from_files(task.name, [(TaskFile(s.key, s.path, s.sha256, s.held_out_by), list(s.rows)) for s in sets])

@@ -24,6 +24,9 @@ from pydantic import BaseModel, ValidationError
 from pretrain.config import ARTIFACT_ID, PipelineConfig, package_dir, student_problems, teacher_layer_count
 from pretrain.errors import ConfigError, UserError
 from pretrain.io import expand_inputs, expand_sources
+from pretrain.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
@@ -280,6 +283,11 @@ def _section_types(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+# Keys of which a section takes exactly one: `--set` of one drops the other the file gives (with a warning), so an
+# override works on any config, whichever of the two it was written with (`dapt init` writes max_tokens).
+EXCLUSIVE = {"max_steps": "max_tokens", "max_tokens": "max_steps", "test_files": "test_fraction", "test_fraction": "test_files"}
+
+
 def _apply_override(raw: dict, override: str, path: Path) -> None:
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
@@ -298,6 +306,11 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
             f"override {override!r}: the value {value!r} is not valid YAML ({problem}); "
             f"quote a string that starts with [, {{, \" or ', e.g. --set '{key.strip()}=\"{value}\"'"
         ) from None
+    other = EXCLUSIVE.get(parts[-1])
+    if other and node.get(other) not in (None, []) and node[parts[-1]] not in (None, []):
+        dropped = node.pop(other)
+        name = ".".join([*parts[:-1], other])
+        log.warning("--set %s replaces %s (%s in %s): the two are exclusive, the config takes one of them", key.strip(), name, dropped, path)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

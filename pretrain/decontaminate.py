@@ -1,9 +1,12 @@
 """Decontamination: corpus documents that overlap the texts the task is evaluated on, removed as the corpus streams by.
 
 A model pretrained on the test set's own text can win the comparison for the wrong reason. The ingest
-stage is given the texts of the task's test (and validation) files (`Targets`; the pipeline reads them
-from `evaluate.task`), and every process that reads corpus pieces screens the cleaned documents with a
-`Decontaminator`, a batch at a time. A document is removed when it
+stage is given every text the task is scored on or chooses an epoch on (`Targets`; the pipeline reads
+them from `evaluate.task` with `tasks.held_out_texts`): the test and validation files, and the splits
+`test_fraction` and `validation_fraction` carve out of the train files (the texts left in train stay in
+the corpus: they are the task's unlabelled text, which adaptation may use). Every process that reads
+corpus pieces screens the cleaned documents with a `Decontaminator`, a batch at a time. A document is
+removed when it
 
 - `exact`: is one of the task texts, once both are normalised (Unicode NFKC, case-folded, every
   character that is not a letter or digit a word boundary);
@@ -40,6 +43,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,11 +160,20 @@ def _exact_key(word_hashes: np.ndarray) -> bytes:
 
 @dataclass(frozen=True)
 class TaskFile:
-    """One file of task texts: the config key it comes from (`test_files`, `validation_files`), path and sha256."""
+    """One set of task texts: the split they are (`test_files`, `validation_files`), the file they were read
+    from and its sha256, and `held_out_by` (`test_fraction`, `validation_fraction`) when the split was
+    carved out of that train file rather than given as a file of its own."""
 
     key: str
     path: str
     sha256: str
+    held_out_by: str | None = None
+
+    def described(self, name: str | None = None) -> str:
+        """`test (r8_test.jsonl.gz)`, `test (held out of labelled.csv by test_fraction)`; `name`: how to call the file."""
+        name = name or self.path
+        split = self.key.removesuffix("_files")
+        return f"{split} (held out of {name} by {self.held_out_by})" if self.held_out_by else f"{split} ({name})"
 
 
 @dataclass(frozen=True)
@@ -189,13 +202,19 @@ class Targets:
         """sha256 of the texts with the key of their file: what the corpus id hashes (not paths, not labels)."""
         h = hashlib.sha256()
         for text, f in zip(self.texts, self.file_of):
-            h.update(self.files[f].key.encode() + b"\0" + text.encode("utf-8") + b"\0")
+            split = self.files[f].key + (f"/{self.files[f].held_out_by}" if self.files[f].held_out_by else "")
+            h.update(split.encode() + b"\0" + text.encode("utf-8") + b"\0")
         return h.hexdigest()
 
     def described(self) -> str:
-        """`the R8 test set`, `the R8 test and validation sets`."""
+        """`the R8 test set`, `the R8 test and validation sets`, `the news test set (held out of labelled.csv by
+        test_fraction) and validation set (held out of labelled.csv by validation_fraction)`."""
         splits = [s for s in ("test", "validation") if any(f.key == f"{s}_files" for f in self.files)]
-        return f"the {self.task} {' and '.join(splits)} set{'s' if len(splits) > 1 else ''}"
+        carved = {s: sorted({Path(f.path).name for f in self.files if f.key == f"{s}_files" and f.held_out_by}) for s in splits}
+        if not any(carved.values()):
+            return f"the {self.task} {' and '.join(splits)} set{'s' if len(splits) > 1 else ''}"
+        parts = [f"{s} set" + (f" (held out of {', '.join(carved[s])} by {s}_fraction)" if carved[s] else "") for s in splits]
+        return f"the {self.task} {' and '.join(parts)}"
 
 
 class Decontaminator:
@@ -299,8 +318,10 @@ class Decontaminator:
             self.removed[kind] += 1
             self.by_file[self.targets.file_of[target]] += 1
             if len(self.examples) < EXAMPLES_PER_PIECE:
-                self.examples.append({"kind": kind, "task_text": self.targets.locations[target], "score": round(score, 3),
-                                      "corpus_file": source, "document": texts[d][:200]})  # fmt: skip
+                matched = self.targets.files[self.targets.file_of[target]]
+                self.examples.append({"kind": kind, "task_text": self.targets.locations[target], "set": matched.key,
+                                      "held_out_by": matched.held_out_by, "score": round(score, 3), "corpus_file": source,
+                                      "document": texts[d][:200]})  # fmt: skip
         return drop
 
     def _match(self, counts: dict[int, int], words: np.ndarray, shingles: np.ndarray) -> tuple[str, int, float] | None:
@@ -415,8 +436,8 @@ def merge(summaries: list[dict[str, Any]], targets: Targets) -> tuple[dict[str, 
         "task": targets.task,
         "against": targets.described(),
         "files": [
-            {"key": f.key, "path": f.path, "sha256": f.sha256, "texts": int(texts_per_file[i]), "texts_found": int(found_per_file[i]),
-             "documents_removed": by_file[i]}
+            {"key": f.key, "path": f.path, "sha256": f.sha256, "held_out_by": f.held_out_by, "texts": int(texts_per_file[i]),
+             "texts_found": int(found_per_file[i]), "documents_removed": by_file[i]}
             for i, f in enumerate(targets.files)
         ],  # fmt: skip
         "examples": [e for s in summaries for e in s["examples"]][:EXAMPLES_KEPT],

@@ -33,7 +33,8 @@ every budget's.
 Output (evaluation artifact `e-...`; its manifest inputs name every `f-` run, for lineage and gc):
 `results.json` (per model: the chosen learning rate, every run with its `f-` id, best epoch,
 validation and test scores with per-class precision/recall/F1 and the confusion matrix; the run best
-on validation (`best_run`); mean and std over seeds; the comparisons; convergence; data notes) and
+on validation (`best_run`); mean and std over seeds; the comparisons; convergence; data notes; `best`: the
+run to hand over, chosen on validation alone, `best_model`) and
 `predictions.json` (test gold and the compared runs' test predictions).
 """
 
@@ -151,6 +152,21 @@ def best_run(runs: list[dict], metric: str) -> dict:
     return max(runs, key=lambda r: r["validation"][metric])
 
 
+def best_model(results: dict[str, dict], metric: str) -> dict:
+    """The task model to hand over, chosen without test: the model with the best mean validation `metric` over
+    seeds (at its chosen rate; ties: the first listed, base before adapted), then its best seed on validation."""
+    means = {name: statistics.fmean(r["validation"][metric] for r in entry["runs"]) for name, entry in results.items()}
+    name = max(means, key=means.get)
+    best = results[name]["best_run"]
+    others = ", ".join(f"{other} {mean:.4f}" for other, mean in means.items() if other != name)
+    return {
+        "model": name, "artifact": results[name]["artifact"], "finetune": best["finetune"], "seed": best["seed"],
+        "learning_rate": best["learning_rate"], f"validation_{metric}": best[f"validation_{metric}"], f"mean_validation_{metric}": means[name],
+        "why": f"{name} has the best mean validation {metric} over seeds ({means[name]:.4f}{'; ' + others if others else ''}), and seed "
+               f"{best['seed']} is its best seed on validation ({best[f'validation_{metric}']:.4f}); test scores played no part in the choice",
+    }  # fmt: skip
+
+
 def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, student: str | None = None, tapt: str | None = None) -> str:
     """Build (or find) the evaluation artifact; `student` is the distill stage's model, `tapt` the tapt
     stage's, if any; returns its id."""
@@ -224,6 +240,7 @@ def run(cfg: EvaluateConfig, store: ArtifactStore, *, base: str, model: str, stu
             "interval_method": scoring.interval_method(cfg.bootstrap_samples),
             "min_seeds_for_verdict": scoring.MIN_SEEDS_FOR_VERDICT,
             "models": results,
+            "best": best_model(results, metric),
             "comparisons": comparisons,
             **({"label_budgets": curve} if curve is not None else {}),
             **({"int8": int8} if int8 else {}),

@@ -23,15 +23,15 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from pretrain import registry
-from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, format_lineage, respect_umask
+from pretrain import cards, registry
+from pretrain.artifacts import MANIFEST, STAGING, ArtifactStore, environment, file_digest, respect_umask
 from pretrain.errors import InputError, UserError, os_error_line, unreachable
-from pretrain.families import max_sequence_length
 from pretrain.logs import get_logger
 
 log = get_logger(__name__)
@@ -54,23 +54,9 @@ def model_folder(store: ArtifactStore, aid: str) -> Path:
     if stage not in (*MODEL_STAGES, TASK_STAGE):
         raise InputError(
             f"artifact {aid} is a {stage} artifact, not a model; export a task model (f-…), a pretrain (m-…), "
-            "distill (d-…) or base (b-…) artifact or an alias of one"
+            "distill (d-…) or base (b-…) artifact, an evaluation (e-…: its best task model), `best`, or an alias of one"
         )
-    folder = store.local_dir(aid)
-    return folder if stage == "base" else folder / "model"
-
-
-def _ancestors(store: ArtifactStore, aid: str) -> dict[str, dict]:
-    """Every artifact in the lineage of `aid` (itself included), by stage; the nearest one wins."""
-    found: dict[str, dict] = {}
-    queue, seen = [aid], {aid}
-    while queue:
-        manifest = store.manifest(queue.pop(0))
-        found.setdefault(manifest["stage"], manifest)
-        children = [child for child in manifest.get("inputs", {}).values() if child not in seen]  # a tampered store may loop
-        seen.update(children)
-        queue += children
-    return found
+    return cards.model_folder_of(store, aid)
 
 
 def evaluation_of(store: ArtifactStore, aid: str) -> dict | None:
@@ -111,9 +97,20 @@ def evaluation_naming(store: ArtifactStore, run_id: str) -> tuple[dict, dict, st
     return found
 
 
-def _role_in(evaluation: dict, aid: str) -> str:
-    inputs = evaluation["inputs"]
-    return "adapted" if inputs.get("adapted") == aid else next(role for role, value in inputs.items() if value == aid)
+def run_names(store: ArtifactStore) -> dict[str, tuple[str, str, bool]]:
+    """Fine-tuning run id -> (the newest evaluation naming it, the model's name there, whether that evaluation chose it
+    to hand over), for listings: an `f-…` id alone says neither which model nor which seed it is."""
+    names: dict[str, tuple[str, str, bool]] = {}
+    for other in store.ids():  # oldest first: a newer evaluation's names win
+        if store.manifest(other)["stage"] != "evaluate":
+            continue
+        results = json.loads((store.local_dir(other) / "results.json").read_text())
+        chosen = (results.get("best") or {}).get("finetune")
+        for name, entry in results.get("models", {}).items():
+            for fid in [r.get("finetune") for r in entry.get("runs", [])] + [f for rate in entry.get("learning_rates", {}).values() for f in rate.get("finetune", [])]:
+                if fid:
+                    names[fid] = (other, name, fid == chosen)
+    return names
 
 
 def _check_request(store: ArtifactStore, aid: str, stage: str, fmt: str | None, quantize: str | None) -> None:
@@ -131,6 +128,35 @@ def _check_request(store: ArtifactStore, aid: str, stage: str, fmt: str | None, 
         )
 
 
+def resolve_model(store: ArtifactStore, name: str) -> tuple[str, str | None]:
+    """(the artifact to export, how `name` led to it): an id, alias or start of an id as `registry.resolve` reads
+    them; `best`, when no alias has that name, the run the newest evaluation chose to hand over (`best` in its
+    results.json, chosen on validation); an evaluation artifact (`e-…`), its chosen run."""
+    if name == "best" and name not in registry.aliases(store):
+        evaluations = [aid for aid in store.ids() if store.manifest(aid)["stage"] == "evaluate"]
+        if not evaluations:
+            raise InputError(
+                f"best: no evaluation in the store {store.url} to take the best task model from; run the pipeline (`dapt run CONFIG`), "
+                f"or name a task model (`dapt artifacts list --stage finetune --store {store.url}`)"
+            )
+        aid = evaluations[-1]  # oldest first: the newest evaluation
+    else:
+        aid = registry.resolve(store, name)
+    if store.manifest(aid)["stage"] != "evaluate":
+        return aid, None
+    results = json.loads((store.local_dir(aid) / "results.json").read_text())
+    best = results.get("best")
+    if not isinstance(best, dict) or not best.get("finetune"):
+        raise InputError(
+            f"{name}: evaluation {aid} names no best run (its results.json is from a dapt before `best`); export one of its "
+            f"task models by id (`dapt artifacts list --stage finetune --store {store.url}`)"
+        )
+    if not store.exists(best["finetune"]):
+        raise InputError(f"{name}: evaluation {aid} chose {best['finetune']}, which is no longer in the store {store.url} (deleted?)")
+    how = f"the best task model of evaluation {aid} ({best['model']}, seed {best['seed']}, chosen on validation)"
+    return best["finetune"], how
+
+
 def export(
     store: ArtifactStore,
     name: str,
@@ -141,17 +167,21 @@ def export(
     hf_api_factory: Callable[..., Any] | None = None,
     format: str | None = None,
     overwrite: bool = False,
+    test: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write the export folder for artifact or alias `name`; returns the export facts (dapt_export.json).
+    """Write the export folder for artifact or alias `name` (or `best`, or an evaluation: its chosen run); returns
+    the export facts (dapt_export.json).
 
-    `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on
-    the task's test set; `overwrite` replaces a previous export at `to` (once the new one is complete), and
-    nothing else (`check_replaceable`).
+    `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on the test
+    examples the run was scored on, or on the labelled file `test`; `overwrite` replaces a previous export at `to`
+    (once the new one is complete), and nothing else (`check_replaceable`).
     """
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
     if format not in (None, *FORMATS):
         raise UserError(f"--format {format}: only {', '.join(FORMATS)} is supported")
+    if test is not None and format is None:
+        raise UserError(f"--test {test}: only the ONNX measurement reads a test set; add --format onnx, or leave out --test")
     target = Path(os.path.abspath(Path(to).expanduser()))
     if target.is_symlink():
         raise UserError(f"--to {target}: is a symbolic link (to {os.path.realpath(target)}); give a real folder as --to")
@@ -161,13 +191,14 @@ def export(
         raise UserError(f"--to {target}: the folder exists and is not empty; choose another --to, or pass --overwrite to replace it")
     if target.exists():
         check_replaceable(target, store)
-    aid = registry.resolve(store, name)
+    aid, how = resolve_model(store, name)
+    if how:
+        log.info("export %s: %s", name, how)
     stage = store.manifest(aid)["stage"]
     _check_request(store, aid, stage, format, quantize)
     folder = model_folder(store, aid)
     run = json.loads((store.local_dir(aid) / "run.json").read_text()) if stage == TASK_STAGE else None
-    if format is not None:
-        task_test_files(aid, run)  # the measurement needs them: fail now, not after the copy
+    scored = test_set(aid, run, test) if format is not None else None  # read now: a missing file fails before the copy
     problems = registry.verify(store, aid)
     if problems:
         raise InputError(f"artifact {aid} fails verification, not exporting it:\n  " + "\n  ".join(problems))
@@ -183,14 +214,15 @@ def export(
         if stage == TASK_STAGE:
             named = evaluation_naming(store, aid)
             if format == "onnx":
-                measured = measure_onnx(staging, aid, run, int8=quantize == "int8")
+                assert scored is not None
+                measured = measure_onnx(staging, aid, run, int8=quantize == "int8", test=scored)
                 (staging / MEASUREMENTS).write_text(json.dumps(measured, indent=1) + "\n")
             evaluation = named[0] if named else None
-            card = task_model_card(store, aid, name, run, named, measured)
+            card = cards.task_model_card(store, aid, name, run, named, measured, measurement_table)
         else:
             evaluation = evaluation_of(store, aid)
             results = json.loads((store.local_dir(evaluation["id"]) / "results.json").read_text()) if evaluation else None
-            card = model_card(store, aid, name, evaluation, results)
+            card = cards.model_card(store, aid, name, evaluation, results)
         facts = _facts(store, aid, name, staging, evaluation, measured, run)
         (staging / CARD).write_text(card)
         (staging / FACTS).write_text(json.dumps(facts, indent=1, default=str) + "\n")
@@ -270,40 +302,67 @@ def _replace(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def task_test_files(aid: str, run: dict) -> list[Path]:
-    """The test files named in a task model's run (`run.json` task section); a clear error if they are gone."""
-    from pretrain.io import expand_inputs
+@dataclass
+class TestSet:
+    """The labelled examples an ONNX export is measured on, and how the card names them."""
 
-    patterns = run["task"]["test_files"]
-    files = expand_inputs(patterns)
-    if not files:
+    split: Any  # tasks.Split
+    source: str
+
+
+def test_set(aid: str, run: dict, test: str | os.PathLike | None) -> TestSet:
+    """The examples the task model `aid` was scored on, read again (`tasks.recorded_test_split`), or those of the
+    labelled file `test` (`--test`). A file that is gone or changed is an error naming it and offering --test."""
+    from pretrain.config import TaskConfig
+    from pretrain.summaries import public_name
+    from pretrain.tasks import read_split, recorded_test_split
+
+    task = TaskConfig.model_validate(run["task"])
+    if test is not None:
+        if not Path(test).is_file():
+            raise UserError(f"--test {test}: no such file; give a labelled file with the task's fields ({_fields(task)})")
+        try:
+            split = read_split(task, [str(test)], "test_files", notes=[])
+        except InputError as e:
+            raise InputError(f"--test {test}: {e} (the file needs the task's fields: {_fields(task)})") from None
+        return TestSet(split, f"`{public_name(str(test))}` (given with --test, {len(split):,} examples; not the run's own test set)")
+    record = run.get("test_examples")
+    try:
+        split = recorded_test_split(task, record)
+    except InputError as e:
         raise InputError(
-            f"the test files of {aid}'s task ({run['task']['name']}: task.test_files {patterns} in its run.json) are gone; "
-            "the ONNX export is measured on them: restore them, or export without --format"
-        )
-    return files
+            f"{aid} ({task.name}): {e}; the ONNX export is measured on those test examples: restore the file, measure on another "
+            f"labelled file with --test FILE (the task's fields: {_fields(task)}), or export without --format"
+        ) from None
+    where = f"held out of {', '.join(public_name(str(p)) for p in task.train_files)} by test_fraction" if not task.test_files else \
+        f"of {', '.join(public_name(str(p)) for p in task.test_files)}"
+    return TestSet(split, f"the {len(split):,} test examples {aid} was scored on ({where})")
 
 
-def measure_onnx(folder: Path, aid: str, run: dict, int8: bool) -> dict[str, Any]:
-    """Write model.onnx (and model.int8.onnx) for the classifier in `folder`; measure them on its task's test set."""
+def _fields(task) -> str:
+    pair = f", second text {task.text_pair_field!r}" if task.text_pair_field else ""
+    delimiter = f", {task.csv_delimiter!r}-separated" if task.csv_delimiter else ""
+    return f"text {task.text_field!r}{pair}, label {task.label_field!r}{delimiter}"
+
+
+def measure_onnx(folder: Path, aid: str, run: dict, int8: bool, test: TestSet) -> dict[str, Any]:
+    """Write model.onnx (and model.int8.onnx) for the classifier in `folder`; measure them on `test`."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from pretrain import quantize
     from pretrain.config import TaskConfig
     from pretrain.finetune import encode
     from pretrain.modelfiles import load_model
-    from pretrain.tasks import Split, TaskData, read_split
+    from pretrain.tasks import Split, TaskData
     from pretrain.vocab import load_fast_tokenizer
 
     task = TaskConfig.model_validate(run["task"])
     config = json.loads((folder / "config.json").read_text())
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    notes: list[str] = []
-    test = read_split(task, task.test_files, "test_files", notes)
-    unknown = sorted({label for row in test.labels for label in (row if isinstance(row, list) else [row])} - set(labels))
+    unknown = sorted({label for row in test.split.labels for label in (row if isinstance(row, list) else [row])} - set(labels))
     if unknown:
-        raise InputError(f"{task.test_files}: labels {unknown} are not among the model's labels {labels}; is this the task {aid} was fine-tuned on?")
-    data = TaskData(task.type, labels, Split(), Split(), test, "n/a")
+        raise InputError(f"{test.source}: labels {unknown[:10]} are not among the model's labels {labels[:20]}; is this the task {aid} was fine-tuned on?")
+    data = TaskData(task.type, labels, Split(), Split(), test.split, "n/a")
     tokenizer = load_fast_tokenizer(folder)
     encoded = encode(tokenizer, data, "test", run["max_seq_length"], config.get("type_vocab_size", 1) > 1)
     auto = AutoModelForTokenClassification if task.type == "token" else AutoModelForSequenceClassification
@@ -328,7 +387,7 @@ def measure_onnx(folder: Path, aid: str, run: dict, int8: bool) -> dict[str, Any
         )
     metric = run.get("selection_metric") or ("micro_f1" if task.type == "token" else "macro_f1")
     result.update(artifact=aid, task=task.name, seed=run.get("seed"), primary_metric=metric, max_seq_length=run["max_seq_length"],
-                  run_test={m: run["test"][m] for m in ("accuracy", metric) if m in run.get("test", {})})  # fmt: skip
+                  test_source=test.source, run_test={m: run["test"][m] for m in ("accuracy", metric) if m in run.get("test", {})})  # fmt: skip
     return result
 
 
@@ -369,304 +428,20 @@ def measurement_table(q: dict) -> list[str]:
 
 
 def _facts(store: ArtifactStore, aid: str, name: str, folder: Path, evaluation: dict | None, measured: dict | None, run: dict | None) -> dict[str, Any]:
+    """dapt_export.json: the card's facts for machines. It travels with the model, so it names no folder of this
+    machine (no store path; source files summarised, `cards.public_lineage`); the store keeps the full manifests."""
     return {
         "dapt_export": EXPORT_MARKER,  # the marker --overwrite looks for: only a folder carrying it is ever replaced
         "artifact": aid,
         "requested_as": name,
-        "store": store.url,
         "stage": store.manifest(aid)["stage"],
         "files": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()},
         "evaluation": evaluation["id"] if evaluation else None,
-        "run": run,
+        "run": cards.public_run(run, store.manifest(aid)) if run is not None else None,
         "onnx": measured,
-        "lineage": store.lineage(aid),
+        "lineage": cards.public_lineage(store, aid),
         "exported_with": {"git": environment()["git"], "packages": environment()["packages"]},
     }
-
-
-# --- the model card ----------------------------------------------------------------------------------
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
-def model_card(store: ArtifactStore, aid: str, name: str, evaluation: dict | None, results: dict | None) -> str:
-    """README.md for the export folder, from the manifests in the artifact's lineage."""
-    chain = _ancestors(store, aid)
-    manifest = chain[model_stage := store.manifest(aid)["stage"]]
-    base = chain.get("base")
-    corpus, vocab, tokens = chain.get("ingest"), chain.get("vocab"), chain.get("tokens")
-    origin = (base or {}).get("origin") or {}
-    base_name = origin.get("source", "unknown")
-    config = json.loads((model_folder(store, aid) / "config.json").read_text())
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [bert, fill-mask, domain-adaptation, dapt]",
-        "---",
-        "",
-        f"# {aid}" + (f" ({name})" if name != aid else ""),
-        "",
-        (
-            f"A {config.get('model_type', 'transformer')} encoder ({config.get('num_hidden_layers')} layers x {config.get('hidden_size')}, "
-            f"vocabulary {config.get('vocab_size'):,}) adapted to a domain corpus by continued masked-language-model pretraining "
-            f"with dapt, starting from `{base_name}`."
-            if model_stage == "pretrain"
-            else f"A {config.get('num_hidden_layers')}-layer student (hidden size {config.get('hidden_size')}, vocabulary "
-            f"{config.get('vocab_size'):,}) distilled by dapt from the domain-adapted `{manifest['inputs'].get('teacher', '?')}` "
-            f"(itself continued from `{base_name}`), DistilBERT-style: soft masked-LM targets of the teacher plus the masked-LM loss."
-            if model_stage == "distill"
-            else f"The base model `{base_name}` as imported by dapt ({config.get('num_hidden_layers')} layers x {config.get('hidden_size')}); not adapted."
-        ),
-        "",
-        "```python",
-        "from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer",
-        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
-        'encoder = AutoModel.from_pretrained("THIS_FOLDER")                      # embeddings: last_hidden_state',
-        'classifier = AutoModelForSequenceClassification.from_pretrained("THIS_FOLDER", num_labels=8)  # new head: fine-tune it',
-        "```",
-        "",
-        "## Base model",
-        "",
-        f"- `{base_name}`" + (f" (revision {origin['revision']})" if origin.get("revision") else "") + (f", imported as `{base['id']}`" if base else ""),
-        f"- resolved from: {origin.get('resolved', 'n/a')}",
-        "",
-    ]
-    if corpus:
-        m = corpus["metrics"]
-        lines += [
-            "## Domain corpus",
-            "",
-            f"- artifact `{corpus['id']}`: {m['documents']:,} documents ({m['train_documents']:,} train / {m['validation_documents']:,} validation), "
-            f"{_mb(m['bytes'])}, {m['words']:,} words; removed {m['duplicates_removed']:,} exact duplicates"
-            + (f", {m['near_duplicates_removed']:,} near duplicates" if "near_duplicates_removed" in m else "")
-            + f", {m.get('empty_removed', 0) + m.get('short_removed', 0):,} empty or short documents",
-            "- source files (sha256):",
-            *[f"  - `{s['path']}` {s['size']:,} bytes, `{s['sha256']}`" for s in corpus.get("sources", [])],
-            "",
-        ]
-    if vocab:
-        m = vocab["metrics"]
-        added = m.get("added_tokens", 0 if m["mode"] == "keep" else None)
-        lines += [
-            "## Vocabulary",
-            "",
-            f"- mode `{m['mode']}` (artifact `{vocab['id']}`): base vocabulary {m['base_vocab_size']:,} -> model vocabulary "
-            f"{m.get('model_vocab_size', m['base_vocab_size']):,}; added tokens: {added if added is not None else 'n/a'}",
-            f"- fertility on the corpus' validation split (tokens per word): base {m['fertility_base']:.3f}, domain WordPiece "
-            f"{m['fertility_domain']:.3f}" + (f", model {m['fertility_model']:.3f}" if "fertility_model" in m else ""),
-            "",
-        ]
-    if model_stage == "pretrain":
-        m, c = manifest["metrics"], manifest["config"]
-        env = manifest.get("environment", {})
-        hours = m.get("train_seconds", 0) / 3600
-        lines += [
-            "## Pretraining budget",
-            "",
-            f"- {m['steps']:,} optimizer steps, {m['tokens']:,} tokens (global batch {m['global_batch_size']} x {c['max_seq_length']} tokens), "
-            f"peak learning rate {c['learning_rate']:g}, masking {c['mlm_probability']:g}"
-            + (f", {tokens['metrics']['train_tokens']:,} tokens in the train split" if tokens else ""),
-            f"- hardware: {m['processes']} x {m['device']} on host `{env.get('host', '?')}`, mixed precision `{c['mixed_precision']}`; "
-            f"{m.get('train_seconds', 0):,.0f} s of training ({hours:.2f} h), {m['tokens_per_second']:,.0f} tokens/s",
-            f"- validation perplexity {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f}",
-            f"- software: {', '.join(f'{k} {v}' for k, v in env.get('packages', {}).items() if k in ('torch', 'transformers', 'accelerate'))}; "
-            f"dapt commit {(env.get('git') or {}).get('commit', 'unknown')}",
-            "",
-        ]
-    if model_stage == "distill":
-        m = manifest["metrics"]
-        lines += [
-            "## Distillation",
-            "",
-            f"- teacher `{manifest['inputs'].get('teacher', '?')}` ({m['teacher_layers']} layers, {m['teacher_parameters']:,} encoder parameters) "
-            f"-> student {m['student_layers']} layers, {m['student_parameters']:,} parameters ({m['parameter_ratio']:.0%}), "
-            f"initialised from teacher layers {m['initialised_from_teacher_layers']}",
-            f"- {m['steps']:,} steps, {m['tokens']:,} tokens; validation perplexity teacher {m['validation_perplexity_teacher']:,.1f}, "
-            f"student {m['validation_perplexity_before']:,.1f} -> {m['validation_perplexity_after']:,.1f}",
-            f"- CPU throughput at batch {m['cpu_batch_size']}: {m['cpu_speedup']:.2f}x the teacher's",
-            "",
-        ]
-    lines += _downstream(aid, evaluation, results)
-    lines += pooler_section(model_folder(store, aid), task_model=False)
-    lines += [
-        "## Intended use and limits",
-        "",
-        "- Intended: a starting point for fine-tuning on tasks from the same domain as the corpus above (classification, "
-        "token tagging, sentence pairs), and for domain text embeddings (`last_hidden_state`, CLS or mean pooled).",
-        "- Not a classifier as is: `AutoModelForSequenceClassification` adds a freshly initialised head that must be fine-tuned.",
-        "- Its knowledge is that of the base model plus the corpus above: text from other domains, languages or periods may "
-        "do no better than the base model; biases of the corpus (one news agency, one year, one region for the demo) carry over.",
-        f"- Inputs longer than {max_sequence_length(config) or 512} tokens must be truncated or split.",
-        "- The downstream figures hold for the task and test set named above only; measure on yours before relying on it.",
-        "",
-        *lineage_section(store, aid),
-    ]
-    return "\n".join(lines)
-
-
-def lineage_section(store: ArtifactStore, aid: str) -> list[str]:
-    """The model card's lineage: every artifact the model was built from, back to the raw files."""
-    return [
-        "## Lineage",
-        "",
-        "Every artifact this model was built from, back to the raw files (`dapt artifacts lineage ID` prints it from the store):",
-        "",
-        "```",
-        format_lineage(store.lineage(aid)),
-        "```",
-        "",
-    ]
-
-
-def _downstream(aid: str, evaluation: dict | None, results: dict | None) -> list[str]:
-    if evaluation is None or results is None:
-        return ["## Downstream results", "", "No evaluation of this model is in the store.", ""]
-    if "primary_metric" not in results:
-        return ["## Downstream results", "", f"The evaluation `{evaluation['id']}` was written by an older dapt whose results are not quoted here.", ""]
-    role = _role_in(evaluation, aid)
-    metrics = [results["primary_metric"]] + [m for m in ("accuracy", "macro_f1") if m != results["primary_metric"]]
-    label = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
-    lines = [
-        "## Downstream results",
-        "",
-        f"{results['task']} ({results['type'].replace('_', '-')}, {len(results['labels'])} labels; {results['sizes']['train']:,} train, "
-        f"{results['sizes']['test']:,} test examples), evaluation artifact `{evaluation['id']}`: every model fine-tuned the same way with "
-        f"seeds {results['seeds']}, epoch chosen on validation; test mean ± std over seeds. This model is `{role}`.",
-        "",
-        "| model | artifact | " + " | ".join(f"test {label[m]}" for m in metrics) + " |",
-        "| --- | --- | " + "--- | " * len(metrics),
-    ]
-    for model, r in results["models"].items():
-        cells = [f"{r['summary'][m]['mean']:.3f} ± {r['summary'][m]['std']:.3f}" for m in metrics]
-        lines.append(f"| {model}{' (this model)' if r['artifact'] == aid else ''} | `{r['artifact']}` | " + " | ".join(cells) + " |")
-    seed_aware = all("interval" in c for c in results["comparisons"])  # evaluations before it have the test-only interval alone
-    # The evaluation says how its interval was computed (older ones: a bootstrap over seeds and test examples; now a t-interval).
-    how = next((c["interval"].get("method") for c in results["comparisons"] if seed_aware), None)
-    method = f"95% interval over seeds and test examples ({how}), and its verdict" if seed_aware else "95% paired-bootstrap interval over test examples"
-    lines += ["", f"Differences to the base model (paired by seed; {method}):", ""]
-    for c in results["comparisons"]:
-        if c["metric"] in metrics:
-            i = c["interval"] if seed_aware else c["bootstrap"]
-            lines.append(
-                f"- {c['model']} − {c['baseline']}, {label[c['metric']]}: {c['difference']:+.3f} ± {c['difference_std']:.3f} "
-                f"(better in {c['better_in_seeds']}/{len(c['per_seed'])} seeds), CI [{i['low']:+.3f}, {i['high']:+.3f}]"
-                + (f": {c['verdict']}" if seed_aware else "")
-            )
-    return lines + [""]
-
-
-def pooler_section(folder: Path, task_model: bool) -> list[str]:
-    """What `pooler_output` of this model is: trained (and by what), or absent."""
-    from safetensors import safe_open
-
-    config = json.loads((folder / "config.json").read_text())
-    with safe_open(folder / "model.safetensors", "pt") as f:
-        has_pooler = any(".pooler." in f".{key}" for key in f.keys())
-    classifier = task_model and "ForSequenceClassification" in " ".join(config.get("architectures", []))
-    if has_pooler and classifier:
-        what = ("`pooler_output` is the `[CLS]` state through a dense layer and tanh, trained with the classifier in fine-tuning: "
-                "it is exactly what the classification head reads. `AutoModel` loads the encoder and this pooler (the head is left out).")  # fmt: skip
-    elif has_pooler:
-        what = ("`pooler_output` is the `[CLS]` state through a dense layer and tanh, with the pooler weights in this checkpoint "
-                "(from the base model's pretraining, not updated by masked-LM adaptation, which does not use it). "
-                "For embeddings prefer `last_hidden_state` (CLS or mean pooled).")  # fmt: skip
-    else:
-        what = ("This checkpoint has no pooler weights (masked-LM training does not use one): `AutoModel` adds a randomly initialised "
-                "pooler and lists it as MISSING in its load report, so `pooler_output` means nothing; use `last_hidden_state` "
-                "(CLS or mean pooled). A sequence classifier fine-tuned from this model trains its pooler with its head.")  # fmt: skip
-    return ["## The pooler", "", what, ""]
-
-
-def task_model_card(store: ArtifactStore, aid: str, name: str, run: dict, named: tuple[dict, dict, str] | None, measured: dict | None) -> str:
-    """README.md for a task model's export folder: the task, its scores, the comparison, ONNX figures, lineage."""
-    manifest = store.manifest(aid)
-    encoder = manifest["inputs"]["model"]
-    chain = _ancestors(store, aid)
-    base = chain.get("base")
-    base_name = ((base or {}).get("origin") or {}).get("source", "unknown")
-    folder = store.local_dir(aid) / "model"
-    config = json.loads((folder / "config.json").read_text())
-    task = run["task"]
-    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    token = task["type"] == "token"
-    auto = "AutoModelForTokenClassification" if token else "AutoModelForSequenceClassification"
-    metric = run.get("selection_metric") or ("micro_f1" if token else "macro_f1")
-    label = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}
-    encoder_stage = store.manifest(encoder)["stage"]
-    kind = {"pretrain": "domain-adapted encoder", "distill": "distilled student", "base": "base model"}.get(encoder_stage, encoder_stage)
-    lines = [
-        "---",
-        "library_name: transformers",
-        f"pipeline_tag: {'token-classification' if token else 'text-classification'}",
-        "tags: [bert, domain-adaptation, dapt]",
-        "---",
-        "",
-        f"# {aid}" + (f" ({name})" if name != aid else ""),
-        "",
-        f"A {task['type'].replace('_', '-')} {'tagger' if token else 'classifier'} for {task['name']} ({len(labels)} labels: "
-        f"{', '.join(labels)}), fine-tuned by dapt from the {kind} `{encoder}` (itself from `{base_name}`), seed {run['seed']}, "
-        f"the epoch chosen on validation {label.get(metric, metric)}.",
-        "",
-        "```python",
-        f"from transformers import {auto}, AutoTokenizer",
-        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
-        f'model = {auto}.from_pretrained("THIS_FOLDER").eval()',
-        f"batch = tokenizer(texts, truncation=True, max_length={run['max_seq_length']}, padding=True, return_tensors=\"pt\")",
-        "labels = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]",
-        "```",
-        "",
-        "`dapt predict THIS_FOLDER --input FILE --out OUT.jsonl` does the same over a file (JSONL, CSV, Parquet, text) and keeps its id column.",
-        "",
-        "## Task and training",
-        "",
-        f"- task `{task['name']}` ({task['type']}): text field `{task['text_field']}`, label field `{task['label_field']}`; "
-        f"train files {task['train_files']}, test files {task['test_files']}",
-        f"- fine-tuned with seed {run['seed']}, learning rate {run['learning_rate']:g}, best epoch {run['best_epoch']}"
-        + (f" of {run['epochs_trained']} trained" if "epochs_trained" in run else "") + f", inputs up to {run['max_seq_length']} tokens",
-        "",
-        "## Test scores",
-        "",
-        "This model (one seed): " + ", ".join(f"{label.get(m, m)} {v:.4f}" for m, v in run["test"].items() if isinstance(v, (int, float)))
-        + "; validation " + ", ".join(f"{label.get(m, m)} {v:.4f}" for m, v in run["validation"].items() if m in label) + ".",
-        "",
-    ]
-    if named is None:
-        lines += ["No evaluation in the store names this run, so there is no mean over seeds or comparison with the base model here.", ""]
-    else:
-        evaluation, results, model_name = named
-        entry = results["models"][model_name]
-        best = best_run_id(entry)
-        lines += [
-            f"Evaluation `{evaluation['id']}` fine-tuned every compared model the same way with seeds {results['seeds']}; this run is "
-            f"`{model_name}` seed {run['seed']}" + (" and the best of its seeds on validation (what is handed over)." if best == aid else
-                                                   f"; the best of its seeds on validation is `{best}`." if best else "."),
-            "",
-        ]
-        lines += _downstream(entry["artifact"], evaluation, results)[2:]
-    lines += pooler_section(folder, task_model=True)
-    if measured:
-        lines += ["## ONNX and int8 (CPU)", "",
-                  f"`model.onnx` is the fp32 graph ({measured['exporter']})"
-                  + (f"; `model.int8.onnx` its ONNX Runtime dynamic int8 quantization (`{measured['method']}`)." if "int8" in measured else "."),
-                  "Measured at export on the task's test set:", "", *measurement_table(measured), "",
-                  "```python", "import onnxruntime as ort",
-                  'session = ort.InferenceSession("THIS_FOLDER/model.int8.onnx")  # or model.onnx',
-                  f"logits = session.run([\"logits\"], dict(tokenizer(texts, truncation=True, max_length={run['max_seq_length']}, padding=True, return_tensors=\"np\")))[0]",
-                  "```", ""]  # fmt: skip
-    lines += [
-        "## Intended use and limits",
-        "",
-        f"- Intended: {'tagging words of' if token else 'labelling'} texts like those of the task above ({task['name']}) with its "
-        f"{len(labels)} labels; anything else is outside what it was trained and measured on.",
-        "- The test scores hold for the test set named above only; run `dapt predict` on a labelled sample of your own data before relying on it.",
-        f"- Inputs longer than {run['max_seq_length']} tokens are truncated (as in training and testing).",
-        "- Biases of the domain corpus and of the task's labelling carry over.",
-        "",
-        *lineage_section(store, aid),
-    ]
-    return "\n".join(lines)
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------------

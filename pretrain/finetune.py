@@ -50,7 +50,7 @@ from pretrain.logs import get_logger
 from pretrain.modelfiles import load_model
 from pretrain.precision import resolve as resolve_precision
 from pretrain.progress import Progress, progress
-from pretrain.tasks import TaskData
+from pretrain.tasks import TaskData, test_record
 
 log = get_logger(__name__)
 
@@ -420,7 +420,7 @@ def build(
         # The task section and input settings too: `dapt export` and `dapt predict` re-read the test files with them.
         description = {"model": model, "task": cfg.task.model_dump(mode="json"), "type": data.kind, "labels": data.labels,
                        "selection_metric": metric, "fallback_tag": trained.fallback_tag, "max_seq_length": cfg.max_seq_length,
-                       "batch_size": cfg.batch_size}  # fmt: skip
+                       "batch_size": cfg.batch_size, "test_examples": test_record(cfg.task, data)}  # fmt: skip
         (out.dir / "run.json").write_text(json.dumps({**description, **record}, indent=1))
         gold = data.gold("test")
         (out.dir / "predictions.json").write_text(json.dumps({

@@ -33,8 +33,13 @@ from pretrain.summaries import (
     format_comparison,
     format_p,
     grid_searched,
+    hand_over_lines,
     mean_std,
     metric_label,
+    public_name,
+    removed_documents,
+    seed_counts,
+    seed_tally,
     shown_metrics,
     summary_rows,
 )
@@ -42,6 +47,8 @@ from pretrain.summaries import (
 log = get_logger(__name__)
 
 STAGE = "report"
+# Fewer validation blocks and the perplexity is a noisy figure (the same threshold as pretrain.training.FEW_EVAL_BLOCKS).
+FEW_EVAL_BLOCKS = 50
 FIGURES = ("comparison.png", "label_budgets.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
 
 
@@ -103,16 +110,29 @@ def verdict(comparison: dict) -> str | None:
     return {"helped": "helped", "hurt": "hurt", "no clear difference": "made no clear difference", "no verdict": None}[comparison["verdict"]]
 
 
-def headline_text(results: dict, label) -> list[str]:
-    """The report's first lines: the verdict (or why there is none) with the difference, its interval and how it was computed."""
+def task_description(results: dict, task: dict) -> str:
+    """What the task is, for the headline: `single-label classification into 5 labels; test: 81 examples held out of
+    labelled.csv by test_fraction`."""
+    kind = {"single_label": "single-label classification into", "multi_label": "multi-label classification with",
+            "token": "token tagging with"}.get(results["type"], results["type"])  # fmt: skip
+    names = lambda key: ", ".join(public_name(str(p)) for p in task.get(key) or [])  # noqa: E731
+    test = f"{results['sizes']['test']:,} examples " + (f"of {names('test_files')}" if task.get("test_files") else
+                                                        f"held out of {names('train_files')} by test_fraction")  # fmt: skip
+    return f"{kind} {len(results['labels'])} labels; test: {test}"
+
+
+def headline_text(results: dict, label, task: dict | None = None) -> list[str]:
+    """The report's first lines: the verdict (or why there is none) on the task (what it is, given the evaluate
+    config's `task` section), with the difference, its interval and how it was computed."""
     c = headline(results)
     if c is None:
         return []
+    what = f" ({task_description(results, task)})" if task else ""
     i = c["interval"]
     seeds = len(c["per_seed"])
     figures = (
         f"test {label(results['primary_metric'])} adapted − base **{c['difference']:+.3f}** (mean over {seeds} seed{'s' if seeds > 1 else ''}; "
-        f"adapted better in {c['better_in_seeds']} of {seeds}), {i['confidence']:.0%} interval over seeds and test examples "
+        f"adapted {seed_counts(c)} of {seeds}), {i['confidence']:.0%} interval over seeds and test examples "
         f"[{i['low']:+.3f}, {i['high']:+.3f}]."
     )
     said = verdict(c)
@@ -121,10 +141,10 @@ def headline_text(results: dict, label) -> list[str]:
         last = results["label_budgets"][-1]
         scope = f" with all {last['train']:,} train examples" if last["labels_per_class"] is None else f" at {last['labels_per_class']} labels per class"
     if said is None:
-        first = (f"**No verdict on {results['task']}{scope}** with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
+        first = (f"**No verdict on {results['task']}{scope}**{what} with {seeds} seed{'s' if seeds > 1 else ''} (a verdict needs at least "
                  f"{results['min_seeds_for_verdict']}: list more in `evaluate.seeds`): {figures}")  # fmt: skip
     else:
-        first = f"**Domain adaptation {said} on {results['task']}{scope}**: {figures}"
+        first = f"**Domain adaptation {said} on {results['task']}{scope}**{what}: {figures}"
     lines = [first, "", results["interval_method"], ""]
     convergence = results.get("convergence")
     if convergence and convergence["not_converged"]:
@@ -277,7 +297,7 @@ def plot_per_class(results: dict, path: Path, limit: int = 30) -> None:
     unit = "entity type" if results["type"] == "token" and results.get("tag_scheme") == "BIO" else "class"
     ax.set(xlabel="test F1 (mean over seeds, ± std)", title=f"F1 per {unit}" + (f" ({limit} most frequent)" if len(per_class["base"]) > limit else ""))
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -359,9 +379,11 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
     metrics = shown_metrics(results)
     primary = results["primary_metric"]
     label = lambda m: metric_label(m, results["type"], results.get("tag_scheme"))  # noqa: E731
-    lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label)]
+    lines = ["# Domain-adaptive pretraining report", "", *headline_text(results, label, hp.get("task"))]
     if results.get("label_budgets"):
         lines += budget_section(results, label)
+    if hand_over := hand_over_lines(results):
+        lines += ["## Which model to hand over", "", *hand_over, ""]
     lines += [
         "## Stages",
         "",
@@ -396,7 +418,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
         "and data order) and by test example. The verdict's interval resamples seeds and test examples together; "
         "the paired t-test (seeds only) and the test-only bootstrap (seeds fixed) are secondary figures:",
         "",
-        "| comparison | metric | difference (mean ± std over seeds) | per seed | better in | 95% interval over seeds and test | verdict "
+        "| comparison | metric | difference (mean ± std over seeds) | per seed | seeds better / tied / worse | 95% interval over seeds and test | verdict "
         "| paired t-test p (secondary) | 95% test-only bootstrap (secondary) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -406,7 +428,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
             lines.append(
                 f"| {comparison['model']} − {comparison['baseline']} | {label(comparison['metric'])} | {comparison['difference']:+.4f} ± "
                 f"{comparison['difference_std']:.4f} | {', '.join(f'{d:+.3f}' for d in comparison['per_seed'])} | "
-                f"{comparison['better_in_seeds']}/{len(comparison['per_seed'])} | [{i['low']:+.4f}, {i['high']:+.4f}] | {comparison['verdict']} | "
+                f"{' / '.join(map(str, seed_tally(comparison)))} | [{i['low']:+.4f}, {i['high']:+.4f}] | {comparison['verdict']} | "
                 f"{format_p(comparison['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] |"
             )
     names = list(results["models"])
@@ -452,6 +474,10 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
         "![pretraining curve](pretrain_curve.png)",
         "",
     ]
+    if model.get("validation_blocks", FEW_EVAL_BLOCKS) < FEW_EVAL_BLOCKS:
+        lines += [f"**Warning: the validation perplexity rests on {model['validation_blocks']} blocks of "
+                  f"{manifests['pretrain']['config']['max_seq_length']} tokens** (under {FEW_EVAL_BLOCKS}): its changes say little. "
+                  "Raise `ingest.validation_fraction` for a larger validation split.", ""]  # fmt: skip
     if "tapt_curve.png" in figures:
         lines += ["Task-adaptive pretraining on the task's train text:", "", "![TAPT curve](tapt_curve.png)", ""]
     if "distill" in ids:
@@ -465,6 +491,7 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
         f"{corpus['bytes'] / 1e6:.1f} MB, {corpus['words']:,} words; removed {corpus['duplicates_removed']:,} exact and "
         f"{corpus.get('near_duplicates_removed', 0):,} near duplicates, {corpus['empty_removed']:,} empty and {corpus['short_removed']:,} short documents.",
         f"- Decontamination: {decontamination_sentence(manifests['ingest'])}",
+        *removed_section(manifests["ingest"]),
         f"- Fertility on validation (tokens per word): base tokenizer {vocab['fertility_base']:.3f}, domain WordPiece "
         f"({vocab['domain_vocab_size']:,}) {vocab['fertility_domain']:.3f}. The model trains with: `{vocab['mode']}`.",
         "",
@@ -477,6 +504,16 @@ def render(store: ArtifactStore, ids: dict[str, str], figures: list[str], key_fi
         "`dapt artifacts lineage ID` prints the full chain back to the raw files.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def removed_section(corpus: dict) -> list[str]:
+    """The documents decontamination removed, as the corpus manifest names them (the first of them), indented under its line."""
+    named = removed_documents(corpus)
+    if not named:
+        return []
+    removed = corpus["metrics"]["decontamination"]["removed"]
+    more = f" (the first {len(named)} of {removed:,}, as the corpus manifest keeps them: `dapt artifacts show {corpus['id']}`)" if removed > len(named) else ""
+    return [f"  Removed documents{more}:", *[f"  - {line}" for line in named]]
 
 
 def _rate_setting(results: dict, hp: dict) -> str:
@@ -572,7 +609,7 @@ def distillation_section(manifest: dict, results: dict, label) -> list[str]:
             lines += [
                 "",
                 f"Student − teacher test {label(primary)}: **{comparison['difference']:+.3f}** ± {comparison['difference_std']:.3f} over seeds "
-                f"(student better in {comparison['better_in_seeds']}/{len(comparison['per_seed'])}); {i['confidence']:.0%} interval over seeds "
+                f"(student {seed_counts(comparison)} of {len(comparison['per_seed'])}); {i['confidence']:.0%} interval over seeds "
                 f"and test examples [{i['low']:+.3f}, {i['high']:+.3f}]: {comparison['verdict']} (secondary: paired t-test "
                 f"p={format_p(comparison['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap [{b['low']:+.3f}, {b['high']:+.3f}]).",
             ]

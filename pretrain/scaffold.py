@@ -430,7 +430,34 @@ def _seq_length(words_p90: int, preset: Preset, positions: int) -> int:
     return min(wanted, preset.finetune_max_seq_length, positions)
 
 
-def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: BaseFacts, name: str) -> str:
+# Words of a file name that say it is labelled data, not what the task is ("labelled.csv", "train_labeled.csv").
+NOT_A_TASK_NAME = {"labelled", "labeled", "label", "labels", "train", "training", "trn", "data", "dataset", "set", "split", "all", "final"}
+# Label fields that do not name the task either.
+GENERIC_LABELS = {"label", "labels", "class", "target", "y", "tag"}
+
+
+def task_name_from(path: str, label_field: str) -> str:
+    """The task's name when none is given: the file's stem without words such as `labelled` or `train`
+    (`news_topics_labelled.csv` -> `news-topics`), else the label field when it names something (`category`),
+    else `task`."""
+    words = [w for w in re.split(r"[\s_.\-]+", Path(path).name.split(".")[0]) if w and w.lower() not in NOT_A_TASK_NAME]
+    if words:
+        return "-".join(words)
+    return label_field if label_field.lower() not in GENERIC_LABELS and check_task_name(label_field, quiet=True) else "task"
+
+
+def check_task_name(name: str, quiet: bool = False) -> bool:
+    """A task name is shown in headlines, tables and logs: 1 to 64 printable characters, not only spaces."""
+    ok = 0 < len(name) <= 64 and name.strip() == name and name.isprintable() and not name.startswith(("#", "-"))
+    if not ok and not quiet:
+        raise UserError(
+            f"--task-name {name!r}: give 1 to 64 printable characters, no leading or trailing spaces, not starting with # or -, "
+            "e.g. --task-name news-topics"
+        )
+    return ok
+
+
+def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: BaseFacts, name: str, task_name: str | None = None) -> str:
     """The commented YAML."""
     p = base.preset
     seq = min(p.pretrain_seq_length, base.max_positions)
@@ -504,7 +531,7 @@ def render(corpus: CorpusFacts, task: TaskFacts, test: TaskFacts | None, base: B
         "",
         "evaluate:",
         "  task:",
-        f"    name: {_yaml(Path(task.path).stem or 'task')}",
+        f"    name: {_yaml(task_name or task_name_from(task.path, task.label_field))}",
         f"    type: {task.kind}",
         f"    train_files: {_yaml([task.path])}   # {task.rows:,} rows; fields {', '.join(map(repr, task.fields[:8]))}",
     ]
@@ -546,8 +573,12 @@ def _aligned(line: str, column: int = 38) -> str:
     return f"{match[1]:<{column}} # {match[2]}" if match else line
 
 
-def init(corpus: list[str], task_train: str | None, task_test: str | None, base: str, out: str, force: bool = False) -> list[str]:
-    """Sniff the files, write the config to `out`; returns the lines that say what was found and chosen."""
+def init(corpus: list[str], task_train: str | None, task_test: str | None, base: str, out: str, force: bool = False,
+         task_name: str | None = None) -> list[str]:  # fmt: skip
+    """Sniff the files, write the config to `out`; returns the lines that say what was found and chosen.
+    `task_name`: the task's name in reports (default: from the train file's name, `task_name_from`)."""
+    if task_name is not None:
+        check_task_name(task_name)
     if os.path.exists(out) and not force:
         raise UserError(f"{out} exists; choose another --out, or pass --force to overwrite it")
     if not out.endswith((".yaml", ".yml")):
@@ -564,8 +595,9 @@ def init(corpus: list[str], task_train: str | None, task_test: str | None, base:
         )
     facts = base_facts(base)
     name = Path(out).stem
+    chosen = task_name or task_name_from(task.path, task.label_field)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(render(corpus_facts, task, test, facts, name))
+    Path(out).write_text(render(corpus_facts, task, test, facts, name, chosen))
     p = facts.preset
     said = [
         f"corpus: {corpus_facts.files:,} files ({', '.join(f'{n:,} {fmt}' for fmt, n in corpus_facts.formats.most_common())}), "
@@ -573,7 +605,8 @@ def init(corpus: list[str], task_train: str | None, task_test: str | None, base:
         + (f"; text field {corpus_facts.text_field!r}" if corpus_facts.notes else "")
         + (f"; {corpus_facts.delimiter!r}-separated" if corpus_facts.delimiter else "")
         + (f"; txt_mode {corpus_facts.txt_mode}" if "txt" in corpus_facts.formats else ""),
-        f"task: {task.path}: {task.rows:,} rows, text field {task.text_field!r}, label field {task.label_field!r} "
+        f"task {chosen!r}" + ("" if task_name else " (from the file and field names; --task-name to choose)")
+        + f": {task.path}: {task.rows:,} rows, text field {task.text_field!r}, label field {task.label_field!r} "
         f"({len(task.labels)} labels, {task.kind})" + (f", {task.delimiter!r}-separated" if task.delimiter else "")
         + (f"; test: {test.path}, {test.rows:,} rows" if test else f"; no test file: {TASK_TEST_FRACTION:.0%} of each label held out (test_fraction)"),
         f"base model: {facts.source}: {_family(facts)}{p.name} (from {facts.how}): pretraining learning rate {p.pretrain_learning_rate:g}, "

@@ -9,6 +9,8 @@ write them are here, one per kind of artifact, and the tables take them as an ar
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any, Callable, Mapping
 
 from pretrain.artifacts import ArtifactStore
@@ -36,7 +38,16 @@ def corpus_figures(manifest: dict) -> str:
     m = manifest["metrics"]
     share = 100 * m["train_documents"] / m["documents"]
     near = m.get("near_duplicates_removed", 0)
-    overlap = f"{m['decontamination']['removed']:,} overlapping {manifest['decontamination']['against']} removed, " if "decontamination" in m else ""
+    overlap = ""
+    if "decontamination" in m:
+        details = manifest["decontamination"]
+        overlap = f"{m['decontamination']['removed']:,} overlapping {details['against']} removed, "
+        if any(f.get("held_out_by") for f in details["files"]):  # the long description does not fit a table cell
+            splits = [s for s in ("test", "validation") if any(f["key"] == f"{s}_files" for f in details["files"])]
+            parts = [f"{f['documents_removed']:,} {f['key'].removesuffix('_files')}" + (f" held out of {public_name(f['path'])}" if f.get("held_out_by") else "")
+                     for f in details["files"]]  # fmt: skip
+            overlap = (f"{m['decontamination']['removed']:,} overlapping the {details['task']} {' and '.join(splits)} set"
+                       f"{'s' if len(splits) > 1 else ''} removed ({', '.join(parts)}), ")  # fmt: skip
     return (
         f"{m['documents']:,} docs, {m['bytes'] / 1e6:.1f} MB; removed {m['duplicates_removed']:,} exact and {near:,} near duplicates, "
         f"{overlap}{m['empty_removed'] + m['short_removed']:,} filtered; {share:.0f}/{100 - share:.0f} train/validation"
@@ -135,10 +146,111 @@ def decontamination_sentence(manifest: dict) -> str:
         return "The corpus was not checked against the task's test texts (`ingest.decontaminate.enabled: false`)."
     noun = "document" if m["removed"] == 1 else "documents"
     kinds = f" ({m['exact']:,} exact copies, {m['near']:,} near duplicates, {m['contained']:,} containing a task text)" if m["removed"] else ""
-    return (
+    sentence = (
         f"Removed {m['removed']:,} {noun} overlapping {details['against']}{kinds}; {m['task_texts_found']:,} of its "
         f"{m['task_texts']:,} texts were found in the corpus."
     )
+    if len(details["files"]) > 1 or any(f.get("held_out_by") for f in details["files"]):
+        sentence += " By set: " + "; ".join(
+            f"{f['documents_removed']:,} matching {set_name(f)}, {f['texts_found']:,} of its {f['texts']:,} texts found" for f in details["files"]
+        ) + "."
+    return sentence
+
+
+def set_name(entry: dict) -> str:
+    """A set of task texts as reports name it, by file name only: `test (r8_test.jsonl.gz)`,
+    `test (held out of labelled.csv by test_fraction)`."""
+    split, name = entry.get("key", entry.get("set", "?")).removesuffix("_files"), public_name(entry.get("path", "?"))
+    return f"{split} (held out of {name} by {entry['held_out_by']})" if entry.get("held_out_by") else f"{split} ({name})"
+
+
+def removed_documents(manifest: dict, limit: int = 20) -> list[str]:
+    """The removed documents the corpus manifest names (its examples), one line each: the corpus file (relative to
+    its input), the kind of overlap and the task text it matched, with its set."""
+    details = manifest.get("decontamination") or {}
+    roots = [i for i in manifest.get("config", {}).get("inputs", []) if isinstance(i, str)]
+    lines = []
+    for e in details.get("examples", [])[:limit]:
+        where, _, line = e["task_text"].rpartition(":")
+        text = f"{public_name(where)}:{line}" if where else e["task_text"]
+        matched = set_name({"key": e["set"], "path": where, "held_out_by": e.get("held_out_by")}) if "set" in e else "a task text"
+        what = {"exact": "an exact copy of", "near": f"a near duplicate (similarity {e['score']:.2f}) of", "contained": "contains"}[e["kind"]]
+        lines.append(f"`{public_name(e['corpus_file'], roots)}`: {what} {text}, {matched}")
+    return lines
+
+
+def public_name(path: str, roots: list[str] | tuple[str, ...] = ()) -> str:
+    """A file as a document meant for others may name it, never with the folders of this machine: relative to
+    the input folder (or glob) it was found under, that folder's own name kept (`docs/a.txt`); else an
+    absolute local path is cut to its file name; relative paths, URLs and datasets stay as they are."""
+    text = str(path)
+    for root in sorted((r for r in roots if isinstance(r, str)), key=len, reverse=True):
+        base = re.split(r"[*?\[]", root, maxsplit=1)[0].rstrip("/")
+        if base and (text == base or text.startswith(base + "/")):
+            return text[len(base.rpartition("/")[0]) + 1 :] if "/" in base else text
+    return text.rsplit("/", 1)[-1] if text.startswith("/") else text
+
+
+def sources_summary(sources: list[dict], roots: list[str] | tuple[str, ...] = (), examples: int = 3) -> dict[str, Any]:
+    """Input files in short, for a card or a hand-off manifest: how many, their bytes, a hash of their contents
+    (sha256 of their sorted sha256s: the same files give the same hash wherever they sit and whatever their
+    names), and the first few, named by `public_name`. The full list stays in the artifact's manifest."""
+    digests = sorted(s.get("sha256", "") for s in sources)
+    return {
+        "files": len(sources),
+        "bytes": sum(s.get("size", 0) for s in sources),
+        "content_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        "examples": [{"name": public_name(s["path"], roots), "size": s.get("size"), "sha256": s.get("sha256")} for s in sources[:examples]],
+    }
+
+
+def seed_tally(comparison: dict) -> tuple[int, int, int]:
+    """How many seeds the model scored above, the same as, and below its baseline (a tie is an equal score, not a loss)."""
+    differences = comparison["per_seed"]
+    better, worse = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    return better, len(differences) - better - worse, worse
+
+
+def seed_counts(comparison: dict) -> str:
+    """`better in 1, tied in 2, worse in 0`."""
+    return "better in {}, tied in {}, worse in {}".format(*seed_tally(comparison))
+
+
+def headline_comparison(results: dict) -> dict | None:
+    """adapted − base on the primary metric."""
+    return next((c for c in results.get("comparisons", []) if c["model"] == "adapted" and c["baseline"] == "base"
+                 and c["metric"] == results.get("primary_metric")), None)  # fmt: skip
+
+
+def hand_over_lines(results: dict, this: str | None = None) -> list[str]:
+    """Which task model to hand over (`results.json` `best`, chosen on validation) and, when adaptation did not
+    clearly help, that the base model's best run is as good a choice, named. `this`: the run the card is about."""
+    best = results.get("best")
+    if not best:
+        return []
+    metric = results["primary_metric"]
+    said = "this model" if best["finetune"] == this else f"`{best['finetune']}`"
+    lines = [
+        f"- Hand over {said}: `{best['model']}` seed {best['seed']}, learning rate {best['learning_rate']:g} "
+        f"(validation {METRIC_LABELS.get(metric, metric)} {best['validation_' + metric]:.4f}), chosen on validation, never on test: "
+        f"{best['why']}. `dapt export best` (or `dapt export {best['finetune']}`) exports it.",
+    ]
+    c = headline_comparison(results)
+    base = results["models"].get("base", {}).get("best_run")
+    if c is not None and c["verdict"] != "helped" and base:
+        why = {"hurt": "adaptation hurt on test", "no clear difference": "adaptation made no clear difference on test",
+               "no verdict": "there are too few seeds for a verdict"}.get(c["verdict"], c["verdict"])  # fmt: skip
+        if best["model"] == "base":
+            lines.append(f"- That is the base model's own task model: {why}, so the adapted encoder buys nothing here.")
+        else:
+            lines.append(
+                f"- {why[0].upper() + why[1:]} ({c['difference']:+.3f}): the base model's task model `{base['finetune']}` "
+                f"(`base` seed {base['seed']}, its best on validation) is as good a choice, and needs no adapted encoder."
+            )
+    elif c is not None and c["verdict"] == "helped" and best["model"] == "base":
+        adapted = results["models"]["adapted"]["best_run"]
+        lines.append(f"- On test, adaptation helped ({c['difference']:+.3f}); the adapted model's best run on validation is `{adapted['finetune']}`.")
+    return lines
 
 
 def metric_label(metric: str, kind: str | None, tag_scheme: str | None = "BIO") -> str:
@@ -221,11 +333,19 @@ def format_comparison(results: dict) -> str:
         if c["metric"] not in metrics[:2]:
             continue
         b = c["bootstrap"]
-        line = f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds (better in {c['better_in_seeds']}/{len(c['per_seed'])})"
+        line = f"{c['model']} − {c['baseline']} {label(c['metric'])}: {c['difference']:+.3f} ± {c['difference_std']:.3f} over seeds ({seed_counts(c)} of {len(c['per_seed'])})"
         if "interval" in c:  # evaluations from before the seed-aware interval have only the secondary figures
             i = c["interval"]
             line += f"; {i['confidence']:.0%} interval over seeds and test [{i['low']:+.3f}, {i['high']:+.3f}]: {c['verdict']}; secondary"
         lines.append(f"{line}: paired t-test p={format_p(c['t_test_p'])}, {b['confidence']:.0%} test-only bootstrap CI [{b['low']:+.3f}, {b['high']:+.3f}]")
+    if best := results.get("best"):
+        line = (f"hand over: {best['finetune']} ({best['model']} seed {best['seed']}, lr {best['learning_rate']:g}; chosen on validation, "
+                "not on test): `dapt export best --to DIR`")  # fmt: skip
+        headline = next((c for c in results["comparisons"] if c["model"] == "adapted" and c["metric"] == primary), None)
+        base = results["models"].get("base", {}).get("best_run")
+        if headline is not None and headline["verdict"] != "helped" and best["model"] != "base" and base:
+            line += f"; adaptation did not clearly help, so base's {base['finetune']} (seed {base['seed']}) is as good a choice"
+        lines.append(line)
     if results.get("label_budgets"):
         lines += ["", *format_budgets(results)]
     convergence = results.get("convergence")

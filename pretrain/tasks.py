@@ -18,6 +18,7 @@ With `test_fraction` and no test files, the test split is held out of train here
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -485,3 +486,145 @@ def hold_out(cfg: TaskConfig, train: Split, fraction: float, notes: list[str]) -
     kept, held = train_test_split(indices, test_size=fraction, random_state=0, stratify=stratify)
     kept, held = np.sort(kept), np.sort(held)
     return train.subset(kept), train.subset(held), f"{how} {fraction:.0%} of train_files"
+
+
+# --- the texts a task is scored and selected on ---------------------------------------------------------
+
+EVALUATION_SPLITS = (("test_files", "test_fraction"), ("validation_files", "validation_fraction"))
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """Texts the task scores (test) or chooses an epoch on (validation), read from one file or dataset.
+
+    `key`: the split they are (`test_files`, `validation_files`); `path` and `sha256`: where they were read
+    from; `held_out_by`: `test_fraction` or `validation_fraction` when the split was carved out of that train
+    file (None: the file is the split); `rows`: (location, text), both texts of a sentence pair, a token
+    task's words joined by spaces.
+    """
+
+    key: str
+    path: str
+    sha256: str
+    held_out_by: str | None
+    rows: tuple[tuple[str, str], ...]
+
+
+def held_out_texts(cfg: TaskConfig, validation_fraction: float) -> tuple[HeldOutSet, ...]:
+    """Every text that is scored or used to choose an epoch, wherever it comes from: the test and validation
+    files, and the examples `test_fraction` and `validation_fraction` carve out of the train files, carved by
+    `read_task` itself (the evaluate stage's own call, so exactly the examples it will hold out). Texts that
+    stay in train are not here. A task with none is an InputError (nothing would be scored).
+
+    Read once per process while the task's settings and files stay the same (the plan asks several times).
+    """
+    identity = tuple((key, tuple((path, sha) for _, path, sha in _identities(getattr(cfg, key))))
+                     for key in ("train_files", "test_files", "validation_files"))  # fmt: skip
+    return _held_out_texts(cfg.model_dump_json(), validation_fraction, identity)
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out_texts(task_json: str, validation_fraction: float, identity: tuple) -> tuple[HeldOutSet, ...]:
+    # `identity` (every file's path and sha256) is only the cache key: an edited file is read again.
+    cfg = TaskConfig.model_validate_json(task_json)
+    files = {key: _identities(getattr(cfg, key)) for key in ("train_files", "test_files", "validation_files")}
+    sets = []
+    for key, _ in EVALUATION_SPLITS:
+        for item, path, sha in files[key]:
+            sets.append(HeldOutSet(key, path, sha, None, _rows(cfg, read_split(cfg, [item], key, notes=[]))))
+    carved = [(key, by) for key, by in EVALUATION_SPLITS if not getattr(cfg, key)]
+    if carved:
+        data = read_task(cfg, validation_fraction, log_notes=False)
+        owners = _owners(cfg, files["train_files"])
+        for key, by in carved:
+            split = data.test if key == "test_files" else data.validation
+            for path, sha in dict.fromkeys((path, sha) for _, path, sha in files["train_files"]):
+                mine = [i for i, location in enumerate(split.locations) if owners(location) == path]
+                if mine:
+                    sets.append(HeldOutSet(key, path, sha, by, _rows(cfg, split.subset(mine))))
+    if not any(s.rows for s in sets):
+        raise InputError(
+            f"evaluate.task ({cfg.name}): no test or validation texts, so nothing would be scored and nothing could be kept out "
+            "of the corpus; give test_files (or test_fraction) and validation_files (or evaluate.validation_fraction)"
+        )
+    return tuple(sets)
+
+
+def _identities(patterns: list) -> list[tuple[Any, str, str]]:
+    """(what `read_split` reads, its path or pinned dataset source, its sha256) for each file or dataset of a split."""
+    found: dict[str, tuple[Any, str, str]] = {}
+    for item in patterns:
+        if isinstance(item, DatasetSource):
+            resolved = resolve_dataset(item)
+            found.setdefault(resolved["path"], (item, resolved["path"], resolved["sha256"]))
+        else:
+            for path in expand_inputs([item]):
+                found.setdefault(str(path), (str(path), str(path), source_digest(path)["sha256"]))
+    return list(found.values())
+
+
+def _owners(cfg: TaskConfig, train: list[tuple[Any, str, str]]):
+    """location -> the train file it was read from (each file read alone; one file: no need)."""
+    if len(train) == 1:
+        return lambda location: train[0][1]
+    owner = {}
+    for item, path, _ in train:
+        for location in read_split(cfg, [item], "train_files", notes=[]).locations:
+            owner.setdefault(location, path)
+    return owner.get
+
+
+def _rows(cfg: TaskConfig, split: Split) -> tuple[tuple[str, str], ...]:
+    """(location, text) of a split's texts, then of its second texts: what decontamination matches."""
+    texts = [" ".join(words) for words in split.texts] if cfg.type == "token" else list(split.texts)
+    return tuple(zip(split.locations, texts)) + tuple(zip(split.locations, split.pairs or []))
+
+
+# --- the test examples a run was scored on ------------------------------------------------------------
+
+
+def example_keys(split: Split) -> list[str]:
+    """A hash of each example's text (and second text), in order: the key `hold_out_test` splits by."""
+    return [text_key(t, p).hex() for t, p in zip(split.texts, split.pairs or [None] * len(split))]
+
+
+def test_record(cfg: TaskConfig, data: TaskData) -> dict[str, Any]:
+    """What a fine-tuning run keeps of the test split it was scored on, so that it can be found again whatever
+    produced it: the config key it came from (`test_files`, or `train_files` when `test_fraction` held it out),
+    how many examples, and a hash of each one's text, in order (the texts themselves stay in the task's files)."""
+    keys = example_keys(data.test)
+    return {
+        "from": "test_files" if cfg.test_files else "train_files",
+        "held_out_by": None if cfg.test_files else "test_fraction",
+        "examples": len(keys),
+        "sha256": hashlib.sha256(" ".join(keys).encode()).hexdigest(),
+        "keys": keys,
+    }
+
+
+def recorded_test_split(cfg: TaskConfig, record: dict[str, Any] | None) -> Split:
+    """The test examples a run was scored on (`test_record`), read again from the task's files: the test files,
+    or the train files `test_fraction` held them out of, keeping exactly the recorded examples in their order.
+
+    A run from before the record: the test files, or the split `hold_out_test` makes of the train files.
+    An InputError names the files when they are gone or no longer hold those examples.
+    """
+    key = "test_files" if cfg.test_files else "train_files"
+    patterns = getattr(cfg, key)
+    gone = [p for p in patterns if not isinstance(p, DatasetSource) and not expand_inputs([p])]
+    if gone:
+        what = "its test examples were held out of" if key == "train_files" else "it was scored on"
+        raise InputError(f"{what} task.{key} {[str(p) for p in gone]}, which {'is' if len(gone) == 1 else 'are'} gone")
+    split = read_split(cfg, patterns, key, notes=[])
+    if record is None:
+        return split if key == "test_files" else hold_out_test(cfg, split, [])[1]
+    keys = example_keys(split)
+    wanted = set(record["keys"])
+    picked = [i for i, k in enumerate(keys) if k in wanted]
+    if [keys[i] for i in picked] != record["keys"]:
+        found = len(wanted & {keys[i] for i in picked})
+        raise InputError(
+            f"task.{key} {[str(p) for p in patterns]} changed since the run was scored: {found:,} of its {len(wanted):,} distinct "
+            f"test texts are there{' (in another order)' if found == len(wanted) else ''}; restore the file as it was"
+        )
+    return split.subset(picked)

@@ -214,6 +214,10 @@ def make_masking(cfg: PretrainConfig, meta: dict) -> Masking:
     )
 
 
+# Fewer validation blocks than this and a perplexity is a noisy figure: the run warns, and so does the report.
+FEW_EVAL_BLOCKS = 50
+
+
 def training_blocks(section: str, cfg: PretrainConfig, tokens_dir: Path) -> tuple[Blocks, Blocks]:
     """Train and validation blocks of the tokens artifact; an InputError when there are too few to train on."""
     train_blocks = Blocks(tokens_dir, "train", cfg.max_seq_length)
@@ -225,6 +229,11 @@ def training_blocks(section: str, cfg: PretrainConfig, tokens_dir: Path) -> tupl
         )
     if len(validation_blocks) == 0:
         raise InputError(f"the validation split has fewer than {cfg.max_seq_length} tokens; raise ingest.validation_fraction")
+    if len(validation_blocks) < min(FEW_EVAL_BLOCKS, cfg.max_eval_blocks):
+        log.warning(
+            "%s: validation perplexity rests on %d blocks of %d tokens (under %d): its changes say little; raise "
+            "ingest.validation_fraction for a larger validation split", section, len(validation_blocks), cfg.max_seq_length, FEW_EVAL_BLOCKS,
+        )  # fmt: skip
     return train_blocks, validation_blocks
 
 

@@ -60,6 +60,13 @@ def test_promoting_a_non_model_warns(store, capsys):
     assert main(["artifacts", "promote", model[:8], "production", "--store", store.url]) == 0
     captured = capsys.readouterr()
     assert f"production -> {model} (was {report})" in captured.out and "warning" not in captured.err
+    # A task model is a hand-off both export and embed use; an evaluation, export alone (its best task model).
+    task_model = _fake(store, "f-" + "3" * 20, "finetune")
+    assert main(["artifacts", "promote", task_model, "production", "--store", store.url]) == 0
+    assert capsys.readouterr().err == ""
+    evaluation = _fake(store, "e-" + "4" * 20, "evaluate")
+    assert main(["artifacts", "promote", evaluation, "production", "--store", store.url]) == 0
+    assert capsys.readouterr().err.startswith(f"note: {evaluation} is an evaluation: `dapt export production` exports the task model it chose")
 
 
 def test_gc_gives_a_reason_for_every_artifact_it_keeps(store, capsys):

@@ -28,9 +28,13 @@ TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
 
 @pytest.fixture(scope="module")
-def stories():
-    """300 real corpus stories (raw, trailer included): none of them is an R8 test story."""
-    return [r["text"] for r in read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=300)]
+def stories(task_files):
+    """300 real corpus stories (raw, trailer included): none of them is an R8 test story, nor a story of the
+    task's train file (its validation split, held out of it, is decontaminated too)."""
+    cleaner = Cleaner(IngestConfig(inputs=["x"], strip_patterns=[TRAILER]))
+    train = {cleaner(json.loads(line)["text"])[0] for line in task_files[0].read_text().splitlines()}
+    found = [r["text"] for r in read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=400)]
+    return [t for t in found if (cleaner(t) or [None])[0] not in train][:300]
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +79,13 @@ def test_planted_overlap_is_removed_and_counted_and_the_rest_kept(tmp_path, tiny
 
     m = manifest["metrics"]["decontamination"]
     assert (m["removed"], m["exact"], m["contained"], m["near"]) == (3, 1, 1, 1)
-    assert m["task_texts"] == len(test_texts) and m["task_texts_found"] >= 3
-    [test_file] = manifest["decontamination"]["files"]
-    assert test_file["path"] == str(task_files[1]) and test_file["key"] == "test_files"
+    # The validation split is held out of the train file (evaluate.validation_fraction): its texts are checked too.
+    [test_file, validation] = manifest["decontamination"]["files"]
+    assert m["task_texts"] == len(test_texts) + validation["texts"] and m["task_texts_found"] >= 3
+    assert test_file["path"] == str(task_files[1]) and test_file["key"] == "test_files" and test_file["held_out_by"] is None
     assert (test_file["documents_removed"], test_file["texts"]) == (3, len(test_texts))
+    assert (validation["key"], validation["path"], validation["held_out_by"]) == ("validation_files", str(task_files[0]), "validation_fraction")
+    assert validation["documents_removed"] == 0 and validation["texts"] == 15
     assert {e["kind"] for e in manifest["decontamination"]["examples"]} == {"exact", "contained", "near"}
 
     # Exactly the planted documents are gone: the same corpus without decontamination keeps them and the rest.
@@ -91,9 +98,10 @@ def test_planted_overlap_is_removed_and_counted_and_the_rest_kept(tmp_path, tiny
     assert corpus_texts(store_off, aid_off) - corpus_texts(store, aid) == {cleaner(t)[0] for t in planted}
 
     # The counts reach the stage table and the report.
-    assert "3 overlapping the R8-3 test set removed" in corpus_figures(manifest)
+    assert "3 overlapping the R8-3 test and validation sets removed (3 test, 0 validation held out of train.jsonl)" in corpus_figures(manifest)
     assert decontamination_sentence(manifest).startswith(
-        "Removed 3 documents overlapping the R8-3 test set (1 exact copies, 1 near duplicates, 1 containing a task text)"
+        "Removed 3 documents overlapping the R8-3 test set and validation set (held out of train.jsonl by validation_fraction) "
+        "(1 exact copies, 1 near duplicates, 1 containing a task text)"
     )
     assert "not checked" in decontamination_sentence(manifest_off)
 
@@ -142,7 +150,9 @@ def test_the_corpus_id_follows_the_task_texts_not_labels_or_other_settings(tmp_p
 
     base = ingest_id(tiny_config)
     assert ingest_id({**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [3, 4], "learning_rate": 1e-3}}) == base
-    assert ingest_id(with_task(train_files=[str(fewer_train)], name="renamed")) == base
+    assert ingest_id(with_task(name="renamed")) == base
+    # The validation split is held out of the train file: another train file holds out other texts.
+    assert ingest_id(with_task(train_files=[str(fewer_train)])) != base
     assert ingest_id(with_task(test_files=[str(relabelled)])) == base  # labels are not what decontamination reads
     assert ingest_id(with_decontaminate(tiny_config, max_removed_fraction=0.9)) == base  # a check, not an output
     assert ingest_id(with_task(test_files=[str(edited)])) != base
@@ -232,3 +242,79 @@ def test_each_document_gets_the_kind_its_definition_gives(stories, test_texts, m
     assert [again.screen([d], "corpus.jsonl")[0] for d in documents[:20]] + again.screen(documents[20:], "c") == [k is not None for k in expected]
     assert again.removed == counted
     assert screen.screen(stories[40:100], "corpus.jsonl") == [False] * 60  # other stories: nothing
+
+
+# --- splits carved out of the train file ---------------------------------------------------------------
+
+
+def own_data(folder, tiny_config, task_files, stories) -> dict:
+    """README's "Your own data" path: a folder of .txt documents and one labelled CSV with no test file, every
+    labelled text also a document of the folder (as `dapt init` writes it: test_fraction, validation_fraction)."""
+    import csv
+
+    records = [json.loads(line) for line in task_files[0].read_text().splitlines()]
+    docs = folder / "docs"
+    docs.mkdir(parents=True)
+    for i, text in enumerate([r["text"] for r in records] + stories[:60]):
+        (docs / f"doc{i:03d}.txt").write_text(text)
+    with open(folder / "labelled.csv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter=";")
+        writer.writerow(["document", "category"])
+        writer.writerows([r["text"], r["label"]] for r in records)
+    task = {"name": "news", "train_files": [str(folder / "labelled.csv")], "test_fraction": 0.2, "text_field": "document",
+            "label_field": "category", "csv_delimiter": ";"}  # fmt: skip
+    return {**tiny_config, "ingest": {**tiny_config["ingest"], "inputs": [str(docs)], "txt_mode": "file"},
+            "evaluate": {**tiny_config["evaluate"], "task": task, "validation_fraction": 0.1}}  # fmt: skip
+
+
+def test_splits_carved_out_of_the_train_file_are_decontaminated_and_train_texts_stay(tmp_path, tiny_config, task_files, stories):
+    from pretrain.tasks import held_out_texts, read_task
+
+    raw = own_data(tmp_path, tiny_config, task_files, stories)
+    config = validate_config(raw)
+    data = read_task(config.evaluate.task, 0.1, log_notes=False)  # what the evaluate stage scores and selects on
+    sets = {s.key: s for s in held_out_texts(config.evaluate.task, 0.1)}
+    assert sorted(text for _, text in sets["test_files"].rows) == sorted(data.test.texts)
+    assert sorted(text for _, text in sets["validation_files"].rows) == sorted(data.validation.texts)
+    assert (sets["test_files"].held_out_by, sets["validation_files"].held_out_by) == ("test_fraction", "validation_fraction")
+
+    store, aid, manifest = build_corpus(raw)
+    m, details = manifest["metrics"]["decontamination"], manifest["decontamination"]
+    held = len(data.test) + len(data.validation)
+    assert m["task_texts"] == held and m["task_texts_found"] == held  # every held-out text was a document
+    by_set = {f["key"]: f for f in details["files"]}
+    assert by_set["test_files"]["documents_removed"] + by_set["validation_files"]["documents_removed"] == m["removed"] >= held - 2
+    assert by_set["test_files"]["texts_found"] == len(data.test)
+    cleaner = Cleaner(IngestConfig(inputs=["x"], strip_patterns=[TRAILER]))
+    kept = corpus_texts(store, aid)
+    assert not kept & {cleaner(t)[0] for t in data.test.texts + data.validation.texts}
+    # The texts left in train are the task's unlabelled text: adaptation may read them. Only one that itself
+    # overlaps a held-out text (Reuters reprints a story now and then) is removed.
+    train_left = {cleaner(t)[0] for t in data.train.texts}
+    off_raw = {**raw, "store": str(tmp_path / "off"), "ingest": {**raw["ingest"], "decontaminate": {"enabled": False}}}
+    off_store, off_aid, _ = build_corpus(off_raw)
+    lost = corpus_texts(off_store, off_aid) & train_left - kept
+    assert len(lost) <= 2 and len(kept & train_left) > 100
+
+    # Manifest, stage table and report say which set each removed document matched.
+    assert {e["set"] for e in details["examples"]} == {"test_files", "validation_files"} or len(details["examples"]) == 20
+    assert all(e["held_out_by"] in ("test_fraction", "validation_fraction") for e in details["examples"])
+    figures = corpus_figures(manifest)
+    assert f"{m['removed']} overlapping the news test and validation sets removed ({by_set['test_files']['documents_removed']} test held out of labelled.csv" in figures
+    sentence = decontamination_sentence(manifest)
+    assert "the news test set (held out of labelled.csv by test_fraction) and validation set (held out of labelled.csv by validation_fraction)" in sentence
+    assert f"{len(data.test)} of its {len(data.test)} texts found" in sentence
+    from pretrain.summaries import removed_documents
+
+    named = removed_documents(manifest)
+    assert named and all(line.startswith("`docs/doc") and "labelled.csv:" in line and "held out of labelled.csv by" in line for line in named)
+    assert not any(str(tmp_path) in line for line in named + [figures, sentence])
+
+
+def test_a_train_file_too_small_to_hold_anything_out_is_an_error_at_plan_time(tmp_path, tiny_config, task_files, stories):
+    raw = own_data(tmp_path, tiny_config, task_files, stories)
+    one_each = tmp_path / "one-each.csv"
+    one_each.write_text("document;category\nOil prices rose sharply on Monday in New York;crude\nThe company agreed to buy its rival;acq\n")
+    raw["evaluate"]["task"]["train_files"] = [str(one_each)]
+    with pytest.raises(InputError, match=r"evaluate.task.train_files: 2 examples, too few to hold out a test split; give test_files"):
+        plan(validate_config(raw), until="ingest")

@@ -423,3 +423,20 @@ def test_learning_rate_choice_looks_at_validation_only():
     assert evaluate.choose_learning_rate(by_rate, "macro_f1") == 5e-4
     # ties go to the first rate of the grid
     assert evaluate.choose_learning_rate({2e-5: runs([0.8], [0]), 5e-5: runs([0.8], [1])}, "macro_f1") == 2e-5
+
+
+def test_the_model_to_hand_over_is_chosen_on_validation_only():
+    def entry(artifact, validation, test):
+        runs = [{"seed": s, "validation": {"macro_f1": v}, "test": {"macro_f1": t}, "finetune": f"f-{artifact}{s}"}
+                for s, (v, t) in enumerate(zip(validation, test))]  # fmt: skip
+        best = max(runs, key=lambda r: r["validation"]["macro_f1"])
+        return {"artifact": artifact, "runs": runs, "best_run": {"seed": best["seed"], "learning_rate": 1e-3, "finetune": best["finetune"],
+                                                                   "validation_macro_f1": best["validation"]["macro_f1"]}}  # fmt: skip
+
+    # adapted is far better on test, base on mean validation: validation decides, then the best seed on validation
+    results = {"base": entry("b", [0.80, 0.84], [0.5, 0.5]), "adapted": entry("m", [0.90, 0.70], [0.9, 0.9])}
+    best = evaluate.best_model(results, "macro_f1")
+    assert (best["model"], best["seed"], best["finetune"]) == ("base", 1, "f-b1")
+    assert best["why"].startswith("base has the best mean validation macro_f1 over seeds (0.8200; adapted 0.8000), and seed 1")
+    # a tie goes to the model listed first (base: as good, and it needs no adapted encoder)
+    assert evaluate.best_model({"base": entry("b", [0.8], [0]), "adapted": entry("m", [0.8], [1])}, "macro_f1")["model"] == "base"

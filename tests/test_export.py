@@ -99,13 +99,14 @@ def test_model_card_says_where_the_model_came_from(built, tmp_path):
     assert corpus["sources"][0]["sha256"] in card and f"{corpus['metrics']['documents']:,} documents" in card
     assert "mode `keep`" in card and "added tokens: 0" in card
     assert "12 optimizer steps" in card and "x cpu" in card and "s of training" in card
-    assert f"evaluation artifact `{ids['evaluate']}`" in card and "| adapted (this model) |" in card and "| base |" in card
+    assert f"Evaluation `{ids['evaluate']}`" in card and "| adapted (this model) |" in card and "| base |" in card
     # the seed-aware interval and its verdict (one seed: none)
     assert re.search(r"^- adapted − base, macro-F1: [+-]\d\.\d{3} .* CI \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]: no verdict$", card, re.M)
     assert "## Intended use and limits" in card
     assert "## The pooler" in card and "no pooler weights" in card and "MISSING" in card  # the MLM checkpoint has none: said, not hidden
     assert all(aid in card for aid in ids.values() if not aid.startswith("e-"))  # the whole lineage chain
-    assert str(store.manifest(ids["base"])["origin"]["source"]) in card
+    base = store.manifest(ids["base"])["origin"]["source"]
+    assert f"`{base.rsplit('/', 1)[-1]}`" in card and base not in card  # a local folder by its own name, never its path
 
 
 @pytest.mark.slow

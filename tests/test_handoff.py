@@ -221,7 +221,8 @@ def test_onnx_export_refuses_when_the_tasks_test_files_are_gone(small_store, tin
     cfg = task_config(files, num_epochs=1)
     fid = task_model(store, ids["base"], cfg)
     (moved / "test.jsonl").unlink()
-    with pytest.raises(InputError, match=rf"the test files of {fid}'s task \(R8-3: task.test_files .*test.jsonl.* in its run.json\) are gone"):
+    with pytest.raises(InputError, match=rf"{fid} \(R8-3\): it was scored on task.test_files \[.*test.jsonl'\], which is gone; .* "
+                       r"measure on another labelled file with --test FILE \(the task's fields: text 'text', label 'label'\)"):
         export_module.export(store, fid, tmp_path / "x", format="onnx")
     assert not (tmp_path / "x").exists()
 

@@ -42,7 +42,8 @@ def test_init_finds_fields_delimiter_and_sizes_for_the_base(tmp_path, tiny_base,
     assert "text field 'document', label field 'category' (3 labels, single_label)" in out
     assert ("';'-separated" in out) == (delimiter == ";")
     assert "left out of the corpus (not a supported type): 1 .md" in out
-    assert "checking my.yaml as `dapt plan` does:" in out and "task labelled: single_label, 3 labels; " in out
+    assert "checking my.yaml as `dapt plan` does:" in out and "task category: single_label, 3 labels; " in out
+    assert "task 'category' (from the file and field names; --task-name to choose): labelled.csv: " in out
     config = yaml.safe_load((tmp_path / "my.yaml").read_text())
     assert config["ingest"]["inputs"] == ["docs/**/*.txt"] and config["ingest"]["txt_mode"] == "file"
     task = config["evaluate"]["task"]
@@ -125,6 +126,64 @@ def test_dapt_run_completes_on_what_init_wrote_comma_and_semicolon(prefect_harne
         capsys.readouterr()
         assert main(["run", "my.yaml"]) == 0
         out = capsys.readouterr().out
-        assert "R8" not in out and "labelled: " in out and "adapted − base macro-F1" in out
+        assert "R8" not in out and "category: " in out and "adapted − base macro-F1" in out
         report = next((folder / "artifacts").glob("r-*/report.md")).read_text()
         assert "test_files: none given;" in report  # the held-out test split is named in the report's data notes
+
+
+def test_the_task_is_named_for_what_it_is_not_for_the_word_labelled(tmp_path, tiny_base, monkeypatch, capsys):
+    from pretrain.scaffold import task_name_from
+
+    assert task_name_from("news_topics_labelled.csv", "label") == "news-topics"
+    assert task_name_from("data/train-labeled.tsv", "sentiment") == "sentiment"  # nothing left of the stem: the label field
+    assert task_name_from("labelled.csv", "label") == "task"  # nor is the field a name
+    monkeypatch.chdir(tmp_path)
+    _user_files(tmp_path)
+    assert main(["init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml",
+                 "--task-name", "news topics"]) == 0  # fmt: skip
+    assert "task 'news topics': labelled.csv" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "my.yaml").read_text())["evaluate"]["task"]["name"] == "news topics"
+
+
+@pytest.mark.parametrize("name", ["", "   ", " padded", "two\nlines", "x" * 65, "#comment", "-flag"])
+def test_a_bad_task_name_is_one_line_naming_it_and_writes_nothing(tmp_path, tiny_base, monkeypatch, capsys, name):
+    monkeypatch.chdir(tmp_path)
+    _user_files(tmp_path)
+    assert main(["init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml",
+                 f"--task-name={name}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --task-name {name!r}: give 1 to 64 printable characters") and err.count("\n") == 1
+    assert not (tmp_path / "my.yaml").exists()
+
+
+# The README's `--set` examples that it shows working (`pretrain.max_steps=true` is its example of an error).
+README_ERROR_EXAMPLES = {"pretrain.max_steps=true"}
+
+
+def test_every_readme_set_example_works_on_the_config_init_writes(tmp_path, tiny_base, monkeypatch, caplog):
+    import re
+
+    from conftest import ROOT
+    from pretrain.chain import config_warnings
+    from pretrain.configfile import load_config
+
+    examples = sorted(set(re.findall(r"--set ([a-z_]+(?:\.[a-z_]+)+=[^\s`')]+)", (ROOT / "README.md").read_text())) - README_ERROR_EXAMPLES)
+    examples = [e for e in examples if not e.startswith("key.")]  # the placeholder `--set key.path=value`
+    assert "pretrain.max_steps=50" in examples and len(examples) >= 3
+    monkeypatch.chdir(tmp_path)
+    _user_files(tmp_path)
+    assert main(["init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml"]) == 0
+    assert "max_tokens" in yaml.safe_load((tmp_path / "my.yaml").read_text())["pretrain"]
+    for example in examples:
+        load_config("my.yaml", [example])  # no exception: the override works on this config
+    # An override of one of an exclusive pair replaces the other, and says so.
+    with caplog.at_level("WARNING"):
+        config = load_config("my.yaml", ["pretrain.max_steps=5"])
+    assert config.pretrain.max_steps == 5 and config.pretrain.max_tokens is None
+    assert "--set pretrain.max_steps replaces pretrain.max_tokens" in caplog.text and "the two are exclusive" in caplog.text
+    config = load_config("my.yaml", ["evaluate.task.test_files=[labelled.csv]"])
+    assert config.evaluate.task.test_fraction is None
+    # An evaluation interval at or over the run's steps (a curve of two points) is said before the run.
+    warnings = config_warnings(load_config("my.yaml", ["pretrain.max_steps=5", "pretrain.eval_every_steps=8"]))
+    assert any(w.startswith("pretrain.eval_every_steps (8) is not below the run's 5 steps: validation perplexity is measured before "
+                            "and after training only") for w in warnings)  # fmt: skip

@@ -26,7 +26,7 @@ def test_verdict_words_and_the_headline():
     assert verdict(_comparison([0.05], 0.01, 0.07, "no verdict")) is None
 
     text = "\n".join(headline_text(_results(_comparison([0.05, 0.03, 0.04], 0.01, 0.07, "helped")), lambda m: m))
-    assert text.startswith("**Domain adaptation helped on R8**: test macro_f1 adapted − base **+0.040** (mean over 3 seeds; adapted better in 3 of 3)")
+    assert text.startswith("**Domain adaptation helped on R8**: test macro_f1 adapted − base **+0.040** (mean over 3 seeds; adapted better in 3, tied in 0, worse in 0 of 3)")
     assert "95% interval over seeds and test examples [+0.010, +0.070]" in text
     # the method, in one sentence
     assert ("The 95% interval is a t-interval on the mean of the per-seed differences whose variance adds two parts: the seed-to-seed "
@@ -36,7 +36,7 @@ def test_verdict_words_and_the_headline():
     assert one.startswith("**No verdict on R8** with 1 seed (a verdict needs at least 3: list more in `evaluate.seeds`): test macro_f1")
     assert "helped" not in one.split("\n")[0]
     line = format_comparison(_results(_comparison([0.05, -0.01, 0.04], -0.01, 0.07, "no clear difference"))).splitlines()[-1]
-    assert line == ("adapted − base macro-F1: +0.027 ± 0.010 over seeds (better in 2/3); 95% interval over seeds and test [-0.010, +0.070]: "
+    assert line == ("adapted − base macro-F1: +0.027 ± 0.010 over seeds (better in 2, tied in 0, worse in 1 of 3); 95% interval over seeds and test [-0.010, +0.070]: "
                     "no clear difference; secondary: paired t-test p=0.2, 95% test-only bootstrap CI [+0.001, +0.020]")  # fmt: skip
 
 
@@ -56,3 +56,19 @@ def test_key_figures_show_the_vocabulary_change_and_per_word_perplexity():
                                                 "tokens_per_second": 9526.2, "validation_word_perplexity_before": 9000.0,
                                                 "validation_word_perplexity_after": 80.25}}  # fmt: skip
     assert figures["pretrain"](trained) == "validation perplexity 4,927.8 -> 39.6 (steps 600, 9,526 tok/s); per word 9,000.0 -> 80.2"
+
+
+def test_ties_are_counted_as_ties_wherever_seeds_are_counted():
+    from pretrain.summaries import seed_counts, seed_tally
+
+    tied = _comparison([0.02, 0.0, 0.0], -0.01, 0.03, "no clear difference")
+    assert seed_tally(tied) == (1, 2, 0) and seed_counts(tied) == "better in 1, tied in 2, worse in 0"
+    text = "\n".join(headline_text(_results(tied), lambda m: m))
+    assert "adapted better in 1, tied in 2, worse in 0 of 3" in text and "1/3" not in text
+    assert "(better in 1, tied in 2, worse in 0 of 3)" in format_comparison(_results(tied))
+
+
+def test_the_report_warns_about_a_small_validation_split_where_the_run_does():
+    from pretrain import report, training
+
+    assert report.FEW_EVAL_BLOCKS == training.FEW_EVAL_BLOCKS
