@@ -125,8 +125,9 @@ def prefect_harness():
 def test_dapt_run_completes_on_what_init_wrote_comma_and_semicolon(prefect_harness, tmp_path, tiny_base, monkeypatch, capsys):
     # One team folder, two labelled files: the ';'-separated one shares the corpus, so its run finds base,
     # corpus, vocabulary, tokens and pretrained model in the store and fine-tunes and reports on its own task file.
-    _user_files(tmp_path, ",")
-    _labelled_csv(tmp_path / "labelled-semicolon.csv", ";", 240)
+    # 120 labelled examples (40 a label): fine-tuning's cost, 6 runs of up to 10 epochs each per task file, halves.
+    _user_files(tmp_path, ",", examples=120)
+    _labelled_csv(tmp_path / "labelled-semicolon.csv", ";", 120)
     monkeypatch.chdir(tmp_path)
     reports, hits = [], []
     for task, out in (("labelled.csv", "my.yaml"), ("labelled-semicolon.csv", "my-semicolon.yaml")):
