@@ -168,13 +168,16 @@ def export(
     format: str | None = None,
     overwrite: bool = False,
     test: str | os.PathLike | None = None,
+    speed_rounds: int = 5,
 ) -> dict[str, Any]:
     """Write the export folder for artifact or alias `name` (or `best`, or an evaluation: its chosen run); returns
     the export facts (dapt_export.json).
 
     `format="onnx"` (task models) adds model.onnx, `quantize="int8"` model.int8.onnx, both measured on the test
     examples the run was scored on, or on the labelled file `test`; `overwrite` replaces a previous export at `to`
-    (once the new one is complete), and nothing else (`check_replaceable`).
+    (once the new one is complete), and nothing else (`check_replaceable`). `speed_rounds`: timed passes per engine
+    and batch size in the CPU speed measurement (more rounds, a steadier figure; 1 when only parity and
+    agreement matter).
     """
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
@@ -215,7 +218,7 @@ def export(
             named = evaluation_naming(store, aid)
             if format == "onnx":
                 assert scored is not None
-                measured = measure_onnx(staging, aid, run, int8=quantize == "int8", test=scored)
+                measured = measure_onnx(staging, aid, run, int8=quantize == "int8", test=scored, speed_rounds=speed_rounds)
                 (staging / MEASUREMENTS).write_text(json.dumps(measured, indent=1) + "\n")
             evaluation = named[0] if named else None
             card = cards.task_model_card(store, aid, name, run, named, measured, measurement_table)
@@ -345,8 +348,9 @@ def _fields(task) -> str:
     return f"text {task.text_field!r}{pair}, label {task.label_field!r}{delimiter}"
 
 
-def measure_onnx(folder: Path, aid: str, run: dict, int8: bool, test: TestSet) -> dict[str, Any]:
-    """Write model.onnx (and model.int8.onnx) for the classifier in `folder`; measure them on `test`."""
+def measure_onnx(folder: Path, aid: str, run: dict, int8: bool, test: TestSet, speed_rounds: int = 5) -> dict[str, Any]:
+    """Write model.onnx (and model.int8.onnx) for the classifier in `folder`; measure them on `test`
+    (`speed_rounds` timed passes per engine and batch size)."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from pretrain import quantize
@@ -376,7 +380,7 @@ def measure_onnx(folder: Path, aid: str, run: dict, int8: bool, test: TestSet) -
     result = quantize.compare(
         model, folder, data, encoded, thresholds=np.array([thresholds[label] for label in labels]) if thresholds else None,
         fallback_tag=run.get("fallback_tag", "O"), tag_scheme=task.tag_scheme, batch_size=run.get("batch_size", 32),
-        pad_id=tokenizer.pad_token_id or 0,
+        pad_id=tokenizer.pad_token_id or 0, rounds=speed_rounds,
     )  # fmt: skip
     parity = result["parity"]
     if not parity["within_tolerance"]:

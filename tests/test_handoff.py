@@ -1,5 +1,7 @@
 """The task-model handoff: export a fine-tuned classifier (HF folder, ONNX, int8), its card, `dapt predict`, bad requests."""
 
+import contextlib
+import io
 import json
 import shutil
 import warnings
@@ -110,16 +112,25 @@ def test_task_model_card_gives_scores_over_seeds_the_comparison_lineage_and_the_
     assert "| base (this model) |" in (tmp_path / "base" / "README.md").read_text()
 
 
-@pytest.mark.slow
-def test_onnx_int8_export_measures_parity_agreement_and_speed(handoff, task_files, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def onnx_export(handoff, tmp_path_factory):
+    """`dapt export production --format onnx --quantize int8`, once for the tests below (they only read it): the folder and what it printed."""
     store, ids, runs, best = handoff
-    with warnings.catch_warnings():
-        # A deprecated torch or transformers call in this project's code (the warning points at it) fails the test.
+    out = tmp_path_factory.mktemp("onnx") / "x"
+    printed = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+        # A deprecated torch or transformers call in this project's code (the warning points at it) fails the export.
         for category in (DeprecationWarning, FutureWarning):
             warnings.filterwarnings("error", category=category, module=r"(pretrain|flows)\b")
-        assert main(["export", "production", "--to", str(tmp_path / "x"), "--format", "onnx", "--quantize", "int8", "--store", store.url]) == 0
-    printed = capsys.readouterr().out
-    out = tmp_path / "x"
+        code = main(["export", "production", "--to", str(out), "--format", "onnx", "--quantize", "int8", "--store", store.url])
+    return code, out, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_onnx_int8_export_measures_parity_agreement_and_speed(handoff, onnx_export, task_files, tmp_path):
+    store, ids, runs, best = handoff
+    code, out, printed = onnx_export
+    assert code == 0
     assert {"model.onnx", "model.int8.onnx", "onnx.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     q = json.loads((out / "onnx.json").read_text())
     assert q["artifact"] == best and q["test_examples"] == 60
@@ -149,10 +160,9 @@ def test_onnx_int8_export_measures_parity_agreement_and_speed(handoff, task_file
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["folder", "model.onnx", "model.int8.onnx"])
-def test_predict_reproduces_the_runs_test_score(handoff, task_files, tmp_path, engine):
+def test_predict_reproduces_the_runs_test_score(handoff, onnx_export, task_files, tmp_path, engine):
     store, ids, runs, best = handoff
-    folder = tmp_path / "x"
-    export_module.export(store, best, folder, format="onnx", quantize="int8" if engine == "model.int8.onnx" else None)
+    _, folder, _ = onnx_export  # the exported folder: PyTorch weights, ONNX and int8 side by side
     rows = [json.loads(line) for line in open(task_files[1])]
     source = write_jsonl(tmp_path / "test.jsonl", [{"doc": f"d{i}", **r} for i, r in enumerate(rows)])
     out = tmp_path / "p.parquet"

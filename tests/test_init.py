@@ -3,6 +3,7 @@ model and the corpus, checked as `dapt plan` checks one; with the tiny model, `d
 
 import csv
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -20,17 +21,22 @@ def _user_files(folder, delimiter=",", stories=60, examples=240):
     for i, record in enumerate(read_jsonl_gz(REUTERS / "corpus.jsonl.gz", limit=stories)):
         (docs / f"story{i:03d}.txt").write_text(record["text"])
     (docs / "README.md").write_text("where these came from")
+    return docs, _labelled_csv(folder / "labelled.csv", delimiter, examples)
+
+
+def _labelled_csv(path, delimiter, examples):
+    """`examples` R8 documents of 3 labels as `document,category` rows, separated by `delimiter`."""
     keep = {"earn": 0, "acq": 0, "crude": 0}
     rows = []
     for record in read_jsonl_gz(REUTERS / "r8_train.jsonl.gz"):
         if record["label"] in keep and keep[record["label"]] < examples // 3:
             keep[record["label"]] += 1
             rows.append((record["text"], record["label"]))
-    with open(folder / "labelled.csv", "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter=delimiter)
         writer.writerow(["document", "category"])
         writer.writerows(rows)
-    return docs, folder / "labelled.csv"
+    return path
 
 
 @pytest.mark.parametrize("delimiter", [",", ";"])
@@ -118,17 +124,26 @@ def prefect_harness():
 
 @pytest.mark.slow
 def test_dapt_run_completes_on_what_init_wrote_comma_and_semicolon(prefect_harness, tmp_path, tiny_base, monkeypatch, capsys):
-    for delimiter in (",", ";"):
-        folder = tmp_path / f"team{'-semicolon' if delimiter == ';' else ''}"
-        _user_files(folder, delimiter)
-        monkeypatch.chdir(folder)
-        assert main(["init", "--corpus", "docs", "--task-train", "labelled.csv", "--base", str(tiny_base), "--out", "my.yaml"]) == 0
-        capsys.readouterr()
-        assert main(["run", "my.yaml"]) == 0
-        out = capsys.readouterr().out
-        assert "R8" not in out and "category: " in out and "adapted − base macro-F1" in out
-        report = next((folder / "artifacts").glob("r-*/report.md")).read_text()
-        assert "test_files: none given;" in report  # the held-out test split is named in the report's data notes
+    # One team folder, two labelled files: the ';'-separated one shares the corpus, so its run finds base,
+    # corpus, vocabulary, tokens and pretrained model in the store and fine-tunes and reports on its own task file.
+    # 120 labelled examples (40 a label): fine-tuning's cost, 6 runs of up to 10 epochs each per task file, halves.
+    _user_files(tmp_path, ",", examples=120)
+    _labelled_csv(tmp_path / "labelled-semicolon.csv", ";", 120)
+    monkeypatch.chdir(tmp_path)
+    reports, hits = [], []
+    # The task is named from the file's stem without "labelled" (else from the label field): category, semicolon.
+    for task, out, name in (("labelled.csv", "my.yaml", "category"), ("labelled-semicolon.csv", "my-semicolon.yaml", "semicolon")):
+        assert main(["init", "--corpus", "docs", "--task-train", task, "--base", str(tiny_base), "--out", out]) == 0
+        assert ("';'-separated" in capsys.readouterr().out) == ("semicolon" in task)
+        assert main(["run", out]) == 0
+        printed = capsys.readouterr().out
+        assert "R8" not in printed and f"{name}: " in printed and "adapted − base macro-F1" in printed
+        reports.append(re.search(r"report: (\S+report\.md)", printed)[1])
+        hits.append(int(re.search(r"(\d+)/\d+ stages were cache hits", printed)[1]))
+        assert "test_files: none given;" in open(reports[-1]).read()  # the held-out test split is named in the report's data notes
+    second = yaml.safe_load((tmp_path / "my-semicolon.yaml").read_text())
+    assert second["evaluate"]["task"]["csv_delimiter"] == ";" and len(set(reports)) == 2  # two evaluations, one per task file
+    assert hits[0] == 0 and hits[1] >= 5  # base, ingest, vocab, tokens and pretrain were the first run's
 
 
 def test_the_task_is_named_for_what_it_is_not_for_the_word_labelled(tmp_path, tiny_base, monkeypatch, capsys):
