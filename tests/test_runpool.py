@@ -132,7 +132,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_half_built_run(two_stores, tiny_
             if len({w for w in ("[worker 1 · evaluate", "[worker 2 · evaluate") if any(w in seen and "batch (" in seen for seen in lines)}) == 2:
                 break
         os.killpg(job.pid, signal.SIGINT)
-        rest, _ = job.communicate(timeout=120)
+        _, rest = job.communicate(timeout=120)  # (stdout, stderr): stdout is not piped
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
