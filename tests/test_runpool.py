@@ -120,17 +120,21 @@ def test_a_failing_run_is_named_and_the_runs_built_before_it_stay(two_stores):
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_leaves_no_half_built_run(two_stores, tiny_config, tmp_path):
     config, store, _, ids = two_stores
-    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 50, "patience_epochs": None, "parallel_runs": 2}}
+    # Runs long enough (300 epochs, no early stopping) that the signal always finds both workers mid-run:
+    # with 50 epochs a loaded machine could finish every run before the test saw both workers' progress.
+    raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 300, "patience_epochs": None, "parallel_runs": 2}}
     path = write_config(tmp_path / "c.yaml", raw)
     # Its own session, so the signal reaches the parent and its workers as a terminal's Ctrl-C does.
     job = subprocess.Popen([sys.executable, "-m", "pretrain.evaluate", "--config", str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                            start_new_session=True, env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
-    lines = []
+    lines, both = [], False
     try:
         for line in job.stderr:  # both workers are fine-tuning once each has shown progress
             lines.append(line)
             if len({w for w in ("[worker 1 · evaluate", "[worker 2 · evaluate") if any(w in seen and "batch (" in seen for seen in lines)}) == 2:
+                both = True
                 break
+        assert both, "the evaluation ended before both workers showed progress:\n" + "".join(lines)
         os.killpg(job.pid, signal.SIGINT)
         _, rest = job.communicate(timeout=120)  # (stdout, stderr): stdout is not piped
     finally:

@@ -171,7 +171,11 @@ def test_deploy_on_postgres_server_then_scheduled_runs_are_incremental(server, t
         print(f"run 3 (one new file): re-ran {sorted(rebuilt)} in {run.total_run_time.total_seconds():.1f} s")
     finally:
         worker.terminate()
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a Prefect worker slow to shut down on a loaded machine: not what this test checks
+            worker.kill()
+            worker.wait(timeout=30)
         worker_log.close()
 
 
