@@ -125,8 +125,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_half_built_run(two_stores, tiny_
     raw = {**tiny_config, "evaluate": {**tiny_config["evaluate"], "seeds": [0, 1], "num_epochs": 300, "patience_epochs": None, "parallel_runs": 2}}
     path = write_config(tmp_path / "c.yaml", raw)
     # Its own session, so the signal reaches the parent and its workers as a terminal's Ctrl-C does.
+    # SIGINT back to its default in the child: a shell starting the suite in the background ignores it, and
+    # an ignored SIGINT is inherited (Python would then never raise KeyboardInterrupt, as on no terminal).
     job = subprocess.Popen([sys.executable, "-m", "pretrain.evaluate", "--config", str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True, env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
+                           start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                           env={**os.environ, "DAPT_PROGRESS": "log", "DAPT_PROGRESS_EVERY_S": "1"})  # fmt: skip
     lines, both = [], False
     try:
         for line in job.stderr:  # both workers are fine-tuning once each has shown progress
