@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def tiny_base(tmp_path_factory, corpus_file) -> Path:
         max_position_embeddings=64,
     )
     BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def classifier_folder(tiny_base, tmp_path):
+    """An untrained classifier folder with labels (what `dapt predict` takes), without fine-tuning."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "clf"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, folder / name)
     return folder
 
 

@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import build_until, make_tiny_config, write_jsonl
 from flows.cli import main
@@ -235,20 +234,6 @@ def test_onnx_export_refuses_when_the_tasks_test_files_are_gone(small_store, tin
                        r"measure on another labelled file with --test FILE \(the task's fields: text 'text', label 'label'\)"):
         export_module.export(store, fid, tmp_path / "x", format="onnx")
     assert not (tmp_path / "x").exists()
-
-
-@pytest.fixture
-def classifier_folder(tiny_base, tmp_path):
-    """An untrained classifier folder with labels (what `dapt predict` takes), without fine-tuning."""
-    from transformers import AutoModelForSequenceClassification
-
-    folder = tmp_path / "clf"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_base / name, folder / name)
-    return folder
 
 
 def test_predict_names_the_missing_text_field_the_file_and_the_line(classifier_folder, tmp_path, capsys):

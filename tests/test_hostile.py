@@ -699,34 +699,20 @@ def test_export_overwrite_replaces_only_a_previous_export_holding_nothing_else(b
 # --- issue 22: silently wrong -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def classifier(tiny_base, tmp_path):
-    """An untrained two-label classifier folder (what `dapt predict` takes)."""
-    from transformers import AutoModelForSequenceClassification
-
-    folder = tmp_path / "clf"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_base / name, folder / name)
-    return folder
-
-
-def test_predict_never_labels_a_row_without_text(classifier, tmp_path, capsys):
+def test_predict_never_labels_a_row_without_text(classifier_folder, tmp_path, capsys):
     source = tmp_path / "in.csv"
     source.write_text('id,text\n1,oil prices rose\n2,\n3,"   "\n4,net profit up\n')
     out = tmp_path / "o.jsonl"
-    code, printed, _ = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(out))
+    code, printed, _ = _cli(capsys, "predict", str(classifier_folder), "--input", str(source), "--out", str(out))
     assert code == 0
     assert "2 texts labelled" in printed and f"skipped 2 rows with no text (not labelled): {source}:3, {source}:4" in printed
     assert [json.loads(line)["id"] for line in out.open()] == ["1", "4"]  # no invented label for rows 2 and 3
-    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(source), "--out", str(tmp_path / "f.jsonl"), "--on-empty", "fail")
+    code, _, err = _cli(capsys, "predict", str(classifier_folder), "--input", str(source), "--out", str(tmp_path / "f.jsonl"), "--on-empty", "fail")
     assert code == 2 and f"error: {source}:3: no text in 'text' (empty); remove the row, or pass --on-empty skip" in err
     assert not (tmp_path / "f.jsonl").exists()
     nulls = tmp_path / "nulls.jsonl"
     nulls.write_text('{"text": null}\n{"text": ""}\n')
-    code, _, err = _cli(capsys, "predict", str(classifier), "--input", str(nulls), "--out", str(tmp_path / "n.jsonl"))
+    code, _, err = _cli(capsys, "predict", str(classifier_folder), "--input", str(nulls), "--out", str(tmp_path / "n.jsonl"))
     assert code == 2 and f"--input {nulls}: no records to label (all 2 have no text in 'text')" in err
 
 
@@ -1175,13 +1161,13 @@ def test_push_to_hub_without_network_is_one_line_and_the_token_stays_secret(base
     assert secret not in out + err
 
 
-def test_predict_on_a_file_that_is_not_onnx_is_one_line(classifier, tmp_path, capsys):
-    (classifier / "model.onnx").write_bytes(b"this is not a protobuf \x00\x01\x02")
+def test_predict_on_a_file_that_is_not_onnx_is_one_line(classifier_folder, tmp_path, capsys):
+    (classifier_folder / "model.onnx").write_bytes(b"this is not a protobuf \x00\x01\x02")
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "oil prices rose"}\n')
-    code, _, err = _cli(capsys, "predict", str(classifier / "model.onnx"), "--input", str(source), "--out", str(tmp_path / "o.jsonl"))
+    code, _, err = _cli(capsys, "predict", str(classifier_folder / "model.onnx"), "--input", str(source), "--out", str(tmp_path / "o.jsonl"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert f"error: {classifier / 'model.onnx'}: ONNX Runtime cannot load it (InvalidProtobuf" in err and "--format onnx" in err
+    assert f"error: {classifier_folder / 'model.onnx'}: ONNX Runtime cannot load it (InvalidProtobuf" in err and "--format onnx" in err
 
 
 def test_csv_errors_name_the_line_where_the_quote_opens(tmp_path):
