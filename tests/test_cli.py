@@ -7,9 +7,9 @@ import pytest
 
 from conftest import ROOT, write_config
 from flows.cli import main
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import run_stage
 from pretrain.configfile import validate_config
+from pretrain.core.artifacts import ArtifactStore
 
 
 def _run(*args, cwd=ROOT):

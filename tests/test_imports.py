@@ -11,8 +11,8 @@
 - the stage table (`pretrain.chain`) is imported by no module of `pretrain/` but the stage command line,
   and a stage's `__main__` block imports only that command line (`pretrain.stage_cli`), naming stages
   the table has;
-- one logging path: loggers come from `pretrain.logs` (rank-aware, works without an Accelerate state),
-  never from `accelerate.logging` or `logging.getLogger(__name__)`, and only `pretrain.logs` configures
+- one logging path: loggers come from `pretrain.core.logs` (rank-aware, works without an Accelerate state),
+  never from `accelerate.logging` or `logging.getLogger(__name__)`, and only `pretrain.core.logs` configures
   logging.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pretrain", "flows")
-LOGS = "pretrain.logs"
+LOGS = "pretrain.core.logs"
 # Private names a module still imports from another, each waiting for a change on its way (and removed
 # with it: an entry that no longer occurs fails the test). The training kit leaves pretrain.py for a
 # module of its own with public names (issue 12, the other half).
@@ -92,7 +92,7 @@ def _imports(module: str, tree: ast.Module, main: bool = False) -> list[tuple[as
 
 
 def _module_aliases(module: str, tree: ast.Module) -> dict[str, str]:
-    """Local names bound to project modules: `from pretrain import ingest`, `import pretrain.io as io`."""
+    """Local names bound to project modules: `from pretrain import ingest`, `import pretrain.data.io as io`."""
     aliases = {}
     for node in _walk(tree):
         if isinstance(node, ast.Import):
@@ -191,10 +191,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_checks_see_every_module_and_catch_what_they_should():
-    assert {"pretrain.ingest", "pretrain.logs", "flows.pipeline", "flows.cli"} <= set(MODULES)
+    assert {"pretrain.ingest", "pretrain.core.logs", "flows.pipeline", "flows.cli"} <= set(MODULES)
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = import_graph()
-    assert "pretrain.io" in graph["pretrain.tasks"]
+    assert "pretrain.data.io" in graph["pretrain.data.tasks"]
     # A main block's import is an edge of the module `python -m` runs, and a lazy one (inside a function) counts.
     assert "pretrain.stage_cli" in graph["pretrain.pretrain:__main__"] and "pretrain.stage_cli" not in graph["pretrain.pretrain"]
     assert "pretrain.chain" in graph["pretrain.stage_cli"]
