@@ -10,7 +10,7 @@ Signals, each measured on the user's data with the code the other stages use:
 - the base model's per-word perplexity on the corpus' validation split (the pretrain stage's own
   "before" figure: `training.word_eval_batches`) and on a general-English reference text shipped with
   the package (`pretrain/reference/`), and their ratio, the domain shift;
-- the share of words the base tokenizer splits into 3+ pieces (the vocab stage's `measure_fit`), on
+- the share of words the base tokenizer splits into 3+ pieces (`measure_fit`, as the vocab stage measures it), on
   the corpus and on the reference;
 - vocabulary overlap: the share of the domain WordPiece's pieces (the vocab stage's) that the base
   vocabulary has, and of the corpus' 10,000 most frequent words that the base tokenizer keeps whole

@@ -2,9 +2,10 @@
 
 A stage's code version hashes the stage module and every `pretrain` module it imports, transitively,
 with the packages they are in (`pretrain/__init__.py`, `pretrain/core/__init__.py`, ...: Python runs a
-package before any module in it), except those in NOT_CODE_DEPENDENCIES, each in a normal form of its syntax tree that leaves out what
-cannot change an output: comments and formatting (they never reach the tree), docstrings, the
-`if __name__ == "__main__":` block, and the text of log calls and exception messages.
+package before any module in it), except those in NOT_CODE_DEPENDENCIES, each in a normal form of its
+syntax tree that leaves out what cannot change an output: comments and formatting (they never reach the
+tree), docstrings, the `if __name__ == "__main__":` block, and the text of log calls and exception
+messages.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def code_version(module: str) -> str:
     """The version of the code a stage's output can depend on: part of every artifact id.
 
     The rule: hash the stage module and every `pretrain` module it imports, transitively (imports
-    inside functions included), with the packages they are in, except the modules in NOT_CODE_DEPENDENCIES; hash each in a normal
-    form of its syntax tree, without docstrings (comments and formatting never reach the tree), without
-    its `if __name__ == "__main__":` block (the command-line glue) and without the text of its log
-    calls and exception messages (`without_message_text`). So editing a comment, a docstring, a log
+    inside functions included), with the packages they are in, except the modules in
+    NOT_CODE_DEPENDENCIES; hash each in a normal form of its syntax tree, without docstrings (comments
+    and formatting never reach the tree), without its `if __name__ == "__main__":` block (the
+    command-line glue) and without the text of its log calls and exception messages
+    (`without_message_text`). So editing a comment, a docstring, a log
     line or the layout of a line changes no id; a change to what the code does changes the id of each
     stage that imports it, and through their input ids, of everything built from them.
     """

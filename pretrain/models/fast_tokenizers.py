@@ -1,6 +1,6 @@
 """The fast tokenizer of a model folder: loading it (never building one), its plain Rust backend, and how
 well a tokenizer fits a text (fertility). The vocab, tokens and assess stages and the library modules
-that tokenize (fine-tuning, export, predict, embed) all read tokenizers through here.
+that tokenize (the fine-tuning workers, export, predict, embed) all read tokenizers through here.
 """
 
 from __future__ import annotations
