@@ -296,7 +296,7 @@ def test_the_direction_rule_catches_a_wrong_edge():
     assert group("pretrain.core.logs") == "core" and group("pretrain.handoff") == "handoff"
     assert group("pretrain.ingest") is None and group("pretrain") is None and group("flows.cli") is None
     imports = every_import()
-    # Lazy imports count: export imports quantize inside a function, runpool reads tokenizers at the top.
+    # A lazy import counts (export imports quantize inside a function), as does one at the top (runpool's tokenizer loader).
     assert "pretrain.handoff.quantize" in imports["pretrain.handoff.export"]
     assert "pretrain.models.fast_tokenizers" in imports["pretrain.finetuning.runpool"]
     planted = {
