@@ -7,7 +7,7 @@ beside the signals assess computes for that domain.
 
 The evaluate stage runs with `evaluate.label_budgets` set to the budgets (labels per class; `all`:
 the whole train split): the task's train split is cut to nested, stratified, hash-determined subsets
-(`pretrain/budgets.py`) and base and adapted are compared at each exactly as `dapt run` does (same
+(`pretrain/finetuning/budgets.py`) and base and adapted are compared at each exactly as `dapt run` does (same
 validation and test sets, seeds, fine-tuning protocol and verdict). Base, corpus, vocabulary, tokens
 and the adapted model are the pipeline's own stages, cached in the config's store; every fine-tuning
 run is an `f-` artifact, so a budget already measured costs nothing.
@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pretrain.artifacts import ArtifactStore  # noqa: E402
-from pretrain.configfile import load_config  # noqa: E402
 from pretrain.chain import run_stage, run_through, switched_on  # noqa: E402
+from pretrain.configfile import load_config  # noqa: E402
+from pretrain.core.artifacts import ArtifactStore  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 

@@ -61,7 +61,7 @@ def resolved_precision() -> tuple[str, str]:
     """What `auto` trains in on this machine's first device, and why."""
     import torch
 
-    from pretrain.precision import resolve
+    from pretrain.training.precision import resolve
 
     return resolve(PRECISION, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -81,7 +81,7 @@ def prepare(work: Path, size: dict) -> Path:
     import yaml
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from pretrain.config import package_dir
+    from pretrain.core.config import package_dir
 
     tokenizer_dir = package_dir("pkg:cognition/model")
     if tokenizer_dir is None or not tokenizer_dir.is_dir():
@@ -123,9 +123,9 @@ def prepare(work: Path, size: dict) -> Path:
 
 def build(config_path: Path, until: str, overrides: list[str] | None = None) -> tuple[object, object, dict[str, str]]:
     """Build the config's stages up to `until` in this process (cached ones are found, not rebuilt)."""
-    from pretrain.artifacts import ArtifactStore
     from pretrain.chain import plan, run_stage
     from pretrain.configfile import load_config
+    from pretrain.core.artifacts import ArtifactStore
 
     config = load_config(config_path, overrides)
     store = ArtifactStore(config.store)
@@ -169,7 +169,7 @@ def check_environment(work: Path, size: dict) -> dict:
     if torch.cuda.is_available():
         out.update(device_name=torch.cuda.get_device_name(), device_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported(),
                    capability=".".join(map(str, torch.cuda.get_device_capability())))  # fmt: skip
-    from pretrain import flops
+    from pretrain.training import flops
 
     device = out.get("device_name", "cpu")
     precision, why = resolved_precision()
@@ -199,9 +199,9 @@ def check_resume(work: Path, size: dict) -> dict:
         raise RuntimeError(f"{aid} is already built in {store.location(aid)}: use a fresh --work folder")
     # The kill comes from inside, right after the checkpoint is complete: a SIGKILL (no cleanup code
     # runs) at a known step, so the resumed step is known whatever the device's speed.
-    killer = ("import os, signal, runpy\nfrom pretrain import training\nsave = training.save_checkpoint\n"
+    killer = ("import os, signal, runpy\nfrom pretrain.training import kit\nsave = kit.save_checkpoint\n"
               "def save_then_die(*args, **kwargs):\n    save(*args, **kwargs)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "training.save_checkpoint = save_then_die\nrunpy.run_module('pretrain.pretrain', run_name='__main__')\n")  # fmt: skip
+              "kit.save_checkpoint = save_then_die\nrunpy.run_module('pretrain.pretrain', run_name='__main__')\n")  # fmt: skip
     started = time.perf_counter()
     first = run_logged([PYTHON, "-c", killer, "--config", str(config_path)], work / "pretrain-killed.log")
     killed_after = time.perf_counter() - started

@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pretrain import ingest, tokens  # noqa: E402
-from pretrain.artifacts import ArtifactStore  # noqa: E402
 from pretrain.chain import task_targets  # noqa: E402
-from pretrain.config import IngestConfig, TaskConfig, package_dir  # noqa: E402
+from pretrain.core.artifacts import ArtifactStore  # noqa: E402
+from pretrain.core.config import IngestConfig, TaskConfig, package_dir  # noqa: E402
 
 R8_TEST = ROOT / "data" / "reuters" / "r8_test.jsonl.gz"
 

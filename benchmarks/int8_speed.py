@@ -4,9 +4,9 @@
     python benchmarks/int8_speed.py --models bert-tiny --rounds 3    # quick
 
 A BertForSequenceClassification of each shape (random init: speed does not depend on the weights'
-values) is exported to ONNX and quantized exactly as the export does (`pretrain.quantize.export_onnx`,
+values) is exported to ONNX and quantized exactly as the export does (`pretrain.handoff.quantize.export_onnx`,
 `quantize_int8`: ONNX Runtime dynamic int8). The three engines then run alternately in one process,
-round by round (`pretrain.quantize.time_pair`), on the same inputs and threads, so machine noise hits
+round by round (`pretrain.handoff.quantize.time_pair`), on the same inputs and threads, so machine noise hits
 them alike. The baseline is PyTorch fp32 (what `transformers` gives a user with no export at all).
 
 One JSON line per model shape and batch size: examples/s of each engine, the ratios to PyTorch fp32,
@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pretrain.quantize import OrtClassifier, export_onnx, linear_share, quantize_int8, time_pair  # noqa: E402
+from pretrain.handoff.quantize import OrtClassifier, export_onnx, linear_share, quantize_int8, time_pair  # noqa: E402
 from machine import SHAPES, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 MODELS = ["bert-tiny", "bert-base"]

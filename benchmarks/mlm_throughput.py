@@ -21,7 +21,7 @@ One JSON line per model shape and precision: tokens/s of both and their ratio at
 ours against the float32 baseline (`ratio_vs_baseline_fp32`), FLOPs per step as counted by
 torch's FlopCounterMode on the actual step (forward + backward), achieved FLOP/s, and on a GPU the
 model FLOPs utilisation (MFU) against the device's dense peak for the precision used (the table in
-`pretrain/flops.py`, which the pretrain stage's MFU uses too).
+`pretrain/training/flops.py`, which the pretrain stage's MFU uses too).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import cpu_model  # noqa: E402
-from pretrain import flops  # noqa: E402
-from pretrain.precision import cpu_bf16_units  # noqa: E402
-from pretrain.precision import resolve as resolve_precision  # noqa: E402
-from pretrain.config import PretrainConfig, package_dir  # noqa: E402
-from pretrain.mlm import Masking, MaskedLM  # noqa: E402
-from pretrain.training import counting_flops, make_optimizer  # noqa: E402
+from pretrain.core.config import PretrainConfig, package_dir  # noqa: E402
+from pretrain.training import flops  # noqa: E402
+from pretrain.training.kit import counting_flops, make_optimizer  # noqa: E402
+from pretrain.training.mlm import Masking, MaskedLM  # noqa: E402
+from pretrain.training.precision import cpu_bf16_units  # noqa: E402
+from pretrain.training.precision import resolve as resolve_precision  # noqa: E402
 from machine import SHAPES  # noqa: E402  (benchmarks/machine.py)
 from encoder_shapes import FAMILIES, encoder_config  # noqa: E402
 
@@ -71,7 +71,7 @@ def bench_shape(name: str, args, tokenizer, blocks: torch.Tensor, device: torch.
     """One result per requested precision: ours and the baseline in it, and against the float32 baseline."""
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-    from pretrain.families import attention_implementation
+    from pretrain.models.families import attention_implementation
 
     shape = SHAPES[name]
     config = encoder_config(family, len(tokenizer), layers=shape["num_hidden_layers"], hidden=shape["hidden_size"],

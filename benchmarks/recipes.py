@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pretrain.artifacts import ArtifactStore  # noqa: E402
 from pretrain.chain import plan, run_stage  # noqa: E402
 from pretrain.configfile import load_config  # noqa: E402
+from pretrain.core.artifacts import ArtifactStore  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 # Name -> overrides; budget, task and seeds come from the config and --set, the same for all.

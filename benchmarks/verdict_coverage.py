@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pretrain import scoring  # noqa: E402
+from pretrain.finetuning import scoring  # noqa: E402
 
 # R8's test class counts (data/reuters/DATACARD.md): a very unbalanced task, as macro-F1 usually sees.
 R8_TEST_COUNTS = np.array([1043, 660, 123, 105, 81, 65, 49, 7])

@@ -29,10 +29,10 @@ import os
 import signal
 import sys
 
-from pretrain import registry
-from pretrain.artifacts import ArtifactStore, format_lineage
-from pretrain.errors import UserError, os_error_line, unreachable
-from pretrain.logs import setup_logging
+from pretrain.core import registry
+from pretrain.core.artifacts import ArtifactStore, format_lineage
+from pretrain.core.errors import UserError, os_error_line, unreachable
+from pretrain.core.logs import setup_logging
 
 DEFAULT_STORE = os.environ.get("DAPT_STORE", "artifacts")
 
@@ -125,7 +125,7 @@ def _artifacts(args: argparse.Namespace) -> int:
     if args.action in REGISTRY_ACTIONS:
         return REGISTRY_ACTIONS[args.action](store, args)
     if args.action == "list":
-        from pretrain.export import run_names
+        from pretrain.handoff.export import run_names
 
         names = run_names(store) if args.stage in (None, "finetune") else {}
         for aid in store.ids():
@@ -260,7 +260,7 @@ REGISTRY_ACTIONS = {"promote": _promote, "resolve": _resolve, "history": _histor
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pretrain.export import export, measurement_table
+    from pretrain.handoff.export import export, measurement_table
 
     setup_logging()
     facts = export(
@@ -276,7 +276,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pretrain.predict import predict
+    from pretrain.handoff.predict import predict
 
     setup_logging()
     result = predict(args.model, args.input, args.out, text_field=args.text_field, id_field=args.id_field, batch_size=args.batch_size,
@@ -288,7 +288,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from pretrain.embed import embed
+    from pretrain.handoff.embed import embed
 
     setup_logging()
     store = ArtifactStore(args.store)

@@ -32,8 +32,8 @@ import subprocess
 import sys
 import time
 
-from pretrain.errors import UserError
-from pretrain.logs import get_logger
+from pretrain.core.errors import UserError
+from pretrain.core.logs import get_logger
 
 log = get_logger(__name__)
 

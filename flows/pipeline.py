@@ -11,7 +11,7 @@ a state message naming the stage and the cause (`ingest: corpus.jsonl:2: not val
 
 Retries, with exponential backoff, are for I/O only: a shard task (reading inputs, which may be remote,
 and writing its result) when it failed with an OSError, and the base stage (copying or downloading the
-model). Publishing to a remote store retries each upload inside `pretrain.artifacts`. Pretraining and
+model). Publishing to a remote store retries each upload inside `pretrain.core.artifacts`. Pretraining and
 fine-tuning are never retried: a failure there is a bug or a bad setting, and a retry would only burn
 GPU hours before failing the same way (a crashed pretraining resumes from its checkpoint on the next run).
 
@@ -20,7 +20,7 @@ Prefect artifacts, few and readable in the UI: each stage flow leaves one table 
 pipeline run a summary table (`dapt-summary`, one row per stage) and the report (`dapt-report-page`, its
 plots embedded as images). No link artifacts: a browser does not open `file://` links from the UI.
 
-Progress of long loops goes to the run log as a line every 30 s (`pretrain.progress` in `log` mode,
+Progress of long loops goes to the run log as a line every 30 s (`pretrain.core.progress` in `log` mode,
 set by every flow here): Prefect captures log records, and a terminal bar's redraws would garble them.
 
 Every stage flow also runs alone (`ids` omitted: the ids of its inputs are planned from the config, and
@@ -52,16 +52,17 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from flows.lifecycle import api_failure, start_api_server
-from pretrain import chain, ingest, progress, registry, tokens
-from pretrain.artifacts import ArtifactStore
+from pretrain import chain, ingest, tokens
 from pretrain.chain import decontamination_targets, enabled, input_ids, preflight, run_stage, stage_id
-from pretrain.config import IngestConfig, ParallelConfig, PipelineConfig
 from pretrain.configfile import check_paths
-from pretrain.decontaminate import Targets
-from pretrain.errors import UserError
+from pretrain.core import progress, registry
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import IngestConfig, ParallelConfig, PipelineConfig
+from pretrain.core.errors import UserError
+from pretrain.core.summaries import run_summary, stage_table, summary_rows
+from pretrain.data.decontaminate import Targets
+from pretrain.data.shards import in_process, progress_bar, progress_to
 from pretrain.launch import launch_pretrain, needs_launcher
-from pretrain.shards import in_process, progress_bar, progress_to
-from pretrain.summaries import run_summary, stage_table, summary_rows
 
 
 def _artifact_id_key(context, parameters: dict) -> str:
@@ -410,7 +411,7 @@ if __name__ == "__main__":
     import argparse
 
     from pretrain.configfile import load_config
-    from pretrain.logs import setup_logging
+    from pretrain.core.logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the whole pipeline (as `dapt run`).")
     parser.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")

@@ -18,8 +18,8 @@ from prefect.schedules import Cron
 from pydantic import ValidationError
 
 from flows.pipeline import STAGE_FLOWS, pipeline
-from pretrain.config import PipelineConfig
-from pretrain.errors import UserError
+from pretrain.core.config import PipelineConfig
+from pretrain.core.errors import UserError
 
 
 def cron_schedule(cron: str, timezone: str) -> Cron:

@@ -10,7 +10,7 @@ Signals, each measured on the user's data with the code the other stages use:
 - the base model's per-word perplexity on the corpus' validation split (the pretrain stage's own
   "before" figure: `training.word_eval_batches`) and on a general-English reference text shipped with
   the package (`pretrain/reference/`), and their ratio, the domain shift;
-- the share of words the base tokenizer splits into 3+ pieces (the vocab stage's `measure_fit`), on
+- the share of words the base tokenizer splits into 3+ pieces (`measure_fit`, as the vocab stage measures it), on
   the corpus and on the reference;
 - vocabulary overlap: the share of the domain WordPiece's pieces (the vocab stage's) that the base
   vocabulary has, and of the corpus' 10,000 most frequent words that the base tokenizer keeps whole
@@ -43,16 +43,17 @@ from typing import Any
 
 import numpy as np
 
-from pretrain import budgets, training
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import PipelineConfig
-from pretrain.errors import InputError
-from pretrain.formats import read_split
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.modelfiles import load_model
-from pretrain.tasks import read_task, task_sources
-from pretrain.vocab import load_fast_tokenizer, measure_fit, plain_backend
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import PipelineConfig
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.data.formats import read_split
+from pretrain.data.tasks import read_task, task_sources
+from pretrain.finetuning import budgets
+from pretrain.models.modelfiles import load_model
+from pretrain.training import kit
+from pretrain.models.fast_tokenizers import load_fast_tokenizer, measure_fit, plain_backend
 
 log = get_logger(__name__)
 
@@ -97,7 +98,7 @@ def base_meta(tokenizer) -> dict:
 
 def write_token_split(folder: Path, backend, texts: list[str], meta: dict) -> Path:
     """`texts` tokenised by `backend` (the base tokenizer) as the validation split of a tokens folder
-    (`pretrain/formats.py`), [SEP] after each text, so they are scored by the pretrain stage's per-word
+    (`pretrain/data/formats.py`), [SEP] after each text, so they are scored by the pretrain stage's per-word
     windows and masks.
 
     Word starts come from the tokenizer's word ids, as the tokens stage takes them for any tokenizer (for
@@ -127,15 +128,15 @@ def word_perplexity(model, tokens_dir: Path, cfg, max_words: int, what: str) -> 
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from pretrain.mlm import MaskedLM
+    from pretrain.training.mlm import MaskedLM
 
-    batches = training.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
+    batches = kit.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
     words = sum(units for _, units in batches)
     if not words:
         raise InputError(f"assess: no whole word of the {what} fits a window of pretrain.max_seq_length ({cfg.max_seq_length}) tokens to score")
-    AcceleratorState._reset_state()  # as training.setup: a stage before may have set another precision
+    AcceleratorState._reset_state()  # as kit.setup: a stage before may have set another precision
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    return training.perplexity(MaskedLM(model).to(accelerator.device), batches, accelerator), words
+    return kit.perplexity(MaskedLM(model).to(accelerator.device), batches, accelerator), words
 
 
 def vocabulary_overlap(base_backend, domain_backend, corpus_dir: Path) -> dict:
@@ -169,7 +170,7 @@ def pilot(cfg, base_dir: Path, vocab_dir: Path, tokens_dir: Path) -> dict:
     temporary folder: per-word perplexity before and after, and how fast it fell."""
     from pretrain import pretrain
 
-    steps = training.total_steps(cfg)
+    steps = kit.total_steps(cfg)
     pilot_steps = max(1, min(math.ceil(PILOT_FRACTION * steps), PILOT_MAX_STEPS))
     settings = cfg.model_copy(update={
         "max_steps": pilot_steps, "max_tokens": None, "warmup_steps": round(cfg.warmup_steps * pilot_steps / steps),
@@ -194,7 +195,7 @@ def pilot(cfg, base_dir: Path, vocab_dir: Path, tokens_dir: Path) -> dict:
 
 def budget_classes(cfg: PipelineConfig) -> tuple[dict[str, int], list[tuple[int | None, dict[str, int]]]]:
     """The task's train examples per class, and for each label budget to estimate for (`evaluate.label_budgets`,
-    else the train split as it is: None), the examples per class it keeps; "per class" as `pretrain/budgets.py`
+    else the train split as it is: None), the examples per class it keeps; "per class" as `pretrain/finetuning/budgets.py`
     counts it (multi-label: examples carrying the label; token tasks: sentences mentioning the entity type)."""
     task = cfg.evaluate.task
     data = read_task(task, cfg.evaluate.validation_fraction, log_notes=False)
@@ -299,7 +300,7 @@ def calibration_text() -> str:
 def _settings(cfg: PipelineConfig) -> dict:
     """What the assessment depends on besides its input artifacts: the pretraining it judges and the task."""
     return {
-        "pretrain": cfg.pretrain.model_dump(exclude=training.EXECUTION_ONLY),
+        "pretrain": cfg.pretrain.model_dump(exclude=kit.EXECUTION_ONLY),
         "task": cfg.evaluate.task.model_dump(mode="json"),
         "validation_fraction": cfg.evaluate.validation_fraction,
         "label_budgets": cfg.evaluate.label_budgets,

@@ -7,7 +7,7 @@ e.g. the demo's `pkg:cognition/model`), or a Hugging Face Hub id (downloaded wit
 which needs network). Only safe formats are copied: config, safetensors weights and tokenizer files.
 Pickle-based weights (`*.bin`, `*.pt`) are never loaded. The id depends only on the files' content.
 
-The model must be a masked-LM encoder (`pretrain.families.masked_lm_problem`: a decoder-only or
+The model must be a masked-LM encoder (`pretrain.models.families.masked_lm_problem`: a decoder-only or
 encoder-decoder model is refused, naming its type, before anything is copied). A checkpoint without
 its masked-LM head (a sentence-transformers encoder, an ELECTRA discriminator) is imported with a
 warning, and its manifest says `mlm_head: new (randomly initialised)`: its perplexity before
@@ -21,13 +21,13 @@ import shutil
 import time
 from pathlib import Path
 
-from pretrain.artifacts import ArtifactStore, file_digest
-from pretrain.config import BaseModelConfig, package_dir
-from pretrain.errors import InputError
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.families import family_name, masked_lm_problem
-from pretrain.modelfiles import new_mlm_weights, remote_code_note, require_safetensors
+from pretrain.core.artifacts import ArtifactStore, file_digest
+from pretrain.core.config import BaseModelConfig, package_dir
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.models.families import family_name, masked_lm_problem
+from pretrain.models.modelfiles import new_mlm_weights, remote_code_note, require_safetensors
 
 log = get_logger(__name__)
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pretrain import assess, base, distill, evaluate, ingest, pretrain, report, tapt, tokens, training, vocab
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import PipelineConfig, PretrainConfig, TaskConfig
-from pretrain.decontaminate import Targets, TaskFile
-from pretrain.errors import UserError
-from pretrain.logs import get_logger, is_main_process
-from pretrain.summaries import (
+from pretrain import assess, base, distill, evaluate, ingest, pretrain, report, tapt, tokens, vocab
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import PipelineConfig, PretrainConfig, TaskConfig
+from pretrain.core.errors import UserError
+from pretrain.core.logs import get_logger, is_main_process
+from pretrain.core.summaries import (
     Figures,
     assessment_figures,
     base_figures,
@@ -35,7 +34,9 @@ from pretrain.summaries import (
     tokens_figures,
     vocab_figures,
 )
-from pretrain.tasks import held_out_texts
+from pretrain.data.decontaminate import Targets, TaskFile
+from pretrain.data.tasks import held_out_texts
+from pretrain.training import kit
 
 log = get_logger(__name__)
 
@@ -252,7 +253,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     Returns what the user should know (suspicious settings, fixes the task data needs, the task's
     size), one line each; raises InputError naming every problem.
     """
-    from pretrain.tasks import check_held_out, read_task
+    from pretrain.data.tasks import check_held_out, read_task
 
     data = read_task(cfg.evaluate.task, cfg.evaluate.validation_fraction, log_notes=False)
     check_held_out(data)  # a test or validation file that is train data is an error, a few shared examples a warning
@@ -270,7 +271,7 @@ def config_warnings(config: PipelineConfig) -> list[str]:
         sections.append(("evaluate.tapt.pretrain", config.evaluate.tapt.pretrain))
     warnings = []
     for name, cfg in sections:
-        steps = training.total_steps(cfg)
+        steps = kit.total_steps(cfg)
         if cfg.warmup_steps >= steps:
             warnings.append(
                 f"{name}.warmup_steps ({cfg.warmup_steps:,}) is not below the run's {steps:,} steps: the learning rate only "

@@ -1,7 +1,7 @@
 """From a config file to a checked config: YAML, `--set` overrides, and every check before anything runs.
 
 `load_config(path, overrides)` reads the YAML (a key given twice is an error; `1e-4` is a number),
-applies `key.path=value` overrides, validates every section against the schema (`pretrain/config.py`),
+applies `key.path=value` overrides, validates every section against the schema (`pretrain/core/config.py`),
 checks that every input path exists and that this machine can run the precision and compile settings,
 and raises one `ConfigError` listing every problem with its key path (`pretrain.max_steps: ...`).
 Relative paths are relative to the current working directory, as in the Hugging Face example scripts.
@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pretrain.config import ARTIFACT_ID, PipelineConfig, package_dir, student_problems, teacher_layer_count
-from pretrain.errors import ConfigError, UserError
-from pretrain.io import expand_inputs, expand_sources
-from pretrain.logs import get_logger
+from pretrain.core.config import ARTIFACT_ID, PipelineConfig, package_dir, student_problems, teacher_layer_count
+from pretrain.core.errors import ConfigError, UserError
+from pretrain.core.logs import get_logger
+from pretrain.data.io import expand_inputs, expand_sources
+from pretrain.training.machine import compile_problem, precision_problem
 
 log = get_logger(__name__)
 
@@ -126,33 +127,6 @@ def machine_problems(config: PipelineConfig) -> list[str]:
     return [p for p in problems if p]
 
 
-def precision_problem(key: str, precision: str) -> str | None:
-    """Why this machine cannot train in `precision` (the value of `key`), or None."""
-    if precision in ("no", "auto"):  # auto picks only what the machine has (pretrain/precision.py)
-        return None
-    import torch  # only when a precision needs checking: reading a config stays light
-
-    if precision == "fp16" and not torch.cuda.is_available():
-        return f"{key}: fp16 needs a CUDA GPU (it trains with a gradient scaler) and none is visible here; use auto, bf16 (on a CPU: fast with bf16 units, emulated and slow without) or no"
-    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return f"{key}: this GPU ({torch.cuda.get_device_name()}) has no bf16 support (it needs Ampere or newer); use fp16 or no"
-    return None
-
-
-def compile_problem(key: str) -> str | None:
-    """Why `torch.compile` cannot run here (the value of `key` is true), or None."""
-    import shutil
-
-    import torch
-
-    if torch.cuda.is_available():
-        if importlib.util.find_spec("triton") is None:
-            return f"{key}: torch.compile on a GPU needs the triton package (`pip install triton`, it comes with CUDA builds of torch); or set it to false"
-    elif not any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl")):
-        return f"{key}: torch.compile on a CPU needs a C++ compiler (g++ or clang++) on the PATH; install one or set it to false"
-    return None
-
-
 def relative_to(path: str) -> str:
     """` (relative to <cwd>)` for a relative local path, so a message says where it was looked for."""
     if "://" in path or os.path.isabs(os.path.expanduser(path)):
@@ -218,7 +192,7 @@ def _base_source_problem(source: str) -> str | None:
 
 def _extend_problem(source: str) -> str | None:
     """Why `vocab.mode: extend` cannot work with a local base model's tokenizer (read from its files), or None."""
-    from pretrain.families import extend_problem
+    from pretrain.models.families import extend_problem
 
     folder = package_dir(source) if source.startswith("pkg:") else Path(source).expanduser()
     if folder is None or not (folder / "config.json").is_file():

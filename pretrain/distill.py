@@ -8,7 +8,7 @@ The student is the teacher's architecture with `student_layers` transformer laye
 the teacher (Sanh et al. 2019): embeddings, MLM head and pooler copied, student layer i from teacher
 layer `teacher_layers[i]` (by default spread evenly with the first and last included, which for 6 of
 12 is DistilBERT's 0, 2, 4, 7, 9, 11). It keeps the teacher's tokenizer. It trains on the tokens
-artifact the teacher was adapted on, with pretraining's training kit (`pretrain/training.py`: blocks,
+artifact the teacher was adapted on, with pretraining's training kit (`pretrain/training/kit.py`: blocks,
 masking, micro-batches that are pure functions of seed and position, optimizer, schedule, checkpoints,
 the loop), on the loss, over the masked positions,
 
@@ -35,19 +35,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pretrain.logs import get_logger
+from pretrain.core.logs import get_logger
 from torch import nn
 
-from pretrain import training
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import DistillConfig, student_problems, teacher_layer_count
-from pretrain.errors import InputError, UserError
-from pretrain.families import attention_implementation
-from pretrain.formats import load_meta
-from pretrain.ids import artifact_id
-from pretrain.mlm import MaskedLM, MlmHead, compiled, dynamic, encoder_of, mlm_head
-from pretrain.modelfiles import load_model
-from pretrain.training import EXECUTION_ONLY, Blocks, perplexity
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import DistillConfig, student_problems, teacher_layer_count
+from pretrain.core.errors import InputError, UserError
+from pretrain.core.ids import artifact_id
+from pretrain.data.formats import load_meta
+from pretrain.models.families import attention_implementation
+from pretrain.models.modelfiles import load_model
+from pretrain.training import kit
+from pretrain.training.kit import EXECUTION_ONLY, Blocks, perplexity
+from pretrain.training.mlm import MaskedLM, MlmHead, compiled, dynamic, encoder_of, mlm_head
 
 log = get_logger(__name__)
 
@@ -126,7 +126,7 @@ class Distillation(nn.Module):
     """The student, with its loss against the teacher's soft targets: the module Accelerate trains.
 
     Without teacher logits it returns the plain masked-LM cross-entropy (for validation perplexity).
-    With `compile`, training steps run through `torch.compile` (`pretrain.mlm.compiled`); validation stays eager.
+    With `compile`, training steps run through `torch.compile` (`pretrain.training.mlm.compiled`); validation stays eager.
     """
 
     def __init__(self, student: nn.Module, temperature: float, alpha_distill: float, alpha_mlm: float, compile: bool = False):
@@ -199,25 +199,25 @@ def load_teacher(teacher_dir: Path, cfg: DistillConfig) -> nn.Module:
 
 def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) distillation; writes the student to `work_dir/output/model`; returns metrics."""
-    accelerator, accum = training.setup(STAGE, cfg, work_dir)
+    accelerator, accum = kit.setup(STAGE, cfg, work_dir)
     teacher = load_teacher(teacher_dir, cfg)
     meta = load_meta(tokens_dir)
-    training.check_fits(STAGE, cfg, teacher, meta, "teacher")
+    kit.check_fits(STAGE, cfg, teacher, meta, "teacher")
     student, chosen = student_from_teacher(teacher, cfg.student_layers, cfg.teacher_layers)
     log.info("distill: %d-layer student from teacher layers %s of %d", cfg.student_layers, chosen,
              teacher_layer_count(teacher.config.to_dict()), main_process_only=True)  # fmt: skip
 
-    masking = training.make_masking(cfg, meta)
-    train_blocks, validation_blocks = training.training_blocks(STAGE, cfg, tokens_dir)
-    evaluation = training.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+    masking = kit.make_masking(cfg, meta)
+    train_blocks, validation_blocks = kit.training_blocks(STAGE, cfg, tokens_dir)
+    evaluation = kit.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
 
-    steps = training.total_steps(cfg)
+    steps = kit.total_steps(cfg)
     task = Distillation(student, cfg.temperature, cfg.alpha_distill, cfg.alpha_mlm, compile=cfg.compile)
-    task, optimizer, scheduler = training.prepare(accelerator, task, cfg, steps)
+    task, optimizer, scheduler = kit.prepare(accelerator, task, cfg, steps)
     # The teacher only runs forward: not prepared (no DDP wrapper, no gradients, not in checkpoints).
     teacher.to(accelerator.device)
     teacher_head = mlm_head(teacher)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
+    checkpoints, progress = kit.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": []}
         progress["perplexity_teacher"] = perplexity(MaskedLM(teacher), evaluation, accelerator)
@@ -238,7 +238,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         with torch.no_grad(), accelerator.autocast():
             batch["teacher_logits"] = teacher_step(batch["input_ids"], batch["masked_positions"])
 
-    training.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
+    kit.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints,
                         evaluation, loss_names=("loss", "distill_loss", "mlm_loss"), before_step=add_teacher_logits)  # fmt: skip
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
 
@@ -248,7 +248,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
     # The teacher's tokenizer files: everything in its folder but weights and model config.
     tokenizer_files = [f for f in teacher_dir.iterdir() if f.is_file() and not (
         f.name.endswith((".safetensors", ".index.json")) or f.name in ("config.json", "generation_config.json"))]  # fmt: skip
-    training.write_model(accelerator, task, cfg, work_dir, tokenizer_files, progress["curve"])
+    kit.write_model(accelerator, task, cfg, work_dir, tokenizer_files, progress["curve"])
     metrics = {
         "teacher_layers": teacher_layer_count(teacher.config.to_dict()),
         "student_layers": cfg.student_layers,
@@ -266,7 +266,7 @@ def train(cfg: DistillConfig, teacher_dir: Path, tokens_dir: Path, work_dir: Pat
         "validation_perplexity_after": round(after, 3),
         "train_seconds": round(progress["train_seconds"], 2),
         "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
-        **training.utilisation(cfg, accelerator, progress),
+        **kit.utilisation(cfg, accelerator, progress),
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
     }
     metrics["parameter_ratio"] = round(metrics["student_parameters"] / metrics["teacher_parameters"], 4)
@@ -299,7 +299,7 @@ def run(cfg: DistillConfig, store: ArtifactStore, *, teacher: str, tokens: str) 
     def train_in(work_dir: Path) -> dict:
         return train(cfg, store.local_dir(teacher) / "model", store.local_dir(tokens), work_dir)
 
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
+    return kit.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":

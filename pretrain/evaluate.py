@@ -4,7 +4,7 @@
     python -m pretrain.evaluate --config configs/demo.yaml --set evaluate.num_epochs=1 --set evaluate.seeds=[0]
 
 Every compared model gets the same splits, hyperparameters, learning-rate grid and seeds
-(`pretrain/finetune.py` has the recipe); the epoch is chosen on validation with early stopping, and
+(`pretrain/finetuning/finetune.py` has the recipe); the epoch is chosen on validation with early stopping, and
 test is scored once per run. Compared models, each an input of the stage: `base`, `adapted` (the
 pretrain stage's model), `student` when the distill stage ran (the adapted model distilled into fewer
 layers, `pretrain/distill.py`), `evaluate.models`, and `adapted+tapt` or `base+tapt` when
@@ -13,18 +13,18 @@ layers, `pretrain/distill.py`), `evaluate.models`, and `adapted+tapt` or `base+t
 Each (model, learning rate, seed) run is a `finetune` artifact (`f-...`) of its own, found in the store
 or built: a later comparison that fine-tunes the same model with the same task and settings reuses
 it. With several workers (`parallel_runs`; default one per visible GPU) the runs not in the store are
-built first, in worker processes (`pretrain/runpool.py`), and then read back like cached ones.
+built first, in worker processes (`pretrain/finetuning/runpool.py`), and then read back like cached ones.
 With `evaluate.learning_rates`, each model is compared at the rate with its best mean validation
 score over seeds. Each model is then compared with the base, and the student also with its teacher
 (`adapted`): the difference per seed (paired: same seed, same head initialisation and data order),
 a t-interval over seeds whose variance adds the test-sampling variance (a paired bootstrap over test
 examples), which alone decides the verdict (`helped`/`hurt` when it excludes 0, with at least 3
 seeds), and as secondary figures a paired t-test over seeds and the test-only bootstrap interval
-(`pretrain/scoring.py`). Runs whose best epoch is their last allowed one are warned about ("raise
+(`pretrain/finetuning/scoring.py`). Runs whose best epoch is their last allowed one are warned about ("raise
 evaluate.num_epochs").
 
 With `evaluate.label_budgets` (a learning curve), all of the above is done once per budget: each is
-a nested, stratified subset of the train split (`pretrain/budgets.py`), validation and test stay the
+a nested, stratified subset of the train split (`pretrain/finetuning/budgets.py`), validation and test stay the
 same, and a budget's runs are `f-` artifacts whose ids name the subset (a later, longer list of
 budgets reuses the runs of the budgets built before). The comparison at the most labels is the
 headline (`models`, `comparisons`, int8, `predictions.json`); `label_budgets` in `results.json` holds
@@ -48,18 +48,19 @@ from pathlib import Path
 import torch
 
 from pretrain import base as base_stage
-from pretrain import budgets as label_budgets
-from pretrain import finetune, quantize, runpool, scoring
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
-from pretrain.errors import InputError
-from pretrain.families import max_sequence_length, uses_token_types
-from pretrain.finetune import encode, format_rate, selection_metric
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.modelfiles import model_folder
-from pretrain.tasks import read_task, task_sources
-from pretrain.vocab import load_fast_tokenizer
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import ARTIFACT_ID, BaseModelConfig, EvaluateConfig, ModelSource
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.data.tasks import read_task, task_sources
+from pretrain.finetuning import budgets as label_budgets
+from pretrain.finetuning import finetune, runpool, scoring
+from pretrain.finetuning.finetune import encode, format_rate, selection_metric
+from pretrain.handoff import quantize
+from pretrain.models.families import max_sequence_length, uses_token_types
+from pretrain.models.modelfiles import model_folder
+from pretrain.models.fast_tokenizers import load_fast_tokenizer
 
 log = get_logger(__name__)
 

@@ -14,10 +14,10 @@ How it scales to corpora larger than memory, on one machine or many:
    did not move is not read again), once per run. The corpus id hashes the settings, the code and
    those hashes. Each file becomes one or more *pieces*: byte ranges of about `parallel.shard_mb` for
    uncompressed JSONL and line-mode text, row-group ranges for Parquet, the whole file otherwise.
-2. Pieces. Each piece is read as a stream, cleaned and filtered (pretrain/clean.py) and signed (a
-   128-bit hash of the text and MinHash LSH band keys of its word shingles: pretrain/dedup.py) on its
+2. Pieces. Each piece is read as a stream, cleaned and filtered (pretrain/data/clean.py) and signed (a
+   128-bit hash of the text and MinHash LSH band keys of its word shingles: pretrain/data/dedup.py) on its
    own, into one Parquet file in the store's shard cache named by a hash of the file's content, the
-   range, the settings and this code. Decontamination happens here too (pretrain/decontaminate.py):
+   range, the settings and this code. Decontamination happens here too (pretrain/data/decontaminate.py):
    a document overlapping a text of the task's test or validation files is counted and not written,
    so it streams and runs on every core; the task texts' hash is part of the piece's name. Pieces
    already there are not redone: a weekly re-run where a few files are new or changed reads only
@@ -25,7 +25,7 @@ How it scales to corpora larger than memory, on one machine or many:
    `shard_mb`, run on every core (a process pool), or as Prefect tasks on any task runner, a Dask
    cluster included (flows/pipeline.py).
 3. Assemble. Deduplication is global and keeps the first occurrence in input order, out of core
-   (pretrain/dedup.py: memory stays flat as the corpus grows). Kept documents go to train or
+   (pretrain/data/dedup.py: memory stays flat as the corpus grows). Kept documents go to train or
    validation by a hash of their text.
 """
 
@@ -46,20 +46,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pretrain.artifacts import ArtifactStore, source_digest
-from pretrain.clean import COUNTERS, Cleaner
-from pretrain.codeversion import code_version
-from pretrain.config import DatasetSource, IngestConfig
-from pretrain.decontaminate import Decontaminator, Targets, decontaminator, merge
-from pretrain.dedup import Signer, find_duplicates, lsh_shape
-from pretrain.errors import InputError
-from pretrain.formats import SPLITS
-from pretrain.hf_datasets import resolve as resolve_dataset
-from pretrain.ids import artifact_id, canonical_json
-from pretrain.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
-from pretrain.logs import get_logger
-from pretrain.progress import progress
-from pretrain.shards import report_progress, run_local
+from pretrain.core.artifacts import ArtifactStore, source_digest
+from pretrain.core.codeversion import code_version
+from pretrain.core.config import DatasetSource, IngestConfig
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id, canonical_json
+from pretrain.core.logs import get_logger
+from pretrain.core.progress import progress
+from pretrain.data.clean import COUNTERS, Cleaner
+from pretrain.data.decontaminate import Decontaminator, Targets, decontaminator, merge
+from pretrain.data.dedup import Signer, find_duplicates, lsh_shape
+from pretrain.data.formats import SPLITS
+from pretrain.data.hf_datasets import resolve as resolve_dataset
+from pretrain.data.io import FileStats, RecordSource, compression_of, expand_sources, file_format, iter_texts, parquet_row_groups
+from pretrain.data.shards import report_progress, run_local
 
 log = get_logger(__name__)
 

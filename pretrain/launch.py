@@ -21,8 +21,8 @@ from typing import Callable
 
 import yaml
 
-from pretrain.config import LauncherConfig, PipelineConfig
-from pretrain.errors import UserError
+from pretrain.core.config import LauncherConfig, PipelineConfig
+from pretrain.core.errors import UserError
 
 
 class LaunchError(RuntimeError):

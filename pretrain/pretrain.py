@@ -9,8 +9,8 @@ Output (model artifact `m-...`): `model/` (Hugging Face folder: config, safetens
 validation perplexity before and after in the manifest.
 
 The stage builds the starting model (the base, the base with extended embeddings, or a fresh one)
-and trains it with the masked-only MLM head (`pretrain/mlm.py`) using the training kit
-(`pretrain/training.py`: blocks and micro-batches that are pure functions of seed and position, the
+and trains it with the masked-only MLM head (`pretrain/training/mlm.py`) using the training kit
+(`pretrain/training/kit.py`: blocks and micro-batches that are pure functions of seed and position, the
 optimizer and schedule, checkpoints and exact resume, the loop). It measures validation perplexity per
 token and per word (comparable across vocabularies) before and after.
 """
@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.logs import get_logger
+from pretrain.core.logs import get_logger
 
-from pretrain import training
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import PretrainConfig
-from pretrain.extend import extend_embeddings, load_model_init
-from pretrain.families import attention_implementation
-from pretrain.formats import load_meta
-from pretrain.ids import artifact_id
-from pretrain.mlm import MaskedLM, mlm_head
-from pretrain.modelfiles import load_model, model_folder
-from pretrain.training import EXECUTION_ONLY, TrainingError, perplexity
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import PretrainConfig
+from pretrain.core.ids import artifact_id
+from pretrain.data.formats import load_meta
+from pretrain.models.extend import extend_embeddings, load_model_init
+from pretrain.models.families import attention_implementation
+from pretrain.models.modelfiles import load_model, model_folder
+from pretrain.training import kit
+from pretrain.training.kit import EXECUTION_ONLY, TrainingError, perplexity
+from pretrain.training.mlm import MaskedLM, mlm_head
 
 log = get_logger(__name__)
 
@@ -58,23 +58,23 @@ def starting_model(base_dir: Path, vocab_dir: Path, meta: dict):
 
 def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path, work_dir: Path) -> dict:
     """Run (or resume) training; writes the model to `work_dir/output/model`; returns metrics."""
-    accelerator, accum = training.setup(STAGE, cfg, work_dir)
+    accelerator, accum = kit.setup(STAGE, cfg, work_dir)
     meta = load_meta(tokens_dir)
     model, random_head = starting_model(base_dir, vocab_dir, meta)
     if random_head:
         log.warning("pretrain: the MLM head starts at random (%s): the perplexity before training is a random head's, not the base model's",
                     "vocab.mode replace" if load_model_init(vocab_dir)["mode"] == "replace" else "the base checkpoint has no MLM head",
                     main_process_only=True)  # fmt: skip
-    training.check_fits(STAGE, cfg, model, meta, "base model")
-    masking = training.make_masking(cfg, meta)
-    train_blocks, validation_blocks = training.training_blocks(STAGE, cfg, tokens_dir)
-    evaluation = training.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
+    kit.check_fits(STAGE, cfg, model, meta, "base model")
+    masking = kit.make_masking(cfg, meta)
+    train_blocks, validation_blocks = kit.training_blocks(STAGE, cfg, tokens_dir)
+    evaluation = kit.eval_batches(validation_blocks, masking, cfg.max_eval_blocks, cfg.micro_batch_size, cfg.seed)
     max_words = cfg.max_eval_blocks * (cfg.max_seq_length - 2)
-    word_evaluation = training.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
+    word_evaluation = kit.word_eval_batches(tokens_dir, cfg.max_seq_length, max_words, cfg.micro_batch_size, cfg.seed, cfg.mlm_probability)
 
-    steps = training.total_steps(cfg)
-    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model, compile=cfg.compile), cfg, steps)
-    checkpoints, progress = training.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
+    steps = kit.total_steps(cfg)
+    task, optimizer, scheduler = kit.prepare(accelerator, MaskedLM(model, compile=cfg.compile), cfg, steps)
+    checkpoints, progress = kit.start_or_resume(STAGE, cfg, accelerator, work_dir, steps, task, optimizer, scheduler)
     if progress is None:
         progress = {"step": 0, "tokens": 0, "train_seconds": 0.0, "curve": [], "perplexity_before": None}
         progress["perplexity_before"] = perplexity(task, evaluation, accelerator)
@@ -82,17 +82,17 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         progress["curve"].append({"step": 0, "validation_perplexity": progress["perplexity_before"]})
         log.info("pretrain: validation perplexity before: %.2f", progress["perplexity_before"], main_process_only=True)
 
-    training.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints, evaluation)
+    kit.train_loop(STAGE, cfg, accelerator, task, optimizer, scheduler, train_blocks, masking, accum, steps, progress, checkpoints, evaluation)
     tokens_per_step = cfg.global_batch_size * cfg.max_seq_length
 
     after = perplexity(task, evaluation, accelerator)
     word_after = perplexity(task, word_evaluation, accelerator)
     progress["curve"].append({"step": steps, "validation_perplexity": after})
     accelerator.log({"validation_perplexity": after}, step=steps)
-    in_sync = training.ranks_in_sync(task, accelerator) if accelerator.num_processes > 1 else True
+    in_sync = kit.ranks_in_sync(task, accelerator) if accelerator.num_processes > 1 else True
     if not in_sync:
         raise TrainingError("pretrain: the processes ended with different weights; data-parallel training went wrong")
-    training.write_model(accelerator, task, cfg, work_dir, (vocab_dir / "tokenizer").iterdir(), progress["curve"])
+    kit.write_model(accelerator, task, cfg, work_dir, (vocab_dir / "tokenizer").iterdir(), progress["curve"])
     accelerator.wait_for_everyone()
     return {
         "steps": steps,
@@ -113,7 +113,7 @@ def train(cfg: PretrainConfig, base_dir: Path, vocab_dir: Path, tokens_dir: Path
         "validation_words_scored": sum(units for _, units in word_evaluation),
         "train_seconds": round(progress["train_seconds"], 2),
         "tokens_per_second": round(progress["tokens"] / max(progress["train_seconds"], 1e-9), 1),
-        **training.utilisation(cfg, accelerator, progress),
+        **kit.utilisation(cfg, accelerator, progress),
         "validation_blocks": min(cfg.max_eval_blocks, len(validation_blocks)),
         "train_blocks": len(train_blocks),
     }
@@ -129,7 +129,7 @@ def run(cfg: PretrainConfig, store: ArtifactStore, *, base: str, vocab: str, tok
     def train_in(work_dir: Path) -> dict:
         return train(cfg, model_folder(store, base, "pretrain: base"), store.local_dir(vocab), store.local_dir(tokens), work_dir)
 
-    return training.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
+    return kit.build_artifact(STAGE, cfg, store, stage_id(cfg, **inputs), inputs, train_in)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ from typing import Mapping
 
 import numpy as np
 
-from pretrain.artifacts import ArtifactStore
-from pretrain.flops import PRECISION_NAMES
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.summaries import (
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.core.summaries import (
     Figures,
     budget_comparison,
     budget_label,
@@ -43,11 +42,12 @@ from pretrain.summaries import (
     shown_metrics,
     summary_rows,
 )
+from pretrain.training.flops import PRECISION_NAMES
 
 log = get_logger(__name__)
 
 STAGE = "report"
-# Fewer validation blocks and the perplexity is a noisy figure (the same threshold as pretrain.training.FEW_EVAL_BLOCKS).
+# Fewer validation blocks and the perplexity is a noisy figure (the same threshold as pretrain.training.kit.FEW_EVAL_BLOCKS).
 FEW_EVAL_BLOCKS = 50
 FIGURES = ("comparison.png", "label_budgets.png", "per_class_f1.png", "confusion_matrix.png", "pretrain_curve.png", "tapt_curve.png", "distill_curve.png", "fertility.png")
 

@@ -39,11 +39,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import package_dir
 from pretrain.configfile import relative_to
-from pretrain.errors import InputError, UserError
-from pretrain.families import family_name, max_sequence_length
-from pretrain.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records, sniff_binary
+from pretrain.core.config import package_dir
+from pretrain.core.errors import InputError, UserError
+from pretrain.data.io import COMPRESSIONS, FORMATS, compression_of, expand_sources, file_format, file_size, open_text_stream, read_records, sniff_binary
+from pretrain.models.families import family_name, max_sequence_length
 
 # Passes over the corpus in the token budget: enough for the domain's words to be seen several times,
 # few enough not to memorise a small corpus (Gururangan et al. 2020 trained DAPT for about 1-10 passes).

@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.errors import UserError, os_error_line
-from pretrain.logs import is_main_process, setup_logging
+from pretrain.core.errors import UserError, os_error_line
+from pretrain.core.logs import is_main_process, setup_logging
 
 
 def main(*stages: str, argv: list[str] | None = None) -> None:
     """Run `stages` (one, or a module's several in table order) from the command line; their inputs must be in the store."""
     from pretrain import chain
-    from pretrain.artifacts import ArtifactStore
     from pretrain.configfile import load_config
+    from pretrain.core.artifacts import ArtifactStore
 
     records = [chain.stage(name) for name in stages]
     described = ", ".join(r.name for r in records)

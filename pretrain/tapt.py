@@ -27,11 +27,11 @@ from typing import Callable, Iterator
 from pretrain import ingest, pretrain
 from pretrain import tokens as tokens_stage
 from pretrain import vocab as vocab_stage
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import EvaluateConfig, IngestConfig, PretrainConfig, VocabConfig
-from pretrain.errors import UserError
-from pretrain.io import expand_inputs
-from pretrain.tasks import RECORD_FORMATS, file_format_or_none, hold_out_test, read_split
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import EvaluateConfig, IngestConfig, PretrainConfig, VocabConfig
+from pretrain.core.errors import UserError
+from pretrain.data.io import expand_inputs
+from pretrain.data.tasks import RECORD_FORMATS, file_format_or_none, hold_out_test, read_split
 
 # The stages `python -m pretrain.tapt` runs, in order (their records are in `pretrain/chain.py`).
 STAGES = ("tapt-corpus", "tapt-vocab", "tapt-tokens", "tapt")

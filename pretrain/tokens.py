@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import ParallelConfig
-from pretrain.formats import SPLITS
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.shards import report_progress, run_local
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import ParallelConfig
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.data.formats import SPLITS
+from pretrain.data.shards import report_progress, run_local
 
 log = get_logger(__name__)
 
@@ -111,7 +111,7 @@ class Encoding:
 
 def encoding_of(tokenizer_dir: Path) -> Encoding:
     # Imported here: transformers (and torch) are not needed, nor loaded, in the shard workers.
-    from pretrain.vocab import load_fast_tokenizer, plain_backend
+    from pretrain.models.fast_tokenizers import load_fast_tokenizer, plain_backend
 
     tokenizer = load_fast_tokenizer(tokenizer_dir)
     vocab_size = plain_backend(tokenizer).get_vocab_size()

@@ -8,7 +8,7 @@ Output (vocab artifact `v-...`):
   and pre-tokenisation, `##` continuation pieces), loadable with `AutoTokenizer.from_pretrained`.
 - `tokenizer/`: the tokenizer the model trains with: the base's own (`keep`), the base's extended with
   the domain tokens that save the most tokens (`extend`: domain WordPieces for a WordPiece base, whole
-  domain words for a BPE or SentencePiece Unigram base; pretrain/extend.py), or the domain one (`replace`).
+  domain words for a BPE or SentencePiece Unigram base; pretrain/models/extend.py), or the domain one (`replace`).
 - `model_init.json`: how the pretrain stage builds its starting model (new rows and their base pieces).
 - metrics on the validation split, for base, domain and model tokenizer: tokens per whitespace word,
   the share of words split into 3 or more pieces, the sequence-length saving, the most used added tokens.
@@ -24,57 +24,31 @@ from typing import Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import VocabConfig
-from pretrain.errors import InputError
-from pretrain.extend import (
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import VocabConfig
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id
+from pretrain.core.logs import get_logger
+from pretrain.core.progress import Progress, progress
+from pretrain.data.formats import read_split
+from pretrain.models.extend import (
     NewToken,
     changed_words,
     choose_new_tokens,
     choose_new_words,
     extend_backend,
     model_type,
-    pieces_per_word,
     save_model_init,
     unreachable_base_tokens,
 )
-from pretrain.families import EXTENDABLE_TOKENIZERS, extend_problem
-from pretrain.formats import read_split
-from pretrain.ids import artifact_id
-from pretrain.logs import get_logger
-from pretrain.modelfiles import model_folder
-from pretrain.progress import Progress, progress
+from pretrain.models.families import EXTENDABLE_TOKENIZERS, extend_problem
+from pretrain.models.fast_tokenizers import load_fast_tokenizer, measure_fit, plain_backend
+from pretrain.models.modelfiles import model_folder
 
 log = get_logger(__name__)
 
 STAGE = "vocab"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def load_fast_tokenizer(folder: Path):
-    """A Hugging Face fast tokenizer from a folder; a clear error when the model has none."""
-    from transformers import AutoTokenizer
-
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json")):
-        raise InputError(f"{folder}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{folder}: no usable tokenizer ({e})") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(
-            f"{folder}: the tokenizer is not a fast (Rust `tokenizers`) tokenizer; this pipeline needs one for "
-            "offsets and speed. Save the model with a tokenizer.json, e.g. AutoTokenizer.from_pretrained(..., use_fast=True)."
-        )
-    return tokenizer
-
-
-def plain_backend(tokenizer) -> Tokenizer:
-    """A copy of a fast tokenizer's Rust backend with padding and truncation off (they distort counts)."""
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_padding()
-    backend.no_truncation()
-    return backend
 
 
 def train_wordpiece(texts, cfg: VocabConfig, length: int | None = None) -> Tokenizer:
@@ -161,17 +135,6 @@ def _wrap(backend: Tokenizer, like):
         model_input_names=list(like.model_input_names),
         **{name: value for name, value in special.items() if value is not None},
     )
-
-
-def measure_fit(name: str, backend: Tokenizer, texts: list[str]) -> dict:
-    """How a tokenizer fits texts: tokens per whitespace word (fertility), share of words in 3+ pieces."""
-    pieces = pieces_per_word(backend, texts)
-    tokens = int(pieces.sum())
-    return {
-        f"fertility_{name}": round(tokens / max(sum(len(t.split()) for t in texts), 1), 4),
-        f"split3_share_{name}": round(float((pieces >= 3).mean()) if len(pieces) else 0.0, 4),
-        f"validation_tokens_{name}": tokens,
-    }
 
 
 def _counted(batches: Iterator[list[str]], bar: Progress) -> Iterator[list[str]]:

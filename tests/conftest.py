@@ -58,7 +58,7 @@ def tiny_base(tmp_path_factory, corpus_file) -> Path:
     """A 2-layer, hidden-32 BERT with an MLM head and a 600-piece WordPiece tokenizer trained in-process."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from pretrain.config import VocabConfig
+    from pretrain.core.config import VocabConfig
     from pretrain.vocab import save_as_transformers, train_wordpiece
 
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -128,9 +128,9 @@ def make_tiny_config(store: Path, corpus_file: Path, task_files: tuple[Path, Pat
 
 def build_until(raw: dict, until: str):
     """Validate a raw config and build every stage it runs up to `until`: (config, store, ids)."""
-    from pretrain.artifacts import ArtifactStore
     from pretrain.chain import plan, run_stage
     from pretrain.configfile import validate_config
+    from pretrain.core.artifacts import ArtifactStore
 
     config = validate_config(raw)
     store = ArtifactStore(config.store)

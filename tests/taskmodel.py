@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from pretrain import evaluate
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import EvaluateConfig
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import EvaluateConfig
 
 
 def task_config(task_files: tuple[Path, Path], **overrides) -> EvaluateConfig:

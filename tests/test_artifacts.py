@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from pretrain.artifacts import MANIFEST, ArtifactStore, file_digest, format_lineage
-from pretrain.codeversion import code_version
-from pretrain.errors import InputError
-from pretrain.ids import artifact_id
+from pretrain.core.artifacts import MANIFEST, ArtifactStore, file_digest, format_lineage
+from pretrain.core.codeversion import code_version
+from pretrain.core.errors import InputError
+from pretrain.core.ids import artifact_id
 
 # Ids as the store requires them: a stage letter, "-" and 20 hex digits.
 C1 = "c-" + "1" * 20
@@ -30,16 +30,17 @@ def test_ids_are_stable_and_sensitive_to_every_input():
 
 
 def test_ids_are_stable_across_processes():
-    code = "from pretrain.ids import artifact_id; print(artifact_id('ingest', {'a': [1, 2]}, sources=[{'sha256': 'x'}]))"
+    code = "from pretrain.core.ids import artifact_id; print(artifact_id('ingest', {'a': [1, 2]}, sources=[{'sha256': 'x'}]))"
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert outputs == {artifact_id("ingest", {"a": [1, 2]}, sources=[{"sha256": "x"}]) + "\n"}
 
 
 def test_code_version_follows_local_imports_but_not_main_guard():
-    # tokens imports formats and vocab, so their code is part of its version; the stage CLI glue is not.
-    from pretrain.codeversion import code_dependencies
+    # tokens imports formats and the fast tokenizer module, so their code (and the packages they are in) is
+    # part of its version; the stage CLI glue is not.
+    from pretrain.core.codeversion import code_dependencies
 
-    assert {"pretrain.tokens", "pretrain.formats", "pretrain.vocab"} <= code_dependencies("pretrain.tokens")
+    assert {"pretrain.tokens", "pretrain.data.formats", "pretrain.models.fast_tokenizers", "pretrain.data", "pretrain"} <= code_dependencies("pretrain.tokens")
     assert "pretrain.chain" not in code_dependencies("pretrain.tokens")
     assert code_version("pretrain.tokens") != code_version("pretrain.ingest")
 
@@ -82,7 +83,7 @@ def test_a_killed_build_leaves_nothing_a_rerun_would_mistake_for_done(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from pretrain.artifacts import ArtifactStore
+        from pretrain.core.artifacts import ArtifactStore
         store = ArtifactStore({str(tmp_path / "store")!r})
         with store.build("ingest", {C1!r}, config={{}}) as b:
             (b.dir / "half.bin").write_bytes(b"0" * 1000)
@@ -117,7 +118,7 @@ def test_concurrent_publish_of_the_same_id_keeps_one(tmp_path):
         """
         import logging, sys, time
         from pathlib import Path
-        from pretrain.artifacts import ArtifactStore
+        from pretrain.core.artifacts import ArtifactStore
         logging.basicConfig(level=logging.INFO)
         store, barrier, name = ArtifactStore(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
         with store.build("ingest", "c-11111111111111111111", config={"k": 1}) as b:

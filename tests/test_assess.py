@@ -7,8 +7,8 @@ import pytest
 from conftest import build_until, write_config
 
 from pretrain import assess
-from pretrain.configfile import validate_config
 from pretrain.chain import plan
+from pretrain.configfile import validate_config
 
 
 @pytest.fixture

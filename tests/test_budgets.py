@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from pretrain import budgets
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError
-from pretrain.tasks import Split, TaskData
+from pretrain.core.errors import ConfigError
+from pretrain.data.tasks import Split, TaskData
+from pretrain.finetuning import budgets
 
 
 def _task(kind: str, texts: list, labels: list) -> TaskData:
@@ -102,7 +102,7 @@ def test_a_budget_curve_reuses_built_runs_and_is_reported(tiny_config):
     from conftest import build_until
     from pretrain import evaluate, report
     from pretrain.chain import key_figures
-    from pretrain.summaries import evaluation_figures
+    from pretrain.core.summaries import evaluation_figures
 
     config, store, ids = build_until(tiny_config, "pretrain")
     cfg = config.evaluate.model_copy(update={"seeds": [0], "num_epochs": 1, "patience_epochs": None})

@@ -15,10 +15,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import BertConfig, BertForMaskedLM
 
-from pretrain import training
-from pretrain.config import PretrainConfig
-from pretrain.errors import UserError
-from pretrain.mlm import MaskedLM
+from pretrain.core.config import PretrainConfig
+from pretrain.core.errors import UserError
+from pretrain.training import kit
+from pretrain.training.mlm import MaskedLM
 
 
 def _trainee(seed: int):
@@ -27,7 +27,7 @@ def _trainee(seed: int):
                         max_position_embeddings=16)  # fmt: skip
     accelerator = Accelerator(cpu=True)
     cfg = PretrainConfig(max_steps=10, learning_rate=1e-2, warmup_steps=2, micro_batch_size=4, global_batch_size=4)
-    return accelerator, cfg, *training.prepare(accelerator, MaskedLM(BertForMaskedLM(config)), cfg, 10)
+    return accelerator, cfg, *kit.prepare(accelerator, MaskedLM(BertForMaskedLM(config)), cfg, 10)
 
 
 def _step(task, optimizer, scheduler):
@@ -45,8 +45,8 @@ def test_a_checkpoint_is_safetensors_and_json_only_and_restores_every_state_exac
     for _ in range(3):
         _step(task, optimizer, scheduler)
     random.random(), np.random.rand(), torch.rand(1)  # move every generator off its seed
-    training.save_checkpoint("pretrain", accelerator, tmp_path, 3, {"step": 3, "curve": []}, 2, task, optimizer, scheduler)
-    checkpoint = training.latest_checkpoint(tmp_path)
+    kit.save_checkpoint("pretrain", accelerator, tmp_path, 3, {"step": 3, "curve": []}, 2, task, optimizer, scheduler)
+    checkpoint = kit.latest_checkpoint(tmp_path)
     assert checkpoint.name == "step-00000003"
     names = sorted(p.name for p in checkpoint.iterdir())
     assert names == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "rng-0.json", "rng-0.safetensors",
@@ -64,7 +64,7 @@ def test_a_checkpoint_is_safetensors_and_json_only_and_restores_every_state_exac
     accelerator, cfg, task, optimizer, scheduler = _trainee(1)
     for _ in range(4):
         _step(task, optimizer, scheduler)
-    progress = training.restore_checkpoint(accelerator, checkpoint, task, optimizer, scheduler)
+    progress = kit.restore_checkpoint(accelerator, checkpoint, task, optimizer, scheduler)
     assert progress == {"step": 3, "curve": []}
     for name, tensor in expected["weights"].items():
         assert torch.equal(task.state_dict()[name], tensor), name
@@ -80,32 +80,32 @@ def test_a_truncated_or_old_checkpoint_is_named_and_set_aside_for_the_previous_o
     accelerator, cfg, task, optimizer, scheduler = _trainee(0)
     for step in (1, 2, 3):
         _step(task, optimizer, scheduler)
-        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 3, task, optimizer, scheduler)
-    newest, middle, oldest = training.complete_checkpoints(tmp_path / "checkpoints")
+        kit.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 3, task, optimizer, scheduler)
+    newest, middle, oldest = kit.complete_checkpoints(tmp_path / "checkpoints")
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert "model.safetensors is" in training.checkpoint_problem(newest) and "truncated" in training.checkpoint_problem(newest)
+    assert "model.safetensors is" in kit.checkpoint_problem(newest) and "truncated" in kit.checkpoint_problem(newest)
     # One written by the pickle-based format of earlier versions: never loaded.
     (middle / "trainer_state.json").write_text(json.dumps({"step": 2}))
-    assert "older version" in training.checkpoint_problem(middle)
+    assert "older version" in kit.checkpoint_problem(middle)
 
-    checkpoints, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 10, task, optimizer, scheduler)
+    checkpoints, progress = kit.start_or_resume("pretrain", cfg, accelerator, tmp_path, 10, task, optimizer, scheduler)
     assert progress == {"step": 1}
     assert sorted(p.name for p in checkpoints.iterdir()) == ["broken-step-00000002", "broken-step-00000003", "step-00000001"]
 
     data = bytearray((oldest / "optimizer.safetensors").read_bytes())
     data[-1] ^= 1  # one bit of one moment estimate: same size, another sha256
     (oldest / "optimizer.safetensors").write_bytes(bytes(data))
-    assert training.checkpoint_problem(oldest) == "optimizer.safetensors changed since it was written (sha256 differs)"
-    _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 10, task, optimizer, scheduler)
+    assert kit.checkpoint_problem(oldest) == "optimizer.safetensors changed since it was written (sha256 differs)"
+    _, progress = kit.start_or_resume("pretrain", cfg, accelerator, tmp_path, 10, task, optimizer, scheduler)
     assert progress is None  # none left: start over
-    assert not training.complete_checkpoints(checkpoints) and (checkpoints / "broken-step-00000001").is_dir()
+    assert not kit.complete_checkpoints(checkpoints) and (checkpoints / "broken-step-00000001").is_dir()
 
 
 def test_checkpoints_under_fsdp_or_deepspeed_are_refused_before_training():
     cfg = PretrainConfig(max_steps=10, checkpoint_every_steps=5)
     for kind, name in ((DistributedType.FSDP, "FSDP"), (DistributedType.DEEPSPEED, "DeepSpeed")):
         with pytest.raises(UserError, match=f"distill.checkpoint_every_steps: checkpoints under {name} are not supported.*never unpickles"):
-            training.check_checkpointable("distill", cfg, SimpleNamespace(distributed_type=kind))
-    training.check_checkpointable("distill", PretrainConfig(max_steps=10), SimpleNamespace(distributed_type=DistributedType.FSDP))
-    training.check_checkpointable("distill", cfg, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
+            kit.check_checkpointable("distill", cfg, SimpleNamespace(distributed_type=kind))
+    kit.check_checkpointable("distill", PretrainConfig(max_steps=10), SimpleNamespace(distributed_type=DistributedType.FSDP))
+    kit.check_checkpointable("distill", cfg, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import build_parser, main
-from pretrain import registry
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import preflight
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError, InputError
+from pretrain.core import registry
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.errors import ConfigError, InputError
 
 
 def _fake(store: ArtifactStore, aid: str, stage: str, inputs: dict | None = None, folder=None) -> str:

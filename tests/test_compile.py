@@ -15,7 +15,7 @@ from transformers import AutoModelForMaskedLM
 from conftest import build_until
 from pretrain import distill
 from pretrain.chain import plan, run_stage
-from pretrain.mlm import MaskedLM
+from pretrain.training.mlm import MaskedLM
 
 pytestmark = pytest.mark.slow
 

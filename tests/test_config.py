@@ -5,16 +5,16 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_config
-from pretrain import training
 from pretrain.chain import config_warnings
 from pretrain.configfile import load_config, validate_config
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
+from pretrain.training import kit
 
 
 def test_demo_config_is_valid():
     config = load_config(ROOT / "configs" / "demo.yaml")
     # The budget its comment and the README state: 600 steps of 32 blocks of 128 tokens, 2.5M tokens.
-    assert training.total_steps(config.pretrain) * config.pretrain.global_batch_size * config.pretrain.max_seq_length == 2_457_600
+    assert kit.total_steps(config.pretrain) * config.pretrain.global_batch_size * config.pretrain.max_seq_length == 2_457_600
     assert config.base_model.source == "pkg:cognition/model"
     assert config.vocab.mode == "keep"
     assert config.evaluate.num_epochs > 2 * config.evaluate.patience_epochs  # room to converge
@@ -64,7 +64,7 @@ def test_a_token_budget_is_counted_in_steps_once_for_training_and_warnings(tiny_
     # 1000 tokens of 8 blocks of 32: ceil(3.9) = 4 steps, fewer than the warmup and the log interval.
     raw["pretrain"].update(max_steps=None, max_tokens=1000, warmup_steps=5, log_every_steps=10)
     config = validate_config(raw)
-    assert training.total_steps(config.pretrain) == 4
+    assert kit.total_steps(config.pretrain) == 4
     warnings = config_warnings(config)
     assert warnings[0].startswith("pretrain.warmup_steps (5) is not below the run's 4 steps")
     assert warnings[1].startswith("pretrain.log_every_steps (10) is more than the run's 4 steps")

@@ -13,16 +13,17 @@ import unicodedata
 import pytest
 
 from conftest import REUTERS, read_jsonl_gz, write_jsonl
-from pretrain import decontaminate, ingest
-from pretrain.artifacts import ArtifactStore
+from pretrain import ingest
 from pretrain.chain import decontamination_targets, plan, run_stage
-from pretrain.clean import Cleaner
-from pretrain.config import IngestConfig
 from pretrain.configfile import validate_config
-from pretrain.decontaminate import Decontaminator, Targets, TaskFile
-from pretrain.errors import ConfigError, InputError
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import IngestConfig
+from pretrain.core.errors import ConfigError, InputError
+from pretrain.core.summaries import corpus_figures
+from pretrain.data import decontaminate
+from pretrain.data.clean import Cleaner
+from pretrain.data.decontaminate import Decontaminator, Targets, TaskFile
 from pretrain.report import decontamination_sentence
-from pretrain.summaries import corpus_figures
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -268,7 +269,7 @@ def own_data(folder, tiny_config, task_files, stories) -> dict:
 
 
 def test_splits_carved_out_of_the_train_file_are_decontaminated_and_train_texts_stay(tmp_path, tiny_config, task_files, stories):
-    from pretrain.tasks import held_out_texts, read_task
+    from pretrain.data.tasks import held_out_texts, read_task
 
     raw = own_data(tmp_path, tiny_config, task_files, stories)
     config = validate_config(raw)
@@ -304,7 +305,7 @@ def test_splits_carved_out_of_the_train_file_are_decontaminated_and_train_texts_
     sentence = decontamination_sentence(manifest)
     assert "the news test set (held out of labelled.csv by test_fraction) and validation set (held out of labelled.csv by validation_fraction)" in sentence
     assert f"{len(data.test)} of its {len(data.test)} texts found" in sentence
-    from pretrain.summaries import removed_documents
+    from pretrain.core.summaries import removed_documents
 
     named = removed_documents(manifest)
     assert named and all(line.startswith("`docs/doc") and "labelled.csv:" in line and "held out of labelled.csv by" in line for line in named)

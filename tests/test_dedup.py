@@ -8,11 +8,12 @@ import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import formats, ingest
-from pretrain.artifacts import ArtifactStore
-from pretrain.clean import Cleaner
-from pretrain.config import DedupConfig, IngestConfig
-from pretrain.dedup import Signer
+from pretrain import ingest
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import DedupConfig, IngestConfig
+from pretrain.data import formats
+from pretrain.data.clean import Cleaner
+from pretrain.data.dedup import Signer
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_deterministic_and_the_same_in_bounded_passes(tmp_path, stories, monkeyp
     one = ArtifactStore(tmp_path / "one")
     first = one.manifest(ingest.run(cfg, one))
     again = ArtifactStore(tmp_path / "again")
-    monkeypatch.setattr("pretrain.dedup._PASS_ENTRIES", 7)  # ~13 passes over 85 documents
+    monkeypatch.setattr("pretrain.data.dedup._PASS_ENTRIES", 7)  # ~13 passes over 85 documents
     second = again.manifest(ingest.run(cfg, again))
     assert first["id"] == second["id"] and first["files"] == second["files"]
     assert first["metrics"]["duplicates_removed"] == 30 and first["metrics"]["near_duplicates_removed"] >= 15

@@ -7,9 +7,9 @@ import yaml
 
 from conftest import ROOT
 from pretrain.chain import STAGES
-from pretrain.config import PipelineConfig
 from pretrain.configfile import load_config
-from pretrain.errors import UserError
+from pretrain.core.config import PipelineConfig
+from pretrain.core.errors import UserError
 
 PREFECT_YAML = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 

@@ -9,12 +9,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from conftest import crash_after, write_config
-from pretrain import distill, training
-from pretrain.artifacts import ArtifactStore
+from pretrain import distill
 from pretrain.chain import plan, run_stage
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.errors import ConfigError
 from pretrain.stage_cli import main as stage_main
+from pretrain.training import kit
 
 DISTILL = {
     "student_layers": 1,
@@ -180,7 +181,7 @@ def test_distill_end_to_end_student_is_evaluated_and_reported(tiny_config, tmp_p
     assert store.manifest(ids["report"])["inputs"]["distill"] == ids["distill"]
 
     # The student is a handoff model like the adapted one: exported with its card and downstream results.
-    from pretrain.export import export
+    from pretrain.handoff.export import export
 
     export(store, ids["distill"], to=tmp_path / "student")
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "student")
@@ -214,8 +215,8 @@ def test_distill_resumes_from_its_checkpoint_bit_identically(tiny_config):
 def test_messages_of_the_shared_training_kit_name_the_distill_section(tmp_path, monkeypatch):
     import importlib.util
 
-    from pretrain.config import DistillConfig
-    from pretrain.errors import UserError
+    from pretrain.core.config import DistillConfig
+    from pretrain.core.errors import UserError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -223,4 +224,4 @@ def test_messages_of_the_shared_training_kit_name_the_distill_section(tmp_path, 
     with pytest.raises(UserError, match=r"^distill\.log_with: 'wandb' needs the 'wandb' package"):
         distill.train(cfg, tmp_path, tmp_path, tmp_path)  # fails at setup, before reading the teacher or data
     with pytest.raises(UserError, match=r"^distill\.global_batch_size \(8\) is not a multiple of micro_batch_size \(8\) x processes \(3\)"):
-        training.accumulation_steps("distill", cfg, world_size=3)
+        kit.accumulation_steps("distill", cfg, world_size=3)

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 
 from conftest import ROOT, build_until
 from pretrain.chain import plan, run_stage
-from pretrain.errors import UserError
+from pretrain.core.errors import UserError
 from pretrain.launch import launch_command, launch_pretrain
 
 
@@ -59,7 +59,7 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_config, no_dropout_base, lau
 
 
 def test_launch_command_on_a_cpu_machine(tmp_path):
-    from pretrain.config import LauncherConfig
+    from pretrain.core.config import LauncherConfig
 
     command, env = launch_command(LauncherConfig(num_processes=2), tmp_path / "c.yaml")
     if not torch.cuda.is_available():

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from flows.cli import main
-from pretrain import registry
-from pretrain.artifacts import ArtifactStore
-from pretrain.embed import embed
-from pretrain.errors import UserError
+from pretrain.core import registry
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.errors import UserError
+from pretrain.handoff.embed import embed
 
 TEXTS = ["oil prices rose", "the company reported a quarterly net profit of four mln dlrs, up from last year", "wheat", "shares fell sharply"]
 

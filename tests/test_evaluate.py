@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from conftest import build_until, read_jsonl_gz, run_without_project_code, write_jsonl
-from pretrain import evaluate, report, summaries
-from pretrain import finetune as finetune_stage
+from pretrain import evaluate, report
 from pretrain.chain import plan, run_stage
 from pretrain.configfile import validate_config
-from pretrain.errors import InputError
-from pretrain.finetune import encode, finetune
-from pretrain.tasks import read_task
-from pretrain.vocab import load_fast_tokenizer
+from pretrain.core import summaries
+from pretrain.core.errors import InputError
+from pretrain.data.tasks import read_task
+from pretrain.finetuning import finetune as finetune_stage
+from pretrain.finetuning.finetune import encode, finetune
+from pretrain.models.fast_tokenizers import load_fast_tokenizer
 
 
 @pytest.fixture

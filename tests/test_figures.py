@@ -9,10 +9,10 @@ import pytest
 
 from conftest import REUTERS, read_jsonl_gz, write_jsonl
 from pretrain import report
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import plan, run_stage
 from pretrain.configfile import validate_config
-from pretrain.summaries import corpus_figures
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.summaries import corpus_figures
 
 
 def test_duration_covers_the_whole_build_of_every_stage(tiny_config, monkeypatch):

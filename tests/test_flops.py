@@ -5,8 +5,9 @@ import json
 import pytest
 
 from conftest import build_until
-from pretrain import flops, report, training
-from pretrain.formats import load_meta
+from pretrain import report
+from pretrain.data.formats import load_meta
+from pretrain.training import flops, kit
 
 
 @pytest.mark.parametrize(
@@ -54,8 +55,8 @@ def test_pretraining_counts_the_flops_of_its_real_first_step(tiny_config):
     m = store.manifest(ids["pretrain"])["metrics"]
     # The first micro-batch of the run: its masked positions decide the head's share.
     folder = store.local_dir(ids["tokens"])
-    blocks = training.Blocks(folder, "train", cfg.max_seq_length)
-    first = training.MicroBatches(blocks, training.make_masking(cfg, load_meta(folder)), cfg.micro_batch_size, cfg.seed, 1, 1, 0, 0, 1)[0]
+    blocks = kit.Blocks(folder, "train", cfg.max_seq_length)
+    first = kit.MicroBatches(blocks, kit.make_masking(cfg, load_meta(folder)), cfg.micro_batch_size, cfg.seed, 1, 1, 0, 0, 1)[0]
     model_config = json.loads((store.local_dir(ids["base"]) / "config.json").read_text())
     assert m["model_flops_per_step"] == _analytic(model_config, cfg.micro_batch_size, cfg.max_seq_length, len(first["masked_labels"]))
     # train_seconds is rounded to 0.01 s in the manifest (a tiny run takes well under a second): allow that rounding.

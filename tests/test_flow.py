@@ -2,9 +2,9 @@
 
 import pytest
 
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import STAGES, plan
 from pretrain.configfile import validate_config
+from pretrain.core.artifacts import ArtifactStore
 
 # Prefect pipeline runs (a temporary Prefect server; the pretrain flow under accelerate launch).
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
-from pretrain.flops import PRECISION_NAMES  # noqa: E402
-from pretrain.precision import resolve  # noqa: E402
+from pretrain.training.flops import PRECISION_NAMES  # noqa: E402
+from pretrain.training.precision import resolve  # noqa: E402
 
 
 def test_the_script_is_valid_bash_and_refuses_unknown_options():

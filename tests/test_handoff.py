@@ -11,9 +11,9 @@ import pytest
 
 from conftest import build_until, make_tiny_config, write_jsonl
 from flows.cli import main
-from pretrain import export as export_module
-from pretrain import registry
-from pretrain.errors import InputError, UserError
+from pretrain.core import registry
+from pretrain.core.errors import InputError, UserError
+from pretrain.handoff import export as export_module
 from taskmodel import evaluate_models, task_config, task_model
 from test_export import _clean_python
 
@@ -239,7 +239,7 @@ def test_onnx_export_refuses_when_the_tasks_test_files_are_gone(small_store, tin
 def test_predict_names_the_missing_text_field_the_file_and_the_line(classifier_folder, tmp_path, capsys):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "body": "oil prices rose"}, {"id": 2, "body": "net profit"}])
     with pytest.raises(InputError, match=rf"{source}:1: no field 'text' \(fields here: 'id', 'body'\); set --text-field"):
-        from pretrain.predict import predict
+        from pretrain.handoff.predict import predict
 
         predict(str(classifier_folder), str(source), str(tmp_path / "out.jsonl"))
     assert main(["predict", str(classifier_folder), "--input", str(source), "--out", str(tmp_path / "o.jsonl")]) == 2
@@ -250,7 +250,7 @@ def test_predict_names_the_missing_text_field_the_file_and_the_line(classifier_f
 
 
 def test_predict_refuses_an_encoder_folder_and_a_bad_output_name(tiny_base, classifier_folder, tmp_path):
-    from pretrain.predict import predict
+    from pretrain.handoff.predict import predict
 
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "x"}])
     with pytest.raises(UserError, match=r"is not a sequence classifier with labels; `dapt predict` runs exported task models"):

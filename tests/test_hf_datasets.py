@@ -10,11 +10,11 @@ import pytest
 
 from conftest import build_until, read_jsonl_gz, REUTERS
 from pretrain import ingest
-from pretrain.config import IngestConfig, TaskConfig
 from pretrain.configfile import validate_config
-from pretrain.errors import InputError
-from pretrain.hf_datasets import records, resolve
-from pretrain.tasks import read_task, task_sources
+from pretrain.core.config import IngestConfig, TaskConfig
+from pretrain.core.errors import InputError
+from pretrain.data.hf_datasets import records, resolve
+from pretrain.data.tasks import read_task, task_sources
 
 datasets = pytest.importorskip("datasets")
 

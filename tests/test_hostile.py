@@ -24,11 +24,12 @@ import torch
 
 from conftest import ROOT, build_until, make_tiny_config, write_config, write_jsonl
 from flows.cli import main
-from pretrain import registry, training
-from pretrain.artifacts import MANIFEST, ArtifactStore
 from pretrain.chain import run_stage, stage_id
 from pretrain.configfile import load_config, validate_config
-from pretrain.errors import ConfigError, InputError, UserError
+from pretrain.core import registry
+from pretrain.core.artifacts import MANIFEST, ArtifactStore
+from pretrain.core.errors import ConfigError, InputError, UserError
+from pretrain.training import kit
 
 class _Payload:
     """Unpickled, it creates the file named in it: an observable side effect."""
@@ -95,19 +96,19 @@ def test_a_planted_pickle_in_a_checkpoint_folder_never_runs(tmp_path, payload):
     from accelerate import Accelerator
     from transformers import BertConfig, BertForMaskedLM
 
-    from pretrain.config import PretrainConfig
-    from pretrain.mlm import MaskedLM
+    from pretrain.core.config import PretrainConfig
+    from pretrain.training.mlm import MaskedLM
 
     data, marker = payload
     accelerator = Accelerator(cpu=True)
     cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=2)
     model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
-    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, 4)
-    training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
-    checkpoint = training.latest_checkpoint(tmp_path / "checkpoints")
+    task, optimizer, scheduler = kit.prepare(accelerator, MaskedLM(model), cfg, 4)
+    kit.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
+    checkpoint = kit.latest_checkpoint(tmp_path / "checkpoints")
     for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "pytorch_model.bin", "scheduler.bin", "model.pkl"):
         (checkpoint / name).write_bytes(data)  # every name Accelerate's pickled checkpoints used
-    _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
+    _, progress = kit.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
     assert progress == {"step": 2}
     assert not marker.exists(), "a planted pickle ran on resume"
 
@@ -284,7 +285,7 @@ def test_embed_refuses_a_folder_with_only_pickle_weights_and_never_unpickles_it(
 def test_every_model_loader_refuses_pickle_only_folders(pickled_model, payload):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from pretrain.modelfiles import load_model
+    from pretrain.models.modelfiles import load_model
 
     for auto in (AutoModelForMaskedLM, AutoModelForSequenceClassification):
         with pytest.raises(InputError, match=f"teacher {pickled_model}: no safetensors weights. It has pytorch_model.bin"):
@@ -294,7 +295,7 @@ def test_every_model_loader_refuses_pickle_only_folders(pickled_model, payload):
 
 def test_an_evaluate_model_folder_with_only_pickle_weights_is_refused_at_import(pickled_model, tmp_path):
     from pretrain import base
-    from pretrain.config import BaseModelConfig
+    from pretrain.core.config import BaseModelConfig
 
     with pytest.raises(InputError, match=f"base model {pickled_model}: no safetensors weights. It has pytorch_model.bin"):
         base.run(BaseModelConfig(source=str(pickled_model)), ArtifactStore(tmp_path / "store"))
@@ -372,7 +373,7 @@ def test_a_truncated_or_missing_or_unlisted_file_is_refused(copy_of_built):
 
 
 def test_an_unchanged_file_is_not_hashed_again_and_a_changed_one_is(copy_of_built, monkeypatch):
-    from pretrain import artifacts
+    from pretrain.core import artifacts
 
     config, store, ids = copy_of_built
     hashed = []
@@ -391,7 +392,7 @@ def test_an_unchanged_file_is_not_hashed_again_and_a_changed_one_is(copy_of_buil
 
 
 def test_a_freshly_published_artifact_is_not_hashed_again_by_the_next_stage(tmp_path, monkeypatch):
-    from pretrain import artifacts
+    from pretrain.core import artifacts
 
     store = ArtifactStore(tmp_path / "store")
     _text_artifact(store, A, content="x" * 10_000)
@@ -419,7 +420,7 @@ def test_rm_then_rerun_rebuilds_a_corrupted_artifact(copy_of_built, capsys):
 
 def test_a_csv_row_with_an_unterminated_quote_is_an_error_naming_file_and_line(tmp_path, tiny_config):
     from pretrain import ingest
-    from pretrain.config import IngestConfig
+    from pretrain.core.config import IngestConfig
 
     corpus = tmp_path / "corpus.csv"
     good = "".join(f'{i},"document number {i} about grain and oil prices"\n' for i in range(1, 41))
@@ -435,7 +436,7 @@ def test_a_csv_row_with_an_unterminated_quote_is_an_error_naming_file_and_line(t
 
 
 def test_a_task_csv_with_an_unterminated_quote_is_named(tmp_path):
-    from pretrain.io import read_records
+    from pretrain.data.io import read_records
 
     task = tmp_path / "train.csv"
     task.write_text('text,label\nfine text,a\n"open quote,b\nnext,c\n')
@@ -483,7 +484,7 @@ def test_an_override_that_is_not_yaml_is_one_line_naming_it(tmp_path, tiny_confi
 
 def test_custom_code_in_a_base_model_is_never_run_and_the_import_says_so(tmp_path, tiny_base, caplog):
     from pretrain import base
-    from pretrain.config import BaseModelConfig
+    from pretrain.core.config import BaseModelConfig
 
     folder = tmp_path / "custom"
     shutil.copytree(tiny_base, folder)
@@ -825,16 +826,16 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     from accelerate import Accelerator
     from transformers import BertConfig, BertForMaskedLM
 
-    from pretrain.config import PretrainConfig
-    from pretrain.mlm import MaskedLM
+    from pretrain.core.config import PretrainConfig
+    from pretrain.training.mlm import MaskedLM
 
     previous = os.umask(0o022)
     try:
         accelerator = Accelerator(cpu=True)
         model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
-        task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), PretrainConfig(max_steps=4), 4)
-        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
-        checkpoint = training.latest_checkpoint(tmp_path / "checkpoints")
+        task, optimizer, scheduler = kit.prepare(accelerator, MaskedLM(model), PretrainConfig(max_steps=4), 4)
+        kit.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", 2, {"step": 2}, 2, task, optimizer, scheduler)
+        checkpoint = kit.latest_checkpoint(tmp_path / "checkpoints")
         assert {p.name: p.stat().st_mode & 0o777 for p in checkpoint.iterdir()} == {p.name: 0o644 for p in checkpoint.iterdir()}
         assert "model.safetensors" in {p.name for p in checkpoint.iterdir()} and checkpoint.stat().st_mode & 0o777 == 0o755
     finally:
@@ -848,7 +849,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
 SLOW_RUN = textwrap.dedent(
     """
     import sys, time
-    from pretrain.mlm import MaskedLM
+    from pretrain.training.mlm import MaskedLM
     forward = MaskedLM.forward
     def slow_forward(self, *args, **kwargs):
         if self.training:
@@ -996,24 +997,24 @@ def test_a_forged_checkpoint_whose_scheduler_json_is_not_json_is_set_aside_not_a
     from accelerate import Accelerator
     from transformers import BertConfig, BertForMaskedLM
 
-    from pretrain.config import PretrainConfig
-    from pretrain.mlm import MaskedLM
+    from pretrain.core.config import PretrainConfig
+    from pretrain.training.mlm import MaskedLM
 
     accelerator = Accelerator(cpu=True)
     cfg = PretrainConfig(max_steps=4, checkpoint_every_steps=2)
     model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
-    task, optimizer, scheduler = training.prepare(accelerator, MaskedLM(model), cfg, 4)
+    task, optimizer, scheduler = kit.prepare(accelerator, MaskedLM(model), cfg, 4)
     for step in (2, 4):
-        training.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 2, task, optimizer, scheduler)
-    newest = training.latest_checkpoint(tmp_path / "checkpoints")
+        kit.save_checkpoint("pretrain", accelerator, tmp_path / "checkpoints", step, {"step": step}, 2, task, optimizer, scheduler)
+    newest = kit.latest_checkpoint(tmp_path / "checkpoints")
     forged = b"\xff\xfe not json \x00\x81"
     (newest / "scheduler.json").write_bytes(forged)
     state = json.loads((newest / "trainer_state.json").read_text())
     state["files"]["scheduler.json"] = {"size": len(forged), "sha256": file_digest_bytes(forged)}  # hashes forged to match
     (newest / "trainer_state.json").write_text(json.dumps(state))
-    assert training.checkpoint_problem(newest) == "scheduler.json is not JSON"
+    assert kit.checkpoint_problem(newest) == "scheduler.json is not JSON"
     with caplog.at_level("WARNING", logger="pretrain"):
-        _, progress = training.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
+        _, progress = kit.start_or_resume("pretrain", cfg, accelerator, tmp_path, 4, task, optimizer, scheduler)
     assert progress == {"step": 2}  # the previous checkpoint, as for a truncated one
     assert f"checkpoint {newest} cannot be restored: scheduler.json is not JSON. Set aside as broken-step-00000004" in caplog.text
 
@@ -1096,7 +1097,7 @@ def test_a_remote_corpus_input_without_network_is_one_line_naming_it(offline, tm
 def test_export_to_a_read_only_or_full_folder_is_one_line_and_leaves_nothing(base_store, capsys, tmp_path, monkeypatch):
     import errno
 
-    from pretrain import export as export_module
+    from pretrain.handoff import export as export_module
 
     store, _ = base_store
     real = shutil.copy2
@@ -1172,8 +1173,8 @@ def test_predict_on_a_file_that_is_not_onnx_is_one_line(classifier_folder, tmp_p
 
 def test_csv_errors_name_the_line_where_the_quote_opens(tmp_path):
     from pretrain import ingest
-    from pretrain.config import IngestConfig
-    from pretrain.io import read_records
+    from pretrain.core.config import IngestConfig
+    from pretrain.data.io import read_records
 
     task = tmp_path / "task.csv"  # the quote opens on line 11 and closes on line 12, followed by more text
     task.write_text("text,label\n" + "".join(f"row {i},a\n" for i in range(2, 11)) + '"open quote,b\nnext" and more,c\nlast,a\n')

@@ -11,8 +11,13 @@
 - the stage table (`pretrain.chain`) is imported by no module of `pretrain/` but the stage command line,
   and a stage's `__main__` block imports only that command line (`pretrain.stage_cli`), naming stages
   the table has;
-- one logging path: loggers come from `pretrain.logs` (rank-aware, works without an Accelerate state),
-  never from `accelerate.logging` or `logging.getLogger(__name__)`, and only `pretrain.logs` configures
+- the library's groups import in one direction (GROUPS: `pretrain.core` nothing else of the project,
+  `pretrain.data` and `pretrain.models` the core, ... `pretrain.handoff` every other group), and no
+  module of a group imports the top of `pretrain/` (the stages and their command lines) or `flows/`;
+  here every import counts, in a function, a `__main__` or an `if TYPE_CHECKING:` block alike. The top
+  of `pretrain/` holds only the entry points (TOP), and each group's `__init__.py` only a docstring;
+- one logging path: loggers come from `pretrain.core.logs` (rank-aware, works without an Accelerate state),
+  never from `accelerate.logging` or `logging.getLogger(__name__)`, and only `pretrain.core.logs` configures
   logging.
 """
 
@@ -23,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pretrain", "flows")
-LOGS = "pretrain.logs"
+LOGS = "pretrain.core.logs"
 # Private names a module still imports from another, each waiting for a change on its way (and removed
 # with it: an entry that no longer occurs fails the test). The training kit leaves pretrain.py for a
 # module of its own with public names (issue 12, the other half).
@@ -51,31 +56,31 @@ def _is_main_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
 
 
-def _skipped_block(node: ast.AST, main: bool) -> bool:
+def _skipped_block(node: ast.AST, main: bool, checking: bool = False) -> bool:
     if not isinstance(node, ast.If):
         return False
-    return (not main and _is_main_block(node)) or ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+    return (not main and _is_main_block(node)) or (not checking and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"))
 
 
 def _main_blocks(tree: ast.Module) -> list[ast.If]:
     return [node for node in tree.body if _is_main_block(node)]
 
 
-def _walk(tree: ast.AST, main: bool = False):
-    """ast.walk without TYPE_CHECKING blocks, and without `__main__` blocks unless `main`."""
+def _walk(tree: ast.AST, main: bool = False, checking: bool = False):
+    """ast.walk without TYPE_CHECKING blocks unless `checking`, and without `__main__` blocks unless `main`."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if _skipped_block(node, main):
+        if _skipped_block(node, main, checking):
             continue
         yield node
         stack.extend(ast.iter_child_nodes(node))
 
 
-def _imports(module: str, tree: ast.Module, main: bool = False) -> list[tuple[ast.AST, str, str | None]]:
+def _imports(module: str, tree: ast.Module, main: bool = False, checking: bool = False) -> list[tuple[ast.AST, str, str | None]]:
     """(node, project module imported, name imported from it or None) for every import of the project."""
     found = []
-    for node in _walk(tree, main):
+    for node in _walk(tree, main, checking):
         if isinstance(node, ast.Import):
             found += [(node, alias.name, None) for alias in node.names if alias.name in MODULES]
         elif isinstance(node, ast.ImportFrom):
@@ -92,7 +97,7 @@ def _imports(module: str, tree: ast.Module, main: bool = False) -> list[tuple[as
 
 
 def _module_aliases(module: str, tree: ast.Module) -> dict[str, str]:
-    """Local names bound to project modules: `from pretrain import ingest`, `import pretrain.io as io`."""
+    """Local names bound to project modules: `from pretrain import ingest`, `import pretrain.data.io as io`."""
     aliases = {}
     for node in _walk(tree):
         if isinstance(node, ast.Import):
@@ -191,10 +196,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_checks_see_every_module_and_catch_what_they_should():
-    assert {"pretrain.ingest", "pretrain.logs", "flows.pipeline", "flows.cli"} <= set(MODULES)
+    assert {"pretrain.ingest", "pretrain.core.logs", "flows.pipeline", "flows.cli"} <= set(MODULES)
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = import_graph()
-    assert "pretrain.io" in graph["pretrain.tasks"]
+    assert "pretrain.data.io" in graph["pretrain.data.tasks"]
     # A main block's import is an edge of the module `python -m` runs, and a lazy one (inside a function) counts.
     assert "pretrain.stage_cli" in graph["pretrain.pretrain:__main__"] and "pretrain.stage_cli" not in graph["pretrain.pretrain"]
     assert "pretrain.chain" in graph["pretrain.stage_cli"]
@@ -240,3 +245,88 @@ def test_no_library_module_imports_the_stage_table_and_a_stage_main_only_runs_it
             value = getattr(importlib.import_module(module), ast.unparse(arg.value if isinstance(arg, ast.Starred) else arg))
             named += list(value) if isinstance(arg, ast.Starred) else [value]
         assert named == [stage.name for stage in chain.TABLE if stage.command == module], module
+
+
+# The groups of the library and the groups each may import besides itself (README, "Development"). The
+# top of `pretrain/` (the stages and the rest of TOP) and `flows/` may import anything; a group never
+# imports the top: the stages import the library, the library never imports a stage.
+GROUPS = {
+    "core": set(),
+    "data": {"core"},
+    "models": {"core"},
+    "training": {"core", "data", "models"},
+    "finetuning": {"core", "data", "models", "training"},
+    "handoff": {"core", "data", "models", "training", "finetuning"},
+}
+# The top of `pretrain/`: the pipeline's entry points, each run as `python -m pretrain.<name>` or read by
+# the ones that are. A module that is not one of these belongs in a group.
+TOP = {"pretrain", "pretrain.base", "pretrain.ingest", "pretrain.vocab", "pretrain.tokens", "pretrain.assess", "pretrain.pretrain",
+       "pretrain.distill", "pretrain.tapt", "pretrain.evaluate", "pretrain.report", "pretrain.chain", "pretrain.stage_cli",
+       "pretrain.launch", "pretrain.configfile", "pretrain.scaffold"}  # fmt: skip
+
+
+def group(module: str) -> str | None:
+    """The group of a module of `pretrain/` (`pretrain.core.logs` -> `core`); None for the top of `pretrain/` and for `flows/`."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pretrain" and len(parts) > 1 and parts[1] in GROUPS else None
+
+
+def every_import() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere: at the top, in functions, its `__main__` and `TYPE_CHECKING` blocks."""
+    return {module: {imported for _, imported, _ in _imports(module, tree, main=True, checking=True)} - {module} for module, tree in MODULES.items()}
+
+
+def wrong_direction(imports: dict[str, set[str]]) -> list[str]:
+    """`importer -> imported (why)` for every import of a group's module that GROUPS does not allow."""
+    wrong = []
+    for module, imported in sorted(imports.items()):
+        own = group(module)
+        if own is None:
+            continue
+        for other in sorted(imported):
+            theirs = group(other)
+            if theirs is None:
+                wrong.append(f"{module} -> {other} (the library imports the top of pretrain/ or flows/)")
+            elif theirs != own and theirs not in GROUPS[own]:
+                wrong.append(f"{module} -> {other} ({own} may import {sorted(GROUPS[own]) or 'no other group'})")
+    return wrong
+
+
+def test_the_direction_rule_catches_a_wrong_edge():
+    assert group("pretrain.core.logs") == "core" and group("pretrain.handoff") == "handoff"
+    assert group("pretrain.ingest") is None and group("pretrain") is None and group("flows.cli") is None
+    imports = every_import()
+    # A lazy import counts (export imports quantize inside a function), as does one at the top (runpool's tokenizer loader).
+    assert "pretrain.handoff.quantize" in imports["pretrain.handoff.export"]
+    assert "pretrain.models.fast_tokenizers" in imports["pretrain.finetuning.runpool"]
+    planted = {
+        "pretrain.core.logs": {"pretrain.data.io"},  # core imports nothing else of the project
+        "pretrain.models.extend": {"pretrain.training.mlm", "pretrain.core.errors"},  # up a level; the core is fine
+        "pretrain.data.io": {"pretrain.vocab"},  # a stage
+        "pretrain.handoff.export": {"pretrain.finetuning.finetune", "pretrain.handoff.cards"},  # both allowed
+        "pretrain.ingest": {"pretrain.handoff.export", "flows.cli"},  # the top imports anything
+    }
+    assert [line.split(" (")[0] for line in wrong_direction(planted)] == [
+        "pretrain.core.logs -> pretrain.data.io", "pretrain.data.io -> pretrain.vocab", "pretrain.models.extend -> pretrain.training.mlm"]
+
+
+def test_the_library_imports_in_one_direction_and_never_a_stage():
+    problems = wrong_direction(every_import())
+    assert not problems, "imports against the layout (move the shared part down, or import it where it is used):\n" + "\n".join(problems)
+
+
+def test_the_top_of_pretrain_holds_the_entry_points_and_every_other_module_a_group():
+    top = {module for module in MODULES if module.startswith("pretrain") and group(module) is None}
+    assert top == TOP, f"not an entry point, so it belongs in a group of pretrain/: {sorted(top - TOP)}; gone: {sorted(TOP - top)}"
+    packages = {path.parent.name for path in (ROOT / "pretrain").rglob("*.py") if path.parent != ROOT / "pretrain"}
+    assert packages == set(GROUPS), "a package of pretrain/ without its line in GROUPS (what it may import), or one in GROUPS without a package"
+
+
+def test_each_group_has_a_docstring_and_nothing_else_in_its_init():
+    # Python runs a package's __init__ before any of its modules, and the code version counts it (pretrain/core/codeversion.py).
+    for name in GROUPS:
+        body = MODULES[f"pretrain.{name}"].body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), (
+            f"pretrain/{name}/__init__.py: a one-paragraph docstring of what belongs there and what it may import, and nothing else (no re-exports)"
+        )
+        assert "may import" in body[0].value.value, f"pretrain/{name}/__init__.py: its docstring says what it may import"

@@ -14,13 +14,14 @@ import yaml
 import zstandard
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import clean, formats, ingest
-from pretrain.artifacts import ArtifactStore
+from pretrain import ingest
 from pretrain.chain import plan
-from pretrain.config import IngestConfig
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError, InputError
-from pretrain.io import FileStats, RecordSource, expand_sources, iter_texts, read_records
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import IngestConfig
+from pretrain.core.errors import ConfigError, InputError
+from pretrain.data import clean, formats
+from pretrain.data.io import FileStats, RecordSource, expand_sources, iter_texts, read_records
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain.artifacts import ArtifactStore
 from pretrain.configfile import validate_config
+from pretrain.core.artifacts import ArtifactStore
 
 # Prefect flows with shard tasks, on a local Dask cluster too.
 pytestmark = pytest.mark.slow

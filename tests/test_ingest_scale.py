@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import REUTERS, read_jsonl_gz
-from pretrain import base, formats, ingest, tokens, vocab
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
-from pretrain.training import Blocks, word_eval_batches
+from pretrain import base, ingest, tokens, vocab
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain.data import formats
+from pretrain.training.kit import Blocks, word_eval_batches
 
 TRAILER = r"(?i)\s*reuter\s*\x03\s*$"
 
@@ -124,7 +125,7 @@ def test_token_shards_read_back_as_one_stream(tmp_path, corpus_file, tiny_base, 
 
 @pytest.mark.slow
 def test_a_bad_record_in_a_worker_process_is_the_users_error(tmp_path, records):
-    from pretrain.errors import InputError
+    from pretrain.core.errors import InputError
 
     folder = tmp_path / "in"
     write(folder / "a.jsonl", records[:300])

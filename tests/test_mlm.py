@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.mlm import Masking, MaskedLM, MlmHead, mlm_head
+from pretrain.training.mlm import Masking, MaskedLM, MlmHead, mlm_head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

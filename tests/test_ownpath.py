@@ -16,11 +16,11 @@ import pytest
 
 from conftest import REUTERS, read_jsonl_gz
 from flows.cli import main
-from pretrain import export as export_module
-from pretrain.artifacts import ArtifactStore, file_digest
 from pretrain.chain import plan, run_stage
 from pretrain.configfile import load_config
-from pretrain.errors import InputError, UserError
+from pretrain.core.artifacts import ArtifactStore, file_digest
+from pretrain.core.errors import InputError, UserError
+from pretrain.handoff import export as export_module
 from pretrain.scaffold import init
 
 

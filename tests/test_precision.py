@@ -16,10 +16,11 @@ from transformers import AutoModelForMaskedLM
 from transformers.models.bert import modeling_bert
 
 from conftest import build_until
-from pretrain import finetune, precision, training
 from pretrain.chain import run_stage
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError, UserError
+from pretrain.core.errors import ConfigError, UserError
+from pretrain.finetuning import finetune
+from pretrain.training import kit, precision
 
 SHORT = {"max_steps": 4, "log_every_steps": 2, "max_eval_blocks": 8, "mixed_precision": "bf16"}
 
@@ -136,7 +137,7 @@ def test_fp16_without_cuda_is_refused_by_the_stages_themselves(tiny_config, monk
     config = validate_config(tiny_config)
     fp16 = config.pretrain.model_copy(update={"mixed_precision": "fp16"})
     with pytest.raises(UserError, match="distill.mixed_precision: fp16 needs a CUDA GPU"):
-        training.setup("distill", fp16, tmp_path)
+        kit.setup("distill", fp16, tmp_path)
     with pytest.raises(UserError, match="evaluate.mixed_precision: fp16 needs a CUDA GPU"):
         finetune.mixed_precision("fp16", torch.device("cpu"))
     autocast, scaler = finetune.mixed_precision("bf16", torch.device("cpu"))

@@ -6,11 +6,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from conftest import build_until, crash_after
-from pretrain import training
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import plan, run_stage
-from pretrain.formats import load_meta
-from pretrain.mlm import Masking, MaskedLM
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.data.formats import load_meta
+from pretrain.training import kit
+from pretrain.training.mlm import Masking, MaskedLM
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_run_whose_only_change_is_its_checkpoint_cadence_resumes(upstream, cap
         run_stage("pretrain", every_three, other, ids)
     assert sorted(p.name for p in (other.work_dir(aid) / "checkpoints").iterdir()) == ["step-00000003"]
     every_two = _with(reference, checkpoint_every_steps=2, keep_checkpoints=3)
-    with caplog.at_level("INFO", logger="pretrain.training"):
+    with caplog.at_level("INFO", logger="pretrain.training.kit"):
         assert run_stage("pretrain", every_two, other, ids) == aid
     assert "resuming from" in caplog.text and "step-00000003 (step 3 of 8)" in caplog.text
     resumed = load_file(other.local_dir(aid) / "model" / "model.safetensors")
@@ -117,33 +117,33 @@ def test_nan_loss_stops_with_a_clear_error(upstream, monkeypatch):
 
     nan_from_step_three.calls = 0
     monkeypatch.setattr(MaskedLM, "forward", nan_from_step_three)
-    with pytest.raises(training.TrainingError, match="loss became nan between steps 3 and 4"):
+    with pytest.raises(kit.TrainingError, match="loss became nan between steps 3 and 4"):
         run_stage("pretrain", config, store, ids)
     assert not store.exists(plan(config)["pretrain"])
 
 
 def test_derived_values():
-    from pretrain.config import PretrainConfig
-    from pretrain.errors import UserError
+    from pretrain.core.config import PretrainConfig
+    from pretrain.core.errors import UserError
 
     cfg = PretrainConfig(max_tokens=10_000, global_batch_size=16, micro_batch_size=4, max_seq_length=64)
-    assert training.total_steps(cfg) == 10  # ceil(10000 / (16 * 64))
-    assert training.accumulation_steps("pretrain", cfg, world_size=1) == 4
-    assert training.accumulation_steps("pretrain", cfg, world_size=2) == 2
+    assert kit.total_steps(cfg) == 10  # ceil(10000 / (16 * 64))
+    assert kit.accumulation_steps("pretrain", cfg, world_size=1) == 4
+    assert kit.accumulation_steps("pretrain", cfg, world_size=2) == 2
     with pytest.raises(UserError, match="not a multiple of micro_batch_size"):
-        training.accumulation_steps("pretrain", cfg, world_size=3)
-    factor = training.lr_lambda(warmup_steps=2, steps=10)
+        kit.accumulation_steps("pretrain", cfg, world_size=3)
+    factor = kit.lr_lambda(warmup_steps=2, steps=10)
     assert [round(factor(s), 3) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.125]
 
 
 def test_micro_batches_are_the_same_for_any_world_size(upstream):
     config, store, ids = upstream
     folder = store.local_dir(ids["tokens"])
-    blocks = training.Blocks(folder, "train", 32)
-    masking = training.make_masking(config.pretrain, load_meta(folder))
+    blocks = kit.Blocks(folder, "train", 32)
+    masking = kit.make_masking(config.pretrain, load_meta(folder))
 
     def global_batches(world, accum, start=0):
-        per_rank = [training.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
+        per_rank = [kit.MicroBatches(blocks, masking, 2, 0, accum, world, r, start, 3) for r in range(world)]
         out = {}
         for r, data in enumerate(per_rank):
             for k in range(len(data)):
@@ -174,7 +174,7 @@ def test_tensorboard_tracking_goes_into_the_artifact(upstream):
 def test_missing_tracker_package_is_a_clear_error(upstream, monkeypatch):
     import importlib.util
 
-    from pretrain.errors import UserError
+    from pretrain.core.errors import UserError
 
     config, store, ids = upstream
     real = importlib.util.find_spec
@@ -234,7 +234,7 @@ def test_word_eval_masks_whole_words_chosen_by_position(upstream):
     config, store, ids = upstream
     folder = store.local_dir(ids["tokens"])
     meta = load_meta(folder)
-    batches = training.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    batches = kit.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
     total_words = 0
     for batch, words in batches:
         ids_ = batch["input_ids"]
@@ -245,5 +245,5 @@ def test_word_eval_masks_whole_words_chosen_by_position(upstream):
         total_words += words
         assert words <= len(batch["masked_labels"])
     assert total_words > 0
-    again = training.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
+    again = kit.word_eval_batches(folder, 32, 10_000, 8, seed=0, probability=0.3)
     assert all(torch.equal(a["masked_positions"], b["masked_positions"]) for (a, _), (b, _) in zip(batches, again))

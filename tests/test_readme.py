@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from pretrain.config import (
+from pretrain.core.config import (
     BaseModelConfig,
     DistillConfig,
     DomainPretrainConfig,

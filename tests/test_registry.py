@@ -11,9 +11,9 @@ import pytest
 
 from conftest import ROOT
 from flows.cli import main
-from pretrain import registry
-from pretrain.artifacts import ArtifactStore
-from pretrain.errors import InputError, UserError
+from pretrain.core import registry
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.errors import InputError, UserError
 
 
 def _model(store, aid, base_dir, inputs=None):
@@ -68,7 +68,7 @@ def test_concurrent_promotes_lose_nothing(tmp_path):
     store = ArtifactStore(tmp_path / "s")
     ids = [_text(store, f"c-{i:020x}") for i in range(3)]
     script = (
-        "import sys; from pretrain.artifacts import ArtifactStore; from pretrain import registry\n"
+        "import sys; from pretrain.core.artifacts import ArtifactStore; from pretrain.core import registry\n"
         "store = ArtifactStore(sys.argv[1])\n"
         "for _ in range(15): registry.promote(store, sys.argv[2], 'production')\n"
     )

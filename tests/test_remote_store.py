@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.artifacts import MANIFEST, ArtifactStore
+from pretrain.core.artifacts import MANIFEST, ArtifactStore
 
 # moto's S3 server in another process.
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def s3_store(s3_endpoint, monkeypatch, tmp_path):
 
 
 def test_publish_uploads_the_manifest_last_and_retries_io_errors(s3_store, monkeypatch, tmp_path):
-    import pretrain.artifacts as artifacts
+    import pretrain.core.artifacts as artifacts
 
     monkeypatch.setattr(artifacts.time, "sleep", lambda s: None)
     store = ArtifactStore(s3_store, cache_dir=tmp_path / "c1")
@@ -119,9 +119,9 @@ def test_the_pipeline_on_s3_publishes_lists_reads_back_and_keeps_lineage(s3_stor
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import pipeline
-    from pretrain.artifacts import file_digest, format_lineage
     from pretrain.chain import plan
     from pretrain.configfile import validate_config
+    from pretrain.core.artifacts import file_digest, format_lineage
 
     # One fine-tuning epoch: this test is about the store, not the scores.
     config = validate_config({**tiny_config, "store": s3_store, "evaluate": {**tiny_config["evaluate"], "num_epochs": 1}})

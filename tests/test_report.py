@@ -1,9 +1,9 @@
 """The report's verdict: from the interval over seeds and test examples, and none with fewer than 3 seeds."""
 
 from pretrain.chain import key_figures
+from pretrain.core.summaries import format_comparison
+from pretrain.finetuning.scoring import MIN_SEEDS_FOR_VERDICT, interval_method
 from pretrain.report import headline_text, verdict
-from pretrain.scoring import MIN_SEEDS_FOR_VERDICT, interval_method
-from pretrain.summaries import format_comparison
 
 
 def _comparison(per_seed, low, high, said):
@@ -59,7 +59,7 @@ def test_key_figures_show_the_vocabulary_change_and_per_word_perplexity():
 
 
 def test_ties_are_counted_as_ties_wherever_seeds_are_counted():
-    from pretrain.summaries import seed_counts, seed_tally
+    from pretrain.core.summaries import seed_counts, seed_tally
 
     tied = _comparison([0.02, 0.0, 0.0], -0.01, 0.03, "no clear difference")
     assert seed_tally(tied) == (1, 2, 0) and seed_counts(tied) == "better in 1, tied in 2, worse in 0"
@@ -69,6 +69,7 @@ def test_ties_are_counted_as_ties_wherever_seeds_are_counted():
 
 
 def test_the_report_warns_about_a_small_validation_split_where_the_run_does():
-    from pretrain import report, training
+    from pretrain import report
+    from pretrain.training import kit
 
-    assert report.FEW_EVAL_BLOCKS == training.FEW_EVAL_BLOCKS
+    assert report.FEW_EVAL_BLOCKS == kit.FEW_EVAL_BLOCKS

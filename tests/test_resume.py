@@ -8,9 +8,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import ROOT, make_tiny_config, write_config
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import plan, run_stage
 from pretrain.configfile import validate_config
+from pretrain.core.artifacts import ArtifactStore
 
 # Training processes killed with SIGKILL and re-run.
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import safetensors.torch
-    from pretrain.mlm import MaskedLM
+    from pretrain.training.mlm import MaskedLM
     from pretrain.stage_cli import main as stage_main
 
     where, after = sys.argv[2], int(sys.argv[3])

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from conftest import ROOT, build_until, write_config
-from pretrain import evaluate, finetune, runpool
-from pretrain.artifacts import ArtifactStore, MANIFEST, file_digest
-from pretrain.config import ModelSource
+from pretrain import evaluate
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError
+from pretrain.core.artifacts import ArtifactStore, MANIFEST, file_digest
+from pretrain.core.config import ModelSource
+from pretrain.core.errors import ConfigError
+from pretrain.finetuning import finetune, runpool
 
 
 def test_parallel_runs_is_validated_and_part_of_no_id(tiny_config):
@@ -74,7 +75,7 @@ def test_two_worker_processes_build_exactly_the_sequential_runs(two_stores, tiny
         one = evaluate.run(cfg.model_copy(update={"parallel_runs": 1}), sequential, base=ids["base"], model=ids["pretrain"])
     finally:
         torch.set_num_threads(threads)
-    with caplog.at_level(logging.INFO, logger="pretrain.runpool"):
+    with caplog.at_level(logging.INFO, logger="pretrain.finetuning.runpool"):
         two = evaluate.run(cfg.model_copy(update={"parallel_runs": 2}), spread, base=ids["base"], model=ids["pretrain"])
     assert one == two
     runs = sorted({fid for fid in sequential.manifest(one)["inputs"].values() if fid.startswith("f-")})

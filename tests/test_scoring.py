@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from seqeval.metrics import f1_score as entity_f1
 
-from pretrain import scoring
+from pretrain.finetuning import scoring
 
 
 def _random_tags(rng, n_sentences: int) -> list[list[str]]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REUTERS, ROOT, read_jsonl_gz, write_jsonl
-from pretrain.artifacts import ArtifactStore
 from pretrain.chain import STAGES, plan
 from pretrain.configfile import validate_config
+from pretrain.core.artifacts import ArtifactStore
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 SERVER = ROOT / "infra" / "server.sh"

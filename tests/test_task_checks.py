@@ -14,10 +14,10 @@ import pytest
 from conftest import ROOT, read_jsonl_gz, write_config
 from flows.cli import main
 from pretrain.chain import preflight
-from pretrain.config import TaskConfig
 from pretrain.configfile import validate_config
-from pretrain.errors import InputError
-from pretrain.tasks import read_task
+from pretrain.core.config import TaskConfig
+from pretrain.core.errors import InputError
+from pretrain.data.tasks import read_task
 
 
 def _csv(path, rows, delimiter=",", header=("document", "category")):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import write_jsonl
-from pretrain.config import EvaluateConfig, TaskConfig
 from pretrain.configfile import validate_config
-from pretrain.errors import ConfigError, InputError
-from pretrain.finetune import IGNORE, encode
-from pretrain.tasks import read_task
-from pretrain.vocab import load_fast_tokenizer
+from pretrain.core.config import EvaluateConfig, TaskConfig
+from pretrain.core.errors import ConfigError, InputError
+from pretrain.data.tasks import read_task
+from pretrain.finetuning.finetune import IGNORE, encode
+from pretrain.models.fast_tokenizers import load_fast_tokenizer
 
 
 def _task(tmp_path, train, test, validation=None, **settings) -> TaskConfig:

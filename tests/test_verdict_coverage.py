@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pretrain import scoring
+from pretrain.finetuning import scoring
 
 # The demo's spreads (README, Quick start): adapted − base macro-F1 differs by ± 0.028 over seeds, and the
 # test-only 95% interval of the seed-averaged difference is ± 0.017 wide (standard error 0.0084).

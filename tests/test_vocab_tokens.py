@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from pretrain import base, formats, ingest, tokens, vocab
-from pretrain.artifacts import ArtifactStore
-from pretrain.config import BaseModelConfig, IngestConfig, VocabConfig
-from pretrain.errors import InputError
-from pretrain.formats import read_split
+from pretrain import base, ingest, tokens, vocab
+from pretrain.core.artifacts import ArtifactStore
+from pretrain.core.config import BaseModelConfig, IngestConfig, VocabConfig
+from pretrain.core.errors import InputError
+from pretrain.data import formats
+from pretrain.data.formats import read_split
+from pretrain.models import fast_tokenizers
 
 
 @pytest.fixture
@@ -44,8 +46,8 @@ def test_fertility_ignores_padding_and_truncation(tiny_base):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     tokenizer.backend_tokenizer.enable_padding(length=64)
     tokenizer.backend_tokenizer.enable_truncation(max_length=3)
-    backend = vocab.plain_backend(tokenizer)
-    fit = vocab.measure_fit("x", backend, ["oil", "oil prices rose sharply today in the session"])
+    backend = fast_tokenizers.plain_backend(tokenizer)
+    fit = fast_tokenizers.measure_fit("x", backend, ["oil", "oil prices rose sharply today in the session"])
     assert 1.0 <= fit["fertility_x"] < 3 and fit["validation_tokens_x"] < 64
     assert len(backend.encode("oil prices rose sharply today", add_special_tokens=False).ids) >= 5
 
