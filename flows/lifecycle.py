@@ -13,7 +13,7 @@ prefect.server.api.server`), and its stages start workers (shard tasks, fine-tun
   and the server is stopped at exit. A second signal ends the process at once (the watchdog cleans up);
 - kill -9, or a crash of the interpreter: no code runs in the dying process, so a second, small process
   started at the beginning (`start_watchdog`) notes the run's descendants every half second and, when
-  the run is gone, terminates those still alive (SIGTERM, then SIGKILL after 5 s). psutil checks each
+  the run is gone, terminates those still alive 3 s later (SIGTERM, then SIGKILL after 5 s). psutil checks each
   process's start time, so a pid reused meanwhile is never hit.
 
 On a loaded machine the temporary server can be slow to answer its first health check (Prefect waits
@@ -39,6 +39,7 @@ log = get_logger(__name__)
 
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 5.0
+SETTLE_SECONDS = 3.0
 SERVER_TRIES = 3
 
 
@@ -108,6 +109,10 @@ def watch(pid: int) -> None:
         except psutil.NoSuchProcess:
             continue
     left = [p for p in dict.fromkeys(left) if p.pid != me]
+    # A run that ends normally is still stopping some of them (its server at exit, a worker's last
+    # breath): only what is alive after a moment, and not a zombie waiting for its parent, is left over.
+    _, left = psutil.wait_procs(left, timeout=SETTLE_SECONDS)
+    left = [p for p in left if _running(p)]
     if not left:
         return
     names = ", ".join(f"{_name(p)} (pid {p.pid})" for p in left[:5])
@@ -123,6 +128,15 @@ def watch(pid: int) -> None:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _name(process) -> str:

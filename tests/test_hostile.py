@@ -950,6 +950,31 @@ def test_kill_minus_nine_of_dapt_run_leaves_no_orphan_server(slow_run):
     assert f"dapt: the run (pid {process.pid}) ended without stopping" in output and "temporary Prefect server (pid" in output
 
 
+@pytest.mark.slow
+def test_the_watchdog_stops_only_what_outlives_the_run_and_is_silent_after_a_clean_end(tmp_path):
+    import psutil
+
+    def watched(child_seconds: float) -> tuple[str, psutil.Process]:
+        """A run that starts one process living `child_seconds` and ends after 5 s (the watchdog is up by then); its stderr."""
+        pid_file = tmp_path / f"child-{child_seconds}"
+        run = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, sys, time; "
+            f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep({child_seconds})']); "
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(5)")])  # fmt: skip
+        watchdog = subprocess.Popen([sys.executable, "-m", "flows.lifecycle", "watch", str(run.pid)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        run.wait(timeout=30)
+        err = watchdog.communicate(timeout=60)[1]
+        return err, psutil.Process(int(pid_file.read_text())) if psutil.pid_exists(int(pid_file.read_text())) else None
+
+    # A process still finishing when the run ends (a server stopping at exit) is not a leftover.
+    err, child = watched(6)
+    assert "ended without stopping" not in err and (child is None or not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
+    # One that would outlive the run is named and stopped.
+    err, child = watched(120)
+    assert "ended without stopping 1 of its processes" in err
+    assert child is None or not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_temporary_server_that_does_not_start_is_retried_then_one_line_saying_what_to_do(monkeypatch, tmp_path, tiny_config, capsys, caplog):
     import httpx
     from prefect.server.api.server import SubprocessASGIServer
