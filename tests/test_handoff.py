@@ -200,6 +200,25 @@ def test_onnx_of_a_corpus_or_an_encoder_is_refused_naming_what_to_export(small_s
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_the_exporters_and_quantizers_chatter_is_dropped_and_our_logs_kept(caplog):
+    import logging
+
+    from pretrain.core.logs import get_logger
+    from pretrain.handoff import quantize
+
+    caplog.set_level(logging.INFO)
+    with quantize._quiet_tools():
+        logging.info('Quantization parameters for tensor:"gelu" not specified')  # what ORT's quantizer logs, dozens per model
+        logging.getLogger("onnxscript.rewriter").info("Applied 35 of general pattern rewrite rules.")  # the exporter's passes
+        logging.getLogger("onnx_ir.passes.common.unused_removal").info("Removed 12 unused nodes")
+        logging.warning("a real problem")
+        get_logger("pretrain.handoff.quantize").info("ours")
+    assert "Quantization parameters" not in caplog.text and "a real problem" in caplog.text and "ours" in caplog.text
+    assert "rewrite rules" not in caplog.text and "unused nodes" not in caplog.text
+    logging.info("after")
+    assert "after" in caplog.text
+
+
 def test_int8_without_onnx_says_to_add_format_onnx(small_store, tmp_path):
     store, ids = small_store
     with pytest.raises(UserError, match=r"--quantize int8 quantizes the ONNX export .* add --format onnx"):

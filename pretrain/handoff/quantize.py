@@ -54,23 +54,30 @@ def _quiet_tools():
     """Silence the exporter's and quantizer's chatter about their own internals (not about our calls)."""
 
     class _DropPreprocessHint(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:  # ORT's quantizer logs this on the root logger every call
-            return "pre-processing before quantization" not in record.getMessage()
+        # ORT's quantizer logs on the root logger itself: its hint to pre-process, every call, and dozens of
+        # INFO lines per model ("Quantization parameters for tensor ... not specified"). A filter on the
+        # root logger sees only what is logged on it directly, never our loggers' records.
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
 
     root, hint = logging.getLogger(), _DropPreprocessHint()
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
+    # The exporter's passes report each rewrite at INFO (onnx_ir, onnxscript: ~100 lines per model), and
+    # torch.onnx says "torchvision is not installed. Skipping torchvision::nms" four times.
+    tools = {logging.getLogger("torch.onnx"): logging.ERROR, logging.getLogger("onnx_ir"): logging.WARNING, logging.getLogger("onnxscript"): logging.WARNING}
+    levels = {tool: tool.level for tool in tools}
     with warnings.catch_warnings():
         # torch.export's own pytree FutureWarning and the exporter's note on axis names: raised inside torch.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*treespec")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms", x4
+        for tool, quiet in tools.items():
+            tool.setLevel(max(levels[tool], quiet))
         root.addFilter(hint)
         try:
             yield
         finally:
             root.removeFilter(hint)
-            onnx_log.setLevel(level)
+            for tool, level in levels.items():
+                tool.setLevel(level)
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, tokenizer_inputs: list[str] | None = None) -> Path:
