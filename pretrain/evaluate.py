@@ -160,10 +160,14 @@ def best_model(results: dict[str, dict], metric: str) -> dict:
     name = max(means, key=means.get)
     best = results[name]["best_run"]
     others = ", ".join(f"{other} {mean:.4f}" for other, mean in means.items() if other != name)
+    tied = [other for other, mean in means.items() if other != name and mean == means[name]]
+    standing = (f"{name} ties for the best mean validation {metric} over seeds with {', '.join(tied)} ({means[name]:.4f}), "
+                f"and comes first of them in the list (base before adapted)") if tied else (
+                f"{name} has the best mean validation {metric} over seeds ({means[name]:.4f}{'; ' + others if others else ''})")  # fmt: skip
     return {
         "model": name, "artifact": results[name]["artifact"], "finetune": best["finetune"], "seed": best["seed"],
         "learning_rate": best["learning_rate"], f"validation_{metric}": best[f"validation_{metric}"], f"mean_validation_{metric}": means[name],
-        "why": f"{name} has the best mean validation {metric} over seeds ({means[name]:.4f}{'; ' + others if others else ''}), and seed "
+        "why": f"{standing}, and seed "
                f"{best['seed']} is its best seed on validation ({best[f'validation_{metric}']:.4f}); test scores played no part in the choice",
     }  # fmt: skip
 

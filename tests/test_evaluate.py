@@ -440,4 +440,6 @@ def test_the_model_to_hand_over_is_chosen_on_validation_only():
     assert (best["model"], best["seed"], best["finetune"]) == ("base", 1, "f-b1")
     assert best["why"].startswith("base has the best mean validation macro_f1 over seeds (0.8200; adapted 0.8000), and seed 1")
     # a tie goes to the model listed first (base: as good, and it needs no adapted encoder)
-    assert evaluate.best_model({"base": entry("b", [0.8], [0]), "adapted": entry("m", [0.8], [1])}, "macro_f1")["model"] == "base"
+    tie = evaluate.best_model({"base": entry("b", [0.8], [0]), "adapted": entry("m", [0.8], [1])}, "macro_f1")
+    assert tie["model"] == "base"
+    assert tie["why"].startswith("base ties for the best mean validation macro_f1 over seeds with adapted (0.8000), and comes first")
