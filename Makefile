@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP) postgres
 	$(PY) -m pytest
 
-# The developer's inner loop: every test not marked slow (under 3 minutes on an idle 2-core CPU).
+# The developer's inner loop: every test not marked slow (the goal: 3 minutes on 2 cores; about 9 today, see README).
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
