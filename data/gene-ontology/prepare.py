@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import builtfiles  # noqa: E402
 import debsource  # noqa: E402
 
 PACKAGE, VERSION = "r-bioc-go.db", "3.16.0-1"
@@ -149,20 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only verify the committed files are what the package builds")
     args = parser.parse_args(argv)
     files = build(debsource.source_from(args.source, PACKAGE, VERSION, SOURCE_SHA256))
-    if args.check:
-        stale = [n for n, data in files.items() if not (args.out / n).is_file() or (args.out / n).read_bytes() != data]
-        if stale:
-            print(f"differ from what {PACKAGE} {VERSION} builds: {', '.join(stale)}", file=sys.stderr)
-            return 1
-        print("all files match")
-        return 0
-    for name, data in files.items():
-        (args.out / name).write_bytes(data)
-    (args.out / "SHA256SUMS").write_text(sums(files))
-    for name, data in files.items():
-        records = gzip.decompress(data).count(b"\n")
-        print(f"{name}: {len(data):,} bytes, {records:,} records")
-    return 0
+    return builtfiles.write_or_check(files, args.out, args.check, f"{PACKAGE} {VERSION}", sums(files))
 
 
 if __name__ == "__main__":

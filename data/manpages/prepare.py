@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import builtfiles  # noqa: E402
 import debsource  # noqa: E402
 
 VERSION = "6.03-2"
@@ -224,20 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         sources[package] = path
     raws = [debsource.source_from(sources[p], p, VERSION, sha) for p, sha in PACKAGES.items()]
     files = build(raws)
-    if args.check:
-        stale = [n for n, data in files.items() if not (args.out / n).is_file() or (args.out / n).read_bytes() != data]
-        if stale:
-            print(f"differ from what man-pages {VERSION} builds: {', '.join(stale)}", file=sys.stderr)
-            return 1
-        print("all files match")
-        return 0
-    for name, data in files.items():
-        (args.out / name).write_bytes(data)
-    (args.out / "SHA256SUMS").write_text(sums(files))
-    for name, data in files.items():
-        records = gzip.decompress(data).count(b"\n")
-        print(f"{name}: {len(data):,} bytes, {records:,} records")
-    return 0
+    return builtfiles.write_or_check(files, args.out, args.check, f"man-pages {VERSION}", sums(files))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import builtfiles  # noqa: E402
+
 SOURCE_SHA256 = "f63a6a1e2260f33a16d89a5b819622d9ac470bb2538949c1e1722a15570066c6"
 R8_LABELS = ("earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain")
 TEST_FROM = dt.date(1987, 4, 8)
@@ -126,20 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--source {args.source}: no such file (see data/reuters/DATACARD.md for where it comes from)")
 
     files = build(args.source)
-    if args.check:
-        stale = [n for n, data in files.items() if not (args.out / n).is_file() or (args.out / n).read_bytes() != data]
-        if stale:
-            print(f"differ from what {args.source} builds: {', '.join(stale)}", file=sys.stderr)
-            return 1
-        print("all files match")
-        return 0
-    for name, data in files.items():
-        (args.out / name).write_bytes(data)
-    (args.out / "SHA256SUMS").write_text(sums(files))
-    for name, data in files.items():
-        records = gzip.decompress(data).count(b"\n")
-        print(f"{name}: {len(data):,} bytes, {records:,} records")
-    return 0
+    return builtfiles.write_or_check(files, args.out, args.check, str(args.source), sums(files))
 
 
 if __name__ == "__main__":
