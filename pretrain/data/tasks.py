@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pretrain.core.artifacts import describe_sources, source_digest
 from pretrain.core.config import DatasetSource, TaskConfig, is_bio_tag
@@ -483,6 +482,8 @@ def hold_out(cfg: TaskConfig, train: Split, fraction: float, notes: list[str]) -
             )
         else:
             stratify, how = train.labels, "stratified"
+    from sklearn.model_selection import train_test_split  # here: scikit-learn costs seconds to import (see scoring.scores)
+
     kept, held = train_test_split(indices, test_size=fraction, random_state=0, stratify=stratify)
     kept, held = np.sort(kept), np.sort(held)
     return train.subset(kept), train.subset(held), f"{how} {fraction:.0%} of train_files"

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
 
 METRICS = ("accuracy", "macro_f1", "micro_f1")
 # Multi-label decision thresholds tried on validation for each label.
@@ -35,6 +34,10 @@ def scores(kind: str, gold, pred, labels: list[str], tag_scheme: str = "BIO", de
     without an explicit label list), so a class absent from a split neither helps nor hurts.
     Token tasks with BIO tags are scored per entity (seqeval, conlleval rules); accuracy is per word.
     """
+    # Imported here, not with the module: scikit-learn pulls in SciPy and pandas, seconds at every start
+    # of `dapt` and of each stage process, most of which score nothing.
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, multilabel_confusion_matrix, precision_recall_fscore_support
+
     if kind == "token" and tag_scheme == "BIO":
         return _entity_scores(gold, pred, labels, detail)
     if kind == "token":  # plain tags (POS): every word is one single-label decision
@@ -74,6 +77,7 @@ def _entity_scores(gold: list[list[str]], pred: list[list[str]], labels: list[st
     from seqeval.metrics import accuracy_score as word_accuracy
     from seqeval.metrics import classification_report
     from seqeval.metrics import f1_score as entity_f1
+    from sklearn.metrics import confusion_matrix
 
     out = {
         "accuracy": float(word_accuracy(gold, pred)),
