@@ -7,6 +7,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The tests run in parallel pytest-xdist workers, one per core (at most 4); tests sharing an expensive
+# fixture stay on one worker and slow tests start first (tests/conftest.py). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: demo test test-fast venv data clean-artifacts server server-stop postgres
 
@@ -23,11 +27,11 @@ demo: $(STAMP)
 
 # The server test needs PostgreSQL: installed from Debian when missing and possible (see the script).
 test: $(STAMP) postgres
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # The developer's inner loop: every test not marked slow (the goal: 3 minutes on 2 cores; about 9 today, see README).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 postgres:
 	infra/ensure-postgres.sh

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import gzip
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,37 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# `make test` runs the suite in two pytest-xdist worker processes (one per core of a 2-core machine).
+# Each worker gets its own Prefect home, so that two temporary Prefect servers never share one SQLite
+# database (kept between runs: its tables are created once), and one PyTorch thread, so that two workers
+# training tiny models do not fight over the cores.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / f"dapt-tests-{getpass.getuser()}" / f"prefect-{WORKER}"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (`--dist loadgroup`): the tests that share an expensive fixture run on one worker, slow ones first.
+
+    A module whose tests share a module- or session-scoped fixture it defines (a server, a built pipeline)
+    is one group; in the encoder matrix, each family is one group (its tests reuse its store). Slow tests
+    are handed out first so that neither worker is left with a long test at the end.
+    """
+    if not WORKER:
+        return
+    for item in items:
+        module = item.module.__name__
+        shared = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs if d.scope in ("module", "session") and d.baseid == item.nodeid.split("::")[0]]
+        family = getattr(item, "callspec", None) and item.callspec.params.get("family")
+        if family:
+            item.add_marker(pytest.mark.xdist_group(f"{module}-{family}"))
+        elif shared:
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 REUTERS = ROOT / "data" / "reuters"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py: one reader of the demo data for the tests and benchmarks)
