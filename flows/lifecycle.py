@@ -182,6 +182,24 @@ def start_api_server(tries: int = SERVER_TRIES) -> str | None:
     )
 
 
+@contextlib.contextmanager
+def without_heartbeats(temporary_server: str | None):
+    """Inside the block, flow runs send no heartbeats when they report to the temporary server (`temporary_server`
+    is its URL, as `start_api_server` returns it; None: a real server, whose heartbeats stay on).
+
+    A heartbeat lets a server mark a flow run whose process died; the temporary server dies with this
+    process, so nothing would read them. And each flow's end waits for its heartbeat thread's one-second
+    sleep: about half a second for each of a run's eight flows, most of a cached re-run's flow time.
+    """
+    if temporary_server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 class _NewSessionSubprocess:
     """The `subprocess` module, except that Popen starts the process in a session of its own."""
 

@@ -51,7 +51,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.lifecycle import api_failure, start_api_server
+from flows.lifecycle import api_failure, start_api_server, without_heartbeats
 from pretrain import chain, ingest, tokens
 from pretrain.chain import decontamination_targets, enabled, input_ids, preflight, run_stage, stage_id
 from pretrain.configfile import check_paths
@@ -388,9 +388,10 @@ def run_and_print(config: PipelineConfig) -> None:
     report's path on stdout. A failed run raises: a UserError with the run's message when the input
     was at fault, else the bug's own exception (with its traceback)."""
     started = time.perf_counter()
-    start_api_server()  # before the flow: a slow start on a loaded machine is retried, and a failure is one line
+    temporary_server = start_api_server()  # before the flow: a slow start on a loaded machine is retried, and a failure is one line
     try:
-        state = pipeline(config=config, return_state=True)
+        with without_heartbeats(temporary_server):
+            state = pipeline(config=config, return_state=True)
     except Exception as e:  # the engine's own calls to the Prefect API, after Prefect's retries
         if line := api_failure(e):
             raise UserError(line) from e

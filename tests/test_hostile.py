@@ -1003,6 +1003,21 @@ def test_a_temporary_server_that_does_not_start_is_retried_then_one_line_saying_
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last and "PREFECT_API_URL=http://127.0.0.1:4200/api" in last
 
 
+def test_flows_reporting_to_the_temporary_server_send_no_heartbeats_and_to_a_real_server_do():
+    # Each flow's end waited for its heartbeat thread's one-second sleep: about 5 s of a cached 8-flow re-run.
+    from prefect.settings import get_current_settings
+
+    from flows.lifecycle import without_heartbeats
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's default: on
+    with without_heartbeats("http://127.0.0.1:8301/api"):  # the temporary server, as start_api_server returns it
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == default
+    with without_heartbeats(None):  # PREFECT_API_URL names a server: it reads the heartbeats
+        assert get_current_settings().flows.heartbeat_frequency == default
+
+
 def test_an_api_call_that_still_times_out_after_prefects_retries_is_one_line(monkeypatch, tmp_path, tiny_config, capsys):
     import httpx
 
