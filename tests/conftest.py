@@ -17,8 +17,11 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+REUTERS = ROOT / "data" / "reuters"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py: one reader of the demo data for the tests and benchmarks)
 
-# `make test` runs the suite in two pytest-xdist worker processes (one per core of a 2-core machine).
+# `make test` runs the suite in pytest-xdist worker processes (one per core, at most 4: see the Makefile).
 # Each worker gets its own Prefect home, so that two temporary Prefect servers never share one SQLite
 # database (kept between runs: its tables are created once), and one PyTorch thread, so that two workers
 # training tiny models do not fight over the cores.
@@ -41,16 +44,13 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in items:
         module = item.module.__name__
-        shared = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs if d.scope in ("module", "session") and d.baseid == item.nodeid.split("::")[0]]
+        shared = any(d.scope in ("module", "session") and d.baseid == item.nodeid.split("::")[0] for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
         family = getattr(item, "callspec", None) and item.callspec.params.get("family")
         if family:
             item.add_marker(pytest.mark.xdist_group(f"{module}-{family}"))
         elif shared:
             item.add_marker(pytest.mark.xdist_group(module))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-REUTERS = ROOT / "data" / "reuters"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import read_jsonl_gz  # noqa: E402  (benchmarks/machine.py: one reader of the demo data for the tests and benchmarks)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
